@@ -1,0 +1,297 @@
+//! Client formats and the request decoder.
+//!
+//! Decoding never trusts its input: any byte string yields a [`Request`] or a [`DecodeError`]
+//! that carries the request `id` when one could be read, so the gateway can answer
+//! `bad_request` to the right request.
+
+use crate::frame::{Op, Request};
+use crate::room_name;
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::Value;
+
+/// How a connection encodes its frames, chosen once at connect time (`?format=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Format {
+    /// JSON in WebSocket text frames (the default).
+    Json,
+    /// MessagePack maps with the same field names, in binary frames.
+    MsgPack,
+}
+
+impl Format {
+    pub const ALL: [Format; 2] = [Format::Json, Format::MsgPack];
+
+    /// Parses the `format` query value.
+    pub fn from_query(value: &str) -> Option<Format> {
+        match value {
+            "json" => Some(Format::Json),
+            "msgpack" => Some(Format::MsgPack),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Json => "json",
+            Format::MsgPack => "msgpack",
+        }
+    }
+
+    /// Index into per-format arrays (0 json, 1 msgpack).
+    pub fn index(self) -> usize {
+        match self {
+            Format::Json => 0,
+            Format::MsgPack => 1,
+        }
+    }
+
+    /// Whether frames of this format travel as WebSocket text (else binary).
+    pub fn is_text(self) -> bool {
+        matches!(self, Format::Json)
+    }
+}
+
+/// Why a frame could not become a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct DecodeError {
+    /// The request id, when the frame was an object with a readable `id`.
+    pub id: Option<u64>,
+    /// A short, client-safe explanation.
+    pub message: String,
+}
+
+impl DecodeError {
+    fn new(id: Option<u64>, message: impl Into<String>) -> DecodeError {
+        DecodeError {
+            id,
+            message: message.into(),
+        }
+    }
+}
+
+/// Serialization failed; only possible for values that the format cannot represent.
+#[derive(Debug, thiserror::Error)]
+#[error("encode failed: {0}")]
+pub struct EncodeError(String);
+
+/// Decodes one client message in the given format.
+pub fn decode_request(bytes: &[u8], format: Format) -> Result<Request, DecodeError> {
+    let value: Value = match format {
+        Format::Json => serde_json::from_slice(bytes)
+            .map_err(|e| DecodeError::new(None, format!("invalid JSON: {e}")))?,
+        Format::MsgPack => {
+            // The envelope adds two levels (request object, `data` field) above the payload.
+            if !crate::msgpack_depth::depth_within(bytes, crate::data::MAX_DEPTH + 2) {
+                return Err(DecodeError::new(None, "MessagePack nested too deeply"));
+            }
+            rmp_serde::from_slice(bytes)
+                .map_err(|e| DecodeError::new(None, format!("invalid MessagePack: {e}")))?
+        }
+    };
+    request_from_value(value)
+}
+
+/// Turns a decoded value tree into a request. Shared by both formats.
+pub fn request_from_value(value: Value) -> Result<Request, DecodeError> {
+    let Value::Object(ref map) = value else {
+        return Err(DecodeError::new(None, "a request must be an object"));
+    };
+    let id = match map.get("id") {
+        Some(Value::Number(n)) => n.as_u64(),
+        _ => None,
+    };
+    let Some(id) = id else {
+        return Err(DecodeError::new(
+            None,
+            "`id` must be an unsigned 64-bit integer",
+        ));
+    };
+    match map.get("op") {
+        Some(Value::String(_)) => {}
+        Some(_) => return Err(DecodeError::new(Some(id), "`op` must be a string")),
+        None => return Err(DecodeError::new(Some(id), "missing `op`")),
+    }
+    let op: Op = serde_json::from_value(value).map_err(|e| {
+        let text = e.to_string();
+        if text.starts_with("unknown variant") {
+            DecodeError::new(Some(id), "unknown op")
+        } else {
+            DecodeError::new(Some(id), format!("invalid fields: {text}"))
+        }
+    })?;
+    if let Some(room) = op.room() {
+        if !room_name::is_valid(room) {
+            return Err(DecodeError::new(
+                Some(id),
+                "room names are 1-128 characters of [A-Za-z0-9_.:-]",
+            ));
+        }
+    }
+    Ok(Request { id, op })
+}
+
+/// Encodes any reply or event in the given format.
+pub fn encode<T: Serialize + ?Sized>(value: &T, format: Format) -> Result<Bytes, EncodeError> {
+    match format {
+        Format::Json => serde_json::to_vec(value)
+            .map(Bytes::from)
+            .map_err(|e| EncodeError(e.to_string())),
+        Format::MsgPack => rmp_serde::to_vec_named(value)
+            .map(Bytes::from)
+            .map_err(|e| EncodeError(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{Event, OkBody, Reply, Since};
+    use crate::{Data, ErrorCode};
+    use serde_json::json;
+
+    fn json_req(v: Value) -> Result<Request, DecodeError> {
+        decode_request(v.to_string().as_bytes(), Format::Json)
+    }
+
+    #[test]
+    fn decodes_every_op() {
+        let r = json_req(json!({"id": 1, "op": "create_room"})).expect("ok");
+        assert!(matches!(r.op, Op::CreateRoom { room: None, .. }));
+        let r = json_req(json!({"id": 2, "op": "create_room", "room": "a",
+            "options": {"maxMembers": 3, "historySize": 5, "ttlSecs": 9}}))
+        .expect("ok");
+        let Op::CreateRoom { room, options } = r.op else {
+            panic!("wrong op")
+        };
+        assert_eq!(room.as_deref(), Some("a"));
+        assert_eq!(options.max_members, Some(3));
+        assert_eq!(options.history_size, Some(5));
+        assert_eq!(options.ttl_secs, Some(9));
+        let r = json_req(json!({"id": 3, "op": "join", "room": "a",
+            "since": {"offset": 4, "epoch": "e"}}))
+        .expect("ok");
+        assert_eq!(
+            r.op,
+            Op::Join {
+                room: "a".into(),
+                since: Some(Since {
+                    offset: 4,
+                    epoch: "e".into()
+                })
+            }
+        );
+        for op in ["leave", "presence"] {
+            assert!(json_req(json!({"id": 4, "op": op, "room": "a"})).is_ok());
+        }
+        let r = json_req(json!({"id": 5, "op": "publish", "room": "a", "data": {"x": [1]}}))
+            .expect("ok");
+        let Op::Publish { data, .. } = r.op else {
+            panic!("wrong op")
+        };
+        assert_eq!(data.as_json(), r#"{"x":[1]}"#);
+        let r = json_req(json!({"id": 6, "op": "history", "room": "a", "limit": 500, "before": 9}))
+            .expect("ok");
+        assert_eq!(
+            r.op,
+            Op::History {
+                room: "a".into(),
+                limit: Some(500),
+                before: Some(9)
+            }
+        );
+        assert_eq!(json_req(json!({"id": 7, "op": "ping"})).expect("ok").op, Op::Ping);
+    }
+
+    #[test]
+    fn msgpack_uses_the_same_names() {
+        let bytes = rmp_serde::to_vec_named(&json!({"id": 9, "op": "join", "room": "r"}))
+            .expect("encode");
+        let r = decode_request(&bytes, Format::MsgPack).expect("ok");
+        assert_eq!(r.id, 9);
+    }
+
+    #[test]
+    fn errors_keep_the_id_when_readable() {
+        let e = decode_request(b"not json", Format::Json).expect_err("bad");
+        assert_eq!(e.id, None);
+        let e = json_req(json!([1, 2])).expect_err("bad");
+        assert_eq!(e.id, None);
+        let e = json_req(json!({"id": -1, "op": "ping"})).expect_err("bad");
+        assert_eq!(e.id, None);
+        let e = json_req(json!({"id": 5, "op": "fly"})).expect_err("bad");
+        assert_eq!((e.id, e.message.as_str()), (Some(5), "unknown op"));
+        let e = json_req(json!({"id": 6})).expect_err("bad");
+        assert_eq!(e.id, Some(6));
+        let e = json_req(json!({"id": 7, "op": "join"})).expect_err("bad");
+        assert_eq!(e.id, Some(7));
+        let e = json_req(json!({"id": 8, "op": "join", "room": "no spaces"})).expect_err("bad");
+        assert_eq!(e.id, Some(8));
+        let e = json_req(json!({"id": 10, "op": "history", "room": "a", "limit": "x"}))
+            .expect_err("bad");
+        assert_eq!(e.id, Some(10));
+        let e = decode_request(&[0xc1, 0xff, 0x00], Format::MsgPack).expect_err("bad");
+        assert_eq!(e.id, None);
+    }
+
+    #[test]
+    fn deep_json_is_an_error_not_a_crash() {
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(decode_request(deep.as_bytes(), Format::Json).is_err());
+        let mut payload = String::from(r#"{"id":1,"op":"publish","room":"a","data":"#);
+        payload.push_str(&"[".repeat(100));
+        payload.push_str(&"]".repeat(100));
+        payload.push('}');
+        let e = decode_request(payload.as_bytes(), Format::Json).expect_err("too deep");
+        assert_eq!(e.id, Some(1));
+    }
+
+    #[test]
+    fn deep_msgpack_is_an_error_not_a_crash() {
+        // 0x91 is a one-element array: 100k of them nest 100k deep.
+        let mut bytes = vec![0x91u8; 100_000];
+        bytes.push(0x01);
+        assert!(decode_request(&bytes, Format::MsgPack).is_err());
+    }
+
+    #[test]
+    fn replies_and_events_encode_as_documented() {
+        let reply = Reply::ok(3, OkBody::Published { offset: 7 });
+        assert_eq!(
+            encode(&reply, Format::Json).expect("json").as_ref(),
+            br#"{"id":3,"ok":{"offset":7}}"#
+        );
+        let err = Reply::error(
+            None,
+            crate::frame::ErrorBody::new(ErrorCode::RateLimited, "slow down").retry_after(50),
+        );
+        assert_eq!(
+            encode(&err, Format::Json).expect("json").as_ref(),
+            br#"{"id":null,"error":{"code":"rate_limited","message":"slow down","retryAfterMs":50}}"#
+        );
+        let p = crate::Publication {
+            room: "r".into(),
+            offset: 1,
+            epoch: "e".into(),
+            from: "u".into(),
+            data: Data::from_value(&json!({"t": 1})).expect("data"),
+            ts: 5,
+        };
+        assert_eq!(
+            encode(&Event::Message(&p), Format::Json).expect("json").as_ref(),
+            br#"{"event":"message","room":"r","offset":1,"epoch":"e","from":"u","data":{"t":1},"ts":5}"#
+        );
+        let m = encode(&Event::Message(&p), Format::MsgPack).expect("mp");
+        let back: Value = rmp_serde::from_slice(&m).expect("decode");
+        assert_eq!(
+            back,
+            json!({"event":"message","room":"r","offset":1,"epoch":"e","from":"u","data":{"t":1},"ts":5})
+        );
+        let leave = Reply::ok(4, OkBody::Empty {});
+        assert_eq!(
+            encode(&leave, Format::Json).expect("json").as_ref(),
+            br#"{"id":4,"ok":{}}"#
+        );
+    }
+}

@@ -1,0 +1,251 @@
+//! Native protocol v1 messages.
+//!
+//! A request is `{"id":<u64>,"op":"<op>",…}`; the reply is `{"id":N,"ok":{…}}` or
+//! `{"id":N,"error":{"code","message","retryAfterMs"?}}`. Events carry an `event` field.
+
+use crate::codes::ErrorCode;
+use crate::data::Data;
+use crate::traffic::TrafficStatus;
+use serde::{Deserialize, Serialize};
+
+/// The largest `limit` that `history` honours; larger values are clamped.
+pub const MAX_HISTORY_LIMIT: u32 = 100;
+
+/// A decoded client request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    pub id: u64,
+    pub op: Op,
+}
+
+/// Per-room options given at creation.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RoomOptions {
+    #[serde(default)]
+    pub max_members: Option<u32>,
+    #[serde(default)]
+    pub history_size: Option<u32>,
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+}
+
+/// A recovery position: the last offset seen in a given epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Since {
+    pub offset: u64,
+    pub epoch: String,
+}
+
+/// The operations of protocol v1.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    CreateRoom {
+        #[serde(default)]
+        room: Option<String>,
+        #[serde(default)]
+        options: RoomOptions,
+    },
+    Join {
+        room: String,
+        #[serde(default)]
+        since: Option<Since>,
+    },
+    Leave {
+        room: String,
+    },
+    Publish {
+        room: String,
+        data: Data,
+    },
+    Presence {
+        room: String,
+    },
+    History {
+        room: String,
+        #[serde(default)]
+        limit: Option<u32>,
+        #[serde(default)]
+        before: Option<u64>,
+    },
+    Ping,
+}
+
+impl Op {
+    /// The op's wire name, used as a metrics label.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::CreateRoom { .. } => "create_room",
+            Op::Join { .. } => "join",
+            Op::Leave { .. } => "leave",
+            Op::Publish { .. } => "publish",
+            Op::Presence { .. } => "presence",
+            Op::History { .. } => "history",
+            Op::Ping => "ping",
+        }
+    }
+
+    /// The room the op names, if any.
+    pub fn room(&self) -> Option<&str> {
+        match self {
+            Op::CreateRoom { room, .. } => room.as_deref(),
+            Op::Join { room, .. }
+            | Op::Leave { room }
+            | Op::Publish { room, .. }
+            | Op::Presence { room }
+            | Op::History { room, .. } => Some(room),
+            Op::Ping => None,
+        }
+    }
+}
+
+/// One message in a room: what `message` events, `history` and `missed` carry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Publication {
+    pub room: String,
+    pub offset: u64,
+    pub epoch: String,
+    pub from: String,
+    pub data: Data,
+    /// Milliseconds since the Unix epoch, set by the server that accepted the publish.
+    pub ts: u64,
+}
+
+/// A member as shown by `presence` and `join`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Member {
+    pub user: String,
+    pub conn_id: String,
+}
+
+/// The error body of a reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorBody {
+    pub code: ErrorCode,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+}
+
+impl ErrorBody {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ErrorBody {
+        ErrorBody {
+            code,
+            message: message.into(),
+            retry_after_ms: None,
+        }
+    }
+
+    pub fn retry_after(mut self, ms: u64) -> ErrorBody {
+        self.retry_after_ms = Some(ms);
+        self
+    }
+}
+
+/// The success bodies, one per op.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum OkBody {
+    #[serde(rename_all = "camelCase")]
+    Created {
+        room: String,
+        epoch: String,
+        offset: u64,
+        members: Vec<Member>,
+    },
+    #[serde(rename_all = "camelCase")]
+    Joined {
+        room: String,
+        offset: u64,
+        epoch: String,
+        members: Vec<Member>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        recovered: Option<bool>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        missed: Option<Vec<Publication>>,
+    },
+    Published {
+        offset: u64,
+    },
+    Presence {
+        members: Vec<Member>,
+    },
+    History {
+        messages: Vec<Publication>,
+        epoch: String,
+    },
+    Pong {
+        pong: u64,
+    },
+    /// `leave`: an empty object.
+    Empty {},
+}
+
+/// A reply to one request. `id` is `None` (sent as `null`) when the request's id was unreadable.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Reply {
+    pub id: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ok: Option<OkBody>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
+}
+
+impl Reply {
+    pub fn ok(id: u64, body: OkBody) -> Reply {
+        Reply {
+            id: Some(id),
+            ok: Some(body),
+            error: None,
+        }
+    }
+
+    pub fn error(id: Option<u64>, error: ErrorBody) -> Reply {
+        Reply {
+            id,
+            ok: None,
+            error: Some(error),
+        }
+    }
+}
+
+/// `presence` event actions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PresenceAction {
+    Join,
+    Leave,
+}
+
+/// Server-pushed events. Each borrows what it shows, so a broadcast encodes without copying.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event<'a> {
+    #[serde(rename_all = "camelCase")]
+    Welcome {
+        conn_id: &'a str,
+        node: &'a str,
+        user: &'a str,
+    },
+    TrafficStatus(&'a TrafficStatus),
+    Message(&'a Publication),
+    #[serde(rename_all = "camelCase")]
+    Presence {
+        room: &'a str,
+        action: PresenceAction,
+        user: &'a str,
+        conn_id: &'a str,
+    },
+    RoomClosed {
+        room: &'a str,
+        reason: &'a str,
+    },
+    #[serde(rename_all = "camelCase")]
+    Reconnect {
+        after_ms: u64,
+        reason: &'a str,
+    },
+}

@@ -1,0 +1,29 @@
+//! The roomcast wire protocol, as pure code with no I/O, so every decoder can be fuzzed.
+//!
+//! Map of the crate:
+//! - [`frame`]: the native protocol v1 messages: requests (`{"id","op",…}`), replies and events.
+//! - [`codec`]: the two client formats, JSON in text frames and MessagePack in binary frames,
+//!   and the decoder that turns untrusted bytes into a [`frame::Request`] or a [`codec::DecodeError`].
+//! - [`data`]: the opaque application payload (`data`), held as JSON text.
+//! - [`codes`]: error codes of replies and WebSocket close codes.
+//! - [`room_name`]: the room-name grammar.
+//! - [`msgpack_depth`]: a non-recursive depth check that guards the MessagePack decoder.
+//! - [`envelope`]: what one gateway node sends another through the fan-out (MessagePack).
+//! - [`traffic`]: the `traffic_status` body shared by the WebSocket event and `GET /status`.
+//!
+//! The contract is documented for humans in `docs/protocol.md`; keep the two in step.
+
+pub mod codec;
+pub mod codes;
+pub mod data;
+pub mod envelope;
+pub mod frame;
+pub mod msgpack_depth;
+pub mod room_name;
+pub mod traffic;
+
+pub use codec::{DecodeError, Format};
+pub use codes::{CloseCode, ErrorCode};
+pub use data::Data;
+pub use frame::{Event, Publication, Reply, Request};
+pub use traffic::{TrafficLevel, TrafficStatus};

@@ -1,0 +1,33 @@
+//! Where a room's state lives: rooms, members (presence), history, rate limits and traffic
+//! counters, behind traits with one in-memory and (later) one Redis Cluster implementation.
+//!
+//! Map of the crate:
+//! - [`rooms`]: the [`RoomStore`] trait: create, join (with recovery), leave, publish, history,
+//!   presence, close. Publish assigns gapless offsets per epoch.
+//! - [`limits`]: the [`RateLimits`] trait: sliding windows and token buckets keyed by user.
+//! - [`traffic`]: the [`TrafficCounters`] trait: room creations per second, node heartbeats.
+//! - [`recovery`]: the pure rule that decides whether a `since` position can be recovered.
+//! - [`model`]: plain data passed through the traits.
+//! - [`memory`]: the embedded backend, used by a single node and by unit tests.
+//! - [`testsuite`]: one conformance suite that every backend must pass.
+//!
+//! Invariants every backend keeps:
+//! - offsets in a room go 1, 2, 3… within one epoch, with no gaps and no reuse;
+//! - a room whose state was lost comes back with a new epoch, never with reused offsets;
+//! - a publish is handed to the fan-out in offset order, as part of the same atomic step.
+
+pub mod error;
+pub mod limits;
+pub mod memory;
+pub mod model;
+pub mod recovery;
+pub mod rooms;
+pub mod testsuite;
+pub mod traffic;
+
+pub use error::StateError;
+pub use limits::RateLimits;
+pub use memory::MemoryState;
+pub use model::{Decision, JoinOutcome, MemberRecord, NodeInfo, RoomConfig, RoomInfo};
+pub use rooms::{PublishSink, RoomStore};
+pub use traffic::TrafficCounters;

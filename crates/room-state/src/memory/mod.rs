@@ -1,0 +1,55 @@
+//! The embedded backend: all state in this process, for a single node and for unit tests.
+//!
+//! Each room sits behind its own mutex, so publishes to different rooms do not contend. No
+//! lock is ever held across an `.await` (the trait methods are async only to match Redis).
+
+mod limits;
+mod rooms;
+mod traffic;
+
+use parking_lot::{Mutex, RwLock};
+use rooms::Room;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use crate::model::NodeInfo;
+use crate::rooms::PublishSink;
+
+/// All embedded state. Cheap to share through an `Arc`.
+pub struct MemoryState {
+    rooms: RwLock<HashMap<String, Arc<Mutex<Room>>>>,
+    sink: RwLock<Option<PublishSink>>,
+    windows: Mutex<HashMap<String, VecDeque<u64>>>,
+    buckets: Mutex<HashMap<String, limits::Bucket>>,
+    creations: Mutex<VecDeque<(u64, u64)>>,
+    nodes: Mutex<HashMap<String, (NodeInfo, u64)>>,
+}
+
+impl Default for MemoryState {
+    fn default() -> Self {
+        MemoryState::new()
+    }
+}
+
+impl MemoryState {
+    pub fn new() -> MemoryState {
+        MemoryState {
+            rooms: RwLock::new(HashMap::new()),
+            sink: RwLock::new(None),
+            windows: Mutex::new(HashMap::new()),
+            buckets: Mutex::new(HashMap::new()),
+            creations: Mutex::new(VecDeque::new()),
+            nodes: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Sets where publications go (the in-memory fan-out). Set once at start-up.
+    pub fn set_sink(&self, sink: PublishSink) {
+        *self.sink.write() = Some(sink);
+    }
+}
+
+/// A fresh, random epoch: 12 hex digits.
+pub(crate) fn new_epoch() -> String {
+    format!("{:012x}", fastrand::u64(..) & 0xffff_ffff_ffff)
+}

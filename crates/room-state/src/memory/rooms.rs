@@ -1,0 +1,289 @@
+//! `RoomStore` for the embedded backend.
+
+use super::{new_epoch, MemoryState};
+use crate::error::StateError;
+use crate::model::{JoinOutcome, MemberRecord, RoomConfig, RoomInfo};
+use crate::recovery::recover;
+use crate::rooms::RoomStore;
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use protocol::frame::{Member, Publication, Since};
+use protocol::Data;
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+pub(crate) struct Room {
+    name: String,
+    epoch: String,
+    offset: u64,
+    config: RoomConfig,
+    /// In join order, so presence lists are stable.
+    members: Vec<MemberRecord>,
+    history: VecDeque<Publication>,
+    created_at: u64,
+    /// Set while the room is empty: when it expires.
+    expires_at: Option<u64>,
+    /// Set when the room was removed from the map, for holders of a stale `Arc`.
+    closed: bool,
+}
+
+impl Room {
+    fn member_list(&self) -> Vec<Member> {
+        self.members.iter().map(MemberRecord::to_member).collect()
+    }
+
+    fn is_member(&self, conn_id: &str) -> bool {
+        self.members.iter().any(|m| m.conn_id == conn_id)
+    }
+
+    fn check_member(&self, requester: Option<&str>) -> Result<(), StateError> {
+        match requester {
+            Some(conn) if !self.is_member(conn) => Err(StateError::NotMember),
+            _ => Ok(()),
+        }
+    }
+
+    fn info(&self) -> RoomInfo {
+        RoomInfo {
+            room: self.name.clone(),
+            epoch: self.epoch.clone(),
+            offset: self.offset,
+            members: self.member_list(),
+            config: self.config.clone(),
+            created_at: self.created_at,
+        }
+    }
+
+    fn expired(&self, now_ms: u64) -> bool {
+        self.expires_at.is_some_and(|at| now_ms >= at)
+    }
+}
+
+impl MemoryState {
+    fn room(&self, name: &str) -> Result<Arc<Mutex<Room>>, StateError> {
+        self.rooms
+            .read()
+            .get(name)
+            .cloned()
+            .ok_or(StateError::NotFound)
+    }
+
+    /// Runs `f` on a live room. Rooms that expired but were not swept yet count as absent.
+    fn with_room<T>(
+        &self,
+        name: &str,
+        now_ms: Option<u64>,
+        f: impl FnOnce(&mut Room) -> Result<T, StateError>,
+    ) -> Result<T, StateError> {
+        let room = self.room(name)?;
+        let mut room = room.lock();
+        if room.closed || now_ms.is_some_and(|now| room.expired(now)) {
+            return Err(StateError::NotFound);
+        }
+        f(&mut room)
+    }
+}
+
+#[async_trait]
+impl RoomStore for MemoryState {
+    async fn create(
+        &self,
+        room: &str,
+        config: &RoomConfig,
+        now_ms: u64,
+    ) -> Result<RoomInfo, StateError> {
+        let mut rooms = self.rooms.write();
+        if let Some(existing) = rooms.get(room) {
+            let existing = existing.lock();
+            if !existing.closed && !existing.expired(now_ms) {
+                return Err(StateError::RoomExists);
+            }
+        }
+        let new = Room {
+            name: room.to_string(),
+            epoch: new_epoch(),
+            offset: 0,
+            config: config.clone(),
+            members: Vec::new(),
+            history: VecDeque::new(),
+            created_at: now_ms,
+            expires_at: Some(now_ms + config.ttl_secs * 1000),
+            closed: false,
+        };
+        let info = new.info();
+        rooms.insert(room.to_string(), Arc::new(Mutex::new(new)));
+        Ok(info)
+    }
+
+    async fn join(
+        &self,
+        room: &str,
+        member: &MemberRecord,
+        since: Option<&Since>,
+        now_ms: u64,
+    ) -> Result<JoinOutcome, StateError> {
+        self.with_room(room, Some(now_ms), |r| {
+            let already_member = r.is_member(&member.conn_id);
+            if !already_member {
+                if let Some(max) = r.config.max_members {
+                    if r.members.len() >= max as usize {
+                        return Err(StateError::RoomFull);
+                    }
+                }
+                r.members.push(member.clone());
+                r.expires_at = None;
+            }
+            let (recovered, missed) = match since {
+                Some(since) => {
+                    let history: Vec<Publication> = r.history.iter().cloned().collect();
+                    let (ok, missed) = recover(since, &r.epoch, r.offset, &history);
+                    (Some(ok), missed)
+                }
+                None => (None, Vec::new()),
+            };
+            Ok(JoinOutcome {
+                offset: r.offset,
+                epoch: r.epoch.clone(),
+                members: r.member_list(),
+                already_member,
+                recovered,
+                missed,
+            })
+        })
+    }
+
+    async fn leave(&self, room: &str, conn_id: &str, now_ms: u64) -> Result<bool, StateError> {
+        match self.with_room(room, None, |r| {
+            let before = r.members.len();
+            r.members.retain(|m| m.conn_id != conn_id);
+            if r.members.is_empty() && before > 0 {
+                r.expires_at = Some(now_ms + r.config.ttl_secs * 1000);
+            }
+            Ok(r.members.len() < before)
+        }) {
+            Err(StateError::NotFound) => Ok(false),
+            other => other,
+        }
+    }
+
+    async fn publish(
+        &self,
+        room: &str,
+        conn_id: Option<&str>,
+        from: &str,
+        data: Data,
+        now_ms: u64,
+    ) -> Result<Publication, StateError> {
+        let sink = self.sink.read().clone();
+        self.with_room(room, Some(now_ms), |r| {
+            r.check_member(conn_id)?;
+            r.offset += 1;
+            let publication = Publication {
+                room: r.name.clone(),
+                offset: r.offset,
+                epoch: r.epoch.clone(),
+                from: from.to_string(),
+                data,
+                ts: now_ms,
+            };
+            r.history.push_back(publication.clone());
+            while r.history.len() > r.config.history_size as usize {
+                r.history.pop_front();
+            }
+            // Still under the room lock: delivery order is offset order.
+            if let Some(sink) = &sink {
+                sink(&publication);
+            }
+            Ok(publication)
+        })
+    }
+
+    async fn members(
+        &self,
+        room: &str,
+        requester: Option<&str>,
+    ) -> Result<Vec<Member>, StateError> {
+        self.with_room(room, None, |r| {
+            r.check_member(requester)?;
+            Ok(r.member_list())
+        })
+    }
+
+    async fn history(
+        &self,
+        room: &str,
+        requester: Option<&str>,
+        limit: usize,
+        before: Option<u64>,
+    ) -> Result<(Vec<Publication>, String), StateError> {
+        self.with_room(room, None, |r| {
+            r.check_member(requester)?;
+            let eligible: Vec<&Publication> = r
+                .history
+                .iter()
+                .filter(|p| before.is_none_or(|b| p.offset < b))
+                .collect();
+            let skip = eligible.len().saturating_sub(limit);
+            let messages = eligible.into_iter().skip(skip).cloned().collect();
+            Ok((messages, r.epoch.clone()))
+        })
+    }
+
+    async fn info(&self, room: &str) -> Result<RoomInfo, StateError> {
+        self.with_room(room, None, |r| Ok(r.info()))
+    }
+
+    async fn close(&self, room: &str) -> Result<Vec<MemberRecord>, StateError> {
+        let removed = self
+            .rooms
+            .write()
+            .remove(room)
+            .ok_or(StateError::NotFound)?;
+        let mut removed = removed.lock();
+        if removed.closed {
+            return Err(StateError::NotFound);
+        }
+        removed.closed = true;
+        Ok(std::mem::take(&mut removed.members))
+    }
+
+    async fn count(&self) -> Result<u64, StateError> {
+        Ok(self.rooms.read().len() as u64)
+    }
+
+    async fn remove_node_members(
+        &self,
+        node: &str,
+    ) -> Result<Vec<(String, MemberRecord)>, StateError> {
+        let rooms: Vec<Arc<Mutex<Room>>> = self.rooms.read().values().cloned().collect();
+        let mut removed = Vec::new();
+        for room in rooms {
+            let mut r = room.lock();
+            let (gone, kept): (Vec<_>, Vec<_>) =
+                std::mem::take(&mut r.members).into_iter().partition(|m| m.node == node);
+            r.members = kept;
+            removed.extend(gone.into_iter().map(|m| (r.name.clone(), m)));
+        }
+        Ok(removed)
+    }
+
+    async fn maintain(&self, now_ms: u64) -> Result<Vec<String>, StateError> {
+        let mut rooms = self.rooms.write();
+        let mut expired = Vec::new();
+        rooms.retain(|name, room| {
+            let mut r = room.lock();
+            if r.expired(now_ms) && r.members.is_empty() {
+                r.closed = true;
+                expired.push(name.clone());
+                false
+            } else {
+                true
+            }
+        });
+        Ok(expired)
+    }
+
+    async fn health(&self) -> Result<(), StateError> {
+        Ok(())
+    }
+}

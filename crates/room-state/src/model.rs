@@ -1,0 +1,90 @@
+//! Plain data that crosses the state traits.
+
+use protocol::frame::{Member, Publication};
+
+/// Settings fixed at room creation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomConfig {
+    /// `None` means unlimited.
+    pub max_members: Option<u32>,
+    /// How many recent messages history keeps.
+    pub history_size: u32,
+    /// How long an empty room lives.
+    pub ttl_secs: u64,
+}
+
+/// A member as stored: the protocol's member plus the node that holds its connection, so that
+/// a dead node's members can be found and removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberRecord {
+    pub user: String,
+    pub conn_id: String,
+    pub node: String,
+}
+
+impl MemberRecord {
+    pub fn to_member(&self) -> Member {
+        Member {
+            user: self.user.clone(),
+            conn_id: self.conn_id.clone(),
+        }
+    }
+}
+
+/// What a room looks like right now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomInfo {
+    pub room: String,
+    pub epoch: String,
+    /// The last offset assigned in this epoch (0 before the first message).
+    pub offset: u64,
+    pub members: Vec<Member>,
+    pub config: RoomConfig,
+    pub created_at: u64,
+}
+
+/// The result of a successful join.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JoinOutcome {
+    pub offset: u64,
+    pub epoch: String,
+    /// Every member after the join, the joiner included.
+    pub members: Vec<Member>,
+    /// The connection was already a member (the join changed nothing).
+    pub already_member: bool,
+    /// With `since`: whether every message after it was still in history.
+    pub recovered: Option<bool>,
+    /// With `since`: the messages after it, oldest first; empty when not recovered.
+    pub missed: Vec<Publication>,
+}
+
+/// A rate-limit decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    /// When refused: how long until a retry can succeed.
+    pub retry_after_ms: u64,
+}
+
+impl Decision {
+    pub const ALLOW: Decision = Decision {
+        allowed: true,
+        retry_after_ms: 0,
+    };
+
+    pub fn deny(retry_after_ms: u64) -> Decision {
+        Decision {
+            allowed: false,
+            retry_after_ms: retry_after_ms.max(1),
+        }
+    }
+}
+
+/// One gateway node, as it heartbeats into the node registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub id: String,
+    pub addr: String,
+    pub connections: u64,
+    pub started_at: u64,
+}

@@ -1,0 +1,88 @@
+//! The room store: rooms, members, offsets and history.
+
+use crate::error::StateError;
+use crate::model::{JoinOutcome, MemberRecord, RoomConfig, RoomInfo};
+use async_trait::async_trait;
+use protocol::frame::{Member, Publication, Since};
+use protocol::Data;
+use std::sync::Arc;
+
+/// Receives every publication, in offset order, as part of the publish itself.
+///
+/// The Redis backend publishes to the room's shard channel inside its Lua script, so the sink
+/// is Redis. The memory backend calls this hook while it still holds the room's lock, which is
+/// what keeps delivery order equal to offset order.
+pub type PublishSink = Arc<dyn Fn(&Publication) + Send + Sync>;
+
+#[async_trait]
+pub trait RoomStore: Send + Sync {
+    /// Creates an empty room. `RoomExists` if the name is taken.
+    async fn create(
+        &self,
+        room: &str,
+        config: &RoomConfig,
+        now_ms: u64,
+    ) -> Result<RoomInfo, StateError>;
+
+    /// Adds a member. `NotFound` if there is no such room, `RoomFull` at `max_members`.
+    /// With `since`, also answers whether the messages after it can be recovered.
+    async fn join(
+        &self,
+        room: &str,
+        member: &MemberRecord,
+        since: Option<&Since>,
+        now_ms: u64,
+    ) -> Result<JoinOutcome, StateError>;
+
+    /// Removes a member. Returns whether it was one. An absent room is not an error.
+    async fn leave(&self, room: &str, conn_id: &str, now_ms: u64) -> Result<bool, StateError>;
+
+    /// Assigns the next offset, appends to history and hands the publication to the fan-out,
+    /// atomically. `conn_id` must be a member; `None` is the server API, which needs none.
+    async fn publish(
+        &self,
+        room: &str,
+        conn_id: Option<&str>,
+        from: &str,
+        data: Data,
+        now_ms: u64,
+    ) -> Result<Publication, StateError>;
+
+    /// The members. `requester`, when given, must be one (`NotMember`).
+    async fn members(
+        &self,
+        room: &str,
+        requester: Option<&str>,
+    ) -> Result<Vec<Member>, StateError>;
+
+    /// Up to `limit` messages with offsets below `before` (all when `None`), newest last, and
+    /// the current epoch. `requester`, when given, must be a member.
+    async fn history(
+        &self,
+        room: &str,
+        requester: Option<&str>,
+        limit: usize,
+        before: Option<u64>,
+    ) -> Result<(Vec<Publication>, String), StateError>;
+
+    /// The room's current state.
+    async fn info(&self, room: &str) -> Result<RoomInfo, StateError>;
+
+    /// Deletes a room and returns its former members.
+    async fn close(&self, room: &str) -> Result<Vec<MemberRecord>, StateError>;
+
+    /// How many rooms exist (the traffic monitor's active rooms).
+    async fn count(&self) -> Result<u64, StateError>;
+
+    /// Removes every member held by `node` (a dead node) and returns them with their rooms.
+    async fn remove_node_members(
+        &self,
+        node: &str,
+    ) -> Result<Vec<(String, MemberRecord)>, StateError>;
+
+    /// Periodic upkeep, such as expiring empty rooms. Returns the rooms that expired.
+    async fn maintain(&self, now_ms: u64) -> Result<Vec<String>, StateError>;
+
+    /// Whether the backend answers (readiness).
+    async fn health(&self) -> Result<(), StateError>;
+}

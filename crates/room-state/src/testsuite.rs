@@ -1,0 +1,245 @@
+//! The conformance suite that every backend must pass, unchanged.
+//!
+//! Each function takes a backend and a unique `prefix` for its keys, so the suite can run
+//! against a shared Redis Cluster without collisions. Timestamps are explicit, so nothing
+//! here sleeps: backends must honour the `now_ms` they are given.
+//!
+//! It panics on the first violation, like any test.
+
+#![allow(clippy::unwrap_used)]
+
+use crate::limits::RateLimits;
+use crate::model::{MemberRecord, NodeInfo, RoomConfig};
+use crate::rooms::RoomStore;
+use crate::traffic::TrafficCounters;
+use crate::StateError;
+use protocol::frame::Since;
+use protocol::Data;
+
+fn member(conn: &str, user: &str, node: &str) -> MemberRecord {
+    MemberRecord {
+        user: user.into(),
+        conn_id: conn.into(),
+        node: node.into(),
+    }
+}
+
+fn config(max_members: Option<u32>, history_size: u32) -> RoomConfig {
+    RoomConfig {
+        max_members,
+        history_size,
+        ttl_secs: 3600,
+    }
+}
+
+fn data(n: u64) -> Data {
+    Data::from_value(&serde_json::json!({ "n": n })).unwrap()
+}
+
+/// Rooms, members, offsets, history and recovery.
+pub async fn rooms(store: &dyn RoomStore, prefix: &str) {
+    let now = 1_700_000_000_000u64;
+    let room = format!("{prefix}room");
+
+    // Only create makes a room.
+    let a = member(&format!("{prefix}c1"), "alice", "n1");
+    let b = member(&format!("{prefix}c2"), "bob", "n2");
+    assert_eq!(
+        store.join(&room, &a, None, now).await.unwrap_err(),
+        StateError::NotFound
+    );
+    let created = store.create(&room, &config(Some(2), 3), now).await.unwrap();
+    assert_eq!(created.offset, 0);
+    assert!(!created.epoch.is_empty());
+    assert_eq!(
+        store.create(&room, &config(None, 3), now).await.unwrap_err(),
+        StateError::RoomExists
+    );
+
+    // Join, capacity, idempotent re-join.
+    let j = store.join(&room, &a, None, now).await.unwrap();
+    assert_eq!((j.offset, j.epoch.as_str(), j.members.len()), (0, created.epoch.as_str(), 1));
+    assert!(!j.already_member);
+    assert!(store.join(&room, &a, None, now).await.unwrap().already_member);
+    store.join(&room, &b, None, now).await.unwrap();
+    let c = member(&format!("{prefix}c3"), "carol", "n1");
+    assert_eq!(
+        store.join(&room, &c, None, now).await.unwrap_err(),
+        StateError::RoomFull
+    );
+    let members = store.members(&room, Some(&a.conn_id)).await.unwrap();
+    assert_eq!(
+        members.iter().map(|m| m.user.as_str()).collect::<Vec<_>>(),
+        vec!["alice", "bob"]
+    );
+
+    // Membership gates publish, presence and history.
+    assert_eq!(
+        store
+            .publish(&room, Some(&c.conn_id), "carol", data(0), now)
+            .await
+            .unwrap_err(),
+        StateError::NotMember
+    );
+    assert_eq!(
+        store.members(&room, Some(&c.conn_id)).await.unwrap_err(),
+        StateError::NotMember
+    );
+    assert_eq!(
+        store.history(&room, Some(&c.conn_id), 10, None).await.unwrap_err(),
+        StateError::NotMember
+    );
+
+    // Offsets are gapless; history is capped at history_size and newest last.
+    for n in 1..=5 {
+        let p = store
+            .publish(&room, Some(&a.conn_id), "alice", data(n), now + n)
+            .await
+            .unwrap();
+        assert_eq!(p.offset, n);
+        assert_eq!(p.epoch, created.epoch);
+        assert_eq!(p.ts, now + n);
+    }
+    let server = store.publish(&room, None, "server", data(6), now).await.unwrap();
+    assert_eq!((server.offset, server.from.as_str()), (6, "server"));
+    let (history, epoch) = store.history(&room, Some(&b.conn_id), 100, None).await.unwrap();
+    assert_eq!(epoch, created.epoch);
+    assert_eq!(history.iter().map(|p| p.offset).collect::<Vec<_>>(), vec![4, 5, 6]);
+    assert_eq!(history[0].data, data(4));
+    let (page, _) = store.history(&room, None, 1, Some(6)).await.unwrap();
+    assert_eq!(page.iter().map(|p| p.offset).collect::<Vec<_>>(), vec![5]);
+
+    // Recovery: inside the window, at the head, outside it, wrong epoch.
+    let since = |offset| Since {
+        offset,
+        epoch: created.epoch.clone(),
+    };
+    let j = store.join(&room, &b, Some(&since(4)), now).await.unwrap();
+    assert_eq!(j.recovered, Some(true));
+    assert_eq!(j.missed.iter().map(|p| p.offset).collect::<Vec<_>>(), vec![5, 6]);
+    let j = store.join(&room, &b, Some(&since(6)), now).await.unwrap();
+    assert_eq!((j.recovered, j.missed.len()), (Some(true), 0));
+    let j = store.join(&room, &b, Some(&since(1)), now).await.unwrap();
+    assert_eq!((j.recovered, j.missed.len()), (Some(false), 0));
+    let other = Since {
+        offset: 5,
+        epoch: "another-epoch".into(),
+    };
+    let j = store.join(&room, &b, Some(&other), now).await.unwrap();
+    assert_eq!((j.recovered, j.missed.len()), (Some(false), 0));
+
+    // Info, leave, count.
+    let info = store.info(&room).await.unwrap();
+    assert_eq!((info.offset, info.members.len()), (6, 2));
+    assert!(store.leave(&room, &b.conn_id, now).await.unwrap());
+    assert!(!store.leave(&room, &b.conn_id, now).await.unwrap());
+    assert!(!store.leave(&format!("{prefix}none"), &b.conn_id, now).await.unwrap());
+    assert!(store.count().await.unwrap() >= 1);
+
+    // A dead node's members can be swept.
+    let d = member(&format!("{prefix}c4"), "dave", &format!("{prefix}dead"));
+    store.join(&room, &d, None, now).await.unwrap();
+    let swept = store
+        .remove_node_members(&format!("{prefix}dead"))
+        .await
+        .unwrap();
+    assert_eq!(swept.len(), 1);
+    assert_eq!((swept[0].0.as_str(), swept[0].1.user.as_str()), (room.as_str(), "dave"));
+    assert_eq!(store.info(&room).await.unwrap().members.len(), 1);
+
+    // Close removes the room and returns its members; re-creating starts a new epoch.
+    let former = store.close(&room).await.unwrap();
+    assert_eq!(former.len(), 1);
+    assert_eq!(store.info(&room).await.unwrap_err(), StateError::NotFound);
+    assert_eq!(store.close(&room).await.unwrap_err(), StateError::NotFound);
+    let again = store.create(&room, &config(None, 3), now).await.unwrap();
+    assert_ne!(again.epoch, created.epoch);
+    assert_eq!(again.offset, 0);
+    store.close(&room).await.unwrap();
+}
+
+/// Empty rooms expire after their TTL; rooms with members do not.
+pub async fn expiry(store: &dyn RoomStore, prefix: &str, now: u64) {
+    let room = format!("{prefix}ttl");
+    let cfg = RoomConfig {
+        max_members: None,
+        history_size: 10,
+        ttl_secs: 1,
+    };
+    store.create(&room, &cfg, now).await.unwrap();
+    let a = member(&format!("{prefix}t1"), "alice", "n1");
+    store.join(&room, &a, None, now).await.unwrap();
+    store.maintain(now + 5_000).await.unwrap();
+    assert!(store.info(&room).await.is_ok(), "a room with members must not expire");
+    store.leave(&room, &a.conn_id, now + 5_000).await.unwrap();
+    store.maintain(now + 7_000).await.unwrap();
+    assert_eq!(store.info(&room).await.unwrap_err(), StateError::NotFound);
+}
+
+/// Sliding windows and token buckets.
+pub async fn limits(limits: &dyn RateLimits, prefix: &str) {
+    let now = 1_700_000_000_000u64;
+    let key = format!("{prefix}create:alice");
+    for i in 0..5 {
+        assert!(limits.window_acquire(&key, 5, 60_000, now + i).await.unwrap().allowed);
+    }
+    let refused = limits.window_acquire(&key, 5, 60_000, now + 10).await.unwrap();
+    assert!(!refused.allowed);
+    assert_eq!(refused.retry_after_ms, 60_000 - 10);
+    // A refused attempt was not recorded: one minute after the first, one slot frees.
+    assert!(limits.window_acquire(&key, 5, 60_000, now + 60_000).await.unwrap().allowed);
+    assert!(!limits.window_acquire(&key, 5, 60_000, now + 60_000).await.unwrap().allowed);
+    // Release gives an acquisition back.
+    limits.window_release(&key, now + 60_000).await.unwrap();
+    assert!(limits.window_acquire(&key, 5, 60_000, now + 60_001).await.unwrap().allowed);
+    // Keys are independent.
+    assert!(limits
+        .window_acquire(&format!("{prefix}create:bob"), 5, 60_000, now + 10)
+        .await
+        .unwrap()
+        .allowed);
+
+    let bucket = format!("{prefix}publish:alice");
+    for _ in 0..4 {
+        assert!(limits.bucket_take(&bucket, 2.0, 4, now).await.unwrap().allowed);
+    }
+    let d = limits.bucket_take(&bucket, 2.0, 4, now).await.unwrap();
+    assert!(!d.allowed);
+    assert_eq!(d.retry_after_ms, 500);
+    assert!(limits.bucket_take(&bucket, 2.0, 4, now + 500).await.unwrap().allowed);
+    assert!(!limits.bucket_take(&bucket, 2.0, 4, now + 500).await.unwrap().allowed);
+    // Refill is capped at the burst.
+    for _ in 0..4 {
+        assert!(limits.bucket_take(&bucket, 2.0, 4, now + 100_000).await.unwrap().allowed);
+    }
+    assert!(!limits.bucket_take(&bucket, 2.0, 4, now + 100_000).await.unwrap().allowed);
+}
+
+/// Creation buckets and the node registry. Counts are compared as deltas, because a shared
+/// backend may hold other tests' creations.
+pub async fn traffic(traffic: &dyn TrafficCounters, prefix: &str) {
+    let now = 4_000_000_000_000u64 + fastrand::u64(0..1_000_000) * 1000;
+    let sum = |b: Vec<(u64, u64)>| b.iter().map(|(_, c)| c).sum::<u64>();
+    let before = sum(traffic.creation_buckets(now + 2_500, 60_000).await.unwrap());
+    traffic.record_creation(now).await.unwrap();
+    traffic.record_creation(now + 10).await.unwrap();
+    traffic.record_creation(now + 2_000).await.unwrap();
+    let buckets = traffic.creation_buckets(now + 2_500, 60_000).await.unwrap();
+    assert_eq!(sum(buckets.clone()) - before, 3);
+    assert!(buckets.windows(2).all(|w| w[0].0 < w[1].0), "oldest first");
+    let later = sum(traffic.creation_buckets(now + 61_500, 60_000).await.unwrap());
+    assert_eq!(later, 1, "only the creation at +2 s is inside the window at +61.5 s");
+
+    let node = NodeInfo {
+        id: format!("{prefix}node"),
+        addr: "127.0.0.1:1".into(),
+        connections: 7,
+        started_at: 1,
+    };
+    let t = 1_700_000_000_000u64;
+    traffic.heartbeat(&node, t, 3_000).await.unwrap();
+    let live = traffic.live_nodes(t + 1_000).await.unwrap();
+    assert!(live.iter().any(|n| n == &node));
+    let live = traffic.live_nodes(t + 4_000).await.unwrap();
+    assert!(!live.iter().any(|n| n.id == node.id));
+}

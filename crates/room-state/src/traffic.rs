@@ -1,0 +1,29 @@
+//! The traffic monitor's inputs: room creations per second, and the node registry that sums
+//! connections across the cluster.
+
+use crate::error::StateError;
+use crate::model::NodeInfo;
+use async_trait::async_trait;
+
+/// Counters are kept per second; a window of 60 buckets gives creations per minute.
+pub const BUCKET_MS: u64 = 1_000;
+
+#[async_trait]
+pub trait TrafficCounters: Send + Sync {
+    /// Counts one room creation at `now_ms`.
+    async fn record_creation(&self, now_ms: u64) -> Result<(), StateError>;
+
+    /// The creation counts of the last `window_ms`, as `(bucket start ms, count)`, oldest first.
+    async fn creation_buckets(
+        &self,
+        now_ms: u64,
+        window_ms: u64,
+    ) -> Result<Vec<(u64, u64)>, StateError>;
+
+    /// Records this node as alive until `now_ms + ttl_ms`, with its connection count.
+    async fn heartbeat(&self, node: &NodeInfo, now_ms: u64, ttl_ms: u64)
+        -> Result<(), StateError>;
+
+    /// The nodes whose heartbeat has not expired.
+    async fn live_nodes(&self, now_ms: u64) -> Result<Vec<NodeInfo>, StateError>;
+}

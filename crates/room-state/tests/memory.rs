@@ -1,0 +1,23 @@
+//! The shared conformance suite, run against the embedded backend.
+
+use room_state::{testsuite, MemoryState};
+
+#[tokio::test]
+async fn rooms() {
+    testsuite::rooms(&MemoryState::new(), "t:").await;
+}
+
+#[tokio::test]
+async fn expiry() {
+    testsuite::expiry(&MemoryState::new(), "t:", 1_700_000_000_000).await;
+}
+
+#[tokio::test]
+async fn limits() {
+    testsuite::limits(&MemoryState::new(), "t:").await;
+}
+
+#[tokio::test]
+async fn traffic() {
+    testsuite::traffic(&MemoryState::new(), "t:").await;
+}
