@@ -1,1 +1,27 @@
+//! Where a message crosses nodes, and where it reaches the local sockets.
+//!
+//! Map of the crate:
+//! - [`adapter`]: the [`FanOut`] trait: publish an envelope to a room's channel; subscribe to a
+//!   room's channel while this node has local members in it.
+//! - [`memory`]: the in-memory adapter for a single node: publish is local delivery.
+//! - [`registry`]: the local registry: which connections this node holds, in which rooms, for
+//!   which users.
+//! - [`outbound`]: each connection's bounded outbound queue (in bytes). Pushing never waits; a
+//!   queue over its limit marks its connection a slow consumer, to be closed with 4009.
+//! - [`dispatch`]: local delivery of one envelope: encode once per format, push the same bytes
+//!   to every local member.
+//!
+//! Invariant: nothing on the delivery path awaits or blocks on a client. A slow client only
+//! ever harms itself.
 
+pub mod adapter;
+pub mod dispatch;
+pub mod memory;
+pub mod outbound;
+pub mod registry;
+
+pub use adapter::{FanOut, FanOutError};
+pub use dispatch::{deliver, deliver_held, DeliveryHooks, NoHooks};
+pub use memory::MemoryFanOut;
+pub use outbound::{OutFrame, Outbound, PushError};
+pub use registry::{LocalConn, Registry};

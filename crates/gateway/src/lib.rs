@@ -1,1 +1,31 @@
+//! The roomcast gateway node.
+//!
+//! Map of the crate:
+//! - [`config`]: flags and `ROOMCAST_*` variables.
+//! - [`server`]: the accept loop and a node's life from bind to drained exit.
+//! - [`http`]: routing, `/status`, probes, `/metrics`, and the server API (`http::api`).
+//! - [`native`]: the native protocol v1 over WebSocket: the connection (reader) task,
+//!   message reassembly, and the writer task.
+//! - [`session`]: the ops (`create_room`, `join`, …), independent of the wire protocol.
+//! - [`node`]: one node's shared state: backends, local registry, flags, traffic upkeep.
+//! - [`traffic`]: the traffic monitor's levels and creation pause.
+//! - [`auth`] and [`client_ip`]: who a client is.
+//! - [`drain`]: graceful shutdown.
+//! - [`metrics`], [`telemetry`]: Prometheus and logs.
 
+pub mod auth;
+pub mod client_ip;
+pub mod clock;
+pub mod config;
+pub mod drain;
+pub mod http;
+pub mod metrics;
+pub mod native;
+pub mod node;
+pub mod server;
+pub mod session;
+pub mod telemetry;
+pub mod traffic;
+
+pub use config::Config;
+pub use server::{run, start, Running};

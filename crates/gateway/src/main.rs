@@ -1,1 +1,44 @@
-fn main(){}
+//! `roomcast`: read like a runbook. Config, telemetry, serve, drain.
+
+use anyhow::Context;
+use clap::Parser;
+use gateway::{telemetry, Config};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    // 1. Config: flags and ROOMCAST_* variables, checked before anything starts.
+    let config = Config::parse();
+    config.validate().map_err(anyhow::Error::msg).context("invalid configuration")?;
+
+    // 2. Telemetry.
+    telemetry::init(&config);
+    if config.allow_anonymous {
+        tracing::warn!("anonymous clients are allowed (--allow-anonymous): anyone can connect without a token");
+    }
+
+    // 3. Serve until SIGTERM or Ctrl-C, then 4. drain within --drain-deadline.
+    gateway::run(config, shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM received"),
+                    _ = ctrl_c => tracing::info!("interrupt received"),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; Ctrl-C only");
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,138 @@
+//! Who a client is: JWT verification, anonymous identities, and the `rooms` claim.
+
+use crate::config::Config;
+use jsonwebtoken::{decode, Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use std::collections::HashSet;
+use std::net::IpAddr;
+
+/// An authenticated client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub user: String,
+    /// Room-name patterns the user may use; `None` means any room.
+    pub rooms: Option<Vec<String>>,
+}
+
+impl Identity {
+    pub fn may_use(&self, room: &str) -> bool {
+        match &self.rooms {
+            None => true,
+            Some(patterns) => patterns
+                .iter()
+                .any(|p| protocol::room_name::pattern_matches(p, room)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("a token is required")]
+    Missing,
+    #[error("token expired")]
+    Expired,
+    #[error("invalid token")]
+    Invalid,
+}
+
+#[derive(Debug, Deserialize)]
+struct Claims {
+    #[serde(default)]
+    sub: Option<String>,
+    #[serde(default)]
+    rooms: Option<Vec<String>>,
+}
+
+pub struct Authenticator {
+    keys: Vec<(DecodingKey, Validation)>,
+    allow_anonymous: bool,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("keys", &self.keys.len())
+            .field("allow_anonymous", &self.allow_anonymous)
+            .finish()
+    }
+}
+
+impl Authenticator {
+    pub fn from_config(config: &Config) -> anyhow::Result<Authenticator> {
+        let mut keys = Vec::new();
+        if let Some(secret) = &config.jwt_secret {
+            keys.push((
+                DecodingKey::from_secret(secret.as_bytes()),
+                validation(Algorithm::HS256, config),
+            ));
+        }
+        if let Some(path) = &config.jwt_public_key {
+            let pem = std::fs::read(path)
+                .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+            if let Ok(key) = DecodingKey::from_rsa_pem(&pem) {
+                keys.push((key, validation(Algorithm::RS256, config)));
+            } else if let Ok(key) = DecodingKey::from_ec_pem(&pem) {
+                keys.push((key, validation(Algorithm::ES256, config)));
+            } else {
+                anyhow::bail!("{}: not an RSA or EC public key in PEM", path.display());
+            }
+        }
+        Ok(Authenticator {
+            keys,
+            allow_anonymous: config.allow_anonymous,
+        })
+    }
+
+    /// Verifies a token, or admits an anonymous client when that is allowed.
+    pub fn authenticate(&self, token: Option<&str>, ip: IpAddr) -> Result<Identity, AuthError> {
+        let Some(token) = token.filter(|t| !t.is_empty()) else {
+            return if self.allow_anonymous {
+                Ok(anonymous(ip))
+            } else {
+                Err(AuthError::Missing)
+            };
+        };
+        let mut result = Err(AuthError::Invalid);
+        for (key, validation) in &self.keys {
+            match decode::<Claims>(token, key, validation) {
+                Ok(data) => {
+                    let claims = data.claims;
+                    return Ok(Identity {
+                        user: claims.sub.unwrap_or_else(|| format!("anon:{ip}")),
+                        rooms: claims.rooms,
+                    });
+                }
+                Err(e) if *e.kind() == jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
+                    result = Err(AuthError::Expired);
+                }
+                Err(_) => {}
+            }
+        }
+        result
+    }
+}
+
+fn validation(alg: Algorithm, config: &Config) -> Validation {
+    let mut v = Validation::new(alg);
+    v.leeway = config.jwt_leeway.as_secs();
+    // `exp` is checked when present, but not required: long-lived service tokens exist.
+    v.required_spec_claims = HashSet::new();
+    v.validate_exp = true;
+    v.validate_nbf = true;
+    match &config.jwt_audience {
+        Some(aud) => v.set_audience(&[aud]),
+        None => v.validate_aud = false,
+    }
+    if let Some(iss) = &config.jwt_issuer {
+        v.set_issuer(&[iss]);
+    }
+    v
+}
+
+/// The identity of a client without a token.
+pub fn anonymous(ip: IpAddr) -> Identity {
+    Identity {
+        user: format!("anon:{ip}"),
+        rooms: None,
+    }
+}

@@ -1,0 +1,182 @@
+//! Command-line and environment configuration. Every flag can also be set through the
+//! `ROOMCAST_*` variable named in its help.
+
+use clap::Parser;
+use ipnet::IpNet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| e.to_string())
+}
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "roomcast", version, about = "roomcast: a horizontally scaled real-time rooms gateway")]
+pub struct Config {
+    /// Address to listen on for HTTP and WebSocket.
+    #[arg(long, env = "ROOMCAST_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// This node's id in the cluster (default: random).
+    #[arg(long, env = "ROOMCAST_NODE_ID")]
+    pub node_id: Option<String>,
+
+    // --- Auth ---------------------------------------------------------------------------
+    /// Let clients without a token in, as `anon:<ip>`.
+    #[arg(long, env = "ROOMCAST_ALLOW_ANONYMOUS")]
+    pub allow_anonymous: bool,
+
+    /// HS256 secret for client JWTs.
+    #[arg(long, env = "ROOMCAST_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// PEM file with an RSA (RS256) or EC P-256 (ES256) public key for client JWTs.
+    #[arg(long, env = "ROOMCAST_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+
+    /// Required `aud` claim, if any.
+    #[arg(long, env = "ROOMCAST_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Required `iss` claim, if any.
+    #[arg(long, env = "ROOMCAST_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Clock-skew leeway for `exp` and `nbf`.
+    #[arg(long, env = "ROOMCAST_JWT_LEEWAY", default_value = "30s", value_parser = duration)]
+    pub jwt_leeway: Duration,
+
+    /// Bearer key for the server API (`/api/...`). Without it the API is disabled.
+    #[arg(long, env = "ROOMCAST_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// CIDRs of proxies whose `X-Forwarded-For` is trusted (comma separated).
+    #[arg(long, env = "ROOMCAST_TRUSTED_PROXY", value_delimiter = ',')]
+    pub trusted_proxy: Vec<IpNet>,
+
+    // --- Limits -------------------------------------------------------------------------
+    /// Largest client message, after reassembly of fragments (close 1009 above it).
+    #[arg(long, env = "ROOMCAST_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024)]
+    pub max_message_bytes: usize,
+
+    /// Largest `data` of a publish, as JSON text (`payload_too_large` above it).
+    #[arg(long, env = "ROOMCAST_MAX_DATA_BYTES", default_value_t = 64 * 1024)]
+    pub max_data_bytes: usize,
+
+    /// Outbound queue limit per connection, in bytes (close 4009 above it).
+    #[arg(long, env = "ROOMCAST_OUTBOUND_QUEUE_BYTES", default_value_t = 1024 * 1024)]
+    pub outbound_queue_bytes: usize,
+
+    /// A single socket write that takes longer than this drops the connection.
+    #[arg(long, env = "ROOMCAST_WRITE_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub write_timeout: Duration,
+
+    /// Publish token bucket: tokens per second per user.
+    #[arg(long, env = "ROOMCAST_PUBLISH_RATE", default_value_t = 20.0)]
+    pub publish_rate: f64,
+
+    /// Publish token bucket: burst size per user.
+    #[arg(long, env = "ROOMCAST_PUBLISH_BURST", default_value_t = 40)]
+    pub publish_burst: u32,
+
+    /// Room creations per user per sliding minute.
+    #[arg(long, env = "ROOMCAST_ROOM_CREATE_LIMIT", default_value_t = 5)]
+    pub room_create_limit: u32,
+
+    /// WebSocket connections per client IP on this node (0 = unlimited).
+    #[arg(long, env = "ROOMCAST_MAX_CONNS_PER_IP", default_value_t = 1000)]
+    pub max_conns_per_ip: usize,
+
+    /// Rooms one connection may be in at once.
+    #[arg(long, env = "ROOMCAST_MAX_ROOMS_PER_CONN", default_value_t = 100)]
+    pub max_rooms_per_conn: usize,
+
+    // --- Rooms --------------------------------------------------------------------------
+    /// Default history size of a room.
+    #[arg(long, env = "ROOMCAST_HISTORY_SIZE", default_value_t = 100)]
+    pub history_size: u32,
+
+    /// Largest `historySize` a room may ask for.
+    #[arg(long, env = "ROOMCAST_MAX_HISTORY_SIZE", default_value_t = 1000)]
+    pub max_history_size: u32,
+
+    /// Default lifetime of an empty room.
+    #[arg(long, env = "ROOMCAST_ROOM_TTL", default_value = "1h", value_parser = duration)]
+    pub room_ttl: Duration,
+
+    // --- Traffic monitor ----------------------------------------------------------------
+    /// Room creations per minute from which the level is `high`.
+    #[arg(long, env = "ROOMCAST_TRAFFIC_HIGH", default_value_t = 500)]
+    pub traffic_high: u64,
+
+    /// Room creations per minute from which the level is `critical` (creation paused).
+    #[arg(long, env = "ROOMCAST_TRAFFIC_CRITICAL", default_value_t = 800)]
+    pub traffic_critical: u64,
+
+    /// Hard cap of room creations per minute.
+    #[arg(long, env = "ROOMCAST_TRAFFIC_CAP", default_value_t = 1000)]
+    pub traffic_cap: u64,
+
+    /// How often the traffic monitor recomputes the level and heartbeats this node.
+    #[arg(long, env = "ROOMCAST_TRAFFIC_INTERVAL", default_value = "1s", value_parser = duration)]
+    pub traffic_interval: Duration,
+
+    // --- Heartbeats ---------------------------------------------------------------------
+    /// How often the server pings each WebSocket client.
+    #[arg(long, env = "ROOMCAST_PING_INTERVAL", default_value = "25s", value_parser = duration)]
+    pub ping_interval: Duration,
+
+    /// How long after a ping a silent client is closed (4010).
+    #[arg(long, env = "ROOMCAST_PONG_TIMEOUT", default_value = "20s", value_parser = duration)]
+    pub pong_timeout: Duration,
+
+    // --- Drain --------------------------------------------------------------------------
+    /// After SIGTERM: keep serving (unready) this long, so the load balancer notices.
+    #[arg(long, env = "ROOMCAST_DRAIN_DELAY", default_value = "5s", value_parser = duration)]
+    pub drain_delay: Duration,
+
+    /// Spread `reconnect` + close 1012 over this window, in batches.
+    #[arg(long, env = "ROOMCAST_DRAIN_WINDOW", default_value = "10s", value_parser = duration)]
+    pub drain_window: Duration,
+
+    /// Exit no later than this after SIGTERM.
+    #[arg(long, env = "ROOMCAST_DRAIN_DEADLINE", default_value = "25s", value_parser = duration)]
+    pub drain_deadline: Duration,
+
+    // --- Telemetry ----------------------------------------------------------------------
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "ROOMCAST_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+
+    /// Log filter (tracing `EnvFilter` syntax).
+    #[arg(long, env = "ROOMCAST_LOG", default_value = "info")]
+    pub log: String,
+}
+
+impl Config {
+    /// Settings that cannot work together.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.traffic_high > self.traffic_critical {
+            return Err("--traffic-high must not exceed --traffic-critical".into());
+        }
+        if self.max_message_bytes == 0 || self.outbound_queue_bytes == 0 {
+            return Err("message and queue limits must be positive".into());
+        }
+        if self.drain_delay + self.drain_window > self.drain_deadline {
+            return Err("--drain-delay + --drain-window must fit in --drain-deadline".into());
+        }
+        if self.jwt_secret.is_none() && self.jwt_public_key.is_none() && !self.allow_anonymous {
+            return Err(
+                "no way to authenticate: set --jwt-secret, --jwt-public-key or --allow-anonymous"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// A config with every default, for tests and embedding.
+    pub fn defaults() -> Config {
+        Config::parse_from(["roomcast"])
+    }
+}

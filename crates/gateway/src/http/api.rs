@@ -1,0 +1,173 @@
+//! The server API for application backends, behind `Authorization: Bearer <--api-key>`.
+//!
+//! - `POST   /api/rooms/{room}/publish`   body: any JSON value; published with `from: "server"`
+//! - `GET    /api/rooms/{room}`           members count, presence, last offset, epoch
+//! - `DELETE /api/rooms/{room}`           closes the room on every node
+//! - `POST   /api/users/{user}/disconnect` closes the user's connections on every node
+
+use super::{error, json, query, Body};
+use crate::clock::now_ms;
+use crate::node::Node;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use protocol::envelope::Envelope;
+use protocol::{room_name, Data};
+use room_state::StateError;
+
+/// Compares without an early exit, so response timing does not reveal how much of a guessed
+/// key was right.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn authorized(node: &Node, req: &Request<Incoming>) -> Result<(), Box<Response<Body>>> {
+    let Some(key) = &node.config.api_key else {
+        return Err(Box::new(error(StatusCode::FORBIDDEN, "forbidden", "the server API is disabled (no --api-key)")));
+    };
+    let given = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if constant_time_eq(given.as_bytes(), key.as_bytes()) {
+        Ok(())
+    } else {
+        Err(Box::new(error(StatusCode::UNAUTHORIZED, "unauthorized", "bad or missing API key")))
+    }
+}
+
+fn state_error(e: StateError) -> Response<Body> {
+    match e {
+        StateError::NotFound => error(StatusCode::NOT_FOUND, "not_found", "room not found"),
+        StateError::Unavailable(detail) => {
+            tracing::warn!(%detail, "backend unavailable (api)");
+            error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "service temporarily unavailable")
+        }
+        other => {
+            tracing::error!(error = %other, "backend error (api)");
+            error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+        }
+    }
+}
+
+pub async fn handle(node: &Node, req: Request<Incoming>) -> Response<Body> {
+    if let Err(response) = authorized(node, &req) {
+        return *response;
+    }
+    let segments: Vec<String> = req
+        .uri()
+        .path()
+        .trim_start_matches('/')
+        .split('/')
+        .map(query::decode)
+        .collect();
+    let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let method = req.method().clone();
+    match (&method, segments.as_slice()) {
+        (&Method::POST, ["api", "rooms", room, "publish"]) => {
+            let room = room.to_string();
+            publish(node, &room, req).await
+        }
+        (&Method::GET, ["api", "rooms", room]) => room_info(node, room).await,
+        (&Method::DELETE, ["api", "rooms", room]) => close_room(node, room).await,
+        (&Method::POST, ["api", "users", user, "disconnect"]) => disconnect(node, user).await,
+        _ => error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
+    }
+}
+
+fn check_room(room: &str) -> Result<(), Box<Response<Body>>> {
+    if room_name::is_valid(room) {
+        Ok(())
+    } else {
+        Err(Box::new(error(StatusCode::BAD_REQUEST, "bad_request", "room names are 1-128 characters of [A-Za-z0-9_.:-]")))
+    }
+}
+
+async fn publish(node: &Node, room: &str, req: Request<Incoming>) -> Response<Body> {
+    if let Err(r) = check_room(room) {
+        return *r;
+    }
+    let limit = node.config.max_data_bytes;
+    let body = match Limited::new(req.into_body(), limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "body is over --max-data-bytes"),
+    };
+    let value: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(_) => return error(StatusCode::BAD_REQUEST, "bad_request", "body must be JSON"),
+    };
+    let data = match Data::from_value(&value) {
+        Ok(d) => d,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()),
+    };
+    match node.backends.rooms.publish(room, None, "server", data, now_ms()).await {
+        Ok(p) => {
+            node.metrics.messages_published.inc();
+            json(StatusCode::OK, &serde_json::json!({"offset": p.offset, "epoch": p.epoch}))
+        }
+        Err(e) => state_error(e),
+    }
+}
+
+async fn room_info(node: &Node, room: &str) -> Response<Body> {
+    if let Err(r) = check_room(room) {
+        return *r;
+    }
+    match node.backends.rooms.info(room).await {
+        Ok(info) => json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "room": info.room,
+                "epoch": info.epoch,
+                "offset": info.offset,
+                "members": info.members.len(),
+                "presence": info.members,
+                "createdAt": info.created_at,
+            }),
+        ),
+        Err(e) => state_error(e),
+    }
+}
+
+async fn close_room(node: &Node, room: &str) -> Response<Body> {
+    if let Err(r) = check_room(room) {
+        return *r;
+    }
+    let former = match node.backends.rooms.close(room).await {
+        Ok(former) => former,
+        Err(e) => return state_error(e),
+    };
+    let closed = Envelope::RoomClosed { room: room.to_string(), reason: "closed".to_string() };
+    if let Err(e) = node.backends.fanout.publish(closed).await {
+        tracing::warn!(error = %e, "room_closed not published");
+    }
+    json(StatusCode::OK, &serde_json::json!({"closed": true, "members": former.len()}))
+}
+
+async fn disconnect(node: &Node, user: &str) -> Response<Body> {
+    let envelope = Envelope::DisconnectUser { user: user.to_string() };
+    match node.backends.fanout.publish(envelope).await {
+        Ok(()) => json(StatusCode::OK, &serde_json::json!({"ok": true})),
+        Err(e) => {
+            tracing::warn!(error = %e, "disconnect not published");
+            error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "service temporarily unavailable")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn compares() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+    }
+}

@@ -1,0 +1,277 @@
+//! One native-protocol connection, from upgrade to cleanup.
+//!
+//! Two tasks per connection: this one reads (and runs ops, one at a time, in order), and the
+//! writer task owns the write half. `read_frame` is not cancel-safe, so it is only ever raced
+//! against the writer's end, after which the connection is closing anyway.
+
+use super::reader::{close_code_for, echo_close, Reassembler, Step};
+use super::writer::{self, WriterConfig, WriterEnd};
+use crate::auth::{AuthError, Identity};
+use crate::metrics::DisconnectReason;
+use crate::node::Node;
+use crate::session::{self, Session};
+use bytes::Bytes;
+use fan_out::{LocalConn, Outbound};
+use fastwebsockets::upgrade::UpgradeFut;
+use fastwebsockets::{Frame, OpCode, WebSocket};
+use protocol::codec::{decode_request, encode};
+use protocol::frame::{ErrorBody, Event, Reply};
+use protocol::{CloseCode, ErrorCode, Format};
+use std::convert::Infallible;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::{timeout, Instant};
+
+/// Undecodable or invalid frames in a row that end a connection (close 4000).
+pub const MAX_BAD_FRAMES: u32 = 10;
+
+/// How long to wait for the client's Close after ours, for a clean close handshake.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// What the HTTP layer decided before the upgrade.
+#[derive(Debug)]
+pub struct Admission {
+    pub ip: IpAddr,
+    pub format: Format,
+    pub auth: Result<Identity, AuthError>,
+    /// Whether the per-IP policy admitted the connection (else it is closed with 4008).
+    pub ip_admitted: bool,
+}
+
+/// Runs a connection to its end.
+pub async fn run(node: Arc<Node>, upgrade: UpgradeFut, admission: Admission) {
+    let ws = match upgrade.await {
+        Ok(ws) => ws,
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade failed");
+            if admission.ip_admitted {
+                node.release_ip(admission.ip);
+            }
+            return;
+        }
+    };
+    if !admission.ip_admitted {
+        node.metrics.connections_rejected.with_label_values(&["ip_limit"]).inc();
+        reject(ws, CloseCode::CONNECTION_POLICY, "too many connections from your address").await;
+        return;
+    }
+    let identity = match admission.auth {
+        Ok(identity) => identity,
+        Err(e) => {
+            node.release_ip(admission.ip);
+            node.metrics.connections_rejected.with_label_values(&["auth"]).inc();
+            node.metrics.disconnect(DisconnectReason::Auth);
+            let reason = match e {
+                AuthError::Missing => "a token is required",
+                AuthError::Expired => "token expired",
+                AuthError::Invalid => "invalid token",
+            };
+            reject(ws, CloseCode::BAD_TOKEN, reason).await;
+            return;
+        }
+    };
+    node.metrics.connections_accepted.inc();
+    let gauge = node.metrics.connections.with_label_values(&["native", admission.format.as_str()]);
+    gauge.inc();
+    let reason = serve(&node, ws, admission.format, identity).await;
+    gauge.dec();
+    node.metrics.disconnect(reason);
+    node.release_ip(admission.ip);
+}
+
+/// Closes a connection that was never admitted, with a proper close handshake.
+async fn reject<S: AsyncRead + AsyncWrite + Unpin>(mut ws: WebSocket<S>, code: u16, reason: &str) {
+    if ws.write_frame(Frame::close(code, reason.as_bytes())).await.is_err() {
+        return;
+    }
+    let _ = ws.flush().await;
+    let _ = timeout(CLOSE_GRACE, async {
+        while let Ok(frame) = ws.read_frame().await {
+            if frame.opcode == OpCode::Close {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+async fn serve<S>(node: &Arc<Node>, mut ws: WebSocket<S>, format: Format, identity: Identity) -> DisconnectReason
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let config = &node.config;
+    ws.set_auto_close(false);
+    ws.set_auto_pong(false);
+    // fastwebsockets refuses frames of `>= max` bytes; ours is an inclusive limit.
+    ws.set_max_message_size(config.max_message_bytes + 1);
+    let (mut reader, write_half) = ws.split(tokio::io::split);
+
+    let conn_id: Arc<str> = Arc::from(node.next_conn_id());
+    let (outbound, rx) = Outbound::new(format, config.outbound_queue_bytes);
+    let outbound = Arc::new(outbound);
+    let epoch = Instant::now();
+    let last_seen = Arc::new(AtomicU64::new(0));
+    let mut writer_task = tokio::spawn(writer::run(
+        write_half,
+        rx,
+        outbound.clone(),
+        last_seen.clone(),
+        epoch,
+        WriterConfig {
+            ping_interval: config.ping_interval,
+            pong_timeout: config.pong_timeout,
+            write_timeout: config.write_timeout,
+        },
+        node.metrics.clone(),
+    ));
+    let user: Arc<str> = Arc::from(identity.user.as_str());
+    node.registry.register(LocalConn {
+        conn_id: conn_id.clone(),
+        user: user.clone(),
+        outbound: outbound.clone(),
+    });
+    let session = Session {
+        conn_id: conn_id.clone(),
+        identity,
+        outbound: outbound.clone(),
+    };
+    let welcome = Event::Welcome { conn_id: &conn_id, node: &node.id, user: &user };
+    push(&outbound, &welcome, format);
+    push(&outbound, &Event::TrafficStatus(&node.traffic.current()), format);
+
+    let mut reassembler = Reassembler::new(config.max_message_bytes);
+    let mut bad_in_row = 0u32;
+    let mut no_obligations = |_: Frame<'_>| async { Ok::<(), Infallible>(()) };
+    let mut reason = DisconnectReason::Client;
+    let mut writer_end: Option<WriterEnd> = None;
+    loop {
+        let read = tokio::select! {
+            biased;
+            end = &mut writer_task => {
+                writer_end = Some(end.unwrap_or(WriterEnd::SocketGone));
+                break;
+            }
+            read = reader.read_frame(&mut no_obligations) => read,
+        };
+        let frame = match read {
+            Ok(frame) => frame,
+            Err(e) => {
+                match close_code_for(&e) {
+                    Some((code, why)) => {
+                        outbound.close(code, why);
+                        reason = DisconnectReason::ProtocolError;
+                    }
+                    None => writer_task.abort(),
+                }
+                break;
+            }
+        };
+        last_seen.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        node.metrics.bytes_in.inc_by(frame.payload.len() as u64);
+        let step = match frame.opcode {
+            OpCode::Ping => {
+                outbound.pong(Bytes::copy_from_slice(&frame.payload));
+                continue;
+            }
+            OpCode::Pong => continue,
+            OpCode::Close => {
+                match echo_close(&frame.payload) {
+                    Ok(code) => {
+                        outbound.close(code, "");
+                    }
+                    Err((code, why)) => {
+                        outbound.close(code, why);
+                        reason = DisconnectReason::ProtocolError;
+                    }
+                }
+                break;
+            }
+            opcode => reassembler.push(opcode, frame.fin, &frame.payload),
+        };
+        let (text, payload) = match step {
+            Step::Continue => continue,
+            Step::Fail(code, why) => {
+                outbound.close(code, why);
+                reason = DisconnectReason::ProtocolError;
+                break;
+            }
+            Step::Message { text, payload } => (text, payload),
+        };
+        let decoded = if text != format.is_text() {
+            Err(protocol::DecodeError {
+                id: None,
+                message: format!("{} connections send {} frames", format.as_str(), if format.is_text() { "text" } else { "binary" }),
+            })
+        } else {
+            decode_request(&payload, format)
+        };
+        match decoded {
+            Err(e) => {
+                bad_in_row += 1;
+                let reply = Reply::error(e.id, ErrorBody::new(ErrorCode::BadRequest, e.message));
+                push(&outbound, &reply, format);
+                if bad_in_row >= MAX_BAD_FRAMES {
+                    outbound.close(CloseCode::TOO_MANY_ERRORS, "too many protocol errors");
+                    reason = DisconnectReason::ProtocolError;
+                    break;
+                }
+            }
+            Ok(request) => {
+                bad_in_row = 0;
+                let (result, after) = session::handle(node, &session, request.op).await;
+                let reply = match result {
+                    Ok(body) => Reply::ok(request.id, body),
+                    Err(error) => Reply::error(Some(request.id), error),
+                };
+                push(&outbound, &reply, format);
+                session::after_reply(node, &session, after);
+            }
+        }
+    }
+
+    // Let the writer send our Close, then give the client a moment to answer it.
+    let end = match writer_end {
+        Some(end) => Some(end),
+        None => timeout(config.write_timeout, &mut writer_task).await.ok().and_then(Result::ok),
+    };
+    if let Some(WriterEnd::Closed(_)) = end {
+        let _ = timeout(CLOSE_GRACE, async {
+            while let Ok(frame) = reader.read_frame(&mut no_obligations).await {
+                if frame.opcode == OpCode::Close {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+    writer_task.abort();
+    session::cleanup(node, &conn_id, &user).await;
+    match end {
+        Some(WriterEnd::Closed(code)) => reason_for_close(code, reason),
+        Some(WriterEnd::HeartbeatTimeout) => DisconnectReason::Timeout,
+        _ => reason,
+    }
+}
+
+/// The disconnect reason for a Close that the writer sent.
+fn reason_for_close(code: u16, fallback: DisconnectReason) -> DisconnectReason {
+    match code {
+        CloseCode::SERVICE_RESTART => DisconnectReason::Drain,
+        CloseCode::KICKED => DisconnectReason::Kicked,
+        CloseCode::SLOW_CONSUMER => DisconnectReason::SlowConsumer,
+        CloseCode::HEARTBEAT_TIMEOUT => DisconnectReason::Timeout,
+        _ => fallback,
+    }
+}
+
+fn push<T: serde::Serialize>(outbound: &Outbound, value: &T, format: Format) {
+    match encode(value, format) {
+        Ok(bytes) => {
+            let _ = outbound.push(bytes);
+        }
+        Err(e) => tracing::error!(error = %e, "could not encode a frame"),
+    }
+}

@@ -1,0 +1,218 @@
+//! One gateway node: its configuration, backends, local registry and shared flags.
+
+use crate::auth::Authenticator;
+use crate::clock::now_ms;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::traffic::{TrafficMonitor, WINDOW_MS};
+use fan_out::{FanOut, MemoryFanOut, Registry};
+use parking_lot::Mutex;
+use protocol::codec::encode;
+use protocol::envelope::Envelope;
+use protocol::frame::Event;
+use protocol::Format;
+use room_state::{MemoryState, NodeInfo, RateLimits, RoomStore, TrafficCounters};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::sync::Notify;
+
+/// The state backends, whichever implementation is behind them.
+pub struct Backends {
+    pub rooms: Arc<dyn RoomStore>,
+    pub limits: Arc<dyn RateLimits>,
+    pub traffic: Arc<dyn TrafficCounters>,
+    pub fanout: Arc<dyn FanOut>,
+    pub name: &'static str,
+}
+
+pub struct Node {
+    pub config: Config,
+    pub id: String,
+    pub addr: SocketAddr,
+    pub started_at: u64,
+    pub backends: Backends,
+    pub registry: Arc<Registry>,
+    pub metrics: Arc<Metrics>,
+    pub auth: Authenticator,
+    pub traffic: TrafficMonitor,
+    /// Wakes the traffic task early, after a room creation.
+    pub traffic_nudge: Notify,
+    draining: AtomicBool,
+    backend_ok: AtomicBool,
+    conn_seq: AtomicU64,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node").field("id", &self.id).finish()
+    }
+}
+
+impl Node {
+    /// A node on the embedded backend.
+    pub fn embedded(config: Config, addr: SocketAddr) -> anyhow::Result<Arc<Node>> {
+        let metrics = Arc::new(Metrics::new()?);
+        let registry = Arc::new(Registry::new());
+        let state = Arc::new(MemoryState::new());
+        let fanout = Arc::new(MemoryFanOut::new(registry.clone(), metrics.clone()));
+        let sink_fanout = fanout.clone();
+        state.set_sink(Arc::new(move |publication| {
+            sink_fanout.deliver_now(&Envelope::Message(publication.clone()));
+        }));
+        let backends = Backends {
+            rooms: state.clone(),
+            limits: state.clone(),
+            traffic: state,
+            fanout,
+            name: "memory",
+        };
+        Node::with_backends(config, addr, backends, registry, metrics)
+    }
+
+    /// A node on the given backends. `registry` must be the one the fan-out delivers into.
+    pub fn with_backends(
+        config: Config,
+        addr: SocketAddr,
+        backends: Backends,
+        registry: Arc<Registry>,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Arc<Node>> {
+        let id = config.node_id.clone().unwrap_or_else(|| {
+            let suffix: String = (0..6).map(|_| fastrand::alphanumeric().to_ascii_lowercase()).collect();
+            format!("n-{suffix}")
+        });
+        let auth = Authenticator::from_config(&config)?;
+        let traffic = TrafficMonitor::new(
+            config.traffic_high,
+            config.traffic_critical,
+            config.traffic_cap,
+        );
+        Ok(Arc::new(Node {
+            id,
+            addr,
+            started_at: now_ms(),
+            backends,
+            registry,
+            metrics,
+            auth,
+            traffic,
+            traffic_nudge: Notify::new(),
+            draining: AtomicBool::new(false),
+            backend_ok: AtomicBool::new(true),
+            conn_seq: AtomicU64::new(0),
+            per_ip: Mutex::new(HashMap::new()),
+            config,
+        }))
+    }
+
+    /// A cluster-unique connection id: `<node>.<sequence>`.
+    pub fn next_conn_id(&self) -> String {
+        let n = self.conn_seq.fetch_add(1, Ordering::Relaxed) + 1;
+        format!("{}.{n:x}", self.id)
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// Readiness: the backend answers, fan-out works, and we are not draining.
+    pub fn is_ready(&self) -> bool {
+        !self.is_draining()
+            && self.backend_ok.load(Ordering::Acquire)
+            && self.backends.fanout.healthy()
+    }
+
+    /// Admits one more connection from `ip`, or refuses it (connection-rate policy).
+    pub fn admit_ip(&self, ip: IpAddr) -> bool {
+        let mut per_ip = self.per_ip.lock();
+        let n = per_ip.entry(ip).or_insert(0);
+        if self.config.max_conns_per_ip != 0 && *n >= self.config.max_conns_per_ip {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    pub fn release_ip(&self, ip: IpAddr) {
+        let mut per_ip = self.per_ip.lock();
+        if let Some(n) = per_ip.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&ip);
+            }
+        }
+    }
+
+    /// Recomputes the traffic status from the backend; pushes `traffic_status` to every
+    /// local client when the level changed. Also heartbeats this node and runs upkeep.
+    pub async fn refresh_traffic(&self) {
+        let now = now_ms();
+        let me = NodeInfo {
+            id: self.id.clone(),
+            addr: self.addr.to_string(),
+            connections: self.registry.connection_count() as u64,
+            started_at: self.started_at,
+        };
+        let ttl = (self.config.traffic_interval.as_millis() as u64 * 5).max(5_000);
+        let b = &self.backends;
+        let results = (
+            b.traffic.heartbeat(&me, now, ttl).await,
+            b.traffic.creation_buckets(now, WINDOW_MS).await,
+            b.rooms.count().await,
+            b.traffic.live_nodes(now).await,
+            b.rooms.maintain(now).await,
+        );
+        let (Ok(()), Ok(buckets), Ok(rooms), Ok(nodes), Ok(_)) = results else {
+            self.backend_ok.store(false, Ordering::Release);
+            self.metrics.backend_errors.with_label_values(&["traffic"]).inc();
+            return;
+        };
+        self.backend_ok.store(b.rooms.health().await.is_ok(), Ordering::Release);
+        let connections: u64 = nodes.iter().map(|n| n.connections).sum();
+        let status = self.traffic.compute(&buckets, rooms, connections, now);
+        let m = &self.metrics;
+        m.traffic_level.set(status.level.as_number());
+        m.cluster_rooms.set(rooms as i64);
+        m.cluster_connections.set(connections as i64);
+        m.live_nodes.set(nodes.len() as i64);
+        m.creations_per_minute
+            .set(buckets.iter().map(|(_, c)| c).sum::<u64>() as i64);
+        m.local_rooms.set(self.registry.room_count() as i64);
+        m.subscribed_channels.set(b.fanout.subscribed() as i64);
+        if self.traffic.update(status.clone()) {
+            tracing::info!(level = status.level.as_str(), creation = status.room_creation_enabled, "traffic level changed");
+            self.broadcast(&Event::TrafficStatus(&status));
+        }
+    }
+
+    /// Sends an event to every local connection, encoded once per format.
+    pub fn broadcast(&self, event: &Event<'_>) {
+        let encoded: Vec<Option<bytes::Bytes>> =
+            Format::ALL.iter().map(|f| encode(event, *f).ok()).collect();
+        for conn in self.registry.all() {
+            if let Some(bytes) = &encoded[conn.outbound.format().index()] {
+                let _ = conn.outbound.push(bytes.clone());
+            }
+        }
+    }
+
+    /// The background upkeep: traffic, heartbeat, room expiry. Runs until the process ends.
+    pub async fn run_upkeep(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.config.traffic_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.traffic_nudge.notified() => {}
+            }
+            self.refresh_traffic().await;
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! Serving: the accept loop, and the node's whole life from bind to drained exit.
+
+use crate::config::Config;
+use crate::drain;
+use crate::http;
+use crate::node::Node;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Accepts connections until `stop` turns true, then drops the listener.
+pub async fn accept_loop(node: Arc<Node>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Out of descriptors or similar: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                node.metrics.connections_rejected.with_label_values(&["accept_error"]).inc();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let node = node.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| http::route(node.clone(), peer, req));
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "http connection ended with an error");
+            }
+        });
+    }
+    tracing::info!("stopped accepting connections");
+}
+
+/// A running node: its address, and the handle that drains it.
+pub struct Running {
+    pub node: Arc<Node>,
+    pub addr: std::net::SocketAddr,
+    stop: watch::Sender<bool>,
+    accept: tokio::task::JoinHandle<()>,
+    upkeep: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running").field("addr", &self.addr).finish()
+    }
+}
+
+/// Binds, builds the node on the embedded backend, and starts serving.
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    let listener = TcpListener::bind(config.listen).await?;
+    let addr = listener.local_addr()?;
+    let node = Node::embedded(config, addr)?;
+    Ok(serve(node, listener).await)
+}
+
+/// Starts serving an already built node on a bound listener.
+pub async fn serve(node: Arc<Node>, listener: TcpListener) -> Running {
+    let addr = node.addr;
+    node.refresh_traffic().await;
+    let upkeep = tokio::spawn(node.clone().run_upkeep());
+    let (stop, stop_rx) = watch::channel(false);
+    let accept = tokio::spawn(accept_loop(node.clone(), listener, stop_rx));
+    Running { node, addr, stop, accept, upkeep }
+}
+
+impl Running {
+    /// Drains (see [`drain::run`]) and stops.
+    pub async fn drain(self) {
+        drain::run(&self.node, &self.stop).await;
+        let _ = self.accept.await;
+        self.upkeep.abort();
+    }
+}
+
+/// The whole life of a node: start, serve until `shutdown` resolves, drain.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let running = start(config).await?;
+    tracing::info!(addr = %running.addr, node = %running.node.id, backend = running.node.backends.name, "roomcast listening");
+    shutdown.await;
+    running.drain().await;
+    Ok(())
+}

@@ -1,0 +1,287 @@
+//! Test support: start a real node on 127.0.0.1:0 and speak the real protocol to it.
+
+#![allow(clippy::unwrap_used, dead_code)]
+
+use futures_util::{SinkExt, StreamExt};
+use gateway::{Config, Running};
+use serde_json::{json, Value};
+use std::collections::VecDeque;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const SECRET: &str = "test-secret";
+pub const API_KEY: &str = "test-api-key";
+pub const WAIT: Duration = Duration::from_secs(5);
+
+/// A config with test defaults plus `args`.
+pub fn config(args: &[&str]) -> Config {
+    let mut all = vec![
+        "roomcast",
+        "--listen",
+        "127.0.0.1:0",
+        "--allow-anonymous",
+        "--jwt-secret",
+        SECRET,
+        "--api-key",
+        API_KEY,
+        "--traffic-interval",
+        "200ms",
+        "--drain-delay",
+        "0s",
+        "--drain-window",
+        "200ms",
+        "--drain-deadline",
+        "3s",
+    ];
+    all.extend_from_slice(args);
+    <Config as clap::Parser>::parse_from(all)
+}
+
+pub async fn start(args: &[&str]) -> Running {
+    gateway::start(config(args)).await.unwrap()
+}
+
+/// An HS256 token for `sub`, valid for an hour, with extra claims merged in.
+pub fn token(sub: &str, extra: Value) -> String {
+    let mut claims = json!({"sub": sub, "exp": now_secs() + 3600});
+    if let (Some(c), Some(e)) = (claims.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            c.insert(k.clone(), v.clone());
+        }
+    }
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fmt {
+    Json,
+    MsgPack,
+}
+
+impl Fmt {
+    pub fn query(self) -> &'static str {
+        match self {
+            Fmt::Json => "format=json",
+            Fmt::MsgPack => "format=msgpack",
+        }
+    }
+}
+
+/// What arrives on a client socket.
+#[derive(Debug, Clone, PartialEq)]
+pub enum In {
+    Msg(Value),
+    Close(u16),
+    Gone,
+}
+
+pub struct Client {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub fmt: Fmt,
+    next_id: u64,
+    /// Events seen while waiting for something else, in order.
+    pub backlog: VecDeque<Value>,
+    pub welcome: Value,
+}
+
+impl Client {
+    /// Connects as `user` (a token is minted) and reads the welcome and traffic_status.
+    pub async fn connect(addr: std::net::SocketAddr, user: &str, fmt: Fmt) -> Client {
+        let query = format!("{}&token={}", fmt.query(), token(user, json!({})));
+        Client::connect_query(addr, &query, fmt).await
+    }
+
+    pub async fn connect_query(addr: std::net::SocketAddr, query: &str, fmt: Fmt) -> Client {
+        let mut c = Client::open(addr, query, fmt).await;
+        let welcome = c.recv_msg().await;
+        assert_eq!(welcome["event"], "welcome", "first frame: {welcome}");
+        let status = c.recv_msg().await;
+        assert_eq!(status["event"], "traffic_status", "second frame: {status}");
+        c.welcome = welcome;
+        c
+    }
+
+    /// Opens the socket without reading anything.
+    pub async fn open(addr: std::net::SocketAddr, query: &str, fmt: Fmt) -> Client {
+        let url = format!("ws://{addr}/ws?{query}");
+        let (ws, _) = tokio_tungstenite::connect_async(url.into_client_request().unwrap())
+            .await
+            .unwrap();
+        Client { ws, fmt, next_id: 0, backlog: VecDeque::new(), welcome: Value::Null }
+    }
+
+    pub fn conn_id(&self) -> String {
+        self.welcome["connId"].as_str().unwrap().to_string()
+    }
+
+    pub fn encode(&self, v: &Value) -> Message {
+        match self.fmt {
+            Fmt::Json => Message::text(v.to_string()),
+            Fmt::MsgPack => Message::binary(rmp_serde::to_vec_named(v).unwrap()),
+        }
+    }
+
+    pub async fn send(&mut self, v: Value) {
+        let m = self.encode(&v);
+        self.ws.send(m).await.unwrap();
+    }
+
+    pub async fn send_raw(&mut self, m: Message) {
+        self.ws.send(m).await.unwrap();
+    }
+
+    /// Sends a raw frame (no validation by the client library).
+    pub async fn send_frame(&mut self, opcode: OpCode, fin: bool, payload: Vec<u8>) {
+        self.ws.send(Message::Frame(Frame::message(payload, opcode, fin))).await.unwrap();
+    }
+
+    pub async fn send_text_bytes(&mut self, payload: Vec<u8>) {
+        self.send_frame(OpCode::Data(Data::Text), true, payload).await;
+    }
+
+    /// Next message or close, within [`WAIT`].
+    pub async fn recv(&mut self) -> In {
+        loop {
+            let next = tokio::time::timeout(WAIT, self.ws.next()).await;
+            let Ok(next) = next else {
+                panic!("nothing received within {WAIT:?}");
+            };
+            match next {
+                None | Some(Err(_)) => return In::Gone,
+                Some(Ok(Message::Text(t))) => return In::Msg(serde_json::from_str(&t).unwrap()),
+                Some(Ok(Message::Binary(b))) => return In::Msg(rmp_serde::from_slice(&b).unwrap()),
+                Some(Ok(Message::Close(frame))) => {
+                    return In::Close(frame.map_or(1005, |f| u16::from(f.code)))
+                }
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    pub async fn recv_msg(&mut self) -> Value {
+        match self.recv().await {
+            In::Msg(v) => v,
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+
+    /// Sends a request with the next id and returns its reply; events that arrive first go
+    /// to the backlog.
+    pub async fn request(&mut self, mut op: Value) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        op["id"] = json!(id);
+        self.send(op).await;
+        self.reply_to(id).await
+    }
+
+    pub async fn reply_to(&mut self, id: u64) -> Value {
+        loop {
+            let m = self.recv_msg().await;
+            if m.get("event").is_some() {
+                self.backlog.push_back(m);
+            } else if m["id"] == json!(id) {
+                return m;
+            } else {
+                panic!("unexpected reply {m} while waiting for id {id}");
+            }
+        }
+    }
+
+    /// `ok` body of a request, panicking on an error reply.
+    pub async fn ok(&mut self, op: Value) -> Value {
+        let reply = self.request(op.clone()).await;
+        assert!(reply.get("ok").is_some(), "{op} failed: {reply}");
+        reply["ok"].clone()
+    }
+
+    /// The error code of a request that must fail.
+    pub async fn err(&mut self, op: Value) -> Value {
+        let reply = self.request(op.clone()).await;
+        assert!(reply.get("error").is_some(), "{op} should fail: {reply}");
+        reply["error"].clone()
+    }
+
+    /// The next event called `name`, skipping (and keeping) others.
+    pub async fn event(&mut self, name: &str) -> Value {
+        if let Some(pos) = self.backlog.iter().position(|e| e["event"] == name) {
+            return self.backlog.remove(pos).unwrap();
+        }
+        loop {
+            let m = self.recv_msg().await;
+            if m["event"] == name {
+                return m;
+            }
+            self.backlog.push_back(m);
+        }
+    }
+
+    /// Reads until the server closes; returns the close code.
+    pub async fn closed(&mut self) -> u16 {
+        loop {
+            match self.recv().await {
+                In::Msg(m) => self.backlog.push_back(m),
+                In::Close(code) => return code,
+                In::Gone => panic!("connection dropped without a close frame"),
+            }
+        }
+    }
+
+    /// Asserts nothing arrives for a short while.
+    pub async fn quiet(&mut self, ms: u64) {
+        if let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_millis(ms), self.ws.next()).await {
+            if !matches!(m, Message::Ping(_) | Message::Pong(_)) {
+                panic!("expected silence, got {m:?}");
+            }
+        }
+    }
+}
+
+/// A raw HTTP/1.1 request on a fresh connection; returns (status, body).
+pub async fn http(addr: std::net::SocketAddr, method: &str, path: &str, key: Option<&str>, body: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let auth = key.map(|k| format!("Authorization: Bearer {k}\r\n")).unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut out)).await.unwrap().unwrap();
+    let text = String::from_utf8_lossy(&out).to_string();
+    let status = text.split(' ').nth(1).unwrap().parse().unwrap();
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+pub async fn http_json(addr: std::net::SocketAddr, method: &str, path: &str, key: Option<&str>, body: &str) -> (u16, Value) {
+    let (status, body) = http(addr, method, path, key, body).await;
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+/// Waits until `f` holds, polling.
+pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !f() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
