@@ -59,6 +59,7 @@ pub struct Metrics {
     pub publish_latency: Histogram,
     pub outbound_queue_bytes: Histogram,
     pub backend_errors: IntCounterVec,
+    pub slow_consumers: IntCounter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -152,6 +153,7 @@ impl Metrics {
             outbound_queue_bytes: histogram(&registry, "outbound_queue_bytes", "Outbound queue depth when a frame is written.",
                 prometheus::exponential_buckets(64.0, 4.0, 10)?)?,
             backend_errors: counter_vec(&registry, "backend_errors_total", "State backend errors, by operation.", &["op"])?,
+            slow_consumers: counter(&registry, "slow_consumers_total", "Connections whose outbound queue overflowed (closed with 4009).")?,
             registry,
         })
     }
@@ -178,7 +180,9 @@ impl DeliveryHooks for Metrics {
         self.messages_delivered.inc_by(frames);
     }
 
-    fn slow_consumer(&self) {}
+    fn slow_consumer(&self) {
+        self.slow_consumers.inc();
+    }
 
     fn publish_latency(&self, ms: f64) {
         self.publish_latency.observe(ms / 1000.0);

@@ -252,6 +252,8 @@ where
     match end {
         Some(WriterEnd::Closed(code)) => reason_for_close(code, reason),
         Some(WriterEnd::HeartbeatTimeout) => DisconnectReason::Timeout,
+        // A slow consumer whose socket stayed blocked never got its Close frame.
+        _ if outbound.is_discarding() => DisconnectReason::SlowConsumer,
         _ => reason,
     }
 }

@@ -1,0 +1,203 @@
+//! Every error code of protocol v1, each triggered for real.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use async_trait::async_trait;
+use fan_out::{MemoryFanOut, Registry};
+use gateway::metrics::Metrics;
+use gateway::node::{Backends, Node};
+use protocol::envelope::Envelope;
+use protocol::frame::{Member, Publication, Since};
+use protocol::Data;
+use room_state::{JoinOutcome, MemberRecord, MemoryState, RoomConfig, RoomInfo, RoomStore, StateError};
+use serde_json::json;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use support::*;
+
+#[tokio::test]
+async fn client_errors() {
+    let server = start(&["--max-data-bytes", "1000", "--publish-rate", "1", "--publish-burst", "3"]).await;
+    let addr = server.addr;
+    let mut a = Client::connect(addr, "alice", Fmt::Json).await;
+    let mut b = Client::connect(addr, "bob", Fmt::Json).await;
+
+    // bad_request: unknown op, missing fields, bad room names, bad options.
+    for op in [
+        json!({"op": "fly"}),
+        json!({"op": "join"}),
+        json!({"op": "join", "room": "has space"}),
+        json!({"op": "join", "room": "x".repeat(129)}),
+        json!({"op": "join", "room": ""}),
+        json!({"op": "create_room", "options": {"maxMembers": 0}}),
+        json!({"op": "create_room", "options": {"historySize": 100000}}),
+        json!({"op": "history", "room": "r", "limit": -1}),
+    ] {
+        assert_eq!(a.err(op.clone()).await["code"], "bad_request", "{op}");
+    }
+
+    // not_found: only create_room makes a room.
+    assert_eq!(a.err(json!({"op": "join", "room": "nowhere"})).await["code"], "not_found");
+
+    // room_exists
+    a.ok(json!({"op": "create_room", "room": "r", "options": {"maxMembers": 2}})).await;
+    assert_eq!(b.err(json!({"op": "create_room", "room": "r"})).await["code"], "room_exists");
+
+    // not_member: publish, presence, history and leave need membership.
+    for op in ["publish", "presence", "history", "leave"] {
+        let e = b.err(json!({"op": op, "room": "r", "data": 1})).await;
+        assert_eq!(e["code"], "not_member", "{op}");
+    }
+
+    // room_full
+    b.ok(json!({"op": "join", "room": "r"})).await;
+    let mut c = Client::connect(addr, "carol", Fmt::Json).await;
+    assert_eq!(c.err(json!({"op": "join", "room": "r"})).await["code"], "room_full");
+
+    // payload_too_large: data over --max-data-bytes.
+    let e = a.err(json!({"op": "publish", "room": "r", "data": "x".repeat(2000)})).await;
+    assert_eq!(e["code"], "payload_too_large");
+
+    // rate_limited: the publish bucket (burst 3, 1/s), with retryAfterMs.
+    for _ in 0..3 {
+        a.ok(json!({"op": "publish", "room": "r", "data": 1})).await;
+    }
+    let e = a.err(json!({"op": "publish", "room": "r", "data": 1})).await;
+    assert_eq!(e["code"], "rate_limited");
+    let retry = e["retryAfterMs"].as_u64().unwrap();
+    assert!((1..=1000).contains(&retry), "{e}");
+    // The bucket is per user: bob is unaffected.
+    b.ok(json!({"op": "publish", "room": "r", "data": 2})).await;
+
+    // Error messages are for people, and codes are what clients switch on.
+    assert!(e["message"].as_str().unwrap().len() > 3);
+}
+
+#[tokio::test]
+async fn unauthorized_and_forbidden() {
+    let server = start(&[]).await;
+    // unauthorized: the server API with a wrong key.
+    let (status, body) = http_json(server.addr, "GET", "/api/rooms/x", Some("nope"), "").await;
+    assert_eq!((status, body["error"]["code"].clone()), (401, json!("unauthorized")));
+    // forbidden: a room outside the token's `rooms` claim, for every op that names one.
+    let t = token("zed", json!({"rooms": ["game:*", "lobby"]}));
+    let mut z = Client::connect_query(server.addr, &format!("token={t}"), Fmt::Json).await;
+    let mut owner = Client::connect(server.addr, "owner", Fmt::Json).await;
+    owner.ok(json!({"op": "create_room", "room": "secret"})).await;
+    for op in ["join", "publish", "presence", "history"] {
+        let e = z.err(json!({"op": op, "room": "secret", "data": 1})).await;
+        assert_eq!(e["code"], "forbidden", "{op}");
+    }
+    assert_eq!(z.err(json!({"op": "create_room", "room": "secret2"})).await["code"], "forbidden");
+    z.ok(json!({"op": "create_room", "room": "game:1"})).await;
+    z.ok(json!({"op": "create_room", "room": "lobby"})).await;
+    // forbidden: more rooms than --max-rooms-per-conn.
+    let server = start(&["--max-rooms-per-conn", "1"]).await;
+    let mut c = Client::connect(server.addr, "c", Fmt::Json).await;
+    c.ok(json!({"op": "create_room", "room": "one"})).await;
+    assert_eq!(c.err(json!({"op": "create_room", "room": "two"})).await["code"], "forbidden");
+}
+
+/// The embedded store with a switch that makes it fail like an unreachable or broken backend.
+struct Faulty {
+    inner: Arc<MemoryState>,
+    mode: AtomicU8,
+}
+
+impl Faulty {
+    fn check(&self) -> Result<(), StateError> {
+        match self.mode.load(Ordering::SeqCst) {
+            1 => Err(StateError::Unavailable("connection refused (injected)".into())),
+            2 => Err(StateError::Internal("WRONGTYPE secret internals (injected)".into())),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[async_trait]
+impl RoomStore for Faulty {
+    async fn create(&self, room: &str, config: &RoomConfig, now_ms: u64) -> Result<RoomInfo, StateError> {
+        self.check()?;
+        self.inner.create(room, config, now_ms).await
+    }
+    async fn join(&self, room: &str, member: &MemberRecord, since: Option<&Since>, now_ms: u64) -> Result<JoinOutcome, StateError> {
+        self.check()?;
+        self.inner.join(room, member, since, now_ms).await
+    }
+    async fn leave(&self, room: &str, conn_id: &str, now_ms: u64) -> Result<bool, StateError> {
+        self.inner.leave(room, conn_id, now_ms).await
+    }
+    async fn publish(&self, room: &str, conn_id: Option<&str>, from: &str, data: Data, now_ms: u64) -> Result<Publication, StateError> {
+        self.check()?;
+        self.inner.publish(room, conn_id, from, data, now_ms).await
+    }
+    async fn members(&self, room: &str, requester: Option<&str>) -> Result<Vec<Member>, StateError> {
+        self.check()?;
+        self.inner.members(room, requester).await
+    }
+    async fn history(&self, room: &str, requester: Option<&str>, limit: usize, before: Option<u64>) -> Result<(Vec<Publication>, String), StateError> {
+        self.check()?;
+        self.inner.history(room, requester, limit, before).await
+    }
+    async fn info(&self, room: &str) -> Result<RoomInfo, StateError> {
+        self.inner.info(room).await
+    }
+    async fn close(&self, room: &str) -> Result<Vec<MemberRecord>, StateError> {
+        self.inner.close(room).await
+    }
+    async fn count(&self) -> Result<u64, StateError> {
+        self.inner.count().await
+    }
+    async fn remove_node_members(&self, node: &str) -> Result<Vec<(String, MemberRecord)>, StateError> {
+        self.inner.remove_node_members(node).await
+    }
+    async fn maintain(&self, now_ms: u64) -> Result<Vec<String>, StateError> {
+        self.inner.maintain(now_ms).await
+    }
+    async fn health(&self) -> Result<(), StateError> {
+        self.check()
+    }
+}
+
+#[tokio::test]
+async fn unavailable_and_internal_hide_their_details() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let metrics = Arc::new(Metrics::new().unwrap());
+    let registry = Arc::new(Registry::new());
+    let state = Arc::new(MemoryState::new());
+    let fanout = Arc::new(MemoryFanOut::new(registry.clone(), metrics.clone()));
+    let sink = fanout.clone();
+    state.set_sink(Arc::new(move |p| sink.deliver_now(&Envelope::Message(p.clone()))));
+    let faulty = Arc::new(Faulty { inner: state.clone(), mode: AtomicU8::new(0) });
+    let backends = Backends { rooms: faulty.clone(), limits: state.clone(), traffic: state, fanout, name: "faulty" };
+    let node = Node::with_backends(config(&[]), addr, backends, registry, metrics).unwrap();
+    let server = gateway::server::serve(node, listener).await;
+
+    let mut c = Client::connect(addr, "u", Fmt::Json).await;
+    c.ok(json!({"op": "create_room", "room": "r"})).await;
+
+    faulty.mode.store(1, Ordering::SeqCst);
+    let e = c.err(json!({"op": "publish", "room": "r", "data": 1})).await;
+    assert_eq!(e["code"], "unavailable");
+    assert!(e["retryAfterMs"].is_u64());
+    assert!(!e.to_string().contains("refused"), "no internals: {e}");
+    // Readiness follows the backend.
+    let node = server.node.clone();
+    node.refresh_traffic().await;
+    assert_eq!(http(addr, "GET", "/readyz", None, "").await.0, 503);
+    assert_eq!(http(addr, "GET", "/healthz", None, "").await.0, 200);
+
+    faulty.mode.store(2, Ordering::SeqCst);
+    let e = c.err(json!({"op": "history", "room": "r"})).await;
+    assert_eq!(e["code"], "internal");
+    assert!(!e.to_string().contains("WRONGTYPE"), "no internals: {e}");
+    assert!(node.metrics.backend_errors.with_label_values(&["history"]).get() >= 1);
+
+    faulty.mode.store(0, Ordering::SeqCst);
+    c.ok(json!({"op": "publish", "room": "r", "data": 1})).await;
+    node.refresh_traffic().await;
+    assert_eq!(http(addr, "GET", "/readyz", None, "").await.0, 200);
+}
