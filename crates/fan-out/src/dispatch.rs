@@ -58,7 +58,14 @@ pub fn deliver(registry: &Registry, envelope: &Envelope, hooks: &dyn DeliveryHoo
         Envelope::Message(publication) => {
             hooks.publish_latency(now_ms.saturating_sub(publication.ts) as f64);
             let mut encoded = Encoded::new(Event::Message(publication));
-            push_to_room(registry, &publication.room, None, Some(publication), &mut encoded, hooks);
+            push_to_room(
+                registry,
+                &publication.room,
+                None,
+                Some(publication),
+                &mut encoded,
+                hooks,
+            );
         }
         Envelope::Presence {
             room,
@@ -110,7 +117,10 @@ fn push_to_room(
             let mut held = pending.lock();
             if held.len() < MAX_PENDING {
                 held.push(publication.clone());
-            } else if member.outbound.close(CloseCode::SLOW_CONSUMER, "slow consumer") {
+            } else if member
+                .outbound
+                .close(CloseCode::SLOW_CONSUMER, "slow consumer")
+            {
                 hooks.slow_consumer();
             }
             return;
@@ -134,7 +144,11 @@ fn push_to_room(
 }
 
 /// Queues held messages to one member after its join reply (see [`Registry::activate`]).
-pub fn deliver_held(conn: &crate::registry::LocalConn, held: &[Publication], hooks: &dyn DeliveryHooks) {
+pub fn deliver_held(
+    conn: &crate::registry::LocalConn,
+    held: &[Publication],
+    hooks: &dyn DeliveryHooks,
+) {
     for publication in held {
         let Ok(bytes) = encode(&Event::Message(publication), conn.outbound.format()) else {
             continue;

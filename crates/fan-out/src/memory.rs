@@ -75,7 +75,11 @@ mod tests {
         let registry = Arc::new(Registry::new());
         let fanout = MemoryFanOut::new(registry.clone(), Arc::new(NoHooks));
         let mut rxs = Vec::new();
-        for (id, format) in [("a", Format::Json), ("b", Format::MsgPack), ("c", Format::Json)] {
+        for (id, format) in [
+            ("a", Format::Json),
+            ("b", Format::MsgPack),
+            ("c", Format::Json),
+        ] {
             let (outbound, rx) = Outbound::new(format, 1 << 20);
             registry.register(LocalConn {
                 conn_id: id.into(),

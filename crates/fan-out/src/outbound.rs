@@ -128,7 +128,10 @@ mod tests {
     fn refuses_past_the_limit_and_closes_with_4009() {
         let (q, mut rx) = Outbound::new(Format::Json, 10);
         assert_eq!(q.push(Bytes::from_static(b"123456")), Ok(()));
-        assert_eq!(q.push(Bytes::from_static(b"123456")), Err(PushError::SlowConsumer));
+        assert_eq!(
+            q.push(Bytes::from_static(b"123456")),
+            Err(PushError::SlowConsumer)
+        );
         assert!(q.is_closed());
         assert!(q.is_discarding());
         assert_eq!(q.push(Bytes::from_static(b"1")), Err(PushError::Closed));

@@ -105,7 +105,13 @@ impl Registry {
 
     /// Ends a pending join whose reply said `epoch` at `offset`: queues the held messages that
     /// came after it, in order, and lets later ones flow. Returns the held messages to send.
-    pub fn activate(&self, room: &str, conn_id: &str, epoch: &str, offset: u64) -> (Option<LocalConn>, Vec<Publication>) {
+    pub fn activate(
+        &self,
+        room: &str,
+        conn_id: &str,
+        epoch: &str,
+        offset: u64,
+    ) -> (Option<LocalConn>, Vec<Publication>) {
         let mut inner = self.inner.write();
         let Some(member) = inner
             .rooms
@@ -214,7 +220,11 @@ impl Registry {
     }
 }
 
-fn remove_member(rooms: &mut HashMap<Arc<str>, Vec<RoomMember>>, room: &str, conn_id: &str) -> bool {
+fn remove_member(
+    rooms: &mut HashMap<Arc<str>, Vec<RoomMember>>,
+    room: &str,
+    conn_id: &str,
+) -> bool {
     let Some(members) = rooms.get_mut(room) else {
         return false;
     };

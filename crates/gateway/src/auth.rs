@@ -15,6 +15,13 @@ pub struct Identity {
 }
 
 impl Identity {
+    /// Whether the user may use any room name, such as a server-generated one.
+    pub fn may_use_any(&self) -> bool {
+        self.rooms
+            .as_ref()
+            .is_none_or(|patterns| patterns.iter().any(|p| p == "*"))
+    }
+
     pub fn may_use(&self, room: &str) -> bool {
         match &self.rooms {
             None => true,

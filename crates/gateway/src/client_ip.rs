@@ -50,7 +50,10 @@ mod tests {
         let proxy: IpAddr = "10.1.1.1".parse().expect("ip");
         let outsider: IpAddr = "192.0.2.9".parse().expect("ip");
         let h = headers("203.0.113.7, 10.2.2.2");
-        assert_eq!(client_ip(proxy, &h, &trusted), "203.0.113.7".parse::<IpAddr>().expect("ip"));
+        assert_eq!(
+            client_ip(proxy, &h, &trusted),
+            "203.0.113.7".parse::<IpAddr>().expect("ip")
+        );
         assert_eq!(client_ip(outsider, &h, &trusted), outsider);
         assert_eq!(client_ip(proxy, &HeaderMap::new(), &trusted), proxy);
         assert_eq!(client_ip(proxy, &headers("garbage"), &trusted), proxy);

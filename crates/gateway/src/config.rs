@@ -12,7 +12,11 @@ fn duration(s: &str) -> Result<Duration, String> {
 }
 
 #[derive(Debug, Clone, Parser)]
-#[command(name = "roomcast", version, about = "roomcast: a horizontally scaled real-time rooms gateway")]
+#[command(
+    name = "roomcast",
+    version,
+    about = "roomcast: a horizontally scaled real-time rooms gateway"
+)]
 pub struct Config {
     /// Address to listen on for HTTP and WebSocket.
     #[arg(long, env = "ROOMCAST_LISTEN", default_value = "127.0.0.1:8080")]

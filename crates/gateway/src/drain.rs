@@ -32,14 +32,23 @@ pub async fn run(node: &Node, stop_accepting: &watch::Sender<bool>) {
     let per_batch = conns.len().div_ceil(batches).max(1);
     // Clients wait a random while before reconnecting, on top of the batch spread.
     let jitter_ms = (config.drain_window.as_millis() as u64).clamp(1, 5_000);
-    tracing::info!(connections = conns.len(), batches, per_batch, "sending reconnect");
+    tracing::info!(
+        connections = conns.len(),
+        batches,
+        per_batch,
+        "sending reconnect"
+    );
     for batch in conns.chunks(per_batch) {
         for conn in batch {
-            let event = Event::Reconnect { after_ms: fastrand::u64(0..=jitter_ms), reason: "drain" };
+            let event = Event::Reconnect {
+                after_ms: fastrand::u64(0..=jitter_ms),
+                reason: "drain",
+            };
             if let Ok(bytes) = encode(&event, conn.outbound.format()) {
                 let _ = conn.outbound.push(bytes);
             }
-            conn.outbound.close(CloseCode::SERVICE_RESTART, "server restarting");
+            conn.outbound
+                .close(CloseCode::SERVICE_RESTART, "server restarting");
         }
         if Instant::now() + BATCH_EVERY < deadline {
             sleep(BATCH_EVERY).await;

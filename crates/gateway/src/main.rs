@@ -8,12 +8,17 @@ use gateway::{telemetry, Config};
 async fn main() -> anyhow::Result<()> {
     // 1. Config: flags and ROOMCAST_* variables, checked before anything starts.
     let config = Config::parse();
-    config.validate().map_err(anyhow::Error::msg).context("invalid configuration")?;
+    config
+        .validate()
+        .map_err(anyhow::Error::msg)
+        .context("invalid configuration")?;
 
     // 2. Telemetry.
     telemetry::init(&config);
     if config.allow_anonymous {
-        tracing::warn!("anonymous clients are allowed (--allow-anonymous): anyone can connect without a token");
+        tracing::warn!(
+            "anonymous clients are allowed (--allow-anonymous): anyone can connect without a token"
+        );
     }
 
     // 3. Serve until SIGTERM or Ctrl-C, then 4. drain within --drain-deadline.

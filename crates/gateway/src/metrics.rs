@@ -117,8 +117,11 @@ impl Metrics {
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
         ];
         let connections = IntGaugeVec::new(
-            Opts::new("connections", "Open client connections by protocol and format.")
-                .namespace("roomcast"),
+            Opts::new(
+                "connections",
+                "Open client connections by protocol and format.",
+            )
+            .namespace("roomcast"),
             &["protocol", "format"],
         )?;
         registry.register(Box::new(connections.clone()))?;
@@ -131,29 +134,118 @@ impl Metrics {
         registry.register(Box::new(command_duration.clone()))?;
         Ok(Metrics {
             connections,
-            connections_accepted: counter(&registry, "connections_accepted_total", "WebSocket connections accepted.")?,
-            connections_rejected: counter_vec(&registry, "connections_rejected_total", "Connections refused, by reason.", &["reason"])?,
-            disconnects: counter_vec(&registry, "disconnects_total", "Connections ended, by reason.", &["reason"])?,
-            messages_published: counter(&registry, "messages_published_total", "Messages accepted for publishing.")?,
-            messages_delivered: counter(&registry, "messages_delivered_total", "Frames queued to clients by fan-out.")?,
-            bytes_in: counter(&registry, "bytes_in_total", "WebSocket payload bytes received.")?,
-            bytes_out: counter(&registry, "bytes_out_total", "WebSocket payload bytes written.")?,
-            rate_limited: counter_vec(&registry, "rate_limited_total", "Requests refused by a rate limit, by limit.", &["limit"])?,
-            room_creations: counter(&registry, "room_creations_total", "Rooms created through this node.")?,
-            creation_paused: counter(&registry, "creation_paused_total", "create_room answered creation_paused.")?,
-            local_rooms: gauge(&registry, "local_rooms", "Rooms with at least one member on this node.")?,
-            subscribed_channels: gauge(&registry, "subscribed_channels", "Room channels this node receives.")?,
-            live_nodes: gauge(&registry, "live_nodes", "Gateway nodes with a live heartbeat.")?,
-            traffic_level: gauge(&registry, "traffic_level", "Traffic level: 0 normal, 1 high, 2 critical.")?,
-            cluster_rooms: gauge(&registry, "cluster_active_rooms", "Rooms in the whole cluster.")?,
-            cluster_connections: gauge(&registry, "cluster_active_connections", "Connections in the whole cluster.")?,
-            creations_per_minute: gauge(&registry, "room_creations_per_minute", "Room creations in the last sliding minute, cluster-wide.")?,
+            connections_accepted: counter(
+                &registry,
+                "connections_accepted_total",
+                "WebSocket connections accepted.",
+            )?,
+            connections_rejected: counter_vec(
+                &registry,
+                "connections_rejected_total",
+                "Connections refused, by reason.",
+                &["reason"],
+            )?,
+            disconnects: counter_vec(
+                &registry,
+                "disconnects_total",
+                "Connections ended, by reason.",
+                &["reason"],
+            )?,
+            messages_published: counter(
+                &registry,
+                "messages_published_total",
+                "Messages accepted for publishing.",
+            )?,
+            messages_delivered: counter(
+                &registry,
+                "messages_delivered_total",
+                "Frames queued to clients by fan-out.",
+            )?,
+            bytes_in: counter(
+                &registry,
+                "bytes_in_total",
+                "WebSocket payload bytes received.",
+            )?,
+            bytes_out: counter(
+                &registry,
+                "bytes_out_total",
+                "WebSocket payload bytes written.",
+            )?,
+            rate_limited: counter_vec(
+                &registry,
+                "rate_limited_total",
+                "Requests refused by a rate limit, by limit.",
+                &["limit"],
+            )?,
+            room_creations: counter(
+                &registry,
+                "room_creations_total",
+                "Rooms created through this node.",
+            )?,
+            creation_paused: counter(
+                &registry,
+                "creation_paused_total",
+                "create_room answered creation_paused.",
+            )?,
+            local_rooms: gauge(
+                &registry,
+                "local_rooms",
+                "Rooms with at least one member on this node.",
+            )?,
+            subscribed_channels: gauge(
+                &registry,
+                "subscribed_channels",
+                "Room channels this node receives.",
+            )?,
+            live_nodes: gauge(
+                &registry,
+                "live_nodes",
+                "Gateway nodes with a live heartbeat.",
+            )?,
+            traffic_level: gauge(
+                &registry,
+                "traffic_level",
+                "Traffic level: 0 normal, 1 high, 2 critical.",
+            )?,
+            cluster_rooms: gauge(
+                &registry,
+                "cluster_active_rooms",
+                "Rooms in the whole cluster.",
+            )?,
+            cluster_connections: gauge(
+                &registry,
+                "cluster_active_connections",
+                "Connections in the whole cluster.",
+            )?,
+            creations_per_minute: gauge(
+                &registry,
+                "room_creations_per_minute",
+                "Room creations in the last sliding minute, cluster-wide.",
+            )?,
             command_duration,
-            publish_latency: histogram(&registry, "publish_to_deliver_seconds", "From publish to local delivery.", latency_buckets)?,
-            outbound_queue_bytes: histogram(&registry, "outbound_queue_bytes", "Outbound queue depth when a frame is written.",
-                prometheus::exponential_buckets(64.0, 4.0, 10)?)?,
-            backend_errors: counter_vec(&registry, "backend_errors_total", "State backend errors, by operation.", &["op"])?,
-            slow_consumers: counter(&registry, "slow_consumers_total", "Connections whose outbound queue overflowed (closed with 4009).")?,
+            publish_latency: histogram(
+                &registry,
+                "publish_to_deliver_seconds",
+                "From publish to local delivery.",
+                latency_buckets,
+            )?,
+            outbound_queue_bytes: histogram(
+                &registry,
+                "outbound_queue_bytes",
+                "Outbound queue depth when a frame is written.",
+                prometheus::exponential_buckets(64.0, 4.0, 10)?,
+            )?,
+            backend_errors: counter_vec(
+                &registry,
+                "backend_errors_total",
+                "State backend errors, by operation.",
+                &["op"],
+            )?,
+            slow_consumers: counter(
+                &registry,
+                "slow_consumers_total",
+                "Connections whose outbound queue overflowed (closed with 4009).",
+            )?,
             registry,
         })
     }

@@ -81,7 +81,9 @@ impl Node {
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Arc<Node>> {
         let id = config.node_id.clone().unwrap_or_else(|| {
-            let suffix: String = (0..6).map(|_| fastrand::alphanumeric().to_ascii_lowercase()).collect();
+            let suffix: String = (0..6)
+                .map(|_| fastrand::alphanumeric().to_ascii_lowercase())
+                .collect();
             format!("n-{suffix}")
         });
         let auth = Authenticator::from_config(&config)?;
@@ -171,10 +173,14 @@ impl Node {
         );
         let (Ok(()), Ok(buckets), Ok(rooms), Ok(nodes), Ok(_)) = results else {
             self.backend_ok.store(false, Ordering::Release);
-            self.metrics.backend_errors.with_label_values(&["traffic"]).inc();
+            self.metrics
+                .backend_errors
+                .with_label_values(&["traffic"])
+                .inc();
             return;
         };
-        self.backend_ok.store(b.rooms.health().await.is_ok(), Ordering::Release);
+        self.backend_ok
+            .store(b.rooms.health().await.is_ok(), Ordering::Release);
         let connections: u64 = nodes.iter().map(|n| n.connections).sum();
         let status = self.traffic.compute(&buckets, rooms, connections, now);
         let m = &self.metrics;
@@ -187,7 +193,11 @@ impl Node {
         m.local_rooms.set(self.registry.room_count() as i64);
         m.subscribed_channels.set(b.fanout.subscribed() as i64);
         if self.traffic.update(status.clone()) {
-            tracing::info!(level = status.level.as_str(), creation = status.room_creation_enabled, "traffic level changed");
+            tracing::info!(
+                level = status.level.as_str(),
+                creation = status.room_creation_enabled,
+                "traffic level changed"
+            );
             self.broadcast(&Event::TrafficStatus(&status));
         }
     }

@@ -25,7 +25,10 @@ pub async fn accept_loop(node: Arc<Node>, listener: TcpListener, mut stop: watch
             Err(e) => {
                 // Out of descriptors or similar: back off instead of spinning.
                 tracing::warn!(error = %e, "accept failed");
-                node.metrics.connections_rejected.with_label_values(&["accept_error"]).inc();
+                node.metrics
+                    .connections_rejected
+                    .with_label_values(&["accept_error"])
+                    .inc();
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
@@ -77,7 +80,13 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener) -> Running {
     let upkeep = tokio::spawn(node.clone().run_upkeep());
     let (stop, stop_rx) = watch::channel(false);
     let accept = tokio::spawn(accept_loop(node.clone(), listener, stop_rx));
-    Running { node, addr, stop, accept, upkeep }
+    Running {
+        node,
+        addr,
+        stop,
+        accept,
+        upkeep,
+    }
 }
 
 impl Running {

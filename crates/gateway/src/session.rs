@@ -7,7 +7,9 @@ use crate::clock::now_ms;
 use crate::node::Node;
 use fan_out::{deliver_held, Outbound};
 use protocol::envelope::Envelope;
-use protocol::frame::{ErrorBody, Member, OkBody, Op, PresenceAction, RoomOptions, Since, MAX_HISTORY_LIMIT};
+use protocol::frame::{
+    ErrorBody, Member, OkBody, Op, PresenceAction, RoomOptions, Since, MAX_HISTORY_LIMIT,
+};
 use protocol::{Data, ErrorCode};
 use room_state::{MemberRecord, RoomConfig, StateError};
 use std::sync::Arc;
@@ -25,7 +27,11 @@ pub struct Session {
 pub enum After {
     Nothing,
     /// Release live messages held during a join (see `Registry::activate`).
-    Activate { room: String, epoch: String, offset: u64 },
+    Activate {
+        room: String,
+        epoch: String,
+        offset: u64,
+    },
 }
 
 pub type OpResult = Result<OkBody, ErrorBody>;
@@ -40,7 +46,8 @@ fn state_error(node: &Node, op: &str, e: StateError) -> ErrorBody {
         StateError::Unavailable(detail) => {
             node.metrics.backend_errors.with_label_values(&[op]).inc();
             tracing::warn!(op, %detail, "backend unavailable");
-            ErrorBody::new(ErrorCode::Unavailable, "service temporarily unavailable").retry_after(1000)
+            ErrorBody::new(ErrorCode::Unavailable, "service temporarily unavailable")
+                .retry_after(1000)
         }
         StateError::Internal(detail) => {
             node.metrics.backend_errors.with_label_values(&[op]).inc();
@@ -51,22 +58,31 @@ fn state_error(node: &Node, op: &str, e: StateError) -> ErrorBody {
 }
 
 fn forbidden(room: &str) -> ErrorBody {
-    ErrorBody::new(ErrorCode::Forbidden, format!("your token does not allow room '{room}'"))
+    ErrorBody::new(
+        ErrorCode::Forbidden,
+        format!("your token does not allow room '{room}'"),
+    )
 }
 
 /// Runs one op.
 pub async fn handle(node: &Node, s: &Session, op: Op) -> (OpResult, After) {
     let name = op.name();
-    let timer = node.metrics.command_duration.with_label_values(&[name]).start_timer();
+    let timer = node
+        .metrics
+        .command_duration
+        .with_label_values(&[name])
+        .start_timer();
     let result = match op {
         Op::CreateRoom { room, options } => create_room(node, s, room, options).await,
         Op::Join { room, since } => join(node, s, &room, since.as_ref()).await,
         Op::Leave { room } => (leave(node, s, &room).await, After::Nothing),
         Op::Publish { room, data } => (publish(node, s, &room, data).await, After::Nothing),
         Op::Presence { room } => (presence(node, s, &room).await, After::Nothing),
-        Op::History { room, limit, before } => {
-            (history(node, s, &room, limit, before).await, After::Nothing)
-        }
+        Op::History {
+            room,
+            limit,
+            before,
+        } => (history(node, s, &room, limit, before).await, After::Nothing),
         Op::Ping => (Ok(OkBody::Pong { pong: now_ms() }), After::Nothing),
     };
     timer.observe_duration();
@@ -75,7 +91,12 @@ pub async fn handle(node: &Node, s: &Session, op: Op) -> (OpResult, After) {
 
 /// Queues what a join held back, after its reply went out.
 pub fn after_reply(node: &Node, s: &Session, after: After) {
-    if let After::Activate { room, epoch, offset } = after {
+    if let After::Activate {
+        room,
+        epoch,
+        offset,
+    } = after
+    {
         let (conn, held) = node.registry.activate(&room, &s.conn_id, &epoch, offset);
         if let Some(conn) = conn {
             deliver_held(&conn, &held, &*node.metrics);
@@ -118,10 +139,15 @@ async fn create_room(
     options: RoomOptions,
 ) -> (OpResult, After) {
     let fail = |e| (Err(e), After::Nothing);
-    if let Some(room) = &room {
-        if !s.identity.may_use(room) {
-            return fail(forbidden(room));
+    match &room {
+        Some(room) if !s.identity.may_use(room) => return fail(forbidden(room)),
+        None if !s.identity.may_use_any() => {
+            return fail(ErrorBody::new(
+                ErrorCode::Forbidden,
+                "your token allows only named rooms: give `room`",
+            ))
         }
+        _ => {}
     }
     let config = match room_config(node, &options) {
         Ok(c) => c,
@@ -131,26 +157,54 @@ async fn create_room(
     let now = now_ms();
 
     // The global gate first: at `critical` or at the cap nobody creates.
-    let buckets = match b.traffic.creation_buckets(now, crate::traffic::WINDOW_MS).await {
+    let buckets = match b
+        .traffic
+        .creation_buckets(now, crate::traffic::WINDOW_MS)
+        .await
+    {
         Ok(buckets) => buckets,
         Err(e) => return fail(state_error(node, "create_room", e)),
     };
     let current = node.traffic.current();
-    let status = node.traffic.compute(&buckets, current.active_rooms, current.active_connections, now);
+    let status = node.traffic.compute(
+        &buckets,
+        current.active_rooms,
+        current.active_connections,
+        now,
+    );
     if !status.room_creation_enabled {
         node.metrics.creation_paused.inc();
         let retry = status.retry_after.unwrap_or(1000);
-        return fail(ErrorBody::new(ErrorCode::CreationPaused, "room creation is paused: traffic is critical").retry_after(retry));
+        return fail(
+            ErrorBody::new(
+                ErrorCode::CreationPaused,
+                "room creation is paused: traffic is critical",
+            )
+            .retry_after(retry),
+        );
     }
 
     // Then the user's own sliding window; a refused attempt is not recorded.
     let key = format!("create:{}", s.identity.user);
     let window = 60_000;
-    match b.limits.window_acquire(&key, node.config.room_create_limit, window, now).await {
+    match b
+        .limits
+        .window_acquire(&key, node.config.room_create_limit, window, now)
+        .await
+    {
         Ok(d) if d.allowed => {}
         Ok(d) => {
-            node.metrics.rate_limited.with_label_values(&["room_create"]).inc();
-            return fail(ErrorBody::new(ErrorCode::RateLimited, "too many rooms created; wait before creating another").retry_after(d.retry_after_ms));
+            node.metrics
+                .rate_limited
+                .with_label_values(&["room_create"])
+                .inc();
+            return fail(
+                ErrorBody::new(
+                    ErrorCode::RateLimited,
+                    "too many rooms created; wait before creating another",
+                )
+                .retry_after(d.retry_after_ms),
+            );
         }
         Err(e) => return fail(state_error(node, "create_room", e)),
     }
@@ -176,9 +230,24 @@ async fn create_room(
     node.traffic_nudge.notify_one();
 
     match join(node, s, &info.room, None).await {
-        (Ok(OkBody::Joined { room, offset, epoch, members, .. }), after) => {
-            (Ok(OkBody::Created { room, epoch, offset, members }), after)
-        }
+        (
+            Ok(OkBody::Joined {
+                room,
+                offset,
+                epoch,
+                members,
+                ..
+            }),
+            after,
+        ) => (
+            Ok(OkBody::Created {
+                room,
+                epoch,
+                offset,
+                members,
+            }),
+            after,
+        ),
         other => other,
     }
 }
@@ -191,7 +260,10 @@ async fn join(node: &Node, s: &Session, room: &str, since: Option<&Since>) -> (O
     let registry = &node.registry;
     let already_local = registry.is_in(room, &s.conn_id);
     if !already_local && registry.rooms_of(&s.conn_id).len() >= node.config.max_rooms_per_conn {
-        return fail(ErrorBody::new(ErrorCode::Forbidden, "too many rooms on one connection"));
+        return fail(ErrorBody::new(
+            ErrorCode::Forbidden,
+            "too many rooms on one connection",
+        ));
     }
     // Subscribe before the backend join; the registry holds live messages until the reply.
     if registry.join(room, &s.conn_id) == Some(true) {
@@ -202,7 +274,12 @@ async fn join(node: &Node, s: &Session, room: &str, since: Option<&Since>) -> (O
         conn_id: s.conn_id.to_string(),
         node: node.id.clone(),
     };
-    let outcome = match node.backends.rooms.join(room, &member, since, now_ms()).await {
+    let outcome = match node
+        .backends
+        .rooms
+        .join(room, &member, since, now_ms())
+        .await
+    {
         Ok(outcome) => outcome,
         Err(e) => {
             if !already_local && registry.leave(room, &s.conn_id) == Some(true) {
@@ -240,7 +317,12 @@ async fn join(node: &Node, s: &Session, room: &str, since: Option<&Since>) -> (O
 
 /// Takes a connection out of a room: backend, registry, subscription, presence.
 /// Returns whether it was a member.
-pub async fn leave_room(node: &Node, conn_id: &str, user: &str, room: &str) -> Result<bool, StateError> {
+pub async fn leave_room(
+    node: &Node,
+    conn_id: &str,
+    user: &str,
+    room: &str,
+) -> Result<bool, StateError> {
     let was_member = node.backends.rooms.leave(room, conn_id, now_ms()).await?;
     if node.registry.leave(room, conn_id) == Some(true) {
         node.backends.fanout.unsubscribe(room);
@@ -264,7 +346,10 @@ async fn leave(node: &Node, s: &Session, room: &str) -> OpResult {
     match leave_room(node, &s.conn_id, &s.identity.user, room).await {
         Ok(true) => Ok(OkBody::Empty {}),
         Ok(false) if was_local => Ok(OkBody::Empty {}),
-        Ok(false) => Err(ErrorBody::new(ErrorCode::NotMember, "not a member of this room")),
+        Ok(false) => Err(ErrorBody::new(
+            ErrorCode::NotMember,
+            "not a member of this room",
+        )),
         Err(e) => Err(state_error(node, "leave", e)),
     }
 }
@@ -274,20 +359,42 @@ async fn publish(node: &Node, s: &Session, room: &str, data: Data) -> OpResult {
         return Err(forbidden(room));
     }
     if data.as_json().len() > node.config.max_data_bytes {
-        return Err(ErrorBody::new(ErrorCode::PayloadTooLarge, format!("data is over {} bytes", node.config.max_data_bytes)));
+        return Err(ErrorBody::new(
+            ErrorCode::PayloadTooLarge,
+            format!("data is over {} bytes", node.config.max_data_bytes),
+        ));
     }
     let b = &node.backends;
     let now = now_ms();
     let key = format!("publish:{}", s.identity.user);
-    match b.limits.bucket_take(&key, node.config.publish_rate, node.config.publish_burst, now).await {
+    match b
+        .limits
+        .bucket_take(
+            &key,
+            node.config.publish_rate,
+            node.config.publish_burst,
+            now,
+        )
+        .await
+    {
         Ok(d) if d.allowed => {}
         Ok(d) => {
-            node.metrics.rate_limited.with_label_values(&["publish"]).inc();
-            return Err(ErrorBody::new(ErrorCode::RateLimited, "publishing too fast").retry_after(d.retry_after_ms));
+            node.metrics
+                .rate_limited
+                .with_label_values(&["publish"])
+                .inc();
+            return Err(
+                ErrorBody::new(ErrorCode::RateLimited, "publishing too fast")
+                    .retry_after(d.retry_after_ms),
+            );
         }
         Err(e) => return Err(state_error(node, "publish", e)),
     }
-    match b.rooms.publish(room, Some(&s.conn_id), &s.identity.user, data, now).await {
+    match b
+        .rooms
+        .publish(room, Some(&s.conn_id), &s.identity.user, data, now)
+        .await
+    {
         Ok(p) => {
             node.metrics.messages_published.inc();
             Ok(OkBody::Published { offset: p.offset })
@@ -306,12 +413,23 @@ async fn presence(node: &Node, s: &Session, room: &str) -> OpResult {
     }
 }
 
-async fn history(node: &Node, s: &Session, room: &str, limit: Option<u32>, before: Option<u64>) -> OpResult {
+async fn history(
+    node: &Node,
+    s: &Session,
+    room: &str,
+    limit: Option<u32>,
+    before: Option<u64>,
+) -> OpResult {
     if !s.identity.may_use(room) {
         return Err(forbidden(room));
     }
     let limit = limit.unwrap_or(MAX_HISTORY_LIMIT).min(MAX_HISTORY_LIMIT) as usize;
-    match node.backends.rooms.history(room, Some(&s.conn_id), limit, before).await {
+    match node
+        .backends
+        .rooms
+        .history(room, Some(&s.conn_id), limit, before)
+        .await
+    {
         Ok((messages, epoch)) => Ok(OkBody::History { messages, epoch }),
         Err(e) => Err(state_error(node, "history", e)),
     }

@@ -105,12 +105,21 @@ mod tests {
         let m = TrafficMonitor::new(3, 5, 10);
         let now = 100_000;
         let s = m.compute(&[(50_000, 2)], 1, 1, now);
-        assert_eq!((s.level, s.room_creation_enabled), (TrafficLevel::Normal, true));
+        assert_eq!(
+            (s.level, s.room_creation_enabled),
+            (TrafficLevel::Normal, true)
+        );
         let s = m.compute(&[(50_000, 3)], 1, 1, now);
-        assert_eq!((s.level, s.room_creation_enabled), (TrafficLevel::High, true));
+        assert_eq!(
+            (s.level, s.room_creation_enabled),
+            (TrafficLevel::High, true)
+        );
         assert!(s.message.is_some());
         let s = m.compute(&[(50_000, 2), (60_000, 3)], 1, 1, now);
-        assert_eq!((s.level, s.room_creation_enabled), (TrafficLevel::Critical, false));
+        assert_eq!(
+            (s.level, s.room_creation_enabled),
+            (TrafficLevel::Critical, false)
+        );
         // Removing the 2 at 50 s brings the count below 5: that happens at 110 s.
         assert_eq!(s.retry_after, Some(10_000));
     }
@@ -119,7 +128,10 @@ mod tests {
     fn cap_pauses_below_critical() {
         let m = TrafficMonitor::new(1, 100, 4);
         let s = m.compute(&[(90_000, 4)], 0, 0, 100_000);
-        assert_eq!((s.level, s.room_creation_enabled), (TrafficLevel::High, false));
+        assert_eq!(
+            (s.level, s.room_creation_enabled),
+            (TrafficLevel::High, false)
+        );
         assert_eq!(s.retry_after, Some(50_000));
     }
 

@@ -11,7 +11,9 @@ use gateway::node::{Backends, Node};
 use protocol::envelope::Envelope;
 use protocol::frame::{Member, Publication, Since};
 use protocol::Data;
-use room_state::{JoinOutcome, MemberRecord, MemoryState, RoomConfig, RoomInfo, RoomStore, StateError};
+use room_state::{
+    JoinOutcome, MemberRecord, MemoryState, RoomConfig, RoomInfo, RoomStore, StateError,
+};
 use serde_json::json;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
@@ -19,7 +21,15 @@ use support::*;
 
 #[tokio::test]
 async fn client_errors() {
-    let server = start(&["--max-data-bytes", "1000", "--publish-rate", "1", "--publish-burst", "3"]).await;
+    let server = start(&[
+        "--max-data-bytes",
+        "1000",
+        "--publish-rate",
+        "1",
+        "--publish-burst",
+        "3",
+    ])
+    .await;
     let addr = server.addr;
     let mut a = Client::connect(addr, "alice", Fmt::Json).await;
     let mut b = Client::connect(addr, "bob", Fmt::Json).await;
@@ -39,11 +49,18 @@ async fn client_errors() {
     }
 
     // not_found: only create_room makes a room.
-    assert_eq!(a.err(json!({"op": "join", "room": "nowhere"})).await["code"], "not_found");
+    assert_eq!(
+        a.err(json!({"op": "join", "room": "nowhere"})).await["code"],
+        "not_found"
+    );
 
     // room_exists
-    a.ok(json!({"op": "create_room", "room": "r", "options": {"maxMembers": 2}})).await;
-    assert_eq!(b.err(json!({"op": "create_room", "room": "r"})).await["code"], "room_exists");
+    a.ok(json!({"op": "create_room", "room": "r", "options": {"maxMembers": 2}}))
+        .await;
+    assert_eq!(
+        b.err(json!({"op": "create_room", "room": "r"})).await["code"],
+        "room_exists"
+    );
 
     // not_member: publish, presence, history and leave need membership.
     for op in ["publish", "presence", "history", "leave"] {
@@ -54,17 +71,24 @@ async fn client_errors() {
     // room_full
     b.ok(json!({"op": "join", "room": "r"})).await;
     let mut c = Client::connect(addr, "carol", Fmt::Json).await;
-    assert_eq!(c.err(json!({"op": "join", "room": "r"})).await["code"], "room_full");
+    assert_eq!(
+        c.err(json!({"op": "join", "room": "r"})).await["code"],
+        "room_full"
+    );
 
     // payload_too_large: data over --max-data-bytes.
-    let e = a.err(json!({"op": "publish", "room": "r", "data": "x".repeat(2000)})).await;
+    let e = a
+        .err(json!({"op": "publish", "room": "r", "data": "x".repeat(2000)}))
+        .await;
     assert_eq!(e["code"], "payload_too_large");
 
     // rate_limited: the publish bucket (burst 3, 1/s), with retryAfterMs.
     for _ in 0..3 {
         a.ok(json!({"op": "publish", "room": "r", "data": 1})).await;
     }
-    let e = a.err(json!({"op": "publish", "room": "r", "data": 1})).await;
+    let e = a
+        .err(json!({"op": "publish", "room": "r", "data": 1}))
+        .await;
     assert_eq!(e["code"], "rate_limited");
     let retry = e["retryAfterMs"].as_u64().unwrap();
     assert!((1..=1000).contains(&retry), "{e}");
@@ -80,24 +104,35 @@ async fn unauthorized_and_forbidden() {
     let server = start(&[]).await;
     // unauthorized: the server API with a wrong key.
     let (status, body) = http_json(server.addr, "GET", "/api/rooms/x", Some("nope"), "").await;
-    assert_eq!((status, body["error"]["code"].clone()), (401, json!("unauthorized")));
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (401, json!("unauthorized"))
+    );
     // forbidden: a room outside the token's `rooms` claim, for every op that names one.
     let t = token("zed", json!({"rooms": ["game:*", "lobby"]}));
     let mut z = Client::connect_query(server.addr, &format!("token={t}"), Fmt::Json).await;
     let mut owner = Client::connect(server.addr, "owner", Fmt::Json).await;
-    owner.ok(json!({"op": "create_room", "room": "secret"})).await;
+    owner
+        .ok(json!({"op": "create_room", "room": "secret"}))
+        .await;
     for op in ["join", "publish", "presence", "history"] {
         let e = z.err(json!({"op": op, "room": "secret", "data": 1})).await;
         assert_eq!(e["code"], "forbidden", "{op}");
     }
-    assert_eq!(z.err(json!({"op": "create_room", "room": "secret2"})).await["code"], "forbidden");
+    assert_eq!(
+        z.err(json!({"op": "create_room", "room": "secret2"})).await["code"],
+        "forbidden"
+    );
     z.ok(json!({"op": "create_room", "room": "game:1"})).await;
     z.ok(json!({"op": "create_room", "room": "lobby"})).await;
     // forbidden: more rooms than --max-rooms-per-conn.
     let server = start(&["--max-rooms-per-conn", "1"]).await;
     let mut c = Client::connect(server.addr, "c", Fmt::Json).await;
     c.ok(json!({"op": "create_room", "room": "one"})).await;
-    assert_eq!(c.err(json!({"op": "create_room", "room": "two"})).await["code"], "forbidden");
+    assert_eq!(
+        c.err(json!({"op": "create_room", "room": "two"})).await["code"],
+        "forbidden"
+    );
 }
 
 /// The embedded store with a switch that makes it fail like an unreachable or broken backend.
@@ -109,8 +144,12 @@ struct Faulty {
 impl Faulty {
     fn check(&self) -> Result<(), StateError> {
         match self.mode.load(Ordering::SeqCst) {
-            1 => Err(StateError::Unavailable("connection refused (injected)".into())),
-            2 => Err(StateError::Internal("WRONGTYPE secret internals (injected)".into())),
+            1 => Err(StateError::Unavailable(
+                "connection refused (injected)".into(),
+            )),
+            2 => Err(StateError::Internal(
+                "WRONGTYPE secret internals (injected)".into(),
+            )),
             _ => Ok(()),
         }
     }
@@ -118,26 +157,54 @@ impl Faulty {
 
 #[async_trait]
 impl RoomStore for Faulty {
-    async fn create(&self, room: &str, config: &RoomConfig, now_ms: u64) -> Result<RoomInfo, StateError> {
+    async fn create(
+        &self,
+        room: &str,
+        config: &RoomConfig,
+        now_ms: u64,
+    ) -> Result<RoomInfo, StateError> {
         self.check()?;
         self.inner.create(room, config, now_ms).await
     }
-    async fn join(&self, room: &str, member: &MemberRecord, since: Option<&Since>, now_ms: u64) -> Result<JoinOutcome, StateError> {
+    async fn join(
+        &self,
+        room: &str,
+        member: &MemberRecord,
+        since: Option<&Since>,
+        now_ms: u64,
+    ) -> Result<JoinOutcome, StateError> {
         self.check()?;
         self.inner.join(room, member, since, now_ms).await
     }
     async fn leave(&self, room: &str, conn_id: &str, now_ms: u64) -> Result<bool, StateError> {
         self.inner.leave(room, conn_id, now_ms).await
     }
-    async fn publish(&self, room: &str, conn_id: Option<&str>, from: &str, data: Data, now_ms: u64) -> Result<Publication, StateError> {
+    async fn publish(
+        &self,
+        room: &str,
+        conn_id: Option<&str>,
+        from: &str,
+        data: Data,
+        now_ms: u64,
+    ) -> Result<Publication, StateError> {
         self.check()?;
         self.inner.publish(room, conn_id, from, data, now_ms).await
     }
-    async fn members(&self, room: &str, requester: Option<&str>) -> Result<Vec<Member>, StateError> {
+    async fn members(
+        &self,
+        room: &str,
+        requester: Option<&str>,
+    ) -> Result<Vec<Member>, StateError> {
         self.check()?;
         self.inner.members(room, requester).await
     }
-    async fn history(&self, room: &str, requester: Option<&str>, limit: usize, before: Option<u64>) -> Result<(Vec<Publication>, String), StateError> {
+    async fn history(
+        &self,
+        room: &str,
+        requester: Option<&str>,
+        limit: usize,
+        before: Option<u64>,
+    ) -> Result<(Vec<Publication>, String), StateError> {
         self.check()?;
         self.inner.history(room, requester, limit, before).await
     }
@@ -150,7 +217,10 @@ impl RoomStore for Faulty {
     async fn count(&self) -> Result<u64, StateError> {
         self.inner.count().await
     }
-    async fn remove_node_members(&self, node: &str) -> Result<Vec<(String, MemberRecord)>, StateError> {
+    async fn remove_node_members(
+        &self,
+        node: &str,
+    ) -> Result<Vec<(String, MemberRecord)>, StateError> {
         self.inner.remove_node_members(node).await
     }
     async fn maintain(&self, now_ms: u64) -> Result<Vec<String>, StateError> {
@@ -170,9 +240,20 @@ async fn unavailable_and_internal_hide_their_details() {
     let state = Arc::new(MemoryState::new());
     let fanout = Arc::new(MemoryFanOut::new(registry.clone(), metrics.clone()));
     let sink = fanout.clone();
-    state.set_sink(Arc::new(move |p| sink.deliver_now(&Envelope::Message(p.clone()))));
-    let faulty = Arc::new(Faulty { inner: state.clone(), mode: AtomicU8::new(0) });
-    let backends = Backends { rooms: faulty.clone(), limits: state.clone(), traffic: state, fanout, name: "faulty" };
+    state.set_sink(Arc::new(move |p| {
+        sink.deliver_now(&Envelope::Message(p.clone()))
+    }));
+    let faulty = Arc::new(Faulty {
+        inner: state.clone(),
+        mode: AtomicU8::new(0),
+    });
+    let backends = Backends {
+        rooms: faulty.clone(),
+        limits: state.clone(),
+        traffic: state,
+        fanout,
+        name: "faulty",
+    };
     let node = Node::with_backends(config(&[]), addr, backends, registry, metrics).unwrap();
     let server = gateway::server::serve(node, listener).await;
 
@@ -180,7 +261,9 @@ async fn unavailable_and_internal_hide_their_details() {
     c.ok(json!({"op": "create_room", "room": "r"})).await;
 
     faulty.mode.store(1, Ordering::SeqCst);
-    let e = c.err(json!({"op": "publish", "room": "r", "data": 1})).await;
+    let e = c
+        .err(json!({"op": "publish", "room": "r", "data": 1}))
+        .await;
     assert_eq!(e["code"], "unavailable");
     assert!(e["retryAfterMs"].is_u64());
     assert!(!e.to_string().contains("refused"), "no internals: {e}");
@@ -194,7 +277,13 @@ async fn unavailable_and_internal_hide_their_details() {
     let e = c.err(json!({"op": "history", "room": "r"})).await;
     assert_eq!(e["code"], "internal");
     assert!(!e.to_string().contains("WRONGTYPE"), "no internals: {e}");
-    assert!(node.metrics.backend_errors.with_label_values(&["history"]).get() >= 1);
+    assert!(
+        node.metrics
+            .backend_errors
+            .with_label_values(&["history"])
+            .get()
+            >= 1
+    );
 
     faulty.mode.store(0, Ordering::SeqCst);
     c.ok(json!({"op": "publish", "room": "r", "data": 1})).await;

@@ -35,13 +35,18 @@ async fn every_op_and_event(fmt: Fmt) {
     assert_eq!(joined["members"].as_array().unwrap().len(), 2);
     assert!(joined.get("recovered").is_none());
     let p = alice.event("presence").await;
-    assert_eq!((p["action"].as_str(), p["user"].as_str(), p["room"].as_str()), (Some("join"), Some("bob"), Some(room.as_str())));
+    assert_eq!(
+        (p["action"].as_str(), p["user"].as_str(), p["room"].as_str()),
+        (Some("join"), Some("bob"), Some(room.as_str()))
+    );
     assert_eq!(p["connId"], json!(bob.conn_id()));
     bob.quiet(100).await;
 
     // publish: everyone gets the message, the publisher included; offsets 1, 2, 3.
     for n in 1..=3u64 {
-        let r = alice.ok(json!({"op": "publish", "room": room, "data": {"n": n, "text": "hi"}})).await;
+        let r = alice
+            .ok(json!({"op": "publish", "room": room, "data": {"n": n, "text": "hi"}}))
+            .await;
         assert_eq!(r["offset"], n);
     }
     for client in [&mut alice, &mut bob] {
@@ -58,28 +63,54 @@ async fn every_op_and_event(fmt: Fmt) {
 
     // presence
     let members = bob.ok(json!({"op": "presence", "room": room})).await;
-    let users: Vec<&str> = members["members"].as_array().unwrap().iter().map(|m| m["user"].as_str().unwrap()).collect();
+    let users: Vec<&str> = members["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["user"].as_str().unwrap())
+        .collect();
     assert_eq!(users, vec!["alice", "bob"]);
 
     // history: newest last, limit, before; limit over 100 is clamped.
     let h = bob.ok(json!({"op": "history", "room": room})).await;
     assert_eq!(h["epoch"], created["epoch"]);
-    let offsets: Vec<u64> = h["messages"].as_array().unwrap().iter().map(|m| m["offset"].as_u64().unwrap()).collect();
+    let offsets: Vec<u64> = h["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["offset"].as_u64().unwrap())
+        .collect();
     assert_eq!(offsets, vec![1, 2, 3]);
-    let h = bob.ok(json!({"op": "history", "room": room, "limit": 1, "before": 3})).await;
+    let h = bob
+        .ok(json!({"op": "history", "room": room, "limit": 1, "before": 3}))
+        .await;
     assert_eq!(h["messages"][0]["offset"], 2);
     assert_eq!(h["messages"].as_array().unwrap().len(), 1);
-    let h = bob.ok(json!({"op": "history", "room": room, "limit": 100000})).await;
+    let h = bob
+        .ok(json!({"op": "history", "room": room, "limit": 100000}))
+        .await;
     assert_eq!(h["messages"].as_array().unwrap().len(), 3);
 
     // join with since: recovered, with what was missed.
     let mut carol = Client::connect(addr, "carol", fmt).await;
-    let j = carol.ok(json!({"op": "join", "room": room, "since": {"offset": 1, "epoch": created["epoch"]}})).await;
+    let j = carol
+        .ok(json!({"op": "join", "room": room, "since": {"offset": 1, "epoch": created["epoch"]}}))
+        .await;
     assert_eq!(j["recovered"], true);
-    let missed: Vec<u64> = j["missed"].as_array().unwrap().iter().map(|m| m["offset"].as_u64().unwrap()).collect();
+    let missed: Vec<u64> = j["missed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["offset"].as_u64().unwrap())
+        .collect();
     assert_eq!(missed, vec![2, 3]);
-    let j = carol.ok(json!({"op": "join", "room": room, "since": {"offset": 3, "epoch": "stale"}})).await;
-    assert_eq!((j["recovered"].clone(), j["missed"].clone()), (json!(false), json!([])));
+    let j = carol
+        .ok(json!({"op": "join", "room": room, "since": {"offset": 3, "epoch": "stale"}}))
+        .await;
+    assert_eq!(
+        (j["recovered"].clone(), j["missed"].clone()),
+        (json!(false), json!([]))
+    );
     alice.event("presence").await;
     bob.event("presence").await;
 
@@ -88,10 +119,18 @@ async fn every_op_and_event(fmt: Fmt) {
     assert!(pong["pong"].is_u64());
 
     // leave: others get a presence leave; the leaver stops receiving.
-    assert_eq!(carol.ok(json!({"op": "leave", "room": room})).await, json!({}));
+    assert_eq!(
+        carol.ok(json!({"op": "leave", "room": room})).await,
+        json!({})
+    );
     let p = alice.event("presence").await;
-    assert_eq!((p["action"].as_str(), p["user"].as_str()), (Some("leave"), Some("carol")));
-    alice.ok(json!({"op": "publish", "room": room, "data": 4})).await;
+    assert_eq!(
+        (p["action"].as_str(), p["user"].as_str()),
+        (Some("leave"), Some("carol"))
+    );
+    alice
+        .ok(json!({"op": "publish", "room": room, "data": 4}))
+        .await;
     assert_eq!(bob.event("message").await["offset"], 4);
     carol.quiet(150).await;
 
@@ -99,14 +138,32 @@ async fn every_op_and_event(fmt: Fmt) {
     drop(carol);
     bob.ws.close(None).await.unwrap();
     let p = alice.event("presence").await;
-    assert_eq!((p["action"].as_str(), p["user"].as_str()), (Some("leave"), Some("bob")));
+    assert_eq!(
+        (p["action"].as_str(), p["user"].as_str()),
+        (Some("leave"), Some("bob"))
+    );
 
     // room_closed through the server API.
-    let (status, body) = http_json(addr, "DELETE", &format!("/api/rooms/{room}"), Some(API_KEY), "").await;
+    let (status, body) = http_json(
+        addr,
+        "DELETE",
+        &format!("/api/rooms/{room}"),
+        Some(API_KEY),
+        "",
+    )
+    .await;
     assert_eq!((status, body["closed"].clone()), (200, json!(true)));
     let closed = alice.event("room_closed").await;
-    assert_eq!((closed["room"].as_str(), closed["reason"].as_str()), (Some(room.as_str()), Some("closed")));
-    assert_eq!(alice.err(json!({"op": "publish", "room": room, "data": 1})).await["code"], "not_found");
+    assert_eq!(
+        (closed["room"].as_str(), closed["reason"].as_str()),
+        (Some(room.as_str()), Some("closed"))
+    );
+    assert_eq!(
+        alice
+            .err(json!({"op": "publish", "room": room, "data": 1}))
+            .await["code"],
+        "not_found"
+    );
 
     // reconnect on drain, then close 1012.
     let mut dave = Client::connect(addr, "dave", fmt).await;
@@ -134,7 +191,8 @@ async fn json_and_msgpack_clients_share_a_room() {
     let mut m = Client::connect(server.addr, "m", Fmt::MsgPack).await;
     let room = j.ok(json!({"op": "create_room", "room": "mixed"})).await["room"].clone();
     m.ok(json!({"op": "join", "room": room})).await;
-    m.ok(json!({"op": "publish", "room": room, "data": {"nested": [1, 2.5, "x", null, true]}})).await;
+    m.ok(json!({"op": "publish", "room": room, "data": {"nested": [1, 2.5, "x", null, true]}}))
+        .await;
     let got = j.event("message").await;
     assert_eq!(got["data"], json!({"nested": [1, 2.5, "x", null, true]}));
     assert_eq!(got["from"], "m");
@@ -147,35 +205,90 @@ async fn server_api() {
     let mut alice = Client::connect(addr, "alice", Fmt::Json).await;
     alice.ok(json!({"op": "create_room", "room": "news"})).await;
 
-    let (status, body) = http_json(addr, "POST", "/api/rooms/news/publish", Some(API_KEY), r#"{"headline":"hello"}"#).await;
+    let (status, body) = http_json(
+        addr,
+        "POST",
+        "/api/rooms/news/publish",
+        Some(API_KEY),
+        r#"{"headline":"hello"}"#,
+    )
+    .await;
     assert_eq!((status, body["offset"].clone()), (200, json!(1)));
     let m = alice.event("message").await;
-    assert_eq!((m["from"].as_str(), m["data"]["headline"].as_str()), (Some("server"), Some("hello")));
+    assert_eq!(
+        (m["from"].as_str(), m["data"]["headline"].as_str()),
+        (Some("server"), Some("hello"))
+    );
 
     let (status, info) = http_json(addr, "GET", "/api/rooms/news", Some(API_KEY), "").await;
     assert_eq!(status, 200);
-    assert_eq!((info["members"].clone(), info["offset"].clone()), (json!(1), json!(1)));
+    assert_eq!(
+        (info["members"].clone(), info["offset"].clone()),
+        (json!(1), json!(1))
+    );
     assert_eq!(info["presence"][0]["user"], "alice");
 
     // Errors: bad key, unknown room, bad body, bad room name, oversize body.
     let (status, body) = http_json(addr, "GET", "/api/rooms/news", Some("wrong"), "").await;
-    assert_eq!((status, body["error"]["code"].clone()), (401, json!("unauthorized")));
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (401, json!("unauthorized"))
+    );
     assert_eq!(http(addr, "GET", "/api/rooms/news", None, "").await.0, 401);
-    assert_eq!(http(addr, "GET", "/api/rooms/nope", Some(API_KEY), "").await.0, 404);
-    assert_eq!(http(addr, "POST", "/api/rooms/news/publish", Some(API_KEY), "{bad").await.0, 400);
-    assert_eq!(http(addr, "GET", "/api/rooms/bad%20name", Some(API_KEY), "").await.0, 400);
+    assert_eq!(
+        http(addr, "GET", "/api/rooms/nope", Some(API_KEY), "")
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        http(
+            addr,
+            "POST",
+            "/api/rooms/news/publish",
+            Some(API_KEY),
+            "{bad"
+        )
+        .await
+        .0,
+        400
+    );
+    assert_eq!(
+        http(addr, "GET", "/api/rooms/bad%20name", Some(API_KEY), "")
+            .await
+            .0,
+        400
+    );
     let big = format!("\"{}\"", "x".repeat(70_000));
-    let (status, body) = http_json(addr, "POST", "/api/rooms/news/publish", Some(API_KEY), &big).await;
-    assert_eq!((status, body["error"]["code"].clone()), (413, json!("payload_too_large")));
+    let (status, body) =
+        http_json(addr, "POST", "/api/rooms/news/publish", Some(API_KEY), &big).await;
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (413, json!("payload_too_large"))
+    );
 
     // Disconnect a user: every connection of theirs closes with 4003.
     let mut second = Client::connect(addr, "alice", Fmt::MsgPack).await;
-    let (status, _) = http_json(addr, "POST", "/api/users/alice/disconnect", Some(API_KEY), "").await;
+    let (status, _) = http_json(
+        addr,
+        "POST",
+        "/api/users/alice/disconnect",
+        Some(API_KEY),
+        "",
+    )
+    .await;
     assert_eq!(status, 200);
     assert_eq!(alice.closed().await, 4003);
     assert_eq!(second.closed().await, 4003);
     let node = server.node.clone();
-    eventually("kicked counted", || node.metrics.disconnects.with_label_values(&["kicked"]).get() == 2).await;
+    eventually("kicked counted", || {
+        node.metrics
+            .disconnects
+            .with_label_values(&["kicked"])
+            .get()
+            == 2
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -194,7 +307,8 @@ async fn status_probes_and_metrics() {
     assert_eq!(http(addr, "GET", "/nope", None, "").await.0, 404);
     let mut c = Client::connect(addr, "m", Fmt::Json).await;
     c.ok(json!({"op": "create_room", "room": "metrics"})).await;
-    c.ok(json!({"op": "publish", "room": "metrics", "data": 1})).await;
+    c.ok(json!({"op": "publish", "room": "metrics", "data": 1}))
+        .await;
     let (status, text) = http(addr, "GET", "/metrics", None, "").await;
     assert_eq!(status, 200);
     for name in [
@@ -215,10 +329,14 @@ async fn status_probes_and_metrics() {
 async fn empty_rooms_expire_after_their_ttl() {
     let server = start(&[]).await;
     let mut c = Client::connect(server.addr, "t", Fmt::Json).await;
-    c.ok(json!({"op": "create_room", "room": "brief", "options": {"ttlSecs": 1}})).await;
+    c.ok(json!({"op": "create_room", "room": "brief", "options": {"ttlSecs": 1}}))
+        .await;
     c.ok(json!({"op": "leave", "room": "brief"})).await;
     tokio::time::sleep(std::time::Duration::from_millis(1600)).await;
-    assert_eq!(c.err(json!({"op": "join", "room": "brief"})).await["code"], "not_found");
+    assert_eq!(
+        c.err(json!({"op": "join", "room": "brief"})).await["code"],
+        "not_found"
+    );
     // The name is free again.
     c.ok(json!({"op": "create_room", "room": "brief"})).await;
 }
@@ -230,10 +348,14 @@ async fn a_member_sees_every_offset_once_while_joining_under_load() {
     let server = start(&["--publish-rate", "100000", "--publish-burst", "100000"]).await;
     let addr = server.addr;
     let mut publisher = Client::connect(addr, "pub", Fmt::Json).await;
-    publisher.ok(json!({"op": "create_room", "room": "busy"})).await;
+    publisher
+        .ok(json!({"op": "create_room", "room": "busy"}))
+        .await;
     let flood = tokio::spawn(async move {
         for n in 0..400u64 {
-            publisher.send(json!({"id": n + 100, "op": "publish", "room": "busy", "data": n})).await;
+            publisher
+                .send(json!({"id": n + 100, "op": "publish", "room": "busy", "data": n}))
+                .await;
             if n % 50 == 0 {
                 tokio::time::sleep(std::time::Duration::from_millis(5)).await;
             }
@@ -243,7 +365,12 @@ async fn a_member_sees_every_offset_once_while_joining_under_load() {
     let mut joiners = Vec::new();
     for i in 0..5 {
         tokio::time::sleep(std::time::Duration::from_millis(3)).await;
-        let mut c = Client::connect(addr, &format!("j{i}"), if i % 2 == 0 { Fmt::Json } else { Fmt::MsgPack }).await;
+        let mut c = Client::connect(
+            addr,
+            &format!("j{i}"),
+            if i % 2 == 0 { Fmt::Json } else { Fmt::MsgPack },
+        )
+        .await;
         let j = c.ok(json!({"op": "join", "room": "busy"})).await;
         joiners.push((c, j["offset"].as_u64().unwrap()));
     }

@@ -201,13 +201,16 @@ mod tests {
                 before: Some(9)
             }
         );
-        assert_eq!(json_req(json!({"id": 7, "op": "ping"})).expect("ok").op, Op::Ping);
+        assert_eq!(
+            json_req(json!({"id": 7, "op": "ping"})).expect("ok").op,
+            Op::Ping
+        );
     }
 
     #[test]
     fn msgpack_uses_the_same_names() {
-        let bytes = rmp_serde::to_vec_named(&json!({"id": 9, "op": "join", "room": "r"}))
-            .expect("encode");
+        let bytes =
+            rmp_serde::to_vec_named(&json!({"id": 9, "op": "join", "room": "r"})).expect("encode");
         let r = decode_request(&bytes, Format::MsgPack).expect("ok");
         assert_eq!(r.id, 9);
     }

@@ -91,7 +91,11 @@ pub fn depth_within(bytes: &[u8], max_depth: usize) -> bool {
 
 fn read_len(bytes: &[u8], pos: usize, width: usize) -> Option<usize> {
     let slice = bytes.get(pos..pos.checked_add(width)?)?;
-    Some(slice.iter().fold(0usize, |acc, b| (acc << 8) | usize::from(*b)))
+    Some(
+        slice
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b)),
+    )
 }
 
 #[cfg(test)]

@@ -62,7 +62,10 @@ mod tests {
         let h = pubs(3..=5);
         let (ok, missed) = recover(&since(3, "e"), "e", 5, &h);
         assert!(ok);
-        assert_eq!(missed.iter().map(|p| p.offset).collect::<Vec<_>>(), vec![4, 5]);
+        assert_eq!(
+            missed.iter().map(|p| p.offset).collect::<Vec<_>>(),
+            vec![4, 5]
+        );
         assert_eq!(recover(&since(2, "e"), "e", 5, &h).1.len(), 3);
         assert_eq!(recover(&since(1, "e"), "e", 5, &h), (false, vec![]));
         assert_eq!(recover(&since(5, "e"), "e", 5, &h), (true, vec![]));

@@ -49,11 +49,8 @@ pub trait RoomStore: Send + Sync {
     ) -> Result<Publication, StateError>;
 
     /// The members. `requester`, when given, must be one (`NotMember`).
-    async fn members(
-        &self,
-        room: &str,
-        requester: Option<&str>,
-    ) -> Result<Vec<Member>, StateError>;
+    async fn members(&self, room: &str, requester: Option<&str>)
+        -> Result<Vec<Member>, StateError>;
 
     /// Up to `limit` messages with offsets below `before` (all when `None`), newest last, and
     /// the current epoch. `requester`, when given, must be a member.

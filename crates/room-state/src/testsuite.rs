@@ -52,15 +52,27 @@ pub async fn rooms(store: &dyn RoomStore, prefix: &str) {
     assert_eq!(created.offset, 0);
     assert!(!created.epoch.is_empty());
     assert_eq!(
-        store.create(&room, &config(None, 3), now).await.unwrap_err(),
+        store
+            .create(&room, &config(None, 3), now)
+            .await
+            .unwrap_err(),
         StateError::RoomExists
     );
 
     // Join, capacity, idempotent re-join.
     let j = store.join(&room, &a, None, now).await.unwrap();
-    assert_eq!((j.offset, j.epoch.as_str(), j.members.len()), (0, created.epoch.as_str(), 1));
+    assert_eq!(
+        (j.offset, j.epoch.as_str(), j.members.len()),
+        (0, created.epoch.as_str(), 1)
+    );
     assert!(!j.already_member);
-    assert!(store.join(&room, &a, None, now).await.unwrap().already_member);
+    assert!(
+        store
+            .join(&room, &a, None, now)
+            .await
+            .unwrap()
+            .already_member
+    );
     store.join(&room, &b, None, now).await.unwrap();
     let c = member(&format!("{prefix}c3"), "carol", "n1");
     assert_eq!(
@@ -86,7 +98,10 @@ pub async fn rooms(store: &dyn RoomStore, prefix: &str) {
         StateError::NotMember
     );
     assert_eq!(
-        store.history(&room, Some(&c.conn_id), 10, None).await.unwrap_err(),
+        store
+            .history(&room, Some(&c.conn_id), 10, None)
+            .await
+            .unwrap_err(),
         StateError::NotMember
     );
 
@@ -100,11 +115,20 @@ pub async fn rooms(store: &dyn RoomStore, prefix: &str) {
         assert_eq!(p.epoch, created.epoch);
         assert_eq!(p.ts, now + n);
     }
-    let server = store.publish(&room, None, "server", data(6), now).await.unwrap();
+    let server = store
+        .publish(&room, None, "server", data(6), now)
+        .await
+        .unwrap();
     assert_eq!((server.offset, server.from.as_str()), (6, "server"));
-    let (history, epoch) = store.history(&room, Some(&b.conn_id), 100, None).await.unwrap();
+    let (history, epoch) = store
+        .history(&room, Some(&b.conn_id), 100, None)
+        .await
+        .unwrap();
     assert_eq!(epoch, created.epoch);
-    assert_eq!(history.iter().map(|p| p.offset).collect::<Vec<_>>(), vec![4, 5, 6]);
+    assert_eq!(
+        history.iter().map(|p| p.offset).collect::<Vec<_>>(),
+        vec![4, 5, 6]
+    );
     assert_eq!(history[0].data, data(4));
     let (page, _) = store.history(&room, None, 1, Some(6)).await.unwrap();
     assert_eq!(page.iter().map(|p| p.offset).collect::<Vec<_>>(), vec![5]);
@@ -116,7 +140,10 @@ pub async fn rooms(store: &dyn RoomStore, prefix: &str) {
     };
     let j = store.join(&room, &b, Some(&since(4)), now).await.unwrap();
     assert_eq!(j.recovered, Some(true));
-    assert_eq!(j.missed.iter().map(|p| p.offset).collect::<Vec<_>>(), vec![5, 6]);
+    assert_eq!(
+        j.missed.iter().map(|p| p.offset).collect::<Vec<_>>(),
+        vec![5, 6]
+    );
     let j = store.join(&room, &b, Some(&since(6)), now).await.unwrap();
     assert_eq!((j.recovered, j.missed.len()), (Some(true), 0));
     let j = store.join(&room, &b, Some(&since(1)), now).await.unwrap();
@@ -133,7 +160,10 @@ pub async fn rooms(store: &dyn RoomStore, prefix: &str) {
     assert_eq!((info.offset, info.members.len()), (6, 2));
     assert!(store.leave(&room, &b.conn_id, now).await.unwrap());
     assert!(!store.leave(&room, &b.conn_id, now).await.unwrap());
-    assert!(!store.leave(&format!("{prefix}none"), &b.conn_id, now).await.unwrap());
+    assert!(!store
+        .leave(&format!("{prefix}none"), &b.conn_id, now)
+        .await
+        .unwrap());
     assert!(store.count().await.unwrap() >= 1);
 
     // A dead node's members can be swept.
@@ -144,7 +174,10 @@ pub async fn rooms(store: &dyn RoomStore, prefix: &str) {
         .await
         .unwrap();
     assert_eq!(swept.len(), 1);
-    assert_eq!((swept[0].0.as_str(), swept[0].1.user.as_str()), (room.as_str(), "dave"));
+    assert_eq!(
+        (swept[0].0.as_str(), swept[0].1.user.as_str()),
+        (room.as_str(), "dave")
+    );
     assert_eq!(store.info(&room).await.unwrap().members.len(), 1);
 
     // Close removes the room and returns its members; re-creating starts a new epoch.
@@ -170,7 +203,10 @@ pub async fn expiry(store: &dyn RoomStore, prefix: &str, now: u64) {
     let a = member(&format!("{prefix}t1"), "alice", "n1");
     store.join(&room, &a, None, now).await.unwrap();
     store.maintain(now + 5_000).await.unwrap();
-    assert!(store.info(&room).await.is_ok(), "a room with members must not expire");
+    assert!(
+        store.info(&room).await.is_ok(),
+        "a room with members must not expire"
+    );
     store.leave(&room, &a.conn_id, now + 5_000).await.unwrap();
     store.maintain(now + 7_000).await.unwrap();
     assert_eq!(store.info(&room).await.unwrap_err(), StateError::NotFound);
@@ -181,38 +217,97 @@ pub async fn limits(limits: &dyn RateLimits, prefix: &str) {
     let now = 1_700_000_000_000u64;
     let key = format!("{prefix}create:alice");
     for i in 0..5 {
-        assert!(limits.window_acquire(&key, 5, 60_000, now + i).await.unwrap().allowed);
+        assert!(
+            limits
+                .window_acquire(&key, 5, 60_000, now + i)
+                .await
+                .unwrap()
+                .allowed
+        );
     }
-    let refused = limits.window_acquire(&key, 5, 60_000, now + 10).await.unwrap();
+    let refused = limits
+        .window_acquire(&key, 5, 60_000, now + 10)
+        .await
+        .unwrap();
     assert!(!refused.allowed);
     assert_eq!(refused.retry_after_ms, 60_000 - 10);
     // A refused attempt was not recorded: one minute after the first, one slot frees.
-    assert!(limits.window_acquire(&key, 5, 60_000, now + 60_000).await.unwrap().allowed);
-    assert!(!limits.window_acquire(&key, 5, 60_000, now + 60_000).await.unwrap().allowed);
+    assert!(
+        limits
+            .window_acquire(&key, 5, 60_000, now + 60_000)
+            .await
+            .unwrap()
+            .allowed
+    );
+    assert!(
+        !limits
+            .window_acquire(&key, 5, 60_000, now + 60_000)
+            .await
+            .unwrap()
+            .allowed
+    );
     // Release gives an acquisition back.
     limits.window_release(&key, now + 60_000).await.unwrap();
-    assert!(limits.window_acquire(&key, 5, 60_000, now + 60_001).await.unwrap().allowed);
+    assert!(
+        limits
+            .window_acquire(&key, 5, 60_000, now + 60_001)
+            .await
+            .unwrap()
+            .allowed
+    );
     // Keys are independent.
-    assert!(limits
-        .window_acquire(&format!("{prefix}create:bob"), 5, 60_000, now + 10)
-        .await
-        .unwrap()
-        .allowed);
+    assert!(
+        limits
+            .window_acquire(&format!("{prefix}create:bob"), 5, 60_000, now + 10)
+            .await
+            .unwrap()
+            .allowed
+    );
 
     let bucket = format!("{prefix}publish:alice");
     for _ in 0..4 {
-        assert!(limits.bucket_take(&bucket, 2.0, 4, now).await.unwrap().allowed);
+        assert!(
+            limits
+                .bucket_take(&bucket, 2.0, 4, now)
+                .await
+                .unwrap()
+                .allowed
+        );
     }
     let d = limits.bucket_take(&bucket, 2.0, 4, now).await.unwrap();
     assert!(!d.allowed);
     assert_eq!(d.retry_after_ms, 500);
-    assert!(limits.bucket_take(&bucket, 2.0, 4, now + 500).await.unwrap().allowed);
-    assert!(!limits.bucket_take(&bucket, 2.0, 4, now + 500).await.unwrap().allowed);
+    assert!(
+        limits
+            .bucket_take(&bucket, 2.0, 4, now + 500)
+            .await
+            .unwrap()
+            .allowed
+    );
+    assert!(
+        !limits
+            .bucket_take(&bucket, 2.0, 4, now + 500)
+            .await
+            .unwrap()
+            .allowed
+    );
     // Refill is capped at the burst.
     for _ in 0..4 {
-        assert!(limits.bucket_take(&bucket, 2.0, 4, now + 100_000).await.unwrap().allowed);
+        assert!(
+            limits
+                .bucket_take(&bucket, 2.0, 4, now + 100_000)
+                .await
+                .unwrap()
+                .allowed
+        );
     }
-    assert!(!limits.bucket_take(&bucket, 2.0, 4, now + 100_000).await.unwrap().allowed);
+    assert!(
+        !limits
+            .bucket_take(&bucket, 2.0, 4, now + 100_000)
+            .await
+            .unwrap()
+            .allowed
+    );
 }
 
 /// Creation buckets and the node registry. Counts are compared as deltas, because a shared
@@ -227,8 +322,14 @@ pub async fn traffic(traffic: &dyn TrafficCounters, prefix: &str) {
     let buckets = traffic.creation_buckets(now + 2_500, 60_000).await.unwrap();
     assert_eq!(sum(buckets.clone()) - before, 3);
     assert!(buckets.windows(2).all(|w| w[0].0 < w[1].0), "oldest first");
-    let later = sum(traffic.creation_buckets(now + 61_500, 60_000).await.unwrap());
-    assert_eq!(later, 1, "only the creation at +2 s is inside the window at +61.5 s");
+    let later = sum(traffic
+        .creation_buckets(now + 61_500, 60_000)
+        .await
+        .unwrap());
+    assert_eq!(
+        later, 1,
+        "only the creation at +2 s is inside the window at +61.5 s"
+    );
 
     let node = NodeInfo {
         id: format!("{prefix}node"),

@@ -21,8 +21,7 @@ pub trait TrafficCounters: Send + Sync {
     ) -> Result<Vec<(u64, u64)>, StateError>;
 
     /// Records this node as alive until `now_ms + ttl_ms`, with its connection count.
-    async fn heartbeat(&self, node: &NodeInfo, now_ms: u64, ttl_ms: u64)
-        -> Result<(), StateError>;
+    async fn heartbeat(&self, node: &NodeInfo, now_ms: u64, ttl_ms: u64) -> Result<(), StateError>;
 
     /// The nodes whose heartbeat has not expired.
     async fn live_nodes(&self, now_ms: u64) -> Result<Vec<NodeInfo>, StateError>;

@@ -26,7 +26,11 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 fn authorized(node: &Node, req: &Request<Incoming>) -> Result<(), Box<Response<Body>>> {
     let Some(key) = &node.config.api_key else {
-        return Err(Box::new(error(StatusCode::FORBIDDEN, "forbidden", "the server API is disabled (no --api-key)")));
+        return Err(Box::new(error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the server API is disabled (no --api-key)",
+        )));
     };
     let given = req
         .headers()
@@ -37,7 +41,11 @@ fn authorized(node: &Node, req: &Request<Incoming>) -> Result<(), Box<Response<B
     if constant_time_eq(given.as_bytes(), key.as_bytes()) {
         Ok(())
     } else {
-        Err(Box::new(error(StatusCode::UNAUTHORIZED, "unauthorized", "bad or missing API key")))
+        Err(Box::new(error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "bad or missing API key",
+        )))
     }
 }
 
@@ -46,11 +54,19 @@ fn state_error(e: StateError) -> Response<Body> {
         StateError::NotFound => error(StatusCode::NOT_FOUND, "not_found", "room not found"),
         StateError::Unavailable(detail) => {
             tracing::warn!(%detail, "backend unavailable (api)");
-            error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "service temporarily unavailable")
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "service temporarily unavailable",
+            )
         }
         other => {
             tracing::error!(error = %other, "backend error (api)");
-            error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error",
+            )
         }
     }
 }
@@ -84,7 +100,11 @@ fn check_room(room: &str) -> Result<(), Box<Response<Body>>> {
     if room_name::is_valid(room) {
         Ok(())
     } else {
-        Err(Box::new(error(StatusCode::BAD_REQUEST, "bad_request", "room names are 1-128 characters of [A-Za-z0-9_.:-]")))
+        Err(Box::new(error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "room names are 1-128 characters of [A-Za-z0-9_.:-]",
+        )))
     }
 }
 
@@ -95,7 +115,13 @@ async fn publish(node: &Node, room: &str, req: Request<Incoming>) -> Response<Bo
     let limit = node.config.max_data_bytes;
     let body = match Limited::new(req.into_body(), limit).collect().await {
         Ok(collected) => collected.to_bytes(),
-        Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "body is over --max-data-bytes"),
+        Err(_) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "body is over --max-data-bytes",
+            )
+        }
     };
     let value: serde_json::Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
@@ -105,10 +131,18 @@ async fn publish(node: &Node, room: &str, req: Request<Incoming>) -> Response<Bo
         Ok(d) => d,
         Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()),
     };
-    match node.backends.rooms.publish(room, None, "server", data, now_ms()).await {
+    match node
+        .backends
+        .rooms
+        .publish(room, None, "server", data, now_ms())
+        .await
+    {
         Ok(p) => {
             node.metrics.messages_published.inc();
-            json(StatusCode::OK, &serde_json::json!({"offset": p.offset, "epoch": p.epoch}))
+            json(
+                StatusCode::OK,
+                &serde_json::json!({"offset": p.offset, "epoch": p.epoch}),
+            )
         }
         Err(e) => state_error(e),
     }
@@ -142,20 +176,32 @@ async fn close_room(node: &Node, room: &str) -> Response<Body> {
         Ok(former) => former,
         Err(e) => return state_error(e),
     };
-    let closed = Envelope::RoomClosed { room: room.to_string(), reason: "closed".to_string() };
+    let closed = Envelope::RoomClosed {
+        room: room.to_string(),
+        reason: "closed".to_string(),
+    };
     if let Err(e) = node.backends.fanout.publish(closed).await {
         tracing::warn!(error = %e, "room_closed not published");
     }
-    json(StatusCode::OK, &serde_json::json!({"closed": true, "members": former.len()}))
+    json(
+        StatusCode::OK,
+        &serde_json::json!({"closed": true, "members": former.len()}),
+    )
 }
 
 async fn disconnect(node: &Node, user: &str) -> Response<Body> {
-    let envelope = Envelope::DisconnectUser { user: user.to_string() };
+    let envelope = Envelope::DisconnectUser {
+        user: user.to_string(),
+    };
     match node.backends.fanout.publish(envelope).await {
         Ok(()) => json(StatusCode::OK, &serde_json::json!({"ok": true})),
         Err(e) => {
             tracing::warn!(error = %e, "disconnect not published");
-            error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "service temporarily unavailable")
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "service temporarily unavailable",
+            )
         }
     }
 }

@@ -19,7 +19,11 @@ use std::sync::Arc;
 pub type Body = Full<Bytes>;
 
 /// Routes one request.
-pub async fn route(node: Arc<Node>, peer: SocketAddr, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+pub async fn route(
+    node: Arc<Node>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_string();
     let response = match (req.method(), path.as_str()) {
         (&Method::GET, "/ws") => ws_upgrade(node, peer, req),
@@ -36,7 +40,12 @@ pub async fn route(node: Arc<Node>, peer: SocketAddr, req: Request<Incoming>) ->
         }
         (&Method::GET, "/metrics") => {
             let mut r = Response::new(Full::new(Bytes::from(node.metrics.render())));
-            r.headers_mut().insert(CONTENT_TYPE, "text/plain; version=0.0.4".parse().unwrap_or_else(|_| hyper::header::HeaderValue::from_static("text/plain")));
+            r.headers_mut().insert(
+                CONTENT_TYPE,
+                "text/plain; version=0.0.4"
+                    .parse()
+                    .unwrap_or_else(|_| hyper::header::HeaderValue::from_static("text/plain")),
+            );
             r
         }
         (_, p) if p.starts_with("/api/") => api::handle(&node, req).await,
@@ -47,14 +56,24 @@ pub async fn route(node: Arc<Node>, peer: SocketAddr, req: Request<Incoming>) ->
 
 fn ws_upgrade(node: Arc<Node>, peer: SocketAddr, mut req: Request<Incoming>) -> Response<Body> {
     if !fastwebsockets::upgrade::is_upgrade_request(&req) {
-        return error(StatusCode::UPGRADE_REQUIRED, "bad_request", "expected a WebSocket upgrade");
+        return error(
+            StatusCode::UPGRADE_REQUIRED,
+            "bad_request",
+            "expected a WebSocket upgrade",
+        );
     }
     let params = query::parse(req.uri().query().unwrap_or(""));
     let format = match params.get("format").map(String::as_str) {
         None => Format::Json,
         Some(f) => match Format::from_query(f) {
             Some(format) => format,
-            None => return error(StatusCode::BAD_REQUEST, "bad_request", "format must be json or msgpack"),
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "format must be json or msgpack",
+                )
+            }
         },
     };
     let bearer = req
@@ -68,10 +87,21 @@ fn ws_upgrade(node: Arc<Node>, peer: SocketAddr, mut req: Request<Incoming>) -> 
     let auth = node.auth.authenticate(token.as_deref(), ip);
     let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
         Ok(pair) => pair,
-        Err(_) => return error(StatusCode::BAD_REQUEST, "bad_request", "bad WebSocket handshake"),
+        Err(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "bad WebSocket handshake",
+            )
+        }
     };
     let ip_admitted = node.admit_ip(ip);
-    let admission = Admission { ip, format, auth, ip_admitted };
+    let admission = Admission {
+        ip,
+        format,
+        auth,
+        ip_admitted,
+    };
     tokio::spawn(connection::run(node, upgrade, admission));
     response.map(|_| Full::new(Bytes::new()))
 }
@@ -80,22 +110,32 @@ pub fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<Body
     let body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
-    r.headers_mut().insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
     r
 }
 
 pub fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *r.status_mut() = status;
-    r.headers_mut().insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain"));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain"),
+    );
     r
 }
 
 /// `{"error":{"code","message"}}`, the same shape as a protocol error.
 pub fn error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
-    let mut r = json(status, &serde_json::json!({"error": {"code": code, "message": message}}));
+    let mut r = json(
+        status,
+        &serde_json::json!({"error": {"code": code, "message": message}}),
+    );
     if status == StatusCode::SERVICE_UNAVAILABLE {
-        r.headers_mut().insert(RETRY_AFTER, hyper::header::HeaderValue::from_static("1"));
+        r.headers_mut()
+            .insert(RETRY_AFTER, hyper::header::HeaderValue::from_static("1"));
     }
     r
 }

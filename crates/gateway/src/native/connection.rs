@@ -54,15 +54,26 @@ pub async fn run(node: Arc<Node>, upgrade: UpgradeFut, admission: Admission) {
         }
     };
     if !admission.ip_admitted {
-        node.metrics.connections_rejected.with_label_values(&["ip_limit"]).inc();
-        reject(ws, CloseCode::CONNECTION_POLICY, "too many connections from your address").await;
+        node.metrics
+            .connections_rejected
+            .with_label_values(&["ip_limit"])
+            .inc();
+        reject(
+            ws,
+            CloseCode::CONNECTION_POLICY,
+            "too many connections from your address",
+        )
+        .await;
         return;
     }
     let identity = match admission.auth {
         Ok(identity) => identity,
         Err(e) => {
             node.release_ip(admission.ip);
-            node.metrics.connections_rejected.with_label_values(&["auth"]).inc();
+            node.metrics
+                .connections_rejected
+                .with_label_values(&["auth"])
+                .inc();
             node.metrics.disconnect(DisconnectReason::Auth);
             let reason = match e {
                 AuthError::Missing => "a token is required",
@@ -74,7 +85,10 @@ pub async fn run(node: Arc<Node>, upgrade: UpgradeFut, admission: Admission) {
         }
     };
     node.metrics.connections_accepted.inc();
-    let gauge = node.metrics.connections.with_label_values(&["native", admission.format.as_str()]);
+    let gauge = node
+        .metrics
+        .connections
+        .with_label_values(&["native", admission.format.as_str()]);
     gauge.inc();
     let reason = serve(&node, ws, admission.format, identity).await;
     gauge.dec();
@@ -84,7 +98,11 @@ pub async fn run(node: Arc<Node>, upgrade: UpgradeFut, admission: Admission) {
 
 /// Closes a connection that was never admitted, with a proper close handshake.
 async fn reject<S: AsyncRead + AsyncWrite + Unpin>(mut ws: WebSocket<S>, code: u16, reason: &str) {
-    if ws.write_frame(Frame::close(code, reason.as_bytes())).await.is_err() {
+    if ws
+        .write_frame(Frame::close(code, reason.as_bytes()))
+        .await
+        .is_err()
+    {
         return;
     }
     let _ = ws.flush().await;
@@ -98,7 +116,12 @@ async fn reject<S: AsyncRead + AsyncWrite + Unpin>(mut ws: WebSocket<S>, code: u
     .await;
 }
 
-async fn serve<S>(node: &Arc<Node>, mut ws: WebSocket<S>, format: Format, identity: Identity) -> DisconnectReason
+async fn serve<S>(
+    node: &Arc<Node>,
+    mut ws: WebSocket<S>,
+    format: Format,
+    identity: Identity,
+) -> DisconnectReason
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -138,9 +161,17 @@ where
         identity,
         outbound: outbound.clone(),
     };
-    let welcome = Event::Welcome { conn_id: &conn_id, node: &node.id, user: &user };
+    let welcome = Event::Welcome {
+        conn_id: &conn_id,
+        node: &node.id,
+        user: &user,
+    };
     push(&outbound, &welcome, format);
-    push(&outbound, &Event::TrafficStatus(&node.traffic.current()), format);
+    push(
+        &outbound,
+        &Event::TrafficStatus(&node.traffic.current()),
+        format,
+    );
 
     let mut reassembler = Reassembler::new(config.max_message_bytes);
     let mut bad_in_row = 0u32;
@@ -203,7 +234,11 @@ where
         let decoded = if text != format.is_text() {
             Err(protocol::DecodeError {
                 id: None,
-                message: format!("{} connections send {} frames", format.as_str(), if format.is_text() { "text" } else { "binary" }),
+                message: format!(
+                    "{} connections send {} frames",
+                    format.as_str(),
+                    if format.is_text() { "text" } else { "binary" }
+                ),
             })
         } else {
             decode_request(&payload, format)
@@ -235,7 +270,10 @@ where
     // Let the writer send our Close, then give the client a moment to answer it.
     let end = match writer_end {
         Some(end) => Some(end),
-        None => timeout(config.write_timeout, &mut writer_task).await.ok().and_then(Result::ok),
+        None => timeout(config.write_timeout, &mut writer_task)
+            .await
+            .ok()
+            .and_then(Result::ok),
     };
     if let Some(WriterEnd::Closed(_)) = end {
         let _ = timeout(CLOSE_GRACE, async {

@@ -25,7 +25,10 @@ pub struct Reassembler {
 
 impl Reassembler {
     pub fn new(max_message_bytes: usize) -> Reassembler {
-        Reassembler { max: max_message_bytes, partial: None }
+        Reassembler {
+            max: max_message_bytes,
+            partial: None,
+        }
     }
 
     /// Feeds one data or continuation frame.
@@ -33,7 +36,10 @@ impl Reassembler {
         match opcode {
             OpCode::Text | OpCode::Binary => {
                 if self.partial.is_some() {
-                    return Step::Fail(CloseCode::PROTOCOL_ERROR, "new message inside a fragmented one");
+                    return Step::Fail(
+                        CloseCode::PROTOCOL_ERROR,
+                        "new message inside a fragmented one",
+                    );
                 }
                 if payload.len() > self.max {
                     return Step::Fail(CloseCode::MESSAGE_TOO_BIG, "message too big");
@@ -113,16 +119,37 @@ mod tests {
         assert_eq!(r.push(OpCode::Text, false, b"hello"), Step::Continue);
         assert_eq!(
             r.push(OpCode::Continuation, true, b" you"),
-            Step::Message { text: true, payload: b"hello you".to_vec() }
+            Step::Message {
+                text: true,
+                payload: b"hello you".to_vec()
+            }
         );
         assert_eq!(r.push(OpCode::Binary, false, b"123456"), Step::Continue);
-        assert_eq!(r.push(OpCode::Continuation, false, b"12345"), Step::Fail(1009, "message too big"));
-        assert_eq!(r.push(OpCode::Text, true, b"12345678901"), Step::Fail(1009, "message too big"));
-        assert_eq!(r.push(OpCode::Continuation, true, b"x"), Step::Fail(1002, "continuation without a message"));
-        assert_eq!(r.push(OpCode::Text, true, &[0xff, 0xfe]), Step::Fail(1007, "invalid UTF-8"));
+        assert_eq!(
+            r.push(OpCode::Continuation, false, b"12345"),
+            Step::Fail(1009, "message too big")
+        );
+        assert_eq!(
+            r.push(OpCode::Text, true, b"12345678901"),
+            Step::Fail(1009, "message too big")
+        );
+        assert_eq!(
+            r.push(OpCode::Continuation, true, b"x"),
+            Step::Fail(1002, "continuation without a message")
+        );
+        assert_eq!(
+            r.push(OpCode::Text, true, &[0xff, 0xfe]),
+            Step::Fail(1007, "invalid UTF-8")
+        );
         // UTF-8 split across fragments is fine once whole.
         assert_eq!(r.push(OpCode::Text, false, &[0xc3]), Step::Continue);
-        assert_eq!(r.push(OpCode::Continuation, true, &[0xa9]), Step::Message { text: true, payload: "é".as_bytes().to_vec() });
+        assert_eq!(
+            r.push(OpCode::Continuation, true, &[0xa9]),
+            Step::Message {
+                text: true,
+                payload: "é".as_bytes().to_vec()
+            }
+        );
     }
 
     #[test]

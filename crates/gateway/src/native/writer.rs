@@ -41,7 +41,11 @@ pub async fn run<W: AsyncWrite + Unpin>(
     config: WriterConfig,
     metrics: Arc<Metrics>,
 ) -> WriterEnd {
-    let data_opcode = if outbound.format().is_text() { OpCode::Text } else { OpCode::Binary };
+    let data_opcode = if outbound.format().is_text() {
+        OpCode::Text
+    } else {
+        OpCode::Binary
+    };
     let mut ping = tokio::time::interval_at(epoch + config.ping_interval, config.ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let silent_limit = (config.ping_interval + config.pong_timeout).as_millis() as u64;

@@ -124,7 +124,13 @@ impl Client {
         let (ws, _) = tokio_tungstenite::connect_async(url.into_client_request().unwrap())
             .await
             .unwrap();
-        Client { ws, fmt, next_id: 0, backlog: VecDeque::new(), welcome: Value::Null }
+        Client {
+            ws,
+            fmt,
+            next_id: 0,
+            backlog: VecDeque::new(),
+            welcome: Value::Null,
+        }
     }
 
     pub fn conn_id(&self) -> String {
@@ -149,11 +155,15 @@ impl Client {
 
     /// Sends a raw frame (no validation by the client library).
     pub async fn send_frame(&mut self, opcode: OpCode, fin: bool, payload: Vec<u8>) {
-        self.ws.send(Message::Frame(Frame::message(payload, opcode, fin))).await.unwrap();
+        self.ws
+            .send(Message::Frame(Frame::message(payload, opcode, fin)))
+            .await
+            .unwrap();
     }
 
     pub async fn send_text_bytes(&mut self, payload: Vec<u8>) {
-        self.send_frame(OpCode::Data(Data::Text), true, payload).await;
+        self.send_frame(OpCode::Data(Data::Text), true, payload)
+            .await;
     }
 
     /// Next message or close, within [`WAIT`].
@@ -246,7 +256,9 @@ impl Client {
 
     /// Asserts nothing arrives for a short while.
     pub async fn quiet(&mut self, ms: u64) {
-        if let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_millis(ms), self.ws.next()).await {
+        if let Ok(Some(Ok(m))) =
+            tokio::time::timeout(Duration::from_millis(ms), self.ws.next()).await
+        {
             if !matches!(m, Message::Ping(_) | Message::Pong(_)) {
                 panic!("expected silence, got {m:?}");
             }
@@ -255,24 +267,44 @@ impl Client {
 }
 
 /// A raw HTTP/1.1 request on a fresh connection; returns (status, body).
-pub async fn http(addr: std::net::SocketAddr, method: &str, path: &str, key: Option<&str>, body: &str) -> (u16, String) {
+pub async fn http(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: &str,
+) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = TcpStream::connect(addr).await.unwrap();
-    let auth = key.map(|k| format!("Authorization: Bearer {k}\r\n")).unwrap_or_default();
+    let auth = key
+        .map(|k| format!("Authorization: Bearer {k}\r\n"))
+        .unwrap_or_default();
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: test\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     s.write_all(req.as_bytes()).await.unwrap();
     let mut out = Vec::new();
-    tokio::time::timeout(WAIT, s.read_to_end(&mut out)).await.unwrap().unwrap();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
     let text = String::from_utf8_lossy(&out).to_string();
     let status = text.split(' ').nth(1).unwrap().parse().unwrap();
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, body)
 }
 
-pub async fn http_json(addr: std::net::SocketAddr, method: &str, path: &str, key: Option<&str>, body: &str) -> (u16, Value) {
+pub async fn http_json(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: &str,
+) -> (u16, Value) {
     let (status, body) = http(addr, method, path, key, body).await;
     (status, serde_json::from_str(&body).unwrap_or(Value::Null))
 }
@@ -281,7 +313,10 @@ pub async fn http_json(addr: std::net::SocketAddr, method: &str, path: &str, key
 pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + WAIT;
     while !f() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

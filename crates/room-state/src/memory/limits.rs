@@ -22,10 +22,7 @@ impl RateLimits for MemoryState {
     ) -> Result<Decision, StateError> {
         let mut windows = self.windows.lock();
         let log = windows.entry(key.to_string()).or_default();
-        while log
-            .front()
-            .is_some_and(|t| *t + window_ms <= now_ms)
-        {
+        while log.front().is_some_and(|t| *t + window_ms <= now_ms) {
             log.pop_front();
         }
         if log.len() >= limit as usize {

@@ -259,8 +259,9 @@ impl RoomStore for MemoryState {
         let mut removed = Vec::new();
         for room in rooms {
             let mut r = room.lock();
-            let (gone, kept): (Vec<_>, Vec<_>) =
-                std::mem::take(&mut r.members).into_iter().partition(|m| m.node == node);
+            let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut r.members)
+                .into_iter()
+                .partition(|m| m.node == node);
             r.members = kept;
             removed.extend(gone.into_iter().map(|m| (r.name.clone(), m)));
         }

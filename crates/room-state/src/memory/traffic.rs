@@ -41,12 +41,7 @@ impl TrafficCounters for MemoryState {
             .collect())
     }
 
-    async fn heartbeat(
-        &self,
-        node: &NodeInfo,
-        now_ms: u64,
-        ttl_ms: u64,
-    ) -> Result<(), StateError> {
+    async fn heartbeat(&self, node: &NodeInfo, now_ms: u64, ttl_ms: u64) -> Result<(), StateError> {
         self.nodes
             .lock()
             .insert(node.id.clone(), (node.clone(), now_ms + ttl_ms));
