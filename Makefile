@@ -1,0 +1,30 @@
+# roomcast: the two commands a newcomer needs are `make run` and `make test`.
+
+SHELL := /bin/bash
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+CARGO ?= cargo
+
+.PHONY: help run build test lint fmt clean
+
+help: ## List the targets.
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
+
+run: ## One node on 127.0.0.1:8080, embedded backend, anonymous clients allowed.
+	$(CARGO) run --release -p gateway --bin roomcast -- \
+		--listen 127.0.0.1:8080 --allow-anonymous --api-key dev-api-key
+
+build: ## Release build of every binary.
+	$(CARGO) build --release --workspace
+
+test: ## Every test: unit, backend conformance, and real-socket integration tests.
+	$(CARGO) test --workspace --all-targets
+
+lint: ## rustfmt and clippy, warnings are errors.
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt: ## Format the code.
+	$(CARGO) fmt --all
+
+clean: ## Remove build output.
+	$(CARGO) clean
