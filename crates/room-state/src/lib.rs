@@ -9,6 +9,7 @@
 //! - [`recovery`]: the pure rule that decides whether a `since` position can be recovered.
 //! - [`model`]: plain data passed through the traits.
 //! - [`memory`]: the embedded backend, used by a single node and by unit tests.
+//! - [`redis`]: the Redis Cluster backend (fred): one slot per room, Lua scripts per op.
 //! - [`testsuite`]: one conformance suite that every backend must pass.
 //!
 //! Invariants every backend keeps:
@@ -21,6 +22,7 @@ pub mod limits;
 pub mod memory;
 pub mod model;
 pub mod recovery;
+pub mod redis;
 pub mod rooms;
 pub mod testsuite;
 pub mod traffic;
@@ -29,5 +31,6 @@ pub use error::StateError;
 pub use limits::RateLimits;
 pub use memory::MemoryState;
 pub use model::{Decision, JoinOutcome, MemberRecord, NodeInfo, RoomConfig, RoomInfo};
+pub use redis::{RedisSettings, RedisState};
 pub use rooms::{PublishSink, RoomStore};
 pub use traffic::TrafficCounters;

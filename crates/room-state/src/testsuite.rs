@@ -191,24 +191,33 @@ pub async fn rooms(store: &dyn RoomStore, prefix: &str) {
     store.close(&room).await.unwrap();
 }
 
-/// Empty rooms expire after their TTL; rooms with members do not.
-pub async fn expiry(store: &dyn RoomStore, prefix: &str, now: u64) {
+/// Empty rooms expire after their TTL; rooms with members do not. Real time (about 3 s),
+/// because Redis expires keys on its own clock.
+pub async fn expiry(store: &dyn RoomStore, prefix: &str) {
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
     let room = format!("{prefix}ttl");
     let cfg = RoomConfig {
         max_members: None,
         history_size: 10,
         ttl_secs: 1,
     };
-    store.create(&room, &cfg, now).await.unwrap();
+    store.create(&room, &cfg, now()).await.unwrap();
     let a = member(&format!("{prefix}t1"), "alice", "n1");
-    store.join(&room, &a, None, now).await.unwrap();
-    store.maintain(now + 5_000).await.unwrap();
+    store.join(&room, &a, None, now()).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1300)).await;
+    store.maintain(now()).await.unwrap();
     assert!(
         store.info(&room).await.is_ok(),
         "a room with members must not expire"
     );
-    store.leave(&room, &a.conn_id, now + 5_000).await.unwrap();
-    store.maintain(now + 7_000).await.unwrap();
+    store.leave(&room, &a.conn_id, now()).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1300)).await;
+    store.maintain(now()).await.unwrap();
     assert_eq!(store.info(&room).await.unwrap_err(), StateError::NotFound);
 }
 
@@ -343,4 +352,20 @@ pub async fn traffic(traffic: &dyn TrafficCounters, prefix: &str) {
     assert!(live.iter().any(|n| n == &node));
     let live = traffic.live_nodes(t + 4_000).await.unwrap();
     assert!(!live.iter().any(|n| n.id == node.id));
+    // A dead node is claimed once, by one caller.
+    assert!(!traffic
+        .claim_dead_nodes(t + 1_000)
+        .await
+        .unwrap()
+        .contains(&node.id));
+    assert!(traffic
+        .claim_dead_nodes(t + 4_000)
+        .await
+        .unwrap()
+        .contains(&node.id));
+    assert!(!traffic
+        .claim_dead_nodes(t + 5_000)
+        .await
+        .unwrap()
+        .contains(&node.id));
 }

@@ -25,4 +25,9 @@ pub trait TrafficCounters: Send + Sync {
 
     /// The nodes whose heartbeat has not expired.
     async fn live_nodes(&self, now_ms: u64) -> Result<Vec<NodeInfo>, StateError>;
+
+    /// Removes the registry entries of nodes whose heartbeat expired, and returns the ids that
+    /// this caller removed. Each dead node is returned to exactly one caller, which then
+    /// cleans up after it (its members' presence).
+    async fn claim_dead_nodes(&self, now_ms: u64) -> Result<Vec<String>, StateError>;
 }

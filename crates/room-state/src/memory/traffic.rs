@@ -49,10 +49,26 @@ impl TrafficCounters for MemoryState {
     }
 
     async fn live_nodes(&self, now_ms: u64) -> Result<Vec<NodeInfo>, StateError> {
-        let mut nodes = self.nodes.lock();
-        nodes.retain(|_, (_, expires)| *expires > now_ms);
-        let mut live: Vec<NodeInfo> = nodes.values().map(|(n, _)| n.clone()).collect();
+        let nodes = self.nodes.lock();
+        let mut live: Vec<NodeInfo> = nodes
+            .values()
+            .filter(|(_, expires)| *expires > now_ms)
+            .map(|(n, _)| n.clone())
+            .collect();
         live.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(live)
+    }
+
+    async fn claim_dead_nodes(&self, now_ms: u64) -> Result<Vec<String>, StateError> {
+        let mut nodes = self.nodes.lock();
+        let dead: Vec<String> = nodes
+            .iter()
+            .filter(|(_, (_, expires))| *expires <= now_ms)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &dead {
+            nodes.remove(id);
+        }
+        Ok(dead)
     }
 }

@@ -1,0 +1,113 @@
+//! The key layout. Every key and the channel of one room share the hash tag `{r:<room>}`, so a
+//! room lives in one slot and one Lua script can touch all of it. Room names cannot contain
+//! `{` or `}` (see `protocol::room_name`), so a name never breaks out of its tag.
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `rc:{r:ROOM}:m` | hash | `epoch`, `offset`, `max`, `hist`, `ttl` (ms), `created`, `seq` |
+//! | `rc:{r:ROOM}:mem` | sorted set | member conn ids, scored by join order |
+//! | `rc:{r:ROOM}:who` | hash | conn id → `user\nnode` |
+//! | `rc:{r:ROOM}:h` | stream | history; entry id `<offset>-0`, fields `f` (from), `d` (data JSON), `t` (ts) |
+//! | `rc:{r:ROOM}:ch` | shard channel | MessagePack envelopes for the room |
+//! | `rc:{rooms:K}` | sorted set | room → expiry ms (`+inf` while occupied); K = 0..15 |
+//! | `rc:{n:NODE}:mem` | set | `room\nconn` of every member held by a node |
+//! | `rc:nodes` | hash | node id → `addr\tconnections\tstarted\texpires` |
+//! | `rc:{l:KEY}:w` | sorted set | sliding-window log (rate limits) |
+//! | `rc:{l:KEY}:b` | hash | token bucket `tokens`, `ts` |
+//! | `rc:{tc:K}:c` | hash | second → room creations; K = 0..7 |
+
+/// Shards of the active-rooms index.
+pub const ROOM_INDEX_SHARDS: u64 = 16;
+/// Shards of the room-creation counter.
+pub const CREATION_SHARDS: u64 = 8;
+
+pub struct RoomKeys {
+    pub meta: String,
+    pub members: String,
+    pub who: String,
+    pub history: String,
+    pub channel: String,
+}
+
+impl RoomKeys {
+    pub fn new(room: &str) -> RoomKeys {
+        RoomKeys {
+            meta: format!("rc:{{r:{room}}}:m"),
+            members: format!("rc:{{r:{room}}}:mem"),
+            who: format!("rc:{{r:{room}}}:who"),
+            history: format!("rc:{{r:{room}}}:h"),
+            channel: channel(room),
+        }
+    }
+
+    pub fn all(&self) -> Vec<String> {
+        vec![
+            self.meta.clone(),
+            self.members.clone(),
+            self.who.clone(),
+            self.history.clone(),
+        ]
+    }
+}
+
+/// The room's shard channel.
+pub fn channel(room: &str) -> String {
+    format!("rc:{{r:{room}}}:ch")
+}
+
+/// The room a channel belongs to, if it is a room channel.
+pub fn room_of_channel(channel: &str) -> Option<&str> {
+    channel.strip_prefix("rc:{r:")?.strip_suffix("}:ch")
+}
+
+/// FNV-1a, for spreading names over index shards (stable across processes and versions).
+pub fn shard_of(name: &str, shards: u64) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h % shards
+}
+
+pub fn room_index(room: &str) -> String {
+    format!("rc:{{rooms:{}}}", shard_of(room, ROOM_INDEX_SHARDS))
+}
+
+pub fn room_index_shard(k: u64) -> String {
+    format!("rc:{{rooms:{k}}}")
+}
+
+pub fn node_members(node: &str) -> String {
+    format!("rc:{{n:{node}}}:mem")
+}
+
+pub const NODES: &str = "rc:nodes";
+
+pub fn window(key: &str) -> String {
+    format!("rc:{{l:{key}}}:w")
+}
+
+pub fn bucket(key: &str) -> String {
+    format!("rc:{{l:{key}}}:b")
+}
+
+pub fn creations(k: u64) -> String {
+    format!("rc:{{tc:{k}}}:c")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_room_lives_in_one_slot() {
+        let k = RoomKeys::new("game:42");
+        let slot = fred::util::redis_keyslot(k.meta.as_bytes());
+        for key in k.all().iter().chain([&k.channel]) {
+            assert_eq!(fred::util::redis_keyslot(key.as_bytes()), slot, "{key}");
+        }
+        assert_eq!(room_of_channel(&k.channel), Some("game:42"));
+        assert_eq!(room_of_channel("rc:{probe:x}:ch"), None);
+    }
+}

@@ -1,0 +1,201 @@
+//! The Redis Cluster backend, through fred.
+//!
+//! fred's defaults do not suit a server (see `docs/architecture.md`, "fred"): no reconnect
+//! policy, no command timeout, no unresponsive-socket detection, and event channels of 32.
+//! [`builder`] sets every one of them explicitly; the fan-out's subscriber uses the same
+//! builder.
+
+mod keys;
+mod limits;
+mod rooms;
+mod scripts;
+mod traffic;
+
+pub use keys::{channel, room_of_channel, RoomKeys};
+
+use crate::error::StateError;
+use fred::prelude::*;
+use fred::types::config::{ReconnectPolicy, UnresponsiveConfig};
+use fred::types::scripts::Script;
+use fred::types::Value;
+use std::time::Duration;
+
+/// How to reach and use the cluster.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    /// Seed nodes, `redis://host:port`.
+    pub urls: Vec<String>,
+    /// Clients in the command pool (each holds a connection to every primary).
+    pub pool_size: usize,
+    /// A command that takes longer fails with `unavailable`.
+    pub command_timeout: Duration,
+    /// Acknowledge a publish only once a replica has it (WAIT 1).
+    pub durable_publish: bool,
+    /// How long WAIT may block.
+    pub durable_timeout: Duration,
+    /// Defaults used when a room's meta is rebuilt after loss.
+    pub default_history: u32,
+    pub default_ttl_ms: u64,
+}
+
+/// A fred builder with every setting that matters made explicit.
+pub fn builder(settings: &RedisSettings) -> Result<Builder, StateError> {
+    let mut hosts = Vec::new();
+    for url in &settings.urls {
+        let rest = url
+            .trim()
+            .strip_prefix("redis://")
+            .ok_or_else(|| StateError::Internal(format!("not a redis:// URL: {url}")))?;
+        let (host, port) = rest
+            .trim_end_matches('/')
+            .rsplit_once(':')
+            .ok_or_else(|| StateError::Internal(format!("no port in {url}")))?;
+        let port: u16 = port
+            .parse()
+            .map_err(|_| StateError::Internal(format!("bad port in {url}")))?;
+        hosts.push((host.to_string(), port));
+    }
+    if hosts.is_empty() {
+        return Err(StateError::Internal("no Redis Cluster seed nodes".into()));
+    }
+    let config = Config {
+        server: ServerConfig::new_clustered(hosts),
+        // A node may start before Redis; it reports unready until the cluster answers.
+        fail_fast: false,
+        ..Config::default()
+    };
+    let timeout = settings.command_timeout;
+    let mut builder = Builder::from_config(config);
+    builder
+        .with_performance_config(|p| {
+            p.default_command_timeout = timeout;
+            // fred's event channels drop messages past this (Lagged); the default is 32.
+            p.broadcast_channel_capacity = 16 * 1024;
+        })
+        .with_connection_config(|c| {
+            c.connection_timeout = Duration::from_secs(2);
+            c.internal_command_timeout = Duration::from_secs(2);
+            c.max_command_attempts = 3;
+            c.max_redirections = 5;
+            c.cluster_cache_update_delay = Duration::from_millis(100);
+            c.unresponsive = UnresponsiveConfig {
+                max_timeout: Some(Duration::from_secs(5)),
+                interval: Duration::from_secs(1),
+            };
+            // Bounded: past it commands fail with Backpressure instead of queueing forever.
+            c.max_command_buffer_len = 100_000;
+        })
+        // Retry forever, 100 ms doubling to 2 s, with jitter.
+        .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2));
+    Ok(builder)
+}
+
+pub(crate) fn fred_error(e: Error) -> StateError {
+    match e.kind() {
+        ErrorKind::IO
+        | ErrorKind::Timeout
+        | ErrorKind::Canceled
+        | ErrorKind::Cluster
+        | ErrorKind::Backpressure
+        | ErrorKind::Routing => StateError::Unavailable(e.to_string()),
+        _ => StateError::Internal(e.to_string()),
+    }
+}
+
+/// All scripts, loaded on first use by SHA.
+struct Scripts {
+    create: Script,
+    join: Script,
+    leave: Script,
+    publish: Script,
+    members: Script,
+    history: Script,
+    info: Script,
+    close: Script,
+    window_acquire: Script,
+    window_release: Script,
+    bucket_take: Script,
+    record_creation: Script,
+    claim_dead_nodes: Script,
+}
+
+impl Scripts {
+    fn new() -> Scripts {
+        Scripts {
+            create: Script::from_lua(scripts::CREATE),
+            join: Script::from_lua(scripts::join()),
+            leave: Script::from_lua(scripts::LEAVE),
+            publish: Script::from_lua(scripts::publish()),
+            members: Script::from_lua(scripts::members()),
+            history: Script::from_lua(scripts::history()),
+            info: Script::from_lua(scripts::info()),
+            close: Script::from_lua(scripts::close()),
+            window_acquire: Script::from_lua(scripts::WINDOW_ACQUIRE),
+            window_release: Script::from_lua(scripts::WINDOW_RELEASE),
+            bucket_take: Script::from_lua(scripts::BUCKET_TAKE),
+            record_creation: Script::from_lua(scripts::RECORD_CREATION),
+            claim_dead_nodes: Script::from_lua(scripts::CLAIM_DEAD_NODES),
+        }
+    }
+}
+
+/// Room state, limits and traffic counters in a Redis Cluster.
+pub struct RedisState {
+    pool: Pool,
+    scripts: Scripts,
+    settings: RedisSettings,
+    sink_errors: std::sync::atomic::AtomicU64,
+}
+
+impl RedisState {
+    /// Connects the command pool. Does not fail when the cluster is down: commands then answer
+    /// `unavailable` until it is reachable.
+    pub async fn connect(settings: RedisSettings) -> Result<RedisState, StateError> {
+        let pool = builder(&settings)?
+            .build_pool(settings.pool_size.max(1))
+            .map_err(fred_error)?;
+        pool.init().await.map_err(fred_error)?;
+        Ok(RedisState {
+            pool,
+            scripts: Scripts::new(),
+            settings,
+            sink_errors: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    /// The command pool, for the fan-out's publishes.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    async fn eval(
+        &self,
+        script: &Script,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<Value, StateError> {
+        script
+            .evalsha_with_reload::<Value, _, _>(self.pool.next(), keys, args)
+            .await
+            .map_err(fred_error)
+    }
+}
+
+/// Reads a script's reply as an array.
+pub(crate) fn array(v: Value) -> Vec<Value> {
+    match v {
+        Value::Array(items) => items,
+        Value::Null => Vec::new(),
+        other => vec![other],
+    }
+}
+
+pub(crate) fn int(v: Option<&Value>) -> Result<i64, StateError> {
+    v.and_then(Value::as_i64)
+        .ok_or_else(|| StateError::Internal("unexpected script reply".into()))
+}
+
+pub(crate) fn string(v: Option<&Value>) -> Result<String, StateError> {
+    v.and_then(Value::as_string)
+        .ok_or_else(|| StateError::Internal("unexpected script reply".into()))
+}

@@ -1,0 +1,453 @@
+//! `RoomStore` on Redis Cluster.
+
+use super::keys::{self, RoomKeys};
+use super::{array, fred_error, int, string, RedisState};
+use crate::error::StateError;
+use crate::memory::new_epoch;
+use crate::model::{JoinOutcome, MemberRecord, RoomConfig, RoomInfo};
+use crate::rooms::RoomStore;
+use async_trait::async_trait;
+use fred::prelude::*;
+use fred::types::Value;
+use protocol::frame::{Member, Publication, Since};
+use protocol::Data;
+
+impl RedisState {
+    fn common_args(&self, now_ms: u64) -> Vec<String> {
+        vec![
+            new_epoch(),
+            self.settings.default_history.to_string(),
+            self.settings.default_ttl_ms.to_string(),
+            now_ms.to_string(),
+        ]
+    }
+
+    /// Marks a room occupied (`+inf`) or empty (expiring) in the active-rooms index.
+    async fn index(&self, room: &str, expires_at: Option<u64>) {
+        let score = expires_at.map_or(f64::INFINITY, |t| t as f64);
+        let r: Result<Value, _> = self
+            .pool
+            .zadd(
+                keys::room_index(room),
+                None,
+                None,
+                false,
+                false,
+                (score, room),
+            )
+            .await;
+        if let Err(e) = r {
+            tracing::warn!(error = %e, room, "room index update failed");
+        }
+    }
+
+    async fn track_member(&self, node: &str, room: &str, conn: &str, add: bool) {
+        let key = keys::node_members(node);
+        let entry = format!("{room}\n{conn}");
+        let r: Result<Value, _> = if add {
+            self.pool.sadd(key, entry).await
+        } else {
+            self.pool.srem(key, entry).await
+        };
+        if let Err(e) = r {
+            tracing::warn!(error = %e, node, "node member index update failed");
+        }
+    }
+
+    async fn leave_inner(
+        &self,
+        room: &str,
+        conn_id: &str,
+        now_ms: u64,
+    ) -> Result<Option<MemberRecord>, StateError> {
+        let k = RoomKeys::new(room);
+        let reply = array(
+            self.eval(&self.scripts.leave, k.all(), vec![conn_id.to_string()])
+                .await?,
+        );
+        if int(reply.first())? == 0 {
+            return Ok(None);
+        }
+        let info = string(reply.get(2))?;
+        let (user, node) = info.split_once('\n').unwrap_or((info.as_str(), ""));
+        let record = MemberRecord {
+            user: user.to_string(),
+            conn_id: conn_id.to_string(),
+            node: node.to_string(),
+        };
+        if int(reply.get(1))? == 1 {
+            let ttl = self
+                .room_ttl(room)
+                .await
+                .unwrap_or(self.settings.default_ttl_ms);
+            self.index(room, Some(now_ms + ttl)).await;
+        }
+        if !record.node.is_empty() {
+            self.track_member(&record.node, room, conn_id, false).await;
+        }
+        Ok(Some(record))
+    }
+
+    async fn room_ttl(&self, room: &str) -> Option<u64> {
+        let v: Option<String> = self.pool.hget(RoomKeys::new(room).meta, "ttl").await.ok()?;
+        v?.parse().ok()
+    }
+}
+
+fn members(v: Option<&Value>) -> Vec<Member> {
+    let Some(Value::Array(items)) = v else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .filter_map(Value::as_string)
+        .map(|s| {
+            let mut parts = s.splitn(3, '\n');
+            let conn_id = parts.next().unwrap_or_default().to_string();
+            let user = parts.next().unwrap_or_default().to_string();
+            Member { user, conn_id }
+        })
+        .collect()
+}
+
+fn member_records(v: Option<&Value>) -> Vec<MemberRecord> {
+    let Some(Value::Array(items)) = v else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .filter_map(Value::as_string)
+        .map(|s| {
+            let mut parts = s.splitn(3, '\n');
+            MemberRecord {
+                conn_id: parts.next().unwrap_or_default().to_string(),
+                user: parts.next().unwrap_or_default().to_string(),
+                node: parts.next().unwrap_or_default().to_string(),
+            }
+        })
+        .collect()
+}
+
+/// Decodes `offset\nfrom\nts\ndata` entries.
+fn publications(
+    room: &str,
+    epoch: &str,
+    v: Option<&Value>,
+) -> Result<Vec<Publication>, StateError> {
+    let Some(Value::Array(items)) = v else {
+        return Ok(Vec::new());
+    };
+    items
+        .iter()
+        .map(|item| {
+            let s = item
+                .as_string()
+                .ok_or_else(|| StateError::Internal("bad history entry".into()))?;
+            let mut parts = s.splitn(4, '\n');
+            let bad = || StateError::Internal("bad history entry".into());
+            let offset = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
+            let from = parts.next().ok_or_else(bad)?.to_string();
+            let ts = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
+            let data = Data::from_json_text(parts.next().ok_or_else(bad)?.to_string())
+                .map_err(|_| bad())?;
+            Ok(Publication {
+                room: room.to_string(),
+                offset,
+                epoch: epoch.to_string(),
+                from,
+                data,
+                ts,
+            })
+        })
+        .collect()
+}
+
+fn status(reply: &[Value]) -> Result<(), StateError> {
+    match int(reply.first())? {
+        1 => Ok(()),
+        0 => Err(StateError::NotFound),
+        -1 => Err(StateError::RoomFull),
+        -2 => Err(StateError::NotMember),
+        _ => Err(StateError::Internal("unexpected script status".into())),
+    }
+}
+
+#[async_trait]
+impl RoomStore for RedisState {
+    async fn create(
+        &self,
+        room: &str,
+        config: &RoomConfig,
+        now_ms: u64,
+    ) -> Result<RoomInfo, StateError> {
+        let k = RoomKeys::new(room);
+        let epoch = new_epoch();
+        let ttl_ms = config.ttl_secs.max(1) * 1000;
+        let args = vec![
+            epoch.clone(),
+            config.max_members.unwrap_or(0).to_string(),
+            config.history_size.to_string(),
+            ttl_ms.to_string(),
+            now_ms.to_string(),
+        ];
+        let created = self.eval(&self.scripts.create, k.all(), args).await?;
+        if created.as_i64() != Some(1) {
+            return Err(StateError::RoomExists);
+        }
+        self.index(room, Some(now_ms + ttl_ms)).await;
+        Ok(RoomInfo {
+            room: room.to_string(),
+            epoch,
+            offset: 0,
+            members: Vec::new(),
+            config: config.clone(),
+            created_at: now_ms,
+        })
+    }
+
+    async fn join(
+        &self,
+        room: &str,
+        member: &MemberRecord,
+        since: Option<&Since>,
+        now_ms: u64,
+    ) -> Result<JoinOutcome, StateError> {
+        let k = RoomKeys::new(room);
+        let mut args = self.common_args(now_ms);
+        args.extend([
+            member.conn_id.clone(),
+            member.user.clone(),
+            member.node.clone(),
+            since.map(|s| s.offset.to_string()).unwrap_or_default(),
+            since.map(|s| s.epoch.clone()).unwrap_or_default(),
+        ]);
+        let reply = array(self.eval(&self.scripts.join, k.all(), args).await?);
+        status(&reply)?;
+        let offset = int(reply.get(1))? as u64;
+        let epoch = string(reply.get(2))?;
+        let already_member = int(reply.get(3))? == 1;
+        let recovered = match int(reply.get(5))? {
+            -1 => None,
+            r => Some(r == 1),
+        };
+        let missed = publications(room, &epoch, reply.get(6))?;
+        if !already_member {
+            if int(reply.get(7))? == 1 {
+                self.index(room, None).await;
+            }
+            self.track_member(&member.node, room, &member.conn_id, true)
+                .await;
+        }
+        Ok(JoinOutcome {
+            offset,
+            epoch,
+            members: members(reply.get(4)),
+            already_member,
+            recovered,
+            missed,
+        })
+    }
+
+    async fn leave(&self, room: &str, conn_id: &str, now_ms: u64) -> Result<bool, StateError> {
+        Ok(self.leave_inner(room, conn_id, now_ms).await?.is_some())
+    }
+
+    async fn publish(
+        &self,
+        room: &str,
+        conn_id: Option<&str>,
+        from: &str,
+        data: Data,
+        now_ms: u64,
+    ) -> Result<Publication, StateError> {
+        let k = RoomKeys::new(room);
+        let mut args = self.common_args(now_ms);
+        args.extend([
+            conn_id.unwrap_or_default().to_string(),
+            from.to_string(),
+            data.as_json().to_string(),
+            k.channel.clone(),
+            room.to_string(),
+        ]);
+        // One pooled client for the script and the WAIT, so WAIT follows the write on the
+        // same connection to the room's primary.
+        let client = self.pool.next();
+        let reply = self
+            .scripts
+            .publish
+            .evalsha_with_reload::<Value, _, _>(client, k.all(), args)
+            .await
+            .map_err(fred_error)?;
+        let reply = array(reply);
+        status(&reply)?;
+        let offset = int(reply.get(1))? as u64;
+        let epoch = string(reply.get(2))?;
+        if self.settings.durable_publish {
+            self.wait_for_replica(client, &k.meta).await?;
+        }
+        Ok(Publication {
+            room: room.to_string(),
+            offset,
+            epoch,
+            from: from.to_string(),
+            data,
+            ts: now_ms,
+        })
+    }
+
+    async fn members(
+        &self,
+        room: &str,
+        requester: Option<&str>,
+    ) -> Result<Vec<Member>, StateError> {
+        let k = RoomKeys::new(room);
+        let reply = array(
+            self.eval(
+                &self.scripts.members,
+                k.all(),
+                vec![requester.unwrap_or_default().to_string()],
+            )
+            .await?,
+        );
+        status(&reply)?;
+        Ok(members(reply.get(1)))
+    }
+
+    async fn history(
+        &self,
+        room: &str,
+        requester: Option<&str>,
+        limit: usize,
+        before: Option<u64>,
+    ) -> Result<(Vec<Publication>, String), StateError> {
+        let k = RoomKeys::new(room);
+        let args = vec![
+            requester.unwrap_or_default().to_string(),
+            limit.to_string(),
+            before.map(|b| b.to_string()).unwrap_or_default(),
+        ];
+        let reply = array(self.eval(&self.scripts.history, k.all(), args).await?);
+        status(&reply)?;
+        let epoch = string(reply.get(1))?;
+        Ok((publications(room, &epoch, reply.get(2))?, epoch))
+    }
+
+    async fn info(&self, room: &str) -> Result<RoomInfo, StateError> {
+        let k = RoomKeys::new(room);
+        let reply = array(self.eval(&self.scripts.info, k.all(), Vec::new()).await?);
+        status(&reply)?;
+        let max = int(reply.get(3))?;
+        Ok(RoomInfo {
+            room: room.to_string(),
+            epoch: string(reply.get(1))?,
+            offset: int(reply.get(2))? as u64,
+            config: RoomConfig {
+                max_members: (max > 0).then_some(max as u32),
+                history_size: int(reply.get(4))? as u32,
+                ttl_secs: (int(reply.get(5))? as u64) / 1000,
+            },
+            created_at: int(reply.get(6))? as u64,
+            members: members(reply.get(7)),
+        })
+    }
+
+    async fn close(&self, room: &str) -> Result<Vec<MemberRecord>, StateError> {
+        let k = RoomKeys::new(room);
+        let reply = array(self.eval(&self.scripts.close, k.all(), Vec::new()).await?);
+        status(&reply)?;
+        let former = member_records(reply.get(1));
+        let _: Result<Value, _> = self.pool.zrem(keys::room_index(room), room).await;
+        for m in &former {
+            self.track_member(&m.node, room, &m.conn_id, false).await;
+        }
+        Ok(former)
+    }
+
+    async fn count(&self) -> Result<u64, StateError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let mut total = 0u64;
+        for shard in 0..keys::ROOM_INDEX_SHARDS {
+            let n: u64 = self
+                .pool
+                .zcount(
+                    keys::room_index_shard(shard),
+                    (now + 1) as f64,
+                    f64::INFINITY,
+                )
+                .await
+                .map_err(fred_error)?;
+            total += n;
+        }
+        Ok(total)
+    }
+
+    async fn remove_node_members(
+        &self,
+        node: &str,
+    ) -> Result<Vec<(String, MemberRecord)>, StateError> {
+        let key = keys::node_members(node);
+        let entries: Vec<String> = self.pool.smembers(&key).await.map_err(fred_error)?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let mut removed = Vec::new();
+        for entry in entries {
+            let Some((room, conn)) = entry.split_once('\n') else {
+                continue;
+            };
+            if let Some(record) = self.leave_inner(room, conn, now).await? {
+                removed.push((room.to_string(), record));
+            }
+        }
+        let _: Result<Value, _> = self.pool.del(&key).await;
+        Ok(removed)
+    }
+
+    async fn maintain(&self, now_ms: u64) -> Result<Vec<String>, StateError> {
+        // Redis expires the rooms themselves; this trims the index of expired ones.
+        for shard in 0..keys::ROOM_INDEX_SHARDS {
+            let _: Value = self
+                .pool
+                .zremrangebyscore(
+                    keys::room_index_shard(shard),
+                    f64::NEG_INFINITY,
+                    now_ms as f64,
+                )
+                .await
+                .map_err(fred_error)?;
+        }
+        Ok(Vec::new())
+    }
+
+    async fn health(&self) -> Result<(), StateError> {
+        let _: Value = self.pool.next().ping(None).await.map_err(fred_error)?;
+        Ok(())
+    }
+}
+
+impl RedisState {
+    /// `WAIT 1` on the connection that wrote `key`, so the publish is on a replica before it is
+    /// acknowledged.
+    async fn wait_for_replica(&self, client: &Client, key: &str) -> Result<(), StateError> {
+        let slot = fred::util::redis_keyslot(key.as_bytes());
+        let server = client
+            .cached_cluster_state()
+            .and_then(|state| state.get_server(slot).cloned())
+            .ok_or_else(|| StateError::Unavailable("no route for slot".into()))?;
+        let acks: i64 = client
+            .with_cluster_node(server)
+            .wait(1, self.settings.durable_timeout.as_millis() as i64)
+            .await
+            .map_err(fred_error)?;
+        if acks < 1 {
+            self.sink_errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Err(StateError::Unavailable(
+                "no replica acknowledged the publish".into(),
+            ));
+        }
+        Ok(())
+    }
+}

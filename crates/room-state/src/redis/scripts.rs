@@ -1,0 +1,280 @@
+//! The Lua scripts. Each runs atomically inside one slot (one room, or one limit key).
+//! They are loaded once and called by SHA; `evalsha_with_reload` reloads them on NOSCRIPT,
+//! which a promoted replica answers after a failover (its script cache starts empty).
+
+/// Shared prologue: when a room's meta hash is gone but members remain (eviction, flush), the
+/// room starts a new epoch with an empty history, so offsets are never reused.
+/// KEYS: meta, members, who, history. ARGV[1..4]: new epoch, default hist, default ttl, now.
+const ENSURE_META: &str = r#"
+local function ensure_meta(new_epoch, dhist, dttl, now)
+  if redis.call('EXISTS', KEYS[1]) == 1 then return true end
+  if redis.call('EXISTS', KEYS[2]) == 0 then return false end
+  redis.call('DEL', KEYS[4])
+  redis.call('HSET', KEYS[1], 'epoch', new_epoch, 'offset', 0, 'max', 0, 'hist', dhist,
+    'ttl', dttl, 'created', now, 'seq', redis.call('ZCARD', KEYS[2]))
+  return true
+end
+local function member_list()
+  local ids = redis.call('ZRANGE', KEYS[2], 0, -1)
+  local w = redis.call('HGETALL', KEYS[3])
+  local info = {}
+  for i = 1, #w, 2 do info[w[i]] = w[i + 1] end
+  local out = {}
+  for i, id in ipairs(ids) do out[i] = id .. '\n' .. (info[id] or '\n') end
+  return out
+end
+local function entries(raw)
+  local out = {}
+  for i, e in ipairs(raw) do
+    local f = e[2]
+    local m = {}
+    for j = 1, #f, 2 do m[f[j]] = f[j + 1] end
+    local offset = string.match(e[1], '^(%d+)')
+    out[i] = offset .. '\n' .. (m['f'] or '') .. '\n' .. (m['t'] or '0') .. '\n' .. (m['d'] or 'null')
+  end
+  return out
+end
+"#;
+
+/// KEYS: meta, members, who, history. ARGV: epoch, max, hist, ttl ms, now.
+/// Returns 1 when created, 0 when the room exists.
+pub const CREATE: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
+redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'offset', 0, 'max', ARGV[2], 'hist', ARGV[3],
+  'ttl', ARGV[4], 'created', ARGV[5], 'seq', 0)
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return 1
+"#;
+
+/// KEYS: meta, members, who, history. ARGV: new epoch, dhist, dttl, now, conn, user, node,
+/// since offset ('' for none), since epoch.
+/// Returns {status, offset, epoch, already, members, recovered, missed, was_empty} where
+/// status 1 = ok, 0 = not found, -1 = full; recovered -1 = not asked.
+pub fn join() -> String {
+    format!(
+        "{ENSURE_META}{}",
+        r#"
+if not ensure_meta(ARGV[1], ARGV[2], ARGV[3], ARGV[4]) then return {0} end
+local conn = ARGV[5]
+local already = redis.call('ZSCORE', KEYS[2], conn) ~= false
+local was_empty = 0
+if not already then
+  local count = redis.call('ZCARD', KEYS[2])
+  local max = tonumber(redis.call('HGET', KEYS[1], 'max') or '0')
+  if max > 0 and count >= max then return {-1} end
+  if count == 0 then was_empty = 1 end
+  local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+  redis.call('ZADD', KEYS[2], seq, conn)
+  redis.call('HSET', KEYS[3], conn, ARGV[6] .. '\n' .. ARGV[7])
+  redis.call('PERSIST', KEYS[1])
+  redis.call('PERSIST', KEYS[4])
+end
+local offset = tonumber(redis.call('HGET', KEYS[1], 'offset'))
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+local recovered = -1
+local missed = {}
+if ARGV[8] ~= '' then
+  local since = tonumber(ARGV[8])
+  if ARGV[9] ~= epoch or since > offset then
+    recovered = 0
+  elseif since == offset then
+    recovered = 1
+  else
+    local raw = redis.call('XRANGE', KEYS[4], (since + 1) .. '-0', '+')
+    if #raw == offset - since and string.match(raw[1][1], '^(%d+)') == tostring(since + 1) then
+      recovered = 1
+      missed = entries(raw)
+    else
+      recovered = 0
+    end
+  end
+end
+return {1, offset, epoch, already and 1 or 0, member_list(), recovered, missed, was_empty}
+"#
+    )
+}
+
+/// KEYS: meta, members, who, history. ARGV: conn.
+/// Returns {removed (0/1), now_empty (0/1), "user\nnode"}.
+pub const LEAVE: &str = r#"
+local info = redis.call('HGET', KEYS[3], ARGV[1]) or ''
+local removed = redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
+if removed == 1 and redis.call('ZCARD', KEYS[2]) == 0 then
+  local ttl = tonumber(redis.call('HGET', KEYS[1], 'ttl') or '0')
+  if ttl > 0 then
+    redis.call('PEXPIRE', KEYS[1], ttl)
+    redis.call('PEXPIRE', KEYS[4], ttl)
+  end
+  return {1, 1, info}
+end
+return {removed, 0, info}
+"#;
+
+/// KEYS: meta, members, who, history. ARGV: new epoch, dhist, dttl, now, conn ('' = server),
+/// from, data, channel, room.
+/// Returns {1, offset, epoch}, {0} not found, {-2} not a member. The SPUBLISH of the envelope
+/// (a MessagePack map with the same fields as `protocol::envelope::Envelope::Message`) happens
+/// inside the script, so delivery order is offset order.
+pub fn publish() -> String {
+    format!(
+        "{ENSURE_META}{}",
+        r#"
+if not ensure_meta(ARGV[1], ARGV[2], ARGV[3], ARGV[4]) then return {0} end
+if ARGV[5] ~= '' and redis.call('ZSCORE', KEYS[2], ARGV[5]) == false then return {-2} end
+local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+local hist = tonumber(redis.call('HGET', KEYS[1], 'hist') or '0')
+if hist > 0 then
+  redis.call('XADD', KEYS[4], 'MAXLEN', hist, offset .. '-0', 'f', ARGV[6], 'd', ARGV[7], 't', ARGV[4])
+end
+if redis.call('ZCARD', KEYS[2]) == 0 then
+  local ttl = tonumber(redis.call('HGET', KEYS[1], 'ttl') or '0')
+  if ttl > 0 then
+    redis.call('PEXPIRE', KEYS[1], ttl)
+    redis.call('PEXPIRE', KEYS[4], ttl)
+  end
+end
+redis.call('SPUBLISH', ARGV[8], cmsgpack.pack({t = 'message', room = ARGV[9], offset = offset,
+  epoch = epoch, from = ARGV[6], data = ARGV[7], ts = tonumber(ARGV[4])}))
+return {1, offset, epoch}
+"#
+    )
+}
+
+/// KEYS: meta, members, who, history. ARGV: requester ('' = none).
+/// Returns {1, members}, {0} not found, {-2} not a member.
+pub fn members() -> String {
+    format!(
+        "{ENSURE_META}{}",
+        r#"
+if redis.call('EXISTS', KEYS[1]) == 0 and redis.call('EXISTS', KEYS[2]) == 0 then return {0} end
+if ARGV[1] ~= '' and redis.call('ZSCORE', KEYS[2], ARGV[1]) == false then return {-2} end
+return {1, member_list()}
+"#
+    )
+}
+
+/// KEYS: meta, members, who, history. ARGV: requester ('' = none), limit, before ('' = none).
+/// Returns {1, epoch, entries newest last}, {0}, {-2}.
+pub fn history() -> String {
+    format!(
+        "{ENSURE_META}{}",
+        r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0} end
+if ARGV[1] ~= '' and redis.call('ZSCORE', KEYS[2], ARGV[1]) == false then return {-2} end
+local top = '+'
+if ARGV[3] ~= '' then
+  local before = tonumber(ARGV[3])
+  if before <= 1 then return {1, redis.call('HGET', KEYS[1], 'epoch'), {}} end
+  top = (before - 1) .. '-0'
+end
+local raw = redis.call('XREVRANGE', KEYS[4], top, '-', 'COUNT', tonumber(ARGV[2]))
+local rev = {}
+for i = #raw, 1, -1 do rev[#rev + 1] = raw[i] end
+return {1, redis.call('HGET', KEYS[1], 'epoch'), entries(rev)}
+"#
+    )
+}
+
+/// KEYS: meta, members, who, history.
+/// Returns {1, epoch, offset, max, hist, ttl, created, members} or {0}.
+pub fn info() -> String {
+    format!(
+        "{ENSURE_META}{}",
+        r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0} end
+local m = redis.call('HMGET', KEYS[1], 'epoch', 'offset', 'max', 'hist', 'ttl', 'created')
+return {1, m[1], tonumber(m[2]), tonumber(m[3]), tonumber(m[4]), tonumber(m[5]), tonumber(m[6]), member_list()}
+"#
+    )
+}
+
+/// KEYS: meta, members, who, history. Returns {1, members} or {0}.
+pub fn close() -> String {
+    format!(
+        "{ENSURE_META}{}",
+        r#"
+if redis.call('EXISTS', KEYS[1]) == 0 and redis.call('EXISTS', KEYS[2]) == 0 then return {0} end
+local list = member_list()
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+return {1, list}
+"#
+    )
+}
+
+/// KEYS: window zset. ARGV: now, window ms, limit, member. Returns {allowed, retry ms}.
+pub const WINDOW_ACQUIRE: &str = r#"
+local now = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
+  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  return {0, tonumber(oldest[2]) + window - now}
+end
+redis.call('ZADD', KEYS[1], now, ARGV[4])
+redis.call('PEXPIRE', KEYS[1], window)
+return {1, 0}
+"#;
+
+/// KEYS: window zset. ARGV: now. Removes one acquisition recorded at `now`.
+pub const WINDOW_RELEASE: &str = r#"
+local hit = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[1], 'LIMIT', 0, 1)
+if #hit > 0 then redis.call('ZREM', KEYS[1], hit[1]) end
+return #hit
+"#;
+
+/// KEYS: bucket hash. ARGV: now, rate per second, burst. Returns {allowed, retry ms}.
+pub const BUCKET_TAKE: &str = r#"
+local now = tonumber(ARGV[1])
+local rate = tonumber(ARGV[2])
+local burst = tonumber(ARGV[3])
+local v = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(v[1]) or burst
+local ts = tonumber(v[2]) or now
+tokens = math.min(burst, tokens + math.max(0, now - ts) / 1000 * rate)
+ts = math.max(ts, now)
+local allowed, wait = 0, 0
+if tokens >= 1 then
+  tokens = tokens - 1
+  allowed = 1
+elseif rate <= 0 then
+  wait = 60000
+else
+  wait = math.ceil((1 - tokens) / rate * 1000)
+end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(ts))
+local keep = 60000
+if rate > 0 then keep = math.ceil(burst / rate * 1000) + 1000 end
+redis.call('PEXPIRE', KEYS[1], keep)
+return {allowed, wait}
+"#;
+
+/// KEYS: creation counter hash. ARGV: second, oldest second to keep, cleanup (0/1).
+pub const RECORD_CREATION: &str = r#"
+redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+if ARGV[3] == '1' then
+  local oldest = tonumber(ARGV[2])
+  for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
+    if tonumber(f) < oldest then redis.call('HDEL', KEYS[1], f) end
+  end
+end
+redis.call('PEXPIRE', KEYS[1], 3600000)
+return 1
+"#;
+
+/// KEYS: nodes hash. ARGV: now. Removes and returns the ids of expired nodes.
+pub const CLAIM_DEAD_NODES: &str = r#"
+local now = tonumber(ARGV[1])
+local dead = {}
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local expires = tonumber(string.match(all[i + 1], '([^\t]*)$'))
+  if expires and expires <= now then
+    redis.call('HDEL', KEYS[1], all[i])
+    dead[#dead + 1] = all[i]
+  end
+end
+return dead
+"#;
