@@ -24,6 +24,10 @@ pub trait FanOut: Send + Sync {
     /// This node lost its last local member in `room`: stop receiving (possibly lazily).
     fn unsubscribe(&self, room: &str);
 
+    /// A local member joined `room` at `(epoch, offset)`: delivery to it continues from there.
+    /// Adapters that sequence messages use it as a starting point for gap detection.
+    fn track(&self, _room: &str, _epoch: &str, _offset: u64) {}
+
     /// How many room channels this node receives.
     fn subscribed(&self) -> usize;
 

@@ -19,9 +19,25 @@ pub trait DeliveryHooks: Send + Sync {
     fn publish_latency(&self, ms: f64);
 }
 
+/// Pub/sub health, reported by adapters that cross nodes. Defaults record nothing.
+pub trait PubSubHooks: Send + Sync {
+    /// Messages lost before delivery (a full queue, or the client library lagging).
+    fn pubsub_dropped(&self, _n: u64) {}
+    /// Room channels subscribed again by the periodic reconcile.
+    fn resubscribed(&self, _n: u64) {}
+    /// Messages recovered from history after a gap in a room's offsets.
+    fn repaired(&self, _n: u64) {}
+    /// Messages received twice and not delivered again.
+    fn duplicate(&self) {}
+    /// An offset reused with other content (state lost in a hard failover): epoch retired.
+    fn conflict(&self) {}
+}
+
 /// Hooks that record nothing.
 #[derive(Debug, Default)]
 pub struct NoHooks;
+
+impl PubSubHooks for NoHooks {}
 
 impl DeliveryHooks for NoHooks {
     fn delivered(&self, _: u64, _: u64) {}
@@ -94,6 +110,7 @@ pub fn deliver(registry: &Registry, envelope: &Envelope, hooks: &dyn DeliveryHoo
                     .close(CloseCode::KICKED, "disconnected by the server");
             }
         }
+        Envelope::Probe { .. } => {}
     }
 }
 
@@ -111,6 +128,9 @@ fn push_to_room(
     registry.for_each_member(room, |m| {
         let member = &m.conn;
         if skip == Some(&*member.conn_id) {
+            return;
+        }
+        if publication.is_some_and(|p| m.covers(p)) {
             return;
         }
         if let (Some(pending), Some(publication)) = (&m.pending, publication) {

@@ -8,6 +8,9 @@
 //!   which users.
 //! - [`outbound`]: each connection's bounded outbound queue (in bytes). Pushing never waits; a
 //!   queue over its limit marks its connection a slow consumer, to be closed with 4009.
+//! - [`sequencer`]: per-room offset continuity: deliver, drop a duplicate, or repair a gap.
+//! - [`redis`]: the Redis Cluster adapter: sharded pub/sub, lazy unsubscribe, reconcile,
+//!   self-probes, gap repair from history.
 //! - [`dispatch`]: local delivery of one envelope: encode once per format, push the same bytes
 //!   to every local member.
 //!
@@ -18,10 +21,12 @@ pub mod adapter;
 pub mod dispatch;
 pub mod memory;
 pub mod outbound;
+pub mod redis;
 pub mod registry;
+pub mod sequencer;
 
 pub use adapter::{FanOut, FanOutError};
-pub use dispatch::{deliver, deliver_held, DeliveryHooks, NoHooks};
+pub use dispatch::{deliver, deliver_held, DeliveryHooks, NoHooks, PubSubHooks};
 pub use memory::MemoryFanOut;
 pub use outbound::{OutFrame, Outbound, PushError};
 pub use registry::{LocalConn, Registry};

@@ -28,6 +28,18 @@ pub struct RoomMember {
     pub conn: LocalConn,
     /// `Some` while the join is in flight: messages wait here instead of going out.
     pub pending: Option<Mutex<Vec<Publication>>>,
+    /// The join reply's `(epoch, offset)`: messages at or below it were not for this member.
+    /// It guards against a repair re-sending what the join already covered.
+    pub floor: Option<(String, u64)>,
+}
+
+impl RoomMember {
+    /// Whether a message is one this member has already been given (by its join reply).
+    pub fn covers(&self, p: &Publication) -> bool {
+        self.floor
+            .as_ref()
+            .is_some_and(|(epoch, offset)| *epoch == p.epoch && p.offset <= *offset)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -99,6 +111,7 @@ impl Registry {
         members.push(RoomMember {
             conn: conn.clone(),
             pending: Some(Mutex::new(Vec::new())),
+            floor: None,
         });
         Some(members.len() == 1)
     }
@@ -125,6 +138,7 @@ impl Registry {
             .take()
             .map(Mutex::into_inner)
             .unwrap_or_default();
+        member.floor = Some((epoch.to_string(), offset));
         let after: Vec<Publication> = held
             .into_iter()
             .filter(|p| p.epoch != epoch || p.offset > offset)
@@ -161,6 +175,16 @@ impl Registry {
             .conns
             .get(conn_id)
             .is_some_and(|(_, rooms)| rooms.iter().any(|r| &**r == room))
+    }
+
+    /// Whether this node has any local member in a room.
+    pub fn has_room(&self, room: &str) -> bool {
+        self.inner.read().rooms.contains_key(room)
+    }
+
+    /// The rooms with local members.
+    pub fn rooms(&self) -> Vec<Arc<str>> {
+        self.inner.read().rooms.keys().cloned().collect()
     }
 
     /// The rooms a connection is in.

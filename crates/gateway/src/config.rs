@@ -26,6 +26,31 @@ pub struct Config {
     #[arg(long, env = "ROOMCAST_NODE_ID")]
     pub node_id: Option<String>,
 
+    /// Seed nodes of a Redis Cluster (`redis://host:port`, comma separated). Without it the
+    /// node runs on the embedded in-memory backend.
+    #[arg(long, env = "ROOMCAST_REDIS_CLUSTER", value_delimiter = ',')]
+    pub redis_cluster: Vec<String>,
+
+    /// Clients in the Redis command pool (each has a connection to every primary).
+    #[arg(long, env = "ROOMCAST_REDIS_POOL_SIZE", default_value_t = 4)]
+    pub redis_pool_size: usize,
+
+    /// A Redis command slower than this fails (`unavailable`).
+    #[arg(long, env = "ROOMCAST_REDIS_COMMAND_TIMEOUT", default_value = "2s", value_parser = duration)]
+    pub redis_command_timeout: Duration,
+
+    /// Acknowledge a publish only after a replica has it (WAIT 1 on the writing connection).
+    #[arg(long, env = "ROOMCAST_DURABLE_PUBLISH")]
+    pub durable_publish: bool,
+
+    /// How long a durable publish waits for the replica.
+    #[arg(long, env = "ROOMCAST_DURABLE_TIMEOUT", default_value = "500ms", value_parser = duration)]
+    pub durable_timeout: Duration,
+
+    /// A node whose heartbeat is older than this is dead: its members leave presence.
+    #[arg(long, env = "ROOMCAST_NODE_TTL", default_value = "5s", value_parser = duration)]
+    pub node_ttl: Duration,
+
     // --- Auth ---------------------------------------------------------------------------
     /// Let clients without a token in, as `anon:<ip>`.
     #[arg(long, env = "ROOMCAST_ALLOW_ANONYMOUS")]

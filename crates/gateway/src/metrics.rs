@@ -60,6 +60,12 @@ pub struct Metrics {
     pub outbound_queue_bytes: Histogram,
     pub backend_errors: IntCounterVec,
     pub slow_consumers: IntCounter,
+    pub pubsub_dropped: IntCounter,
+    pub pubsub_resubscribes: IntCounter,
+    pub history_repairs: IntCounter,
+    pub pubsub_duplicates: IntCounter,
+    pub dead_nodes_reaped: IntCounter,
+    pub offset_conflicts: IntCounter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -246,6 +252,36 @@ impl Metrics {
                 "slow_consumers_total",
                 "Connections whose outbound queue overflowed (closed with 4009).",
             )?,
+            pubsub_dropped: counter(
+                &registry,
+                "pubsub_dropped_total",
+                "Pub/sub messages dropped before delivery (full queues, client lag).",
+            )?,
+            pubsub_resubscribes: counter(
+                &registry,
+                "pubsub_resubscribes_total",
+                "Room channels subscribed again by reconcile or probes.",
+            )?,
+            history_repairs: counter(
+                &registry,
+                "history_repairs_total",
+                "Messages recovered from history after an offset gap.",
+            )?,
+            pubsub_duplicates: counter(
+                &registry,
+                "pubsub_duplicates_total",
+                "Pub/sub messages received twice and dropped.",
+            )?,
+            offset_conflicts: counter(
+                &registry,
+                "offset_conflicts_total",
+                "Offsets reused after a hard failover lost writes (epoch retired).",
+            )?,
+            dead_nodes_reaped: counter(
+                &registry,
+                "dead_nodes_reaped_total",
+                "Dead nodes whose members this node removed from presence.",
+            )?,
             registry,
         })
     }
@@ -264,6 +300,28 @@ impl Metrics {
 
     pub fn disconnect(&self, reason: DisconnectReason) {
         self.disconnects.with_label_values(&[reason.as_str()]).inc();
+    }
+}
+
+impl fan_out::PubSubHooks for Metrics {
+    fn pubsub_dropped(&self, n: u64) {
+        self.pubsub_dropped.inc_by(n);
+    }
+
+    fn resubscribed(&self, n: u64) {
+        self.pubsub_resubscribes.inc_by(n);
+    }
+
+    fn repaired(&self, n: u64) {
+        self.history_repairs.inc_by(n);
+    }
+
+    fn duplicate(&self) {
+        self.pubsub_duplicates.inc();
+    }
+
+    fn conflict(&self) {
+        self.offset_conflicts.inc();
     }
 }
 

@@ -5,13 +5,16 @@ use crate::clock::now_ms;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::traffic::{TrafficMonitor, WINDOW_MS};
+use fan_out::redis::{HistoryReader, RedisFanOut, RedisFanOutConfig};
 use fan_out::{FanOut, MemoryFanOut, Registry};
 use parking_lot::Mutex;
 use protocol::codec::encode;
 use protocol::envelope::Envelope;
 use protocol::frame::Event;
 use protocol::Format;
-use room_state::{MemoryState, NodeInfo, RateLimits, RoomStore, TrafficCounters};
+use room_state::{
+    MemoryState, NodeInfo, RateLimits, RedisSettings, RedisState, RoomStore, TrafficCounters,
+};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -69,6 +72,46 @@ impl Node {
             fanout,
             name: "memory",
         };
+        Node::with_backends(config, addr, backends, registry, metrics)
+    }
+
+    /// A node on Redis Cluster (`--redis-cluster`). Starts even when the cluster is down:
+    /// it is unready until the cluster answers.
+    pub async fn redis(config: Config, addr: SocketAddr) -> anyhow::Result<Arc<Node>> {
+        let metrics = Arc::new(Metrics::new()?);
+        let registry = Arc::new(Registry::new());
+        let settings = RedisSettings {
+            urls: config.redis_cluster.clone(),
+            pool_size: config.redis_pool_size,
+            command_timeout: config.redis_command_timeout,
+            durable_publish: config.durable_publish,
+            durable_timeout: config.durable_timeout,
+            default_history: config.history_size,
+            default_ttl_ms: config.room_ttl.as_millis() as u64,
+        };
+        let state = Arc::new(RedisState::connect(settings.clone()).await?);
+        let subscriber = room_state::redis::builder(&settings)?.build_subscriber_client()?;
+        let node_id = config.node_id.clone().unwrap_or_else(random_node_id);
+        let history = Arc::new(RepairFromHistory(state.clone()));
+        let fanout = RedisFanOut::start(
+            subscriber,
+            state.pool().clone(),
+            registry.clone(),
+            metrics.clone(),
+            metrics.clone(),
+            history,
+            RedisFanOutConfig::new(&node_id),
+        )
+        .await?;
+        let backends = Backends {
+            rooms: state.clone(),
+            limits: state.clone(),
+            traffic: state,
+            fanout: Arc::new(fanout),
+            name: "redis-cluster",
+        };
+        let mut config = config;
+        config.node_id = Some(node_id);
         Node::with_backends(config, addr, backends, registry, metrics)
     }
 
@@ -162,7 +205,7 @@ impl Node {
             connections: self.registry.connection_count() as u64,
             started_at: self.started_at,
         };
-        let ttl = (self.config.traffic_interval.as_millis() as u64 * 5).max(5_000);
+        let ttl = self.config.node_ttl.as_millis() as u64;
         let b = &self.backends;
         let results = (
             b.traffic.heartbeat(&me, now, ttl).await,
@@ -179,6 +222,7 @@ impl Node {
                 .inc();
             return;
         };
+        self.reap_dead_nodes(now).await;
         self.backend_ok
             .store(b.rooms.health().await.is_ok(), Ordering::Release);
         let connections: u64 = nodes.iter().map(|n| n.connections).sum();
@@ -199,6 +243,40 @@ impl Node {
                 "traffic level changed"
             );
             self.broadcast(&Event::TrafficStatus(&status));
+        }
+    }
+
+    /// Removes the members of nodes whose heartbeat expired, and tells their rooms. Each dead
+    /// node is claimed by exactly one live node.
+    async fn reap_dead_nodes(&self, now: u64) {
+        let dead = match self.backends.traffic.claim_dead_nodes(now).await {
+            Ok(dead) => dead,
+            Err(e) => {
+                tracing::warn!(error = %e, "dead-node check failed");
+                return;
+            }
+        };
+        for node in dead.into_iter().filter(|n| *n != self.id) {
+            let removed = match self.backends.rooms.remove_node_members(&node).await {
+                Ok(removed) => removed,
+                Err(e) => {
+                    tracing::warn!(%node, error = %e, "could not remove a dead node's members");
+                    continue;
+                }
+            };
+            tracing::info!(%node, members = removed.len(), "dead node reaped");
+            self.metrics.dead_nodes_reaped.inc();
+            for (room, member) in removed {
+                let leave = Envelope::Presence {
+                    room,
+                    action: protocol::frame::PresenceAction::Leave,
+                    user: member.user,
+                    conn_id: member.conn_id,
+                };
+                if let Err(e) = self.backends.fanout.publish(leave).await {
+                    tracing::warn!(error = %e, "presence leave for a dead node not published");
+                }
+            }
         }
     }
 
@@ -224,5 +302,44 @@ impl Node {
             }
             self.refresh_traffic().await;
         }
+    }
+}
+
+fn random_node_id() -> String {
+    let suffix: String = (0..6)
+        .map(|_| fastrand::alphanumeric().to_ascii_lowercase())
+        .collect();
+    format!("n-{suffix}")
+}
+
+/// Gap repair reads from the room store's history.
+struct RepairFromHistory(Arc<RedisState>);
+
+#[async_trait::async_trait]
+impl HistoryReader for RepairFromHistory {
+    async fn range(
+        &self,
+        room: &str,
+        after: u64,
+        before: u64,
+    ) -> Result<Vec<protocol::frame::Publication>, String> {
+        let wanted = before.saturating_sub(after + 1) as usize;
+        if wanted == 0 {
+            return Ok(Vec::new());
+        }
+        let (messages, _) = self
+            .0
+            .history(room, None, wanted, Some(before))
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(messages.into_iter().filter(|p| p.offset > after).collect())
+    }
+
+    async fn retire_epoch(&self, room: &str, epoch: &str) -> Result<(), String> {
+        self.0
+            .reset_epoch(room, epoch)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 }

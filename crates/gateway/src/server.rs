@@ -69,7 +69,11 @@ impl std::fmt::Debug for Running {
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
-    let node = Node::embedded(config, addr)?;
+    let node = if config.redis_cluster.is_empty() {
+        Node::embedded(config, addr)?
+    } else {
+        Node::redis(config, addr).await?
+    };
     Ok(serve(node, listener).await)
 }
 

@@ -99,6 +99,7 @@ pub fn after_reply(node: &Node, s: &Session, after: After) {
     {
         let (conn, held) = node.registry.activate(&room, &s.conn_id, &epoch, offset);
         if let Some(conn) = conn {
+            node.backends.fanout.track(&room, &epoch, offset);
             deliver_held(&conn, &held, &*node.metrics);
         }
     }

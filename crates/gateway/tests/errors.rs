@@ -229,6 +229,9 @@ impl RoomStore for Faulty {
     async fn health(&self) -> Result<(), StateError> {
         self.check()
     }
+    async fn reset_epoch(&self, room: &str, old_epoch: &str) -> Result<(String, bool), StateError> {
+        self.inner.reset_epoch(room, old_epoch).await
+    }
 }
 
 #[tokio::test]

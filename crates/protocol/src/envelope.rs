@@ -1,14 +1,19 @@
 //! The inter-node envelope: what crosses from one gateway node to another through the fan-out.
 //!
 //! Encoded as MessagePack maps (`rmp_serde::to_vec_named`) so nodes of different versions
-//! tolerate added fields. Decoding is as defensive as for client frames: a peer node or a
-//! corrupted channel can send anything.
+//! tolerate added fields. A message's `data` travels as JSON text: that is what the Redis
+//! publish script packs with `cmsgpack`, and it is what history stores. Decoding is as
+//! defensive as for client frames: a peer node or a corrupted channel can send anything.
+//!
+//! Wire form: a map with `t` (`message`, `presence`, `room_closed`, `disconnect_user`,
+//! `probe`) and the variant's fields; `message` has `room, offset, epoch, from, data, ts`.
 
+use crate::data::Data;
 use crate::frame::{PresenceAction, Publication};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "t", rename_all = "snake_case")]
+#[serde(try_from = "Wire", into = "Wire")]
 pub enum Envelope {
     /// A publication in a room, with its offset and epoch.
     Message(Publication),
@@ -23,6 +28,105 @@ pub enum Envelope {
     RoomClosed { room: String, reason: String },
     /// Disconnect every connection of a user, on every node (server API).
     DisconnectUser { user: String },
+    /// A node's pub/sub self-probe, sent to itself through one shard.
+    Probe { node: String, seq: u64 },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+enum Wire {
+    Message {
+        room: String,
+        offset: u64,
+        epoch: String,
+        from: String,
+        data: String,
+        ts: u64,
+    },
+    Presence {
+        room: String,
+        action: PresenceAction,
+        user: String,
+        conn_id: String,
+    },
+    RoomClosed {
+        room: String,
+        reason: String,
+    },
+    DisconnectUser {
+        user: String,
+    },
+    Probe {
+        node: String,
+        seq: u64,
+    },
+}
+
+impl From<Envelope> for Wire {
+    fn from(e: Envelope) -> Wire {
+        match e {
+            Envelope::Message(p) => Wire::Message {
+                room: p.room,
+                offset: p.offset,
+                epoch: p.epoch,
+                from: p.from,
+                data: p.data.as_json().to_string(),
+                ts: p.ts,
+            },
+            Envelope::Presence {
+                room,
+                action,
+                user,
+                conn_id,
+            } => Wire::Presence {
+                room,
+                action,
+                user,
+                conn_id,
+            },
+            Envelope::RoomClosed { room, reason } => Wire::RoomClosed { room, reason },
+            Envelope::DisconnectUser { user } => Wire::DisconnectUser { user },
+            Envelope::Probe { node, seq } => Wire::Probe { node, seq },
+        }
+    }
+}
+
+impl TryFrom<Wire> for Envelope {
+    type Error = String;
+
+    fn try_from(w: Wire) -> Result<Envelope, String> {
+        Ok(match w {
+            Wire::Message {
+                room,
+                offset,
+                epoch,
+                from,
+                data,
+                ts,
+            } => Envelope::Message(Publication {
+                room,
+                offset,
+                epoch,
+                from,
+                data: Data::from_json_text(data).map_err(|e| e.to_string())?,
+                ts,
+            }),
+            Wire::Presence {
+                room,
+                action,
+                user,
+                conn_id,
+            } => Envelope::Presence {
+                room,
+                action,
+                user,
+                conn_id,
+            },
+            Wire::RoomClosed { room, reason } => Envelope::RoomClosed { room, reason },
+            Wire::DisconnectUser { user } => Envelope::DisconnectUser { user },
+            Wire::Probe { node, seq } => Envelope::Probe { node, seq },
+        })
+    }
 }
 
 /// The envelope could not be decoded.
@@ -48,7 +152,7 @@ impl Envelope {
         match self {
             Envelope::Message(p) => Some(&p.room),
             Envelope::Presence { room, .. } | Envelope::RoomClosed { room, .. } => Some(room),
-            Envelope::DisconnectUser { .. } => None,
+            Envelope::DisconnectUser { .. } | Envelope::Probe { .. } => None,
         }
     }
 }
@@ -80,11 +184,31 @@ mod tests {
                 reason: "closed".into(),
             },
             Envelope::DisconnectUser { user: "u".into() },
+            Envelope::Probe {
+                node: "n".into(),
+                seq: 9,
+            },
         ];
         for env in envs {
             let bytes = env.encode().expect("encode");
             assert_eq!(Envelope::decode(&bytes).expect("decode"), env);
         }
+    }
+
+    #[test]
+    fn message_data_travels_as_json_text() {
+        // The shape the Redis publish script packs with cmsgpack.
+        let wire = serde_json::json!({"t": "message", "room": "r", "offset": 7, "epoch": "e",
+            "from": "u", "data": "{\"a\":[1,2]}", "ts": 1_795_000_000_000u64});
+        let bytes = rmp_serde::to_vec_named(&wire).expect("encode");
+        let Envelope::Message(p) = Envelope::decode(&bytes).expect("decode") else {
+            panic!("not a message")
+        };
+        assert_eq!((p.offset, p.data.as_json()), (7, r#"{"a":[1,2]}"#));
+        let bad = rmp_serde::to_vec_named(&serde_json::json!({"t": "message", "room": "r",
+            "offset": 7, "epoch": "e", "from": "u", "data": "{not json", "ts": 1}))
+        .expect("encode");
+        assert!(Envelope::decode(&bad).is_err());
     }
 
     #[test]

@@ -82,4 +82,9 @@ pub trait RoomStore: Send + Sync {
 
     /// Whether the backend answers (readiness).
     async fn health(&self) -> Result<(), StateError>;
+
+    /// Retires `old_epoch`: if the room is still in it, a new epoch starts with offset 0 and
+    /// empty history. Used when an offset turned out to be reused (state lost on a hard
+    /// failover). Returns the epoch in force and whether this call started it.
+    async fn reset_epoch(&self, room: &str, old_epoch: &str) -> Result<(String, bool), StateError>;
 }

@@ -180,6 +180,22 @@ pub async fn rooms(store: &dyn RoomStore, prefix: &str) {
     );
     assert_eq!(store.info(&room).await.unwrap().members.len(), 1);
 
+    // Retiring an epoch restarts offsets and history, once.
+    let (fresh, changed) = store.reset_epoch(&room, &created.epoch).await.unwrap();
+    assert!(changed);
+    assert_ne!(fresh, created.epoch);
+    assert_eq!(
+        store.reset_epoch(&room, &created.epoch).await.unwrap(),
+        (fresh.clone(), false)
+    );
+    let p = store
+        .publish(&room, None, "server", data(7), now)
+        .await
+        .unwrap();
+    assert_eq!((p.offset, p.epoch.as_str()), (1, fresh.as_str()));
+    let (h, _) = store.history(&room, None, 100, None).await.unwrap();
+    assert_eq!(h.iter().map(|p| p.offset).collect::<Vec<_>>(), vec![1]);
+
     // Close removes the room and returns its members; re-creating starts a new epoch.
     let former = store.close(&room).await.unwrap();
     assert_eq!(former.len(), 1);

@@ -287,4 +287,16 @@ impl RoomStore for MemoryState {
     async fn health(&self) -> Result<(), StateError> {
         Ok(())
     }
+
+    async fn reset_epoch(&self, room: &str, old_epoch: &str) -> Result<(String, bool), StateError> {
+        self.with_room(room, None, |r| {
+            if r.epoch != old_epoch {
+                return Ok((r.epoch.clone(), false));
+            }
+            r.epoch = new_epoch();
+            r.offset = 0;
+            r.history.clear();
+            Ok((r.epoch.clone(), true))
+        })
+    }
 }

@@ -117,6 +117,7 @@ struct Scripts {
     bucket_take: Script,
     record_creation: Script,
     claim_dead_nodes: Script,
+    reset_epoch: Script,
 }
 
 impl Scripts {
@@ -135,6 +136,7 @@ impl Scripts {
             bucket_take: Script::from_lua(scripts::BUCKET_TAKE),
             record_creation: Script::from_lua(scripts::RECORD_CREATION),
             claim_dead_nodes: Script::from_lua(scripts::CLAIM_DEAD_NODES),
+            reset_epoch: Script::from_lua(scripts::RESET_EPOCH),
         }
     }
 }

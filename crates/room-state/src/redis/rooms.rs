@@ -9,6 +9,7 @@ use crate::rooms::RoomStore;
 use async_trait::async_trait;
 use fred::prelude::*;
 use fred::types::Value;
+use protocol::envelope::Envelope;
 use protocol::frame::{Member, Publication, Since};
 use protocol::Data;
 
@@ -268,6 +269,12 @@ impl RoomStore for RedisState {
             data.as_json().to_string(),
             k.channel.clone(),
             room.to_string(),
+            if self.settings.durable_publish {
+                "0"
+            } else {
+                "1"
+            }
+            .to_string(),
         ]);
         // One pooled client for the script and the WAIT, so WAIT follows the write on the
         // same connection to the room's primary.
@@ -282,17 +289,27 @@ impl RoomStore for RedisState {
         status(&reply)?;
         let offset = int(reply.get(1))? as u64;
         let epoch = string(reply.get(2))?;
-        if self.settings.durable_publish {
-            self.wait_for_replica(client, &k.meta).await?;
-        }
-        Ok(Publication {
+        let publication = Publication {
             room: room.to_string(),
             offset,
             epoch,
             from: from.to_string(),
             data,
             ts: now_ms,
-        })
+        };
+        if self.settings.durable_publish {
+            // Only a replicated message is announced. Concurrent durable publishes may be
+            // announced out of order; receivers repair the gap from history.
+            self.wait_for_replica(client, &k.meta).await?;
+            let bytes = Envelope::Message(publication.clone())
+                .encode()
+                .map_err(|e| StateError::Internal(e.to_string()))?;
+            let _: Value = client
+                .spublish(&k.channel, bytes)
+                .await
+                .map_err(fred_error)?;
+        }
+        Ok(publication)
     }
 
     async fn members(
@@ -424,6 +441,20 @@ impl RoomStore for RedisState {
     async fn health(&self) -> Result<(), StateError> {
         let _: Value = self.pool.next().ping(None).await.map_err(fred_error)?;
         Ok(())
+    }
+
+    async fn reset_epoch(&self, room: &str, old_epoch: &str) -> Result<(String, bool), StateError> {
+        let k = RoomKeys::new(room);
+        let reply = array(
+            self.eval(
+                &self.scripts.reset_epoch,
+                k.all(),
+                vec![old_epoch.to_string(), new_epoch()],
+            )
+            .await?,
+        );
+        status(&reply)?;
+        Ok((string(reply.get(2))?, int(reply.get(1))? == 1))
     }
 }
 

@@ -113,7 +113,8 @@ return {removed, 0, info}
 "#;
 
 /// KEYS: meta, members, who, history. ARGV: new epoch, dhist, dttl, now, conn ('' = server),
-/// from, data, channel, room.
+/// from, data, channel, room, spublish ('1' to publish inside the script, '0' when the caller
+/// publishes after WAIT, for durable publishes).
 /// Returns {1, offset, epoch}, {0} not found, {-2} not a member. The SPUBLISH of the envelope
 /// (a MessagePack map with the same fields as `protocol::envelope::Envelope::Message`) happens
 /// inside the script, so delivery order is offset order.
@@ -136,8 +137,10 @@ if redis.call('ZCARD', KEYS[2]) == 0 then
     redis.call('PEXPIRE', KEYS[4], ttl)
   end
 end
-redis.call('SPUBLISH', ARGV[8], cmsgpack.pack({t = 'message', room = ARGV[9], offset = offset,
-  epoch = epoch, from = ARGV[6], data = ARGV[7], ts = tonumber(ARGV[4])}))
+if ARGV[10] == '1' then
+  redis.call('SPUBLISH', ARGV[8], cmsgpack.pack({t = 'message', room = ARGV[9], offset = offset,
+    epoch = epoch, from = ARGV[6], data = ARGV[7], ts = tonumber(ARGV[4])}))
+end
 return {1, offset, epoch}
 "#
     )
@@ -203,6 +206,18 @@ return {1, list}
 "#
     )
 }
+
+/// KEYS: meta, members, who, history. ARGV: the epoch to retire, a new epoch.
+/// Starts a new epoch (offset 0, empty history) if the room is still in the old one.
+/// Returns {1, epoch in force} (1 when this call changed it, 0 otherwise) or {0} not found.
+pub const RESET_EPOCH: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0} end
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if epoch ~= ARGV[1] then return {1, 0, epoch} end
+redis.call('HSET', KEYS[1], 'epoch', ARGV[2], 'offset', 0)
+redis.call('DEL', KEYS[4])
+return {1, 1, ARGV[2]}
+"#;
 
 /// KEYS: window zset. ARGV: now, window ms, limit, member. Returns {allowed, retry ms}.
 pub const WINDOW_ACQUIRE: &str = r#"
