@@ -16,8 +16,8 @@ run: ## One node on 127.0.0.1:8080, embedded backend, anonymous clients allowed.
 build: ## Release build of every binary.
 	$(CARGO) build --release --workspace
 
-test: ## Every test: unit, backend conformance, and real-socket integration tests.
-	$(CARGO) test --workspace --all-targets
+test: ## Every test, against real Redis Clusters it starts and stops (installs redis-server, nginx).
+	deploy/local/test.sh
 
 lint: ## rustfmt and clippy, warnings are errors.
 	$(CARGO) fmt --all -- --check

@@ -4,6 +4,7 @@
 #   redis-cluster.sh start [BASE_PORT] [DIR]   start (ports BASE..BASE+5), wait for cluster_state:ok
 #   redis-cluster.sh stop  [BASE_PORT] [DIR]   stop every process and remove DIR
 #   redis-cluster.sh urls  [BASE_PORT]         print the seed URLs, comma separated
+#   redis-cluster.sh revive PORT [BASE_PORT] [DIR]  restart one killed node with its old config
 #
 # Installs redis-server with apt-get when it is missing. Leaves nothing running after `stop`.
 set -euo pipefail
@@ -34,11 +35,14 @@ start() {
   mkdir -p "$dir"
   for p in $ports; do
     mkdir -p "$dir/$p"
-    redis-server --port "$p" --bind 127.0.0.1 --daemonize yes \
-      --dir "$dir/$p" --pidfile "$dir/$p/redis.pid" --logfile "$dir/$p/redis.log" \
-      --cluster-enabled yes --cluster-config-file "$dir/$p/nodes.conf" \
-      --cluster-node-timeout "$node_timeout" --cluster-replica-validity-factor 0 \
-      --appendonly no --save "" --protected-mode no
+    cat >"$dir/$p/start.sh" <<START
+exec redis-server --port "$p" --bind 127.0.0.1 --daemonize yes \\
+  --dir "$dir/$p" --pidfile "$dir/$p/redis.pid" --logfile "$dir/$p/redis.log" \\
+  --cluster-enabled yes --cluster-config-file "$dir/$p/nodes.conf" \\
+  --cluster-node-timeout "$node_timeout" --cluster-replica-validity-factor 0 \\
+  --appendonly no --save "" --protected-mode no --repl-diskless-sync-delay 0
+START
+    bash "$dir/$p/start.sh"
   done
   for p in $ports; do
     for _ in $(seq 1 100); do redis-cli -p "$p" ping >/dev/null 2>&1 && break; sleep 0.05; done
@@ -78,8 +82,18 @@ stop_quiet() {
   rm -rf "$dir"
 }
 
+revive() {
+  local port=$1
+  redis-cli -p "$port" ping >/dev/null 2>&1 && return 0
+  bash "$dir/$port/start.sh"
+  for _ in $(seq 1 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.05; done
+}
+
 case "$cmd" in
   start) start ;;
+  revive)
+    port=$2; base=${3:-7000}; dir=${4:-${TMPDIR:-/tmp}/roomcast-redis-$base}
+    revive "$port" ;;
   stop) stop_quiet; echo "redis cluster on $base stopped" >&2 ;;
   urls) urls ;;
   *) echo "usage: $0 start|stop|urls [BASE_PORT] [DIR]" >&2; exit 2 ;;

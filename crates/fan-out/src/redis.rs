@@ -154,7 +154,8 @@ impl RedisFanOut {
             .await
             .map_err(|e| FanOutError::Unavailable(e.to_string()))?;
         // Resubscribes after a hard failure (a reconnect). Soft failures are the reconcile's job.
-        let _ = subscriber.manage_subscriptions();
+        // The returned handle is only for joining; dropping it leaves the task running.
+        drop(subscriber.manage_subscriptions());
         let (new_subs, new_subs_rx) = mpsc::unbounded_channel();
         let mut worker_rxs = Vec::new();
         let mut workers = Vec::new();
@@ -261,6 +262,7 @@ async fn read_loop(inner: Arc<Inner>) {
             continue;
         }
         let room = envelope.room().or_else(|| room_of(channel)).unwrap_or("");
+        tracing::debug!(channel, room, "envelope received");
         if inner
             .worker_for(room)
             .try_send(Job::Envelope(envelope))
@@ -332,7 +334,16 @@ async fn worker(inner: Arc<Inner>, mut rx: mpsc::Receiver<Job>) {
                     );
                 }
             }
-            Job::Envelope(other) => deliver(&inner.registry, &other, &*inner.delivery, now_ms()),
+            Job::Envelope(other) => {
+                deliver(&inner.registry, &other, &*inner.delivery, now_ms());
+                // A closed room has no local members left: let its subscription go.
+                if let Envelope::RoomClosed { room, .. } = &other {
+                    let due = Instant::now() + inner.config.unsubscribe_delay;
+                    if let Some(at) = inner.wanted.lock().get_mut(room) {
+                        *at = Some(due);
+                    }
+                }
+            }
         }
     }
 }
@@ -452,7 +463,7 @@ async fn probe_loop(inner: Arc<Inner>) {
             overdue_rounds += 1;
             let n = inner.ssubscribe_grouped(inner.all_channels()).await;
             inner.pubsub.resubscribed(n as u64);
-            if overdue_rounds % 3 == 0 {
+            if overdue_rounds.is_multiple_of(3) {
                 tracing::warn!("pub/sub silent after resubscribing; reconnecting the subscriber");
                 let _ = inner.subscriber.force_reconnection().await;
             }
@@ -489,13 +500,14 @@ impl FanOut for RedisFanOut {
         let bytes = envelope
             .encode()
             .map_err(|e| FanOutError::Unavailable(e.to_string()))?;
-        let _: Value = self
+        let receivers: i64 = self
             .inner
             .publisher
             .next()
-            .spublish(channel, bytes)
+            .spublish(channel.as_str(), bytes)
             .await
             .map_err(|e| FanOutError::Unavailable(e.to_string()))?;
+        tracing::debug!(channel, receivers, "envelope published");
         Ok(())
     }
 

@@ -205,7 +205,10 @@ impl Client {
     pub async fn reply_to(&mut self, id: u64) -> Value {
         loop {
             let m = self.recv_msg().await;
-            if m.get("event").is_some() {
+            if m.get("event").is_some()
+                || m["id"] != json!(id) && m.get("id").is_some() && m["id"].as_u64() >= Some(1000)
+            {
+                // Events, and replies to requests sent with explicit ids (>= 1000) by `send`.
                 self.backlog.push_back(m);
             } else if m["id"] == json!(id) {
                 return m;
@@ -319,4 +322,176 @@ pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+// --- Real processes: gateways, nginx, Redis Cluster -------------------------------------
+
+/// Seed URLs of the cluster that `make test` started, from the named variable.
+pub fn redis_urls(var: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| {
+        panic!("{var} is not set: run `make test`, which starts the Redis Clusters the tests use")
+    })
+}
+
+/// Runs redis-cli against one port and returns its output.
+pub fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// A `roomcast` process.
+pub struct Gateway {
+    pub child: std::process::Child,
+    pub addr: std::net::SocketAddr,
+    pub id: String,
+}
+
+impl Gateway {
+    /// Starts the binary with `args` and waits until it listens. Its log goes to
+    /// `$TMPDIR/roomcast-test-<id>.log`.
+    pub fn spawn(id: &str, args: &[&str]) -> Gateway {
+        use std::io::{BufRead, BufReader, Write};
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_roomcast"))
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+                "--jwt-secret",
+                SECRET,
+                "--allow-anonymous",
+            ])
+            .args(["--api-key", API_KEY, "--node-id", id])
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let log_path = std::env::temp_dir().join(format!("roomcast-test-{id}.log"));
+        let mut log = std::fs::File::create(&log_path).unwrap();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("roomcast exited before listening")
+                .unwrap();
+            let _ = writeln!(log, "{line}");
+            let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+            if v["fields"]["message"] == "roomcast listening" {
+                break v["fields"]["addr"].as_str().unwrap().parse().unwrap();
+            }
+        };
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                let _ = writeln!(log, "{line}");
+            }
+        });
+        Gateway {
+            child,
+            addr,
+            id: id.to_string(),
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits for `/readyz` to say ready.
+    pub async fn ready(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while http(self.addr, "GET", "/readyz", None, "").await.0 != 200 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} never became ready",
+                self.id
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// nginx in front of some gateways, from deploy/nginx/roomcast.conf.template.
+pub struct Nginx {
+    child: std::process::Child,
+    pub addr: std::net::SocketAddr,
+    dir: std::path::PathBuf,
+}
+
+impl Nginx {
+    pub fn start(upstreams: &[std::net::SocketAddr]) -> Nginx {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let dir = std::env::temp_dir().join(format!("roomcast-nginx-{port}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let template = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../deploy/nginx/roomcast.conf.template"
+        ))
+        .unwrap();
+        let servers: String = upstreams
+            .iter()
+            .map(|u| format!("server {u} max_fails=1 fail_timeout=5s;\n        "))
+            .collect();
+        let conf = template
+            .replace("@PREFIX@", dir.to_str().unwrap())
+            .replace("@LISTEN@", &addr.to_string())
+            .replace("@UPSTREAMS@", &servers);
+        let conf_path = dir.join("nginx.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let nginx = ["/usr/sbin/nginx", "nginx"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .unwrap_or("nginx");
+        let child = std::process::Command::new(nginx)
+            .args([
+                "-p",
+                dir.to_str().unwrap(),
+                "-c",
+                conf_path.to_str().unwrap(),
+                "-g",
+                "daemon off;",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let n = Nginx { child, addr, dir };
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(addr).is_ok() {
+                return n;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("nginx did not start");
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A room name no other test (or earlier run) uses.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{:08x}", fastrand::u32(..))
 }

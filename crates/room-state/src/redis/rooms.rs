@@ -463,22 +463,37 @@ impl RedisState {
     /// acknowledged.
     async fn wait_for_replica(&self, client: &Client, key: &str) -> Result<(), StateError> {
         let slot = fred::util::redis_keyslot(key.as_bytes());
-        let server = client
-            .cached_cluster_state()
-            .and_then(|state| state.get_server(slot).cloned())
-            .ok_or_else(|| StateError::Unavailable("no route for slot".into()))?;
-        let acks: i64 = client
-            .with_cluster_node(server)
-            .wait(1, self.settings.durable_timeout.as_millis() as i64)
-            .await
-            .map_err(fred_error)?;
-        if acks < 1 {
-            self.sink_errors
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            return Err(StateError::Unavailable(
-                "no replica acknowledged the publish".into(),
-            ));
+        let timeout = self.settings.durable_timeout.as_millis() as i64;
+        let mut last_server = None;
+        // Twice at most: after a failover fred's cached routing can still name the old
+        // primary (now a replica, whose WAIT answers 0 at once). Then resync and wait on the
+        // node that owns the slot now, whose connection carried the write.
+        for attempt in 0..2 {
+            if attempt > 0 {
+                client.sync_cluster().await.map_err(fred_error)?;
+            }
+            let server = client
+                .cached_cluster_state()
+                .and_then(|state| state.get_server(slot).cloned())
+                .ok_or_else(|| StateError::Unavailable("no route for slot".into()))?;
+            if last_server.as_ref() == Some(&server) {
+                break;
+            }
+            let acks: i64 = client
+                .with_cluster_node(server.clone())
+                .wait(1, timeout)
+                .await
+                .map_err(fred_error)?;
+            if acks >= 1 {
+                return Ok(());
+            }
+            tracing::warn!(%server, acks, attempt, "WAIT: no replica yet");
+            last_server = Some(server);
         }
-        Ok(())
+        self.sink_errors
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Err(StateError::Unavailable(
+            "no replica acknowledged the publish".into(),
+        ))
     }
 }

@@ -1,0 +1,247 @@
+//! Three real gateway processes on a real Redis Cluster (started by `make test`): they act as
+//! one server. Clients on different nodes share rooms, order, presence, history and limits.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+use std::time::Duration;
+use support::*;
+
+const VAR: &str = "ROOMCAST_TEST_REDIS_CLUSTER";
+
+fn three(extra: &[&str]) -> Vec<Gateway> {
+    let urls = redis_urls(VAR);
+    let tag = fastrand::u32(..);
+    (0..3)
+        .map(|i| {
+            let mut args = vec![
+                "--redis-cluster",
+                urls.as_str(),
+                "--traffic-interval",
+                "250ms",
+                "--node-ttl",
+                "2s",
+            ];
+            args.extend_from_slice(extra);
+            Gateway::spawn(&format!("g{tag:x}-{i}"), &args)
+        })
+        .collect()
+}
+
+async fn all_ready(nodes: &[Gateway]) {
+    for n in nodes {
+        n.ready().await;
+    }
+}
+
+/// Reads `n` messages and returns their offsets, checking room and epoch.
+async fn offsets(c: &mut Client, n: usize) -> Vec<u64> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let m = c.event("message").await;
+        out.push(m["offset"].as_u64().unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn clients_on_three_nodes_share_one_room() {
+    let nodes = three(&["--publish-rate", "1000", "--publish-burst", "1000"]);
+    all_ready(&nodes).await;
+    let room = unique("shared");
+    let mut a = Client::connect(nodes[0].addr, "alice", Fmt::Json).await;
+    let mut b = Client::connect(nodes[1].addr, "bob", Fmt::MsgPack).await;
+    let mut c = Client::connect(nodes[2].addr, "carol", Fmt::Json).await;
+    let created = a.ok(json!({"op": "create_room", "room": room})).await;
+    b.ok(json!({"op": "join", "room": room})).await;
+    c.ok(json!({"op": "join", "room": room})).await;
+    // Presence events cross nodes; nobody gets their own join.
+    assert_eq!(a.event("presence").await["user"], "bob");
+    assert_eq!(a.event("presence").await["user"], "carol");
+    assert_eq!(b.event("presence").await["user"], "carol");
+
+    // All three publish, interleaved; every member sees 1..=60 once, in order.
+    let per = 20;
+    for i in 0..per {
+        for (k, client) in [&mut a, &mut b, &mut c].into_iter().enumerate() {
+            client.send(json!({"id": 1000 + i, "op": "publish", "room": room, "data": {"k": k, "i": i}})).await;
+        }
+    }
+    let expected: Vec<u64> = (1..=3 * per).collect();
+    for client in [&mut a, &mut b, &mut c] {
+        assert_eq!(offsets(client, 3 * per as usize).await, expected);
+    }
+    for client in [&mut a, &mut b, &mut c] {
+        // The publish replies, all ok: some were set aside while reading messages.
+        let mut oks = 0;
+        client.backlog.retain(|m| {
+            if m.get("id").is_some() {
+                assert!(m.get("ok").is_some(), "{m}");
+                oks += 1;
+                false
+            } else {
+                true
+            }
+        });
+        while oks < per {
+            let m = client.recv_msg().await;
+            if m.get("id").is_some() {
+                assert!(m.get("ok").is_some(), "{m}");
+                oks += 1;
+            } else {
+                client.backlog.push_back(m);
+            }
+        }
+    }
+
+    // Presence and history agree on every node.
+    let mut views = BTreeSet::new();
+    for client in [&mut a, &mut b, &mut c] {
+        let p = client.ok(json!({"op": "presence", "room": room})).await;
+        views.insert(p.to_string());
+        let h = client
+            .ok(json!({"op": "history", "room": room, "limit": 100}))
+            .await;
+        let hist: Vec<u64> = h["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["offset"].as_u64().unwrap())
+            .collect();
+        assert_eq!(hist, expected);
+        assert_eq!(h["epoch"], created["epoch"]);
+    }
+    assert_eq!(views.len(), 1, "presence differs between nodes: {views:?}");
+
+    // The server API works the same on any node: delete on node 1 closes it everywhere.
+    let (status, _) = http_json(
+        nodes[1].addr,
+        "DELETE",
+        &format!("/api/rooms/{room}"),
+        Some(API_KEY),
+        "",
+    )
+    .await;
+    assert_eq!(status, 200);
+    for client in [&mut a, &mut b, &mut c] {
+        assert_eq!(client.event("room_closed").await["room"], json!(room));
+    }
+    // And a disconnect through node 2 reaches alice on node 0.
+    let (status, body) = http_json(
+        nodes[2].addr,
+        "POST",
+        "/api/users/alice/disconnect",
+        Some(API_KEY),
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(a.closed().await, 4003);
+}
+
+#[tokio::test]
+async fn limits_hold_across_nodes() {
+    let nodes = three(&["--publish-rate", "0.2", "--publish-burst", "3"]);
+    all_ready(&nodes).await;
+    let user = unique("spreader");
+    let mut clients = Vec::new();
+    for n in &nodes {
+        clients.push(Client::connect(n.addr, &user, Fmt::Json).await);
+    }
+    // Five rooms a minute, whichever node the user asks.
+    let mut made = 0;
+    for i in 0..6 {
+        let reply = clients[i % 3].request(json!({"op": "create_room"})).await;
+        if reply.get("ok").is_some() {
+            made += 1;
+        } else {
+            assert_eq!(reply["error"]["code"], "rate_limited", "{reply}");
+            assert_eq!(i, 5, "refused too early");
+        }
+    }
+    assert_eq!(made, 5);
+    // The publish bucket (burst 3) is shared too.
+    let room = unique("bucket");
+    let mut owner = Client::connect(nodes[0].addr, &unique("owner"), Fmt::Json).await;
+    owner.ok(json!({"op": "create_room", "room": room})).await;
+    for c in clients.iter_mut() {
+        c.ok(json!({"op": "join", "room": room})).await;
+    }
+    let mut allowed = 0;
+    for i in 0..6 {
+        let reply = clients[i % 3]
+            .request(json!({"op": "publish", "room": room, "data": i}))
+            .await;
+        if reply.get("ok").is_some() {
+            allowed += 1;
+        } else {
+            assert_eq!(reply["error"]["code"], "rate_limited");
+        }
+    }
+    assert_eq!(allowed, 3);
+}
+
+#[tokio::test]
+async fn a_killed_gateway_leaves_no_ghosts_and_its_clients_lose_nothing() {
+    let mut nodes = three(&["--publish-rate", "1000", "--publish-burst", "1000"]);
+    all_ready(&nodes).await;
+    let lb = Nginx::start(&[nodes[0].addr, nodes[1].addr, nodes[2].addr]);
+    let room = unique("survive");
+    let mut pubr = Client::connect(nodes[2].addr, "publisher", Fmt::Json).await;
+    pubr.ok(json!({"op": "create_room", "room": room})).await;
+    let mut watcher = Client::connect(nodes[1].addr, "watcher", Fmt::Json).await;
+    watcher.ok(json!({"op": "join", "room": room})).await;
+    let mut victim = Client::connect(nodes[0].addr, "victim", Fmt::MsgPack).await;
+    let joined = victim.ok(json!({"op": "join", "room": room})).await;
+    let epoch = joined["epoch"].clone();
+    for i in 0..5 {
+        pubr.ok(json!({"op": "publish", "room": room, "data": i}))
+            .await;
+    }
+    let seen = offsets(&mut victim, 5).await;
+    let last = *seen.last().unwrap();
+
+    // kill -9 the victim's node. Its member disappears within the node TTL (2 s).
+    let killed_at = tokio::time::Instant::now();
+    nodes[0].kill9();
+    loop {
+        let p = watcher.event("presence").await;
+        if p["action"] == "leave" && p["user"] == "victim" {
+            break;
+        }
+    }
+    let took = killed_at.elapsed();
+    assert!(
+        took < Duration::from_secs(6),
+        "ghost member stayed {took:?}"
+    );
+    let members = pubr.ok(json!({"op": "presence", "room": room})).await;
+    assert!(!members.to_string().contains("victim"), "{members}");
+
+    // Messages published while the victim is away.
+    for i in 5..10 {
+        pubr.ok(json!({"op": "publish", "room": room, "data": i}))
+            .await;
+    }
+    // It reconnects through nginx, lands on a live node, and recovers what it missed.
+    let mut back = Client::connect(lb.addr, "victim", Fmt::MsgPack).await;
+    assert_ne!(back.welcome["node"], json!(nodes[0].id));
+    let r = back
+        .ok(json!({"op": "join", "room": room, "since": {"offset": last, "epoch": epoch}}))
+        .await;
+    assert_eq!(r["recovered"], true, "{r}");
+    let missed: Vec<u64> = r["missed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["offset"].as_u64().unwrap())
+        .collect();
+    assert_eq!(missed, (last + 1..=10).collect::<Vec<_>>());
+    pubr.ok(json!({"op": "publish", "room": room, "data": 10}))
+        .await;
+    assert_eq!(back.event("message").await["offset"], 11);
+    let _: Value = Value::Null;
+}

@@ -1,0 +1,403 @@
+//! Redis failovers under a steady publish load, on a cluster of their own (`make test` starts
+//! it and runs these one at a time). Every test counts, per member, what was acknowledged
+//! and what arrived.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::time::Duration;
+use support::*;
+use tokio::time::Instant;
+
+const VAR: &str = "ROOMCAST_TEST_FAILOVER_CLUSTER";
+
+fn base_port() -> u16 {
+    let urls = redis_urls(VAR);
+    urls.split(',')
+        .next()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// The (primary, replica) ports that serve a key's slot right now.
+fn shard_of(key: &str) -> (u16, u16) {
+    let base = base_port();
+    let slot: u16 = redis_cli(base, &["cluster", "keyslot", key])
+        .trim()
+        .parse()
+        .unwrap();
+    let nodes = redis_cli(base, &["cluster", "nodes"]);
+    let port = |addr: &str| -> u16 {
+        addr.split('@')
+            .next()
+            .unwrap()
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let mut primary = None;
+    for line in nodes.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if !f[2].contains("master") || f[2].contains("fail") {
+            continue;
+        }
+        for range in &f[8..] {
+            let (a, b) = range.split_once('-').unwrap_or((range, range));
+            if let (Ok(a), Ok(b)) = (a.parse::<u16>(), b.parse::<u16>()) {
+                if (a..=b).contains(&slot) {
+                    primary = Some((f[0].to_string(), port(f[1])));
+                }
+            }
+        }
+    }
+    let (id, pport) = primary.expect("no primary for slot");
+    let replica = nodes
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f[3] == id && !f[2].contains("fail"))
+        .map(|f| port(f[1]))
+        .expect("no replica");
+    (pport, replica)
+}
+
+/// Waits until every node agrees that the cluster is healthy and fully replicated again.
+async fn cluster_settled() {
+    let base = base_port();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ok = (base..base + 6)
+            .all(|p| redis_cli(p, &["cluster", "info"]).contains("cluster_state:ok"));
+        let nodes = redis_cli(base, &["cluster", "nodes"]);
+        let replicas = nodes
+            .lines()
+            .filter(|l| l.contains("slave") && !l.contains("fail"))
+            .count();
+        if ok && replicas == 3 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "cluster did not settle:\n{nodes}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+struct Received {
+    /// (epoch, offset, data, arrival)
+    messages: Vec<(String, u64, Value, Instant)>,
+}
+
+/// Reads `message` events until `stop`.
+fn collect(mut c: Client, stop: Instant) -> tokio::task::JoinHandle<Received> {
+    tokio::spawn(async move {
+        let mut messages = Vec::new();
+        while Instant::now() < stop {
+            let next =
+                tokio::time::timeout(Duration::from_millis(200), async { c.recv().await }).await;
+            if let Ok(In::Msg(m)) = next {
+                if m["event"] == "message" {
+                    messages.push((
+                        m["epoch"].as_str().unwrap().to_string(),
+                        m["offset"].as_u64().unwrap(),
+                        m["data"].clone(),
+                        Instant::now(),
+                    ));
+                }
+            }
+        }
+        Received { messages }
+    })
+}
+
+struct Run {
+    acked: Vec<(String, u64, Value)>,
+    members: Vec<Received>,
+    fault_at: Instant,
+}
+
+/// Two gateways, one room, a member on each, a publisher at ~50/s for `secs`; `fault` runs
+/// after one second.
+async fn under_load(extra: &[&str], secs: u64, fault: impl FnOnce(&str)) -> Run {
+    cluster_settled().await;
+    let urls = redis_urls(VAR);
+    let tag = fastrand::u32(..);
+    let mut args = vec![
+        "--redis-cluster",
+        urls.as_str(),
+        "--traffic-interval",
+        "250ms",
+        "--publish-rate",
+        "1000",
+        "--publish-burst",
+        "1000",
+    ];
+    args.extend_from_slice(extra);
+    let a = Gateway::spawn(&format!("f{tag:x}-a"), &args);
+    let b = Gateway::spawn(&format!("f{tag:x}-b"), &args);
+    a.ready().await;
+    b.ready().await;
+    let room = unique("failover");
+    let mut publisher = Client::connect(a.addr, "publisher", Fmt::Json).await;
+    publisher
+        .ok(json!({"op": "create_room", "room": room}))
+        .await;
+    let mut m1 = Client::connect(a.addr, "m1", Fmt::Json).await;
+    let mut m2 = Client::connect(b.addr, "m2", Fmt::MsgPack).await;
+    m1.ok(json!({"op": "join", "room": room})).await;
+    m2.ok(json!({"op": "join", "room": room})).await;
+    let stop = Instant::now() + Duration::from_secs(secs + 4);
+    let readers = [collect(m1, stop), collect(m2, stop)];
+
+    let start = Instant::now();
+    let mut acked = Vec::new();
+    let mut fault = Some(fault);
+    let mut fault_at = start;
+    let mut i = 0u64;
+    let mut errors: Vec<(Duration, String)> = Vec::new();
+    while start.elapsed() < Duration::from_secs(secs) {
+        if fault.is_some() && start.elapsed() >= Duration::from_secs(1) {
+            fault_at = Instant::now();
+            (fault.take().unwrap())(&format!("rc:{{r:{room}}}:m"));
+        }
+        i += 1;
+        let reply = publisher
+            .request(json!({"op": "publish", "room": room, "data": i}))
+            .await;
+        if let Some(ok) = reply.get("ok") {
+            acked.push((String::new(), ok["offset"].as_u64().unwrap(), json!(i)));
+        } else {
+            errors.push((
+                start.elapsed(),
+                format!(
+                    "{}: {}",
+                    reply["error"]["code"].as_str().unwrap_or("?"),
+                    reply["error"]["message"].as_str().unwrap_or("?")
+                ),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if let (Some(first), Some(last)) = (errors.first(), errors.last()) {
+        let mut codes: Vec<&str> = errors.iter().map(|e| e.1.as_str()).collect();
+        codes.dedup();
+        eprintln!(
+            "{} publishes failed, from {:?} to {:?} ({codes:?})",
+            errors.len(),
+            first.0,
+            last.0
+        );
+    }
+    // The publisher's own copies tell the epoch of each acknowledged publish.
+    let mut epochs: HashMap<u64, Vec<(String, Value)>> = HashMap::new();
+    for m in publisher.backlog.iter().filter(|m| m["event"] == "message") {
+        epochs
+            .entry(m["offset"].as_u64().unwrap())
+            .or_default()
+            .push((m["epoch"].as_str().unwrap().to_string(), m["data"].clone()));
+    }
+    for (epoch, offset, data) in acked.iter_mut() {
+        if let Some(seen) = epochs
+            .get(offset)
+            .and_then(|v| v.iter().find(|(_, d)| d == data))
+        {
+            *epoch = seen.0.clone();
+        }
+    }
+    let mut members = Vec::new();
+    for r in readers {
+        members.push(r.await.unwrap());
+    }
+    drop((a, b));
+    Run {
+        acked,
+        members,
+        fault_at,
+    }
+}
+
+/// The longest silence at a member after the fault, between consecutive deliveries.
+fn resume_time(r: &Received, fault_at: Instant) -> Duration {
+    let times: Vec<Instant> = r.messages.iter().map(|m| m.3).collect();
+    let before = times
+        .iter()
+        .filter(|t| **t <= fault_at)
+        .max()
+        .copied()
+        .unwrap_or(fault_at);
+    let mut worst = Duration::ZERO;
+    let mut prev = before;
+    for t in times.iter().filter(|t| **t > fault_at) {
+        worst = worst.max(t.duration_since(prev));
+        prev = *t;
+    }
+    worst
+}
+
+/// Per member: no duplicates, no reused (epoch, offset), gapless within an epoch.
+fn check_consistency(r: &Received) {
+    let mut seen: HashMap<(String, u64), Value> = HashMap::new();
+    let mut last: Option<(String, u64)> = None;
+    for (epoch, offset, data, _) in &r.messages {
+        if let Some(prev) = seen.insert((epoch.clone(), *offset), data.clone()) {
+            panic!("offset {offset} of epoch {epoch} delivered twice: {prev} then {data}");
+        }
+        if let Some((le, lo)) = &last {
+            if le == epoch {
+                assert_eq!(*offset, lo + 1, "gap or reorder in epoch {epoch}");
+            }
+        }
+        last = Some((epoch.clone(), *offset));
+    }
+}
+
+fn delivered_data(r: &Received) -> Vec<Value> {
+    r.messages.iter().map(|m| m.2.clone()).collect()
+}
+
+#[tokio::test]
+async fn failover_graceful_loses_nothing() {
+    let run = under_load(&[], 6, |key| {
+        let (_, replica) = shard_of(key);
+        let out = redis_cli(replica, &["cluster", "failover"]);
+        assert!(out.contains("OK"), "{out}");
+    })
+    .await;
+    assert!(
+        run.acked.len() > 100,
+        "too few publishes: {}",
+        run.acked.len()
+    );
+    for (i, member) in run.members.iter().enumerate() {
+        check_consistency(member);
+        let got = delivered_data(member);
+        let missing: Vec<&Value> = run
+            .acked
+            .iter()
+            .map(|a| &a.2)
+            .filter(|d| !got.contains(d))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "member {i} lost {} acknowledged messages: {missing:?}",
+            missing.len()
+        );
+        let resumed = resume_time(member, run.fault_at);
+        eprintln!("graceful failover: member {i} got {} of {} acked; longest pause after the fault {resumed:?}", got.len(), run.acked.len());
+        assert!(
+            resumed < Duration::from_secs(5),
+            "delivery paused {resumed:?}"
+        );
+    }
+}
+
+fn kill_primary(key: &str) {
+    let (primary, _) = shard_of(key);
+    let dir = std::env::var("ROOMCAST_TEST_FAILOVER_DIR").unwrap();
+    let pid = std::fs::read_to_string(format!("{dir}/{primary}/redis.pid")).unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-9", pid.trim()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // Bring it back 4 s later, as a supervisor would: it rejoins as a replica of the node that
+    // replaced it, so durable publishes have a replica to wait for again.
+    std::fs::write(format!("{dir}/killed"), primary.to_string()).unwrap();
+    std::thread::spawn(|| {
+        std::thread::sleep(Duration::from_secs(4));
+        revive_killed();
+    });
+}
+
+fn revive_killed() {
+    let dir = std::env::var("ROOMCAST_TEST_FAILOVER_DIR").unwrap();
+    let port = std::fs::read_to_string(format!("{dir}/killed")).unwrap();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/local/redis-cluster.sh"
+    );
+    let status = std::process::Command::new("bash")
+        .args([
+            script,
+            "revive",
+            port.trim(),
+            &base_port().to_string(),
+            &dir,
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn failover_primary_killed_durable_loses_nothing() {
+    let run = under_load(&["--durable-publish"], 9, kill_primary).await;
+    revive_killed();
+    assert!(
+        run.acked.len() > 30,
+        "too few publishes: {}",
+        run.acked.len()
+    );
+    for (i, member) in run.members.iter().enumerate() {
+        check_consistency(member);
+        let got = delivered_data(member);
+        let missing: Vec<&Value> = run
+            .acked
+            .iter()
+            .map(|a| &a.2)
+            .filter(|d| !got.contains(d))
+            .collect();
+        let resumed = resume_time(member, run.fault_at);
+        eprintln!("primary killed, durable: member {i} got {} of {} acked, {} lost; longest pause {resumed:?}", got.len(), run.acked.len(), missing.len());
+        assert!(
+            missing.is_empty(),
+            "member {i} lost acknowledged messages: {missing:?}"
+        );
+        // Promotion takes cluster-node-timeout (2 s) plus the election; 5 s after that.
+        assert!(
+            resumed < Duration::from_secs(9),
+            "delivery paused {resumed:?}"
+        );
+    }
+    cluster_settled().await;
+}
+
+#[tokio::test]
+async fn failover_primary_killed_never_skips_silently() {
+    let run = under_load(&[], 9, kill_primary).await;
+    revive_killed();
+    for (i, member) in run.members.iter().enumerate() {
+        check_consistency(member);
+        let got = delivered_data(member);
+        let epochs: Vec<&String> = member.messages.iter().map(|m| &m.0).collect();
+        let final_epoch = epochs.last().cloned();
+        let mut explained = 0;
+        for (epoch, _, data) in &run.acked {
+            if got.contains(data) {
+                continue;
+            }
+            // A lost message must be announced: the member moved on to a new epoch.
+            assert!(
+                final_epoch.is_some_and(|e| e != epoch),
+                "member {i} silently lost {data} (epoch {epoch})"
+            );
+            explained += 1;
+        }
+        let resumed = resume_time(member, run.fault_at);
+        eprintln!("primary killed, async: member {i} got {} of {} acked, {explained} lost behind an epoch change; longest pause {resumed:?}", got.len(), run.acked.len());
+        assert!(
+            resumed < Duration::from_secs(9),
+            "delivery paused {resumed:?}"
+        );
+    }
+    cluster_settled().await;
+}

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# `make test`: installs what the tests need, starts two Redis Clusters (one shared by the
+# ordinary tests, one that the failover tests may break), runs every test, stops the clusters.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+export PATH="$HOME/.cargo/bin:$PATH"
+
+need() {
+  local bin=$1 pkg=$2
+  if ! command -v "$bin" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$bin" ]; then
+    echo "installing $pkg" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y "$pkg" >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y "$pkg" >/dev/null; }
+  fi
+}
+need redis-server redis-server
+need nginx nginx
+
+SHARED=7100
+FAILOVER=7200
+cleanup() {
+  deploy/local/redis-cluster.sh stop "$SHARED" 2>/dev/null
+  deploy/local/redis-cluster.sh stop "$FAILOVER" 2>/dev/null
+}
+trap cleanup EXIT
+
+deploy/local/redis-cluster.sh start "$SHARED" || exit 1
+deploy/local/redis-cluster.sh start "$FAILOVER" || exit 1
+export ROOMCAST_TEST_REDIS_CLUSTER=$(deploy/local/redis-cluster.sh urls "$SHARED")
+export ROOMCAST_TEST_FAILOVER_CLUSTER=$(deploy/local/redis-cluster.sh urls "$FAILOVER")
+export ROOMCAST_TEST_FAILOVER_DIR=${TMPDIR:-/tmp}/roomcast-redis-$FAILOVER
+
+# Everything but the failover tests, in parallel; then those, one at a time.
+cargo test --workspace --all-targets -- --skip failover:: ; rc=$?
+cargo test -p gateway --test failover -- --test-threads=1 ; rc2=$?
+[ $rc -eq 0 ] && [ $rc2 -eq 0 ]
