@@ -4,7 +4,7 @@ SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
 
-.PHONY: help run build test lint fmt clean
+.PHONY: help run cluster-up cluster-down build test lint fmt clean
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -12,6 +12,12 @@ help: ## List the targets.
 run: ## One node on 127.0.0.1:8080, embedded backend, anonymous clients allowed.
 	$(CARGO) run --release -p gateway --bin roomcast -- \
 		--listen 127.0.0.1:8080 --allow-anonymous --api-key dev-api-key
+
+cluster-up: ## Local cluster: 6-process Redis Cluster, 3 gateways, nginx on 127.0.0.1:8080.
+	deploy/local/cluster.sh up
+
+cluster-down: ## Stop the local cluster; nothing is left running.
+	deploy/local/cluster.sh down
 
 build: ## Release build of every binary.
 	$(CARGO) build --release --workspace

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# The local cluster: a 6-process Redis Cluster (ports 7000-7005), three roomcast gateways
+# (8081-8083) and nginx as the WebSocket load balancer on 127.0.0.1:8080.
+#
+#   cluster.sh up     build, start everything, print the URLs
+#   cluster.sh down   stop everything; nothing is left running
+#
+# Installs redis-server and nginx with apt-get when they are missing.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export PATH="$HOME/.cargo/bin:$PATH"
+
+STATE=${TMPDIR:-/tmp}/roomcast-local
+REDIS_BASE=7000
+GATEWAYS=(8081 8082 8083)
+LB=127.0.0.1:8080
+
+need() {
+  if ! command -v "$1" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$1" ]; then
+    echo "installing $2" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y "$2" >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y "$2" >/dev/null; }
+  fi
+}
+
+down() {
+  if [ -f "$STATE/nginx.pid" ]; then kill "$(cat "$STATE/nginx.pid")" 2>/dev/null || true; fi
+  for p in "${GATEWAYS[@]}"; do
+    if [ -f "$STATE/gateway-$p.pid" ]; then kill "$(cat "$STATE/gateway-$p.pid")" 2>/dev/null || true; fi
+  done
+  # Gateways drain on SIGTERM; give them their deadline, then make sure.
+  for _ in $(seq 1 60); do
+    alive=0
+    for p in "${GATEWAYS[@]}"; do
+      [ -f "$STATE/gateway-$p.pid" ] && kill -0 "$(cat "$STATE/gateway-$p.pid")" 2>/dev/null && alive=1
+    done
+    [ "$alive" = 0 ] && break
+    sleep 0.5
+  done
+  for p in "${GATEWAYS[@]}"; do
+    if [ -f "$STATE/gateway-$p.pid" ]; then kill -9 "$(cat "$STATE/gateway-$p.pid")" 2>/dev/null || true; fi
+  done
+  deploy/local/redis-cluster.sh stop "$REDIS_BASE" 2>/dev/null || true
+  rm -rf "$STATE"
+  echo "local cluster stopped" >&2
+}
+
+up() {
+  need redis-server redis-server
+  need nginx nginx
+  down 2>/dev/null || true
+  mkdir -p "$STATE"
+  cargo build --release -p gateway --bin roomcast
+  deploy/local/redis-cluster.sh start "$REDIS_BASE"
+  urls=$(deploy/local/redis-cluster.sh urls "$REDIS_BASE")
+  upstreams=""
+  for p in "${GATEWAYS[@]}"; do
+    ROOMCAST_REDIS_CLUSTER=$urls setsid ./target/release/roomcast \
+      --listen "127.0.0.1:$p" --node-id "local-$p" --allow-anonymous --api-key dev-api-key \
+      --drain-delay 1s --drain-window 2s --drain-deadline 5s --trusted-proxy 127.0.0.1/32 \
+      >"$STATE/gateway-$p.log" 2>&1 &
+    echo $! >"$STATE/gateway-$p.pid"
+    upstreams+="server 127.0.0.1:$p max_fails=1 fail_timeout=5s; "
+  done
+  sed -e "s#@PREFIX@#$STATE#g" -e "s#@LISTEN@#$LB#g" -e "s#@UPSTREAMS@#$upstreams#g" \
+    deploy/nginx/roomcast.conf.template >"$STATE/nginx.conf"
+  nginx=$(command -v nginx || echo /usr/sbin/nginx)
+  "$nginx" -p "$STATE" -c "$STATE/nginx.conf"
+  for p in "${GATEWAYS[@]}"; do
+    for _ in $(seq 1 100); do
+      curl -sf "127.0.0.1:$p/readyz" >/dev/null 2>&1 && break
+      sleep 0.1
+    done
+  done
+  cat <<MSG
+
+roomcast local cluster is up (anonymous clients allowed; server API key: dev-api-key)
+  load balancer   ws://$LB/ws      http://$LB/status
+  gateways        $(for p in "${GATEWAYS[@]}"; do printf 'http://127.0.0.1:%s ' "$p"; done)
+  redis cluster   $urls
+  logs            $STATE/gateway-*.log
+stop it with: make cluster-down
+MSG
+}
+
+case "${1:-}" in
+  up) up ;;
+  down) down ;;
+  *) echo "usage: $0 up|down" >&2; exit 2 ;;
+esac
