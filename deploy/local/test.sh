@@ -31,6 +31,6 @@ export ROOMCAST_TEST_FAILOVER_CLUSTER=$(deploy/local/redis-cluster.sh urls "$FAI
 export ROOMCAST_TEST_FAILOVER_DIR=${TMPDIR:-/tmp}/roomcast-redis-$FAILOVER
 
 # Everything but the failover tests, in parallel; then those, one at a time.
-cargo test --workspace --all-targets --no-fail-fast -- --skip failover_ ; rc=$?
+cargo test --workspace --all-targets --no-fail-fast -- --skip serial_ ; rc=$?
 cargo test -p gateway --test failover -- --test-threads=1 ; rc2=$?
 [ $rc -eq 0 ] && [ $rc2 -eq 0 ]

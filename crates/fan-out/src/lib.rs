@@ -14,6 +14,8 @@
 //! - [`dispatch`]: local delivery of one envelope: encode once per format, push the same bytes
 //!   to every local member.
 //!
+//! - [`testsuite`]: the conformance suite every adapter passes unchanged.
+//!
 //! Invariant: nothing on the delivery path awaits or blocks on a client. A slow client only
 //! ever harms itself.
 
@@ -24,6 +26,7 @@ pub mod outbound;
 pub mod redis;
 pub mod registry;
 pub mod sequencer;
+pub mod testsuite;
 
 pub use adapter::{FanOut, FanOutError};
 pub use dispatch::{deliver, deliver_held, DeliveryHooks, NoHooks, PubSubHooks};

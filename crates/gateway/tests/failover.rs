@@ -265,7 +265,7 @@ fn delivered_data(r: &Received) -> Vec<Value> {
 }
 
 #[tokio::test]
-async fn failover_graceful_loses_nothing() {
+async fn serial_failover_graceful_loses_nothing() {
     let run = under_load(&[], 6, |key| {
         let (_, replica) = shard_of(key);
         let out = redis_cli(replica, &["cluster", "failover"]);
@@ -339,7 +339,7 @@ fn revive_killed() {
 }
 
 #[tokio::test]
-async fn failover_primary_killed_durable_loses_nothing() {
+async fn serial_failover_primary_killed_durable_loses_nothing() {
     let run = under_load(&["--durable-publish"], 9, kill_primary).await;
     revive_killed();
     assert!(
@@ -372,7 +372,7 @@ async fn failover_primary_killed_durable_loses_nothing() {
 }
 
 #[tokio::test]
-async fn failover_primary_killed_never_skips_silently() {
+async fn serial_failover_primary_killed_never_skips_silently() {
     let run = under_load(&[], 9, kill_primary).await;
     revive_killed();
     for (i, member) in run.members.iter().enumerate() {
@@ -400,4 +400,137 @@ async fn failover_primary_killed_never_skips_silently() {
         );
     }
     cluster_settled().await;
+}
+
+/// Room creations per minute as a node sees them (cluster-wide).
+async fn creations_per_minute(addr: std::net::SocketAddr) -> u64 {
+    let (_, text) = http(addr, "GET", "/metrics", None, "").await;
+    text.lines()
+        .find_map(|l| l.strip_prefix("roomcast_room_creations_per_minute "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn serial_traffic_levels_move_together_on_every_node() {
+    cluster_settled().await;
+    let urls = redis_urls(VAR);
+    // The window is cluster-wide: count what earlier tests created in the last minute.
+    let probe = Gateway::spawn(
+        &unique("probe"),
+        &[
+            "--redis-cluster",
+            urls.as_str(),
+            "--traffic-interval",
+            "200ms",
+        ],
+    );
+    probe.ready().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let base = creations_per_minute(probe.addr).await;
+    drop(probe);
+    let (high, critical) = ((base + 3).to_string(), (base + 6).to_string());
+    let args = [
+        "--redis-cluster",
+        urls.as_str(),
+        "--traffic-interval",
+        "250ms",
+        "--traffic-high",
+        &high,
+        "--traffic-critical",
+        &critical,
+        "--traffic-cap",
+        "100000",
+        "--room-create-limit",
+        "1000",
+    ];
+    let tag = fastrand::u32(..);
+    let nodes: Vec<Gateway> = (0..3)
+        .map(|i| Gateway::spawn(&format!("t{tag:x}-{i}"), &args))
+        .collect();
+    for n in &nodes {
+        n.ready().await;
+    }
+    let mut maker = Client::connect(nodes[0].addr, &unique("maker"), Fmt::Json).await;
+    let mut w1 = Client::connect(nodes[1].addr, "w1", Fmt::Json).await;
+    let mut w2 = Client::connect(nodes[2].addr, "w2", Fmt::MsgPack).await;
+    // Create until node 0 itself refuses: that is the moment the level became critical.
+    let mut crossed = None;
+    for _ in 0..20 {
+        let reply = maker.request(json!({"op": "create_room"})).await;
+        if reply.get("error").is_some() {
+            assert_eq!(reply["error"]["code"], "creation_paused", "{reply}");
+            break;
+        }
+        crossed = Some(Instant::now());
+    }
+    let crossed = crossed.unwrap();
+    for (name, w) in [("node 1", &mut w1), ("node 2", &mut w2)] {
+        loop {
+            let s = w.event("traffic_status").await;
+            if s["level"] == "critical" {
+                assert_eq!(s["roomCreationEnabled"], false);
+                let took = crossed.elapsed();
+                eprintln!(
+                    "{name} heard `critical` {took:?} after the creation that crossed the line"
+                );
+                assert!(took < Duration::from_secs(2), "{name} took {took:?}");
+                break;
+            }
+        }
+    }
+    // Every node now refuses creation and reports the same level.
+    for n in &nodes {
+        let (_, status) = http_json(n.addr, "GET", "/status", None, "").await;
+        assert_eq!(
+            (
+                status["level"].clone(),
+                status["roomCreationEnabled"].clone()
+            ),
+            (json!("critical"), json!(false))
+        );
+    }
+    assert_eq!(
+        w2.err(json!({"op": "create_room"})).await["code"],
+        "creation_paused"
+    );
+}
+
+#[tokio::test]
+async fn serial_lost_room_state_starts_a_new_epoch() {
+    cluster_settled().await;
+    let urls = redis_urls(VAR);
+    let node = Gateway::spawn(&unique("epoch"), &["--redis-cluster", urls.as_str()]);
+    node.ready().await;
+    let room = unique("evicted");
+    let mut a = Client::connect(node.addr, "a", Fmt::Json).await;
+    let created = a.ok(json!({"op": "create_room", "room": room})).await;
+    for i in 0..3 {
+        a.ok(json!({"op": "publish", "room": room, "data": i}))
+            .await;
+    }
+    // The meta hash is lost (eviction, flush); members remain.
+    let out = redis_cli(base_port(), &["-c", "del", &format!("rc:{{r:{room}}}:m")]);
+    assert!(out.contains('1'), "{out}");
+    let p = a
+        .ok(json!({"op": "publish", "room": room, "data": "after"}))
+        .await;
+    assert_eq!(p["offset"], 1, "offsets restart in a new epoch");
+    let m = loop {
+        let m = a.event("message").await;
+        if m["data"] == "after" {
+            break m;
+        }
+    };
+    assert_ne!(m["epoch"], created["epoch"]);
+    // A client that recovers from the old epoch is told so; it never gets wrong data.
+    let mut b = Client::connect(node.addr, "b", Fmt::Json).await;
+    let j = b
+        .ok(json!({"op": "join", "room": room, "since": {"offset": 3, "epoch": created["epoch"]}}))
+        .await;
+    assert_eq!(
+        (j["recovered"].clone(), j["missed"].clone()),
+        (json!(false), json!([]))
+    );
+    assert_eq!(j["epoch"], m["epoch"]);
 }
