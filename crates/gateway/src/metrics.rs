@@ -66,6 +66,9 @@ pub struct Metrics {
     pub pubsub_duplicates: IntCounter,
     pub dead_nodes_reaped: IntCounter,
     pub offset_conflicts: IntCounter,
+    pub ready: IntGauge,
+    pub redis_duration: HistogramVec,
+    pub redis_errors: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -114,6 +117,12 @@ fn histogram(
 
 impl Metrics {
     pub fn new() -> prometheus::Result<Metrics> {
+        let metrics = Metrics::unregistered_series()?;
+        metrics.init_series();
+        Ok(metrics)
+    }
+
+    fn unregistered_series() -> prometheus::Result<Metrics> {
         let registry = Registry::new();
         #[cfg(target_os = "linux")]
         registry.register(Box::new(
@@ -138,6 +147,16 @@ impl Metrics {
             &["op"],
         )?;
         registry.register(Box::new(command_duration.clone()))?;
+        let redis_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "redis_command_duration_seconds",
+                "Redis command and script duration.",
+            )
+            .namespace("roomcast")
+            .buckets(latency_buckets.clone()),
+            &["command"],
+        )?;
+        registry.register(Box::new(redis_duration.clone()))?;
         Ok(Metrics {
             connections,
             connections_accepted: counter(
@@ -272,6 +291,18 @@ impl Metrics {
                 "pubsub_duplicates_total",
                 "Pub/sub messages received twice and dropped.",
             )?,
+            ready: gauge(
+                &registry,
+                "ready",
+                "1 while the node is ready (backend usable, pub/sub probes passing, not draining).",
+            )?,
+            redis_duration,
+            redis_errors: counter_vec(
+                &registry,
+                "redis_errors_total",
+                "Redis commands that failed, by command.",
+                &["command"],
+            )?,
             offset_conflicts: counter(
                 &registry,
                 "offset_conflicts_total",
@@ -284,6 +315,50 @@ impl Metrics {
             )?,
             registry,
         })
+    }
+
+    /// Creates the labelled series that are known in advance, at zero, so that dashboards and
+    /// alerts see them before the first event.
+    pub fn init_series(&self) {
+        for protocol in ["native"] {
+            for format in ["json", "msgpack"] {
+                self.connections.with_label_values(&[protocol, format]);
+            }
+        }
+        for reason in ["ip_limit", "auth", "accept_error"] {
+            self.connections_rejected.with_label_values(&[reason]);
+        }
+        for reason in [
+            DisconnectReason::Client,
+            DisconnectReason::SlowConsumer,
+            DisconnectReason::ProtocolError,
+            DisconnectReason::Auth,
+            DisconnectReason::Drain,
+            DisconnectReason::Kicked,
+            DisconnectReason::Timeout,
+            DisconnectReason::Policy,
+        ] {
+            self.disconnects.with_label_values(&[reason.as_str()]);
+        }
+        for limit in ["publish", "room_create"] {
+            self.rate_limited.with_label_values(&[limit]);
+        }
+        for op in [
+            "create_room",
+            "join",
+            "leave",
+            "publish",
+            "presence",
+            "history",
+            "ping",
+        ] {
+            self.command_duration.with_label_values(&[op]);
+            self.backend_errors.with_label_values(&[op]);
+        }
+        self.backend_errors.with_label_values(&["traffic"]);
+        for command in room_state::redis::COMMANDS {
+            self.redis_errors.with_label_values(&[command]);
+        }
     }
 
     /// The Prometheus text exposition.
@@ -300,6 +375,17 @@ impl Metrics {
 
     pub fn disconnect(&self, reason: DisconnectReason) {
         self.disconnects.with_label_values(&[reason.as_str()]).inc();
+    }
+}
+
+impl room_state::redis::CommandObserver for Metrics {
+    fn observe(&self, command: &'static str, seconds: f64, failed: bool) {
+        self.redis_duration
+            .with_label_values(&[command])
+            .observe(seconds);
+        if failed {
+            self.redis_errors.with_label_values(&[command]).inc();
+        }
     }
 }
 

@@ -90,6 +90,7 @@ impl Node {
             default_ttl_ms: config.room_ttl.as_millis() as u64,
         };
         let state = Arc::new(RedisState::connect(settings.clone()).await?);
+        state.set_observer(metrics.clone());
         let subscriber = room_state::redis::builder(&settings)?.build_subscriber_client()?;
         let node_id = config.node_id.clone().unwrap_or_else(random_node_id);
         let history = Arc::new(RepairFromHistory(state.clone()));
@@ -165,6 +166,7 @@ impl Node {
 
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Release);
+        self.metrics.ready.set(0);
     }
 
     /// Readiness: the backend answers, fan-out works, and we are not draining.
@@ -216,6 +218,7 @@ impl Node {
         );
         let (Ok(()), Ok(buckets), Ok(rooms), Ok(nodes), Ok(_)) = results else {
             self.backend_ok.store(false, Ordering::Release);
+            self.metrics.ready.set(0);
             self.metrics
                 .backend_errors
                 .with_label_values(&["traffic"])
@@ -235,6 +238,7 @@ impl Node {
         m.creations_per_minute
             .set(buckets.iter().map(|(_, c)| c).sum::<u64>() as i64);
         m.local_rooms.set(self.registry.room_count() as i64);
+        m.ready.set(i64::from(self.is_ready()));
         m.subscribed_channels.set(b.fanout.subscribed() as i64);
         if self.traffic.update(status.clone()) {
             tracing::info!(

@@ -245,3 +245,133 @@ async fn a_killed_gateway_leaves_no_ghosts_and_its_clients_lose_nothing() {
     assert_eq!(back.event("message").await["offset"], 11);
     let _: Value = Value::Null;
 }
+
+#[tokio::test]
+async fn a_draining_node_hands_its_clients_over_without_loss() {
+    let urls = redis_urls(VAR);
+    let tag = fastrand::u32(..);
+    let args = [
+        "--redis-cluster",
+        urls.as_str(),
+        "--traffic-interval",
+        "250ms",
+        "--publish-rate",
+        "1000",
+        "--publish-burst",
+        "1000",
+        "--drain-delay",
+        "1s",
+        "--drain-window",
+        "2s",
+        "--drain-deadline",
+        "6s",
+    ];
+    let a = Gateway::spawn(&format!("d{tag:x}-a"), &args);
+    let b = Gateway::spawn(&format!("d{tag:x}-b"), &args);
+    a.ready().await;
+    b.ready().await;
+    let lb = Nginx::start(&[a.addr, b.addr]);
+    let room = unique("drain");
+    let mut publisher = Client::connect(b.addr, "publisher", Fmt::Json).await;
+    publisher
+        .ok(json!({"op": "create_room", "room": room}))
+        .await;
+
+    // Six members on the node that will drain.
+    let mut members = Vec::new();
+    for i in 0..6 {
+        let mut c = Client::connect(
+            a.addr,
+            &format!("m{i}"),
+            if i % 2 == 0 { Fmt::Json } else { Fmt::MsgPack },
+        )
+        .await;
+        c.ok(json!({"op": "join", "room": room})).await;
+        members.push(c);
+    }
+    let lb_addr = lb.addr;
+    let tasks: Vec<_> = members
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut c)| {
+            let room = room.clone();
+            tokio::spawn(async move {
+                let mut got: Vec<Value> = Vec::new();
+                let mut last: Option<(Value, u64)> = None;
+                // Until the node says reconnect (and then closes with 1012).
+                let after_ms = loop {
+                    let m = c.recv_msg().await;
+                    match m["event"].as_str() {
+                        Some("message") => {
+                            last = Some((m["epoch"].clone(), m["offset"].as_u64().unwrap()));
+                            got.push(m["data"].clone());
+                        }
+                        Some("reconnect") => break m["afterMs"].as_u64().unwrap(),
+                        _ => {}
+                    }
+                };
+                assert_eq!(c.closed().await, 1012);
+                let closed_at = tokio::time::Instant::now();
+                tokio::time::sleep(Duration::from_millis(after_ms)).await;
+                let mut back = Client::connect(lb_addr, &format!("m{i}"), Fmt::Json).await;
+                let (epoch, offset) = last.clone().unwrap();
+                let r = back.ok(json!({"op": "join", "room": room, "since": {"offset": offset, "epoch": epoch}})).await;
+                assert_eq!(r["recovered"], true, "{r}");
+                got.extend(r["missed"].as_array().unwrap().iter().map(|m| m["data"].clone()));
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(6);
+                while tokio::time::Instant::now() < deadline {
+                    if let Ok(In::Msg(m)) = tokio::time::timeout(Duration::from_millis(300), back.recv()).await {
+                        if m["event"] == "message" {
+                            got.push(m["data"].clone());
+                        }
+                    }
+                }
+                (got, after_ms, closed_at, back.welcome["node"].clone())
+            })
+        })
+        .collect();
+
+    // Publish steadily from the other node while `a` drains.
+    let mut a = a;
+    let term_at = tokio::time::Instant::now();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &a.child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let mut acked = Vec::new();
+    let start = tokio::time::Instant::now();
+    let mut i = 0u64;
+    while start.elapsed() < Duration::from_secs(5) {
+        i += 1;
+        if publisher
+            .request(json!({"op": "publish", "room": room, "data": i}))
+            .await
+            .get("ok")
+            .is_some()
+        {
+            acked.push(json!(i));
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let mut closes = Vec::new();
+    for t in tasks {
+        let (got, after_ms, closed_at, node) = t.await.unwrap();
+        assert_eq!(node, json!(b.id), "reconnected to a draining node");
+        let missing: Vec<&Value> = acked.iter().filter(|d| !got.contains(d)).collect();
+        assert!(missing.is_empty(), "lost {missing:?}");
+        assert!(after_ms <= 2000, "afterMs {after_ms}");
+        closes.push(closed_at.duration_since(term_at));
+    }
+    // The closes were spread over the window, after the delay.
+    let first = closes.iter().min().copied().unwrap();
+    let last = closes.iter().max().copied().unwrap();
+    assert!(first >= Duration::from_millis(900), "{first:?}");
+    assert!(
+        last - first >= Duration::from_millis(300),
+        "closes not spread: {first:?}..{last:?}"
+    );
+    let status = a.child.wait().unwrap();
+    assert!(status.success());
+    assert!(term_at.elapsed() < Duration::from_secs(12));
+}

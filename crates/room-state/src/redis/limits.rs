@@ -33,13 +33,19 @@ impl RateLimits for RedisState {
             member,
         ];
         decision(array(
-            self.eval(&self.scripts.window_acquire, vec![keys::window(key)], args)
-                .await?,
+            self.eval(
+                "window_acquire",
+                &self.scripts.window_acquire,
+                vec![keys::window(key)],
+                args,
+            )
+            .await?,
         ))
     }
 
     async fn window_release(&self, key: &str, now_ms: u64) -> Result<(), StateError> {
         self.eval(
+            "window_release",
             &self.scripts.window_release,
             vec![keys::window(key)],
             vec![now_ms.to_string()],
@@ -61,8 +67,13 @@ impl RateLimits for RedisState {
             burst.to_string(),
         ];
         decision(array(
-            self.eval(&self.scripts.bucket_take, vec![keys::bucket(key)], args)
-                .await?,
+            self.eval(
+                "bucket_take",
+                &self.scripts.bucket_take,
+                vec![keys::bucket(key)],
+                args,
+            )
+            .await?,
         ))
     }
 }

@@ -141,12 +141,36 @@ impl Scripts {
     }
 }
 
+/// The command names reported to a [`CommandObserver`].
+pub const COMMANDS: [&str; 14] = [
+    "create",
+    "join",
+    "leave",
+    "publish",
+    "members",
+    "history",
+    "info",
+    "close",
+    "window_acquire",
+    "window_release",
+    "bucket_take",
+    "record_creation",
+    "claim_dead_nodes",
+    "reset_epoch",
+];
+
+/// Told about every Redis command the backend runs (for metrics).
+pub trait CommandObserver: Send + Sync {
+    fn observe(&self, command: &'static str, seconds: f64, failed: bool);
+}
+
 /// Room state, limits and traffic counters in a Redis Cluster.
 pub struct RedisState {
     pool: Pool,
     scripts: Scripts,
     settings: RedisSettings,
     sink_errors: std::sync::atomic::AtomicU64,
+    observer: parking_lot::RwLock<Option<std::sync::Arc<dyn CommandObserver>>>,
 }
 
 impl RedisState {
@@ -162,7 +186,27 @@ impl RedisState {
             scripts: Scripts::new(),
             settings,
             sink_errors: std::sync::atomic::AtomicU64::new(0),
+            observer: parking_lot::RwLock::new(None),
         })
+    }
+
+    /// Reports every command's duration and failures to `observer`.
+    pub fn set_observer(&self, observer: std::sync::Arc<dyn CommandObserver>) {
+        *self.observer.write() = Some(observer);
+    }
+
+    /// Runs one Redis command (or script) and reports it.
+    pub(crate) async fn timed<T>(
+        &self,
+        command: &'static str,
+        fut: impl std::future::Future<Output = Result<T, Error>>,
+    ) -> Result<T, StateError> {
+        let start = std::time::Instant::now();
+        let result = fut.await;
+        if let Some(observer) = self.observer.read().as_ref() {
+            observer.observe(command, start.elapsed().as_secs_f64(), result.is_err());
+        }
+        result.map_err(fred_error)
     }
 
     /// The command pool, for the fan-out's publishes.
@@ -172,14 +216,16 @@ impl RedisState {
 
     async fn eval(
         &self,
+        command: &'static str,
         script: &Script,
         keys: Vec<String>,
         args: Vec<String>,
     ) -> Result<Value, StateError> {
-        script
-            .evalsha_with_reload::<Value, _, _>(self.pool.next(), keys, args)
-            .await
-            .map_err(fred_error)
+        self.timed(
+            command,
+            script.evalsha_with_reload::<Value, _, _>(self.pool.next(), keys, args),
+        )
+        .await
     }
 }
 

@@ -63,8 +63,13 @@ impl RedisState {
     ) -> Result<Option<MemberRecord>, StateError> {
         let k = RoomKeys::new(room);
         let reply = array(
-            self.eval(&self.scripts.leave, k.all(), vec![conn_id.to_string()])
-                .await?,
+            self.eval(
+                "leave",
+                &self.scripts.leave,
+                k.all(),
+                vec![conn_id.to_string()],
+            )
+            .await?,
         );
         if int(reply.first())? == 0 {
             return Ok(None);
@@ -191,7 +196,9 @@ impl RoomStore for RedisState {
             ttl_ms.to_string(),
             now_ms.to_string(),
         ];
-        let created = self.eval(&self.scripts.create, k.all(), args).await?;
+        let created = self
+            .eval("create", &self.scripts.create, k.all(), args)
+            .await?;
         if created.as_i64() != Some(1) {
             return Err(StateError::RoomExists);
         }
@@ -222,7 +229,7 @@ impl RoomStore for RedisState {
             since.map(|s| s.offset.to_string()).unwrap_or_default(),
             since.map(|s| s.epoch.clone()).unwrap_or_default(),
         ]);
-        let reply = array(self.eval(&self.scripts.join, k.all(), args).await?);
+        let reply = array(self.eval("join", &self.scripts.join, k.all(), args).await?);
         status(&reply)?;
         let offset = int(reply.get(1))? as u64;
         let epoch = string(reply.get(2))?;
@@ -280,11 +287,13 @@ impl RoomStore for RedisState {
         // same connection to the room's primary.
         let client = self.pool.next();
         let reply = self
-            .scripts
-            .publish
-            .evalsha_with_reload::<Value, _, _>(client, k.all(), args)
-            .await
-            .map_err(fred_error)?;
+            .timed(
+                "publish",
+                self.scripts
+                    .publish
+                    .evalsha_with_reload::<Value, _, _>(client, k.all(), args),
+            )
+            .await?;
         let reply = array(reply);
         status(&reply)?;
         let offset = int(reply.get(1))? as u64;
@@ -320,6 +329,7 @@ impl RoomStore for RedisState {
         let k = RoomKeys::new(room);
         let reply = array(
             self.eval(
+                "members",
                 &self.scripts.members,
                 k.all(),
                 vec![requester.unwrap_or_default().to_string()],
@@ -343,7 +353,10 @@ impl RoomStore for RedisState {
             limit.to_string(),
             before.map(|b| b.to_string()).unwrap_or_default(),
         ];
-        let reply = array(self.eval(&self.scripts.history, k.all(), args).await?);
+        let reply = array(
+            self.eval("history", &self.scripts.history, k.all(), args)
+                .await?,
+        );
         status(&reply)?;
         let epoch = string(reply.get(1))?;
         Ok((publications(room, &epoch, reply.get(2))?, epoch))
@@ -351,7 +364,10 @@ impl RoomStore for RedisState {
 
     async fn info(&self, room: &str) -> Result<RoomInfo, StateError> {
         let k = RoomKeys::new(room);
-        let reply = array(self.eval(&self.scripts.info, k.all(), Vec::new()).await?);
+        let reply = array(
+            self.eval("info", &self.scripts.info, k.all(), Vec::new())
+                .await?,
+        );
         status(&reply)?;
         let max = int(reply.get(3))?;
         Ok(RoomInfo {
@@ -370,7 +386,10 @@ impl RoomStore for RedisState {
 
     async fn close(&self, room: &str) -> Result<Vec<MemberRecord>, StateError> {
         let k = RoomKeys::new(room);
-        let reply = array(self.eval(&self.scripts.close, k.all(), Vec::new()).await?);
+        let reply = array(
+            self.eval("close", &self.scripts.close, k.all(), Vec::new())
+                .await?,
+        );
         status(&reply)?;
         let former = member_records(reply.get(1));
         let _: Result<Value, _> = self.pool.zrem(keys::room_index(room), room).await;
@@ -447,6 +466,7 @@ impl RoomStore for RedisState {
         let k = RoomKeys::new(room);
         let reply = array(
             self.eval(
+                "reset_epoch",
                 &self.scripts.reset_epoch,
                 k.all(),
                 vec![old_epoch.to_string(), new_epoch()],

@@ -28,6 +28,7 @@ impl TrafficCounters for RedisState {
             cleanup.to_string(),
         ];
         self.eval(
+            "record_creation",
             &self.scripts.record_creation,
             vec![keys::creations(shard)],
             args,
@@ -103,6 +104,7 @@ impl TrafficCounters for RedisState {
     async fn claim_dead_nodes(&self, now_ms: u64) -> Result<Vec<String>, StateError> {
         let reply = self
             .eval(
+                "claim_dead_nodes",
                 &self.scripts.claim_dead_nodes,
                 vec![keys::NODES.to_string()],
                 vec![now_ms.to_string()],
