@@ -4,7 +4,7 @@ SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
 
-.PHONY: help run cluster-up cluster-down build test lint fmt clean
+.PHONY: help run cluster-up cluster-down bench build test lint fmt clean
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -18,6 +18,9 @@ cluster-up: ## Local cluster: 6-process Redis Cluster, 3 gateways, nginx on 127.
 
 cluster-down: ## Stop the local cluster; nothing is left running.
 	deploy/local/cluster.sh down
+
+bench: ## Side-by-side benchmark against Socket.IO + Redis adapter; writes docs/benchmarks.md (BENCH_QUICK=1 for a smoke run).
+	loadtest/bench.sh
 
 build: ## Release build of every binary.
 	$(CARGO) build --release --workspace

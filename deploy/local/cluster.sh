@@ -4,6 +4,10 @@
 #
 #   cluster.sh up     build, start everything, print the URLs
 #   cluster.sh down   stop everything; nothing is left running
+#   cluster.sh stop-gateways   stop the gateways and nginx, keep Redis (benchmarks)
+#   cluster.sh pids   pids of the gateways and the Redis processes
+#
+# GATEWAY_ARGS adds flags to every gateway (the benchmark lifts the per-user limits).
 #
 # Installs redis-server and nginx with apt-get when they are missing.
 set -euo pipefail
@@ -58,6 +62,7 @@ up() {
     ROOMCAST_REDIS_CLUSTER=$urls setsid ./target/release/roomcast \
       --listen "127.0.0.1:$p" --node-id "local-$p" --allow-anonymous --api-key dev-api-key \
       --drain-delay 1s --drain-window 2s --drain-deadline 5s --trusted-proxy 127.0.0.1/32 \
+      ${GATEWAY_ARGS:-} \
       >"$STATE/gateway-$p.log" 2>&1 &
     echo $! >"$STATE/gateway-$p.pid"
     upstreams+="server 127.0.0.1:$p max_fails=1 fail_timeout=5s; "
@@ -83,8 +88,21 @@ stop it with: make cluster-down
 MSG
 }
 
+stop_gateways() {
+  if [ -f "$STATE/nginx.pid" ]; then kill "$(cat "$STATE/nginx.pid")" 2>/dev/null || true; fi
+  for p in "${GATEWAYS[@]}"; do
+    if [ -f "$STATE/gateway-$p.pid" ]; then kill -9 "$(cat "$STATE/gateway-$p.pid")" 2>/dev/null || true; fi
+  done
+}
+
+pids() {
+  for p in "${GATEWAYS[@]}"; do cat "$STATE/gateway-$p.pid" 2>/dev/null || true; done
+}
+
 case "${1:-}" in
   up) up ;;
   down) down ;;
+  stop-gateways) stop_gateways ;;
+  pids) pids ;;
   *) echo "usage: $0 up|down" >&2; exit 2 ;;
 esac
