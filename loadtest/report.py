@@ -89,7 +89,8 @@ every figure is a floor for both).
 ## Systems under test
 
 - **roomcast**: 3 gateway processes (`target/release/roomcast`, ports 8081-8083) with
-  `--redis-cluster`, per-user limits lifted (`--publish-rate`, `--room-create-limit`,
+  `--redis-cluster`, `--worker-threads 1` (one runtime thread each, like the single-threaded
+  Node processes), per-user limits lifted (`--publish-rate`, `--room-create-limit`,
   `--max-conns-per-ip 0`, traffic thresholds raised), native protocol, JSON.
 - **peer**: 3 Node.js {sh("node --version")} processes running `loadtest/peers/socketio-node/server.js`:
   socket.io 4.8 with `@socket.io/redis-adapter` 8.3 `createShardedAdapter` (SSUBSCRIBE/SPUBLISH,

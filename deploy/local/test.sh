@@ -33,6 +33,8 @@ export ROOMCAST_TEST_FAILOVER_DIR=${TMPDIR:-/tmp}/roomcast-redis-$FAILOVER
 # Everything but the failover tests, in parallel; then those, one at a time.
 cargo test --workspace --all-targets --no-fail-fast -- --skip serial_ ; rc=$?
 cargo test -p gateway --test failover -- --test-threads=1 ; rc2=$?
+# The load-test tool, tiny, against an embedded node (no timing asserted).
+loadtest/smoke.sh ; rc4=$?
 # Deployment artefacts, each checked by a real tool (the shared cluster serves the scrape).
 deploy/check-artifacts.sh ; rc3=$?
-[ $rc -eq 0 ] && [ $rc2 -eq 0 ] && [ $rc3 -eq 0 ]
+[ $rc -eq 0 ] && [ $rc2 -eq 0 ] && [ $rc3 -eq 0 ] && [ $rc4 -eq 0 ]

@@ -173,6 +173,11 @@ pub struct Config {
     #[arg(long, env = "ROOMCAST_DRAIN_DEADLINE", default_value = "25s", value_parser = duration)]
     pub drain_deadline: Duration,
 
+    /// Runtime worker threads (default: one per CPU core). Fewer threads mean fewer
+    /// cross-thread wake-ups when several processes share few cores.
+    #[arg(long, env = "ROOMCAST_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
+
     // --- Telemetry ----------------------------------------------------------------------
     /// Log format: `text` or `json`.
     #[arg(long, env = "ROOMCAST_LOG_FORMAT", default_value = "text")]

@@ -118,7 +118,7 @@ async fn reject<S: AsyncRead + AsyncWrite + Unpin>(mut ws: WebSocket<S>, code: u
 
 async fn serve<S>(
     node: &Arc<Node>,
-    mut ws: WebSocket<S>,
+    ws: WebSocket<S>,
     format: Format,
     identity: Identity,
 ) -> DisconnectReason
@@ -126,11 +126,17 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let config = &node.config;
-    ws.set_auto_close(false);
-    ws.set_auto_pong(false);
+    // fastwebsockets reads; our writer (native/writer.rs) writes the raw half, in batches.
+    let (read_half, write_half) = tokio::io::split(ws.into_inner());
+    let (mut reader, _) = fastwebsockets::after_handshake_split(
+        read_half,
+        tokio::io::sink(),
+        fastwebsockets::Role::Server,
+    );
+    reader.set_auto_close(false);
+    reader.set_auto_pong(false);
     // fastwebsockets refuses frames of `>= max` bytes; ours is an inclusive limit.
-    ws.set_max_message_size(config.max_message_bytes + 1);
-    let (mut reader, write_half) = ws.split(tokio::io::split);
+    reader.set_max_message_size(config.max_message_bytes + 1);
 
     let conn_id: Arc<str> = Arc::from(node.next_conn_id());
     let (outbound, rx) = Outbound::new(format, config.outbound_queue_bytes);
