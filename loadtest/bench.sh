@@ -19,7 +19,7 @@ else
   # Rooms of 10: a join's presence event goes to 9 others, not to hundreds.
   CONN=(--clients 30000 --rooms 3000 --secs 15 --workers 3 --source-ips 127.0.0.2-127.0.0.20)
   FAN=(--rooms 50 --members 20 --publishers 50 --rate 5000 --secs 20)
-  MAX=(--rooms 50 --members 20 --publishers 50 --start-rate 2000 --factor 1.6 --steps 7 --step-secs 6)
+  MAX=(--rooms 50 --members 20 --publishers 50 --start-rate 500 --factor 1.6 --steps 8 --step-secs 6)
 fi
 
 cargo build --release -q -p gateway -p roomcast-loadtest

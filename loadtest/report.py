@@ -150,6 +150,42 @@ Throughput and latency over time, `fanout`:
 ![roomcast max](bench/roomcast-max.svg)
 ![peer max](bench/peer-max.svg)
 
+## Profile: where roomcast's time goes
+
+Measured with the `fanout` parameters above (5,000 publishes/s into rooms of 20, so 100,000
+deliveries/s) on the local cluster, sampling `/proc` for the gateways and the Redis processes
+separately, and `perf record -e cpu-clock -g -p <one gateway>` (this machine has no hardware
+counters, so `perf stat` cycles are not available):
+
+```sh
+perf record -e cpu-clock -F 499 -g -p $(head -1 /tmp/roomcast-local/gateway-8081.pid) -- sleep 12 &
+target/release/roomcast-loadtest fanout --url ws://127.0.0.1:8081,ws://127.0.0.1:8082,ws://127.0.0.1:8083 \
+  --jwt-secret bench-secret --rooms 50 --members 20 --publishers 50 --rate 5000 --secs 15
+perf report --stdio --no-children --sort symbol
+```
+
+- Over 15 s the three gateways used 14.2 CPU seconds and the six Redis processes 8.5. The
+  gateways cost about what the Node processes cost for the same work; Redis costs more for
+  roomcast, because each publish runs two Lua scripts (the user's publish token bucket, then
+  the publish itself with its membership check, offset and history append), where the peer
+  only SPUBLISHes.
+- The gateway profile is flat and kernel-heavy: scheduler switches (`finish_task_switch`),
+  TCP send and receive, `malloc`/`free`, and the writer task. No single roomcast function stands
+  out. Batching every queued frame of a connection into one `write` and running one runtime
+  thread per gateway (`--worker-threads 1`) did not change the total: under this load each
+  connection rarely has more than one frame queued.
+- The load generator runs on the same two cores and parses every delivery as JSON; at the
+  highest steps of `max` it, not only the system under test, runs out of CPU, which is why both
+  systems' latencies explode at similar rates.
+
+What would move it:
+1. One Redis call per publish instead of two: a node-local token bucket that draws its budget
+   from Redis in slices (bounded overshoot) instead of a script call per publish.
+2. A short flush delay per connection (Centrifugo uses about 100 µs), so that deliveries to the
+   same socket coalesce into one write under load.
+3. Running the load generator on other machines, so that the figures above measure the system
+   under test alone.
+
 ## How to read these figures
 
 - One 2-core machine runs the gateways, six Redis processes, and the load generator itself; the

@@ -25,6 +25,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// `max` starts with this many seconds at its first rate, left out of the report.
+const WARMUP_SECS: f64 = 3.0;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Scenario {
     /// Open N clients, each in one of R rooms, and hold them.
@@ -149,8 +152,9 @@ impl Args {
     fn phases(&self) -> Vec<(f64, f64)> {
         match self.scenario {
             Scenario::Fanout | Scenario::Broadcast => vec![(self.rate, self.secs)],
-            Scenario::Max => (0..self.steps)
-                .map(|k| (self.start_rate * self.factor.powi(k as i32), self.step_secs))
+            // A short warm-up at the first rate (scripts loaded, buffers grown), not reported.
+            Scenario::Max => std::iter::once((self.start_rate, WARMUP_SECS))
+                .chain((0..self.steps).map(|k| (self.start_rate * self.factor.powi(k as i32), self.step_secs)))
                 .collect(),
             _ => vec![],
         }
@@ -158,7 +162,7 @@ impl Args {
 
     fn duration(&self) -> f64 {
         match self.scenario {
-            Scenario::Max => self.step_secs * self.steps as f64,
+            Scenario::Max => WARMUP_SECS + self.step_secs * self.steps as f64,
             _ => self.secs,
         }
     }
@@ -273,9 +277,11 @@ fn summarize(
     usage: Option<&procs::Usage>,
     mid: Option<(procs::Sample, procs::Sample, f64)>,
 ) -> Summary {
+    let skip = usize::from(args.scenario == Scenario::Max);
     let phases: Vec<PhaseSummary> = r
         .phases
         .iter()
+        .skip(skip)
         .map(|p| PhaseSummary {
             rate: p.rate,
             sent: p.sent,
