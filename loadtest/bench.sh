@@ -5,8 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
-out=docs/bench
-mkdir -p "$out"
+out=docs/bench        # plots and summaries, committed
+raw=target/bench      # full JSON reports (per-second histograms), not committed
+mkdir -p "$out" "$raw"
 quick=${BENCH_QUICK:-0}
 LT=target/release/roomcast-loadtest
 SECRET=bench-secret
@@ -53,13 +54,13 @@ run_suite() {
   local common=(--url "$urls" --protocol "$proto" --pids "$pids" --quiet)
   [ "$name" = roomcast ] && common+=(--jwt-secret "$SECRET")
   echo "== $name: connections" >&2
-  $LT connections "${common[@]}" "${CONN[@]}" --json "$out/$name-connections.json" | tee "$out/$name-connections.txt"
+  $LT connections "${common[@]}" "${CONN[@]}" --json "$raw/$name-connections.json" | tee "$out/$name-connections.txt"
   settle "$pids"
   echo "== $name: fanout" >&2
-  $LT fanout "${common[@]}" "${FAN[@]}" --json "$out/$name-fanout.json" --plot "$out/$name-fanout.svg" | tee "$out/$name-fanout.txt"
+  $LT fanout "${common[@]}" "${FAN[@]}" --json "$raw/$name-fanout.json" --plot "$out/$name-fanout.svg" | tee "$out/$name-fanout.txt"
   settle "$pids"
   echo "== $name: max" >&2
-  $LT max "${common[@]}" "${MAX[@]}" --json "$out/$name-max.json" --plot "$out/$name-max.svg" | tee "$out/$name-max.txt"
+  $LT max "${common[@]}" "${MAX[@]}" --json "$raw/$name-max.json" --plot "$out/$name-max.svg" | tee "$out/$name-max.txt"
 }
 
 cleanup() {
@@ -80,5 +81,5 @@ loadtest/peers/socketio-node/run.sh up "$(deploy/local/redis-cluster.sh urls 700
 urls=ws://127.0.0.1:3001,ws://127.0.0.1:3002,ws://127.0.0.1:3003
 run_suite peer socketio "$urls" "$(loadtest/peers/socketio-node/run.sh pids | tr '\n' ',')$(redis_pids)"
 
-python3 loadtest/report.py "$out" "$quick" "$(( $(date +%s) - started ))" "${CONN[*]}" "${FAN[*]}" "${MAX[*]}" > docs/benchmarks.md
+python3 loadtest/report.py "$raw" "$quick" "$(( $(date +%s) - started ))" "${CONN[*]}" "${FAN[*]}" "${MAX[*]}" > docs/benchmarks.md
 echo "wrote docs/benchmarks.md" >&2
