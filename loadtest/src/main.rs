@@ -154,7 +154,10 @@ impl Args {
             Scenario::Fanout | Scenario::Broadcast => vec![(self.rate, self.secs)],
             // A short warm-up at the first rate (scripts loaded, buffers grown), not reported.
             Scenario::Max => std::iter::once((self.start_rate, WARMUP_SECS))
-                .chain((0..self.steps).map(|k| (self.start_rate * self.factor.powi(k as i32), self.step_secs)))
+                .chain(
+                    (0..self.steps)
+                        .map(|k| (self.start_rate * self.factor.powi(k as i32), self.step_secs)),
+                )
                 .collect(),
             _ => vec![],
         }
