@@ -41,6 +41,33 @@ pub trait HistoryReader: Send + Sync {
     async fn retire_epoch(&self, room: &str, epoch: &str) -> Result<(), String>;
 }
 
+/// Repairs from a room store's own history: what the gateway uses.
+pub struct StoreHistory(pub Arc<dyn room_state::RoomStore>);
+
+#[async_trait]
+impl HistoryReader for StoreHistory {
+    async fn range(&self, room: &str, after: u64, before: u64) -> Result<Vec<Publication>, String> {
+        let wanted = before.saturating_sub(after + 1) as usize;
+        if wanted == 0 {
+            return Ok(Vec::new());
+        }
+        let (messages, _) = self
+            .0
+            .history(room, None, wanted, Some(before))
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(messages.into_iter().filter(|p| p.offset > after).collect())
+    }
+
+    async fn retire_epoch(&self, room: &str, epoch: &str) -> Result<(), String> {
+        self.0
+            .reset_epoch(room, epoch)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
 /// Tuning of the adapter.
 #[derive(Debug, Clone)]
 pub struct RedisFanOutConfig {

@@ -3,11 +3,9 @@
 
 #![allow(clippy::unwrap_used)]
 
-use async_trait::async_trait;
-use fan_out::redis::{HistoryReader, RedisFanOut, RedisFanOutConfig};
+use fan_out::redis::{RedisFanOut, RedisFanOutConfig, StoreHistory};
 use fan_out::{testsuite, MemoryFanOut, NoHooks, Registry};
-use protocol::frame::Publication;
-use room_state::{RedisSettings, RedisState, RoomStore};
+use room_state::{RedisSettings, RedisState};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,30 +14,6 @@ async fn memory() {
     let registry = Arc::new(Registry::new());
     let fanout = MemoryFanOut::new(registry.clone(), Arc::new(NoHooks));
     testsuite::run(&fanout, &registry, "m:").await;
-}
-
-/// Gap repair reads the room's real history.
-struct History(Arc<RedisState>);
-
-#[async_trait]
-impl HistoryReader for History {
-    async fn range(&self, room: &str, after: u64, before: u64) -> Result<Vec<Publication>, String> {
-        let n = before.saturating_sub(after + 1) as usize;
-        let (messages, _) = self
-            .0
-            .history(room, None, n.max(1), Some(before))
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(messages.into_iter().filter(|p| p.offset > after).collect())
-    }
-
-    async fn retire_epoch(&self, room: &str, epoch: &str) -> Result<(), String> {
-        self.0
-            .reset_epoch(room, epoch)
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-    }
 }
 
 #[tokio::test]
@@ -68,7 +42,7 @@ async fn redis_cluster() {
         registry.clone(),
         Arc::new(NoHooks),
         Arc::new(NoHooks),
-        Arc::new(History(state.clone())),
+        Arc::new(StoreHistory(state.clone())),
         RedisFanOutConfig::new(&node),
     )
     .await

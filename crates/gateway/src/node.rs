@@ -5,7 +5,7 @@ use crate::clock::now_ms;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::traffic::{TrafficMonitor, WINDOW_MS};
-use fan_out::redis::{HistoryReader, RedisFanOut, RedisFanOutConfig};
+use fan_out::redis::{RedisFanOut, RedisFanOutConfig, StoreHistory};
 use fan_out::{FanOut, MemoryFanOut, Registry};
 use parking_lot::Mutex;
 use protocol::codec::encode;
@@ -93,7 +93,7 @@ impl Node {
         state.set_observer(metrics.clone());
         let subscriber = room_state::redis::builder(&settings)?.build_subscriber_client()?;
         let node_id = config.node_id.clone().unwrap_or_else(random_node_id);
-        let history = Arc::new(RepairFromHistory(state.clone()));
+        let history = Arc::new(StoreHistory(state.clone()));
         let fanout = RedisFanOut::start(
             subscriber,
             state.pool().clone(),
@@ -314,36 +314,4 @@ fn random_node_id() -> String {
         .map(|_| fastrand::alphanumeric().to_ascii_lowercase())
         .collect();
     format!("n-{suffix}")
-}
-
-/// Gap repair reads from the room store's history.
-struct RepairFromHistory(Arc<RedisState>);
-
-#[async_trait::async_trait]
-impl HistoryReader for RepairFromHistory {
-    async fn range(
-        &self,
-        room: &str,
-        after: u64,
-        before: u64,
-    ) -> Result<Vec<protocol::frame::Publication>, String> {
-        let wanted = before.saturating_sub(after + 1) as usize;
-        if wanted == 0 {
-            return Ok(Vec::new());
-        }
-        let (messages, _) = self
-            .0
-            .history(room, None, wanted, Some(before))
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(messages.into_iter().filter(|p| p.offset > after).collect())
-    }
-
-    async fn retire_epoch(&self, room: &str, epoch: &str) -> Result<(), String> {
-        self.0
-            .reset_epoch(room, epoch)
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-    }
 }

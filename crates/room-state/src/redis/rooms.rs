@@ -101,21 +101,13 @@ impl RedisState {
 }
 
 fn members(v: Option<&Value>) -> Vec<Member> {
-    let Some(Value::Array(items)) = v else {
-        return Vec::new();
-    };
-    items
+    member_records(v)
         .iter()
-        .filter_map(Value::as_string)
-        .map(|s| {
-            let mut parts = s.splitn(3, '\n');
-            let conn_id = parts.next().unwrap_or_default().to_string();
-            let user = parts.next().unwrap_or_default().to_string();
-            Member { user, conn_id }
-        })
+        .map(MemberRecord::to_member)
         .collect()
 }
 
+/// Decodes the scripts' `conn\nuser\nnode` member entries.
 fn member_records(v: Option<&Value>) -> Vec<MemberRecord> {
     let Some(Value::Array(items)) = v else {
         return Vec::new();
