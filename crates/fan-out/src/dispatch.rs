@@ -48,14 +48,14 @@ impl DeliveryHooks for NoHooks {
 /// One event, encoded at most once per format, on first use.
 struct Encoded<'a> {
     event: Event<'a>,
-    bytes: [Option<Bytes>; 2],
+    bytes: [Option<Bytes>; 3],
 }
 
 impl<'a> Encoded<'a> {
     fn new(event: Event<'a>) -> Self {
         Encoded {
             event,
-            bytes: [None, None],
+            bytes: [None, None, None],
         }
     }
 

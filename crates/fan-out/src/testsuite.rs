@@ -48,6 +48,15 @@ impl Conn {
             OutFrame::Data(bytes) => Ok(match self.format {
                 Format::Json => serde_json::from_slice(&bytes).unwrap(),
                 Format::MsgPack => rmp_serde::from_slice(&bytes).unwrap(),
+                Format::SocketIo => {
+                    // `42["name",{…}]` → the native object, `event` included.
+                    let text = std::str::from_utf8(&bytes).unwrap();
+                    let arr: Value =
+                        serde_json::from_str(text.strip_prefix("42").unwrap()).unwrap();
+                    let mut obj = arr[1].clone();
+                    obj["event"] = arr[0].clone();
+                    obj
+                }
             }),
             OutFrame::Close(code, _) => Err(code),
             OutFrame::Pong(_) => panic!("unexpected pong"),
@@ -114,8 +123,15 @@ pub async fn run(fanout: &dyn FanOut, registry: &Registry, prefix: &str) {
         &format!("{prefix}carol"),
         Format::Json,
     );
+    let mut d = Conn::new(
+        registry,
+        &format!("{prefix}d"),
+        &format!("{prefix}dora"),
+        Format::SocketIo,
+    );
     join(fanout, registry, &room, &a.id);
     join(fanout, registry, &room, &b.id);
+    join(fanout, registry, &room, &d.id);
     join(fanout, registry, &other, &outsider.id);
     assert!(fanout.subscribed() >= 2);
 
@@ -133,12 +149,13 @@ pub async fn run(fanout: &dyn FanOut, registry: &Registry, prefix: &str) {
     tokio::time::sleep(Duration::from_millis(300)).await;
     while a.rx.try_recv().is_ok() {}
     while b.rx.try_recv().is_ok() {}
+    while d.rx.try_recv().is_ok() {}
 
     // Messages reach every member in order, once, in each member's format; not outsiders.
     for offset in 1..=3 {
         fanout.publish(message(&room, offset)).await.unwrap();
     }
-    for conn in [&mut a, &mut b] {
+    for conn in [&mut a, &mut b, &mut d] {
         for offset in 1..=3u64 {
             let m = conn.next().await.unwrap();
             assert_eq!(
@@ -168,6 +185,8 @@ pub async fn run(fanout: &dyn FanOut, registry: &Registry, prefix: &str) {
         .unwrap();
     assert_eq!(a.next().await.unwrap()["action"], "leave");
     assert_eq!(b.next().await.unwrap()["action"], "leave");
+    assert_eq!(d.next().await.unwrap()["action"], "join");
+    assert_eq!(d.next().await.unwrap()["action"], "leave");
 
     // room_closed reaches the members and empties the room on this node.
     fanout
@@ -200,6 +219,7 @@ pub async fn run(fanout: &dyn FanOut, registry: &Registry, prefix: &str) {
     fanout.unsubscribe(&other);
     registry.unregister(&a.id);
     registry.unregister(&b.id);
+    registry.unregister(&d.id);
     fanout.unsubscribe(&room);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while fanout.subscribed() > 0 {

@@ -160,6 +160,27 @@ pub struct Config {
     #[arg(long, env = "ROOMCAST_PONG_TIMEOUT", default_value = "20s", value_parser = duration)]
     pub pong_timeout: Duration,
 
+    // --- Socket.IO (`/socket.io/`, Engine.IO v4 over WebSocket) ---
+    /// Engine.IO ping interval.
+    #[arg(long, env = "ROOMCAST_SOCKETIO_PING_INTERVAL", default_value = "25s", value_parser = duration)]
+    pub socketio_ping_interval: Duration,
+
+    /// How long a Socket.IO client has to answer a ping.
+    #[arg(long, env = "ROOMCAST_SOCKETIO_PING_TIMEOUT", default_value = "20s", value_parser = duration)]
+    pub socketio_ping_timeout: Duration,
+
+    /// Largest Socket.IO message (and the sum of a packet's attachments), in bytes.
+    #[arg(
+        long,
+        env = "ROOMCAST_SOCKETIO_MAX_PAYLOAD",
+        default_value_t = 1_000_000
+    )]
+    pub socketio_max_payload: usize,
+
+    /// A connection that joins no namespace within this is closed.
+    #[arg(long, env = "ROOMCAST_SOCKETIO_CONNECT_TIMEOUT", default_value = "45s", value_parser = duration)]
+    pub socketio_connect_timeout: Duration,
+
     // --- Drain --------------------------------------------------------------------------
     /// After SIGTERM: keep serving (unready) this long, so the load balancer notices.
     #[arg(long, env = "ROOMCAST_DRAIN_DELAY", default_value = "5s", value_parser = duration)]

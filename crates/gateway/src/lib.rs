@@ -6,6 +6,7 @@
 //! - [`http`]: routing, `/status`, probes, `/metrics`, and the server API (`http::api`).
 //! - [`native`]: the native protocol v1 over WebSocket: the connection (reader) task,
 //!   message reassembly, and the writer task.
+//! - [`socketio`]: Socket.IO v5 / Engine.IO v4 over WebSocket (`/socket.io/`), on the same ops.
 //! - [`session`]: the ops (`create_room`, `join`, …), independent of the wire protocol.
 //! - [`node`]: one node's shared state: backends, local registry, flags, traffic upkeep.
 //! - [`traffic`]: the traffic monitor's levels and creation pause.
@@ -24,6 +25,7 @@ pub mod native;
 pub mod node;
 pub mod server;
 pub mod session;
+pub mod socketio;
 pub mod telemetry;
 pub mod traffic;
 

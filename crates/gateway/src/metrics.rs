@@ -320,10 +320,12 @@ impl Metrics {
     /// Creates the labelled series that are known in advance, at zero, so that dashboards and
     /// alerts see them before the first event.
     pub fn init_series(&self) {
-        for protocol in ["native"] {
-            for format in ["json", "msgpack"] {
-                self.connections.with_label_values(&[protocol, format]);
-            }
+        for (protocol, format) in [
+            ("native", "json"),
+            ("native", "msgpack"),
+            ("socketio", "socketio"),
+        ] {
+            self.connections.with_label_values(&[protocol, format]);
         }
         for reason in ["ip_limit", "auth", "accept_error"] {
             self.connections_rejected.with_label_values(&[reason]);

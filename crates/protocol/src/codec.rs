@@ -17,10 +17,13 @@ pub enum Format {
     Json,
     /// MessagePack maps with the same field names, in binary frames.
     MsgPack,
+    /// Socket.IO v5 text packets: events as `42["name",{…}]` (the object without `event`).
+    /// Only events are encoded this way; replies are acks built by the Socket.IO endpoint.
+    SocketIo,
 }
 
 impl Format {
-    pub const ALL: [Format; 2] = [Format::Json, Format::MsgPack];
+    pub const ALL: [Format; 3] = [Format::Json, Format::MsgPack, Format::SocketIo];
 
     /// Parses the `format` query value.
     pub fn from_query(value: &str) -> Option<Format> {
@@ -35,20 +38,22 @@ impl Format {
         match self {
             Format::Json => "json",
             Format::MsgPack => "msgpack",
+            Format::SocketIo => "socketio",
         }
     }
 
-    /// Index into per-format arrays (0 json, 1 msgpack).
+    /// Index into per-format arrays (0 json, 1 msgpack, 2 socketio).
     pub fn index(self) -> usize {
         match self {
             Format::Json => 0,
             Format::MsgPack => 1,
+            Format::SocketIo => 2,
         }
     }
 
     /// Whether frames of this format travel as WebSocket text (else binary).
     pub fn is_text(self) -> bool {
-        matches!(self, Format::Json)
+        matches!(self, Format::Json | Format::SocketIo)
     }
 }
 
@@ -79,7 +84,8 @@ pub struct EncodeError(String);
 /// Decodes one client message in the given format.
 pub fn decode_request(bytes: &[u8], format: Format) -> Result<Request, DecodeError> {
     let value: Value = match format {
-        Format::Json => serde_json::from_slice(bytes)
+        // Socket.IO requests arrive as events and are decoded by the Socket.IO endpoint.
+        Format::Json | Format::SocketIo => serde_json::from_slice(bytes)
             .map_err(|e| DecodeError::new(None, format!("invalid JSON: {e}")))?,
         Format::MsgPack => {
             // The envelope adds two levels (request object, `data` field) above the payload.
@@ -141,6 +147,15 @@ pub fn encode<T: Serialize + ?Sized>(value: &T, format: Format) -> Result<Bytes,
         Format::MsgPack => rmp_serde::to_vec_named(value)
             .map(Bytes::from)
             .map_err(|e| EncodeError(e.to_string())),
+        Format::SocketIo => {
+            let mut v = serde_json::to_value(value).map_err(|e| EncodeError(e.to_string()))?;
+            let name = v
+                .as_object_mut()
+                .and_then(|o| o.shift_remove("event"))
+                .and_then(|n| n.as_str().map(str::to_string))
+                .ok_or_else(|| EncodeError("only events have a Socket.IO encoding".into()))?;
+            Ok(Bytes::from(crate::socketio::event("/", &name, &v)))
+        }
     }
 }
 
@@ -256,6 +271,25 @@ mod tests {
         let mut bytes = vec![0x91u8; 100_000];
         bytes.push(0x01);
         assert!(decode_request(&bytes, Format::MsgPack).is_err());
+    }
+
+    #[test]
+    fn socketio_events() {
+        let status = crate::TrafficStatus {
+            level: crate::TrafficLevel::High,
+            active_rooms: 1,
+            active_connections: 2,
+            room_creation_enabled: true,
+            message: None,
+            retry_after: None,
+            timestamp: 3,
+        };
+        let bytes = encode(&Event::TrafficStatus(&status), Format::SocketIo).expect("event");
+        assert_eq!(
+            bytes.as_ref(),
+            br#"42["traffic_status",{"level":"high","activeRooms":1,"activeConnections":2,"roomCreationEnabled":true,"timestamp":3}]"#
+        );
+        assert!(encode(&Reply::ok(1, OkBody::Empty {}), Format::SocketIo).is_err());
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! - [`data`]: the opaque application payload (`data`), held as JSON text.
 //! - [`codes`]: error codes of replies and WebSocket close codes.
 //! - [`room_name`]: the room-name grammar.
+//! - [`socketio`]: Engine.IO v4 and Socket.IO v5 packets (WebSocket transport).
 //! - [`msgpack_depth`]: a non-recursive depth check that guards the MessagePack decoder.
 //! - [`envelope`]: what one gateway node sends another through the fan-out (MessagePack).
 //! - [`traffic`]: the `traffic_status` body shared by the WebSocket event and `GET /status`.
@@ -20,6 +21,7 @@ pub mod envelope;
 pub mod frame;
 pub mod msgpack_depth;
 pub mod room_name;
+pub mod socketio;
 pub mod traffic;
 
 pub use codec::{DecodeError, Format};

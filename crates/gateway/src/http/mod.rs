@@ -27,6 +27,7 @@ pub async fn route(
     let path = req.uri().path().to_string();
     let response = match (req.method(), path.as_str()) {
         (&Method::GET, "/ws") => ws_upgrade(node, peer, req),
+        (_, "/socket.io/" | "/socket.io") => crate::socketio::upgrade(node, peer, req),
         (&Method::GET, "/status") => json(StatusCode::OK, &node.traffic.current()),
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => {

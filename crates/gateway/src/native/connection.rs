@@ -303,7 +303,7 @@ where
 }
 
 /// The disconnect reason for a Close that the writer sent.
-fn reason_for_close(code: u16, fallback: DisconnectReason) -> DisconnectReason {
+pub(crate) fn reason_for_close(code: u16, fallback: DisconnectReason) -> DisconnectReason {
     match code {
         CloseCode::SERVICE_RESTART => DisconnectReason::Drain,
         CloseCode::KICKED => DisconnectReason::Kicked,

@@ -1,0 +1,137 @@
+// A stock socket.io-client 4.8 against a real roomcast process: the seed app's front-end code
+// (`socket.on('traffic_status', …)`, `socket.emit('join', …, ack)`) works unchanged.
+// Run by `make test` (deploy/local/test.sh) with ROOMCAST_URL and ROOMCAST_JWT_SECRET set.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { io } from "socket.io-client";
+import jwt from "jsonwebtoken";
+
+const URL = process.env.ROOMCAST_URL ?? "http://127.0.0.1:8080";
+const SECRET = process.env.ROOMCAST_JWT_SECRET ?? "secret";
+const token = (sub, extra = {}) => jwt.sign({ sub, exp: Math.floor(Date.now() / 1000) + 3600, ...extra }, SECRET);
+const unique = (p) => `${p}-${Math.random().toString(36).slice(2, 10)}`;
+
+function connect(user, opts = {}) {
+  return io(URL, { transports: ["websocket"], auth: { token: token(user) }, reconnection: false, forceNew: true, ...opts });
+}
+
+const once = (socket, event, ms = 5000) =>
+  new Promise((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error(`no ${event} within ${ms} ms`)), ms);
+    socket.once(event, (...args) => {
+      clearTimeout(t);
+      resolve(args);
+    });
+  });
+
+// The seed front end's calls: emit with an ack callback, as a promise.
+const call = (socket, event, arg) => socket.timeout(5000).emitWithAck(event, arg);
+
+test("connects with a token and gets traffic_status pushed", async () => {
+  const socket = connect("alice");
+  const [status] = await once(socket, "traffic_status");
+  assert.equal(socket.connected, true);
+  assert.ok(["normal", "high", "critical"].includes(status.level));
+  assert.equal(typeof status.roomCreationEnabled, "boolean");
+  assert.equal(typeof status.timestamp, "number");
+  assert.equal(status.event, undefined, "the event name is not repeated in the payload");
+  socket.close();
+});
+
+test("a bad token is a CONNECT_ERROR with code unauthorized", async () => {
+  const socket = io(URL, { transports: ["websocket"], auth: { token: "not.a.jwt" }, reconnection: false, forceNew: true });
+  const [err] = await once(socket, "connect_error");
+  assert.equal(err.message, "invalid token");
+  assert.deepEqual(err.data, { code: "unauthorized" });
+  socket.close();
+});
+
+test("every event answers through its ack, like the native reply body", async () => {
+  const room = unique("sio");
+  const a = connect("ann");
+  const b = connect("ben");
+  await Promise.all([once(a, "connect"), once(b, "connect")]);
+
+  const created = await call(a, "create_room", { room, options: { historySize: 10 } });
+  assert.equal(created.ok.room, room);
+  assert.equal(typeof created.ok.epoch, "string");
+
+  const joinedPresence = once(a, "presence");
+  const joined = await call(b, "join", { room });
+  assert.equal(joined.ok.offset, 0);
+  assert.equal(joined.ok.members.length, 2);
+  const [p] = await joinedPresence;
+  assert.deepEqual([p.action, p.user], ["join", "ben"]);
+
+  const messageAtB = once(b, "message");
+  const published = await call(a, "publish", { room, data: { text: "hello" } });
+  assert.deepEqual(published, { ok: { offset: 1 } });
+  const [m] = await messageAtB;
+  assert.deepEqual([m.room, m.offset, m.from, m.data], [room, 1, "ann", { text: "hello" }]);
+
+  const presence = await call(b, "presence", { room });
+  assert.deepEqual(presence.ok.members.map((x) => x.user), ["ann", "ben"]);
+  const history = await call(b, "history", { room, limit: 5 });
+  assert.equal(history.ok.messages.length, 1);
+  assert.equal(history.ok.messages[0].data.text, "hello");
+
+  const leave = await call(b, "leave", { room });
+  assert.deepEqual(leave, { ok: {} });
+  const notMember = await call(b, "publish", { room, data: 1 });
+  assert.equal(notMember.error.code, "not_member");
+  const missing = await call(b, "join", { room: unique("nowhere") });
+  assert.equal(missing.error.code, "not_found");
+  const unknown = await call(b, "fly", { room });
+  assert.equal(unknown.error.code, "bad_request");
+  a.close();
+  b.close();
+});
+
+test("binary data in publish arrives as bytes", async () => {
+  const room = unique("bin");
+  const a = connect("bina");
+  await once(a, "connect");
+  await call(a, "create_room", { room });
+  const got = once(a, "message");
+  const r = await call(a, "publish", { room, data: { blob: Buffer.from([1, 2, 3]) } });
+  assert.equal(r.ok.offset, 1);
+  const [m] = await got;
+  assert.deepEqual(m.data.blob, [1, 2, 3]);
+  a.close();
+});
+
+test("a Socket.IO client and a native client share a room", async () => {
+  const room = unique("mixed");
+  const s = connect("sio-user");
+  await once(s, "connect");
+  await call(s, "create_room", { room });
+  const ws = new WebSocket(`${URL.replace("http", "ws")}/ws?token=${token("native-user")}`);
+  const frames = [];
+  const waiters = [];
+  ws.onmessage = (e) => {
+    const m = JSON.parse(e.data);
+    frames.push(m);
+    waiters.splice(0).forEach((w) => w());
+  };
+  const next = async (pred) => {
+    for (;;) {
+      const i = frames.findIndex(pred);
+      if (i >= 0) return frames.splice(i, 1)[0];
+      await new Promise((r) => waiters.push(r));
+    }
+  };
+  await new Promise((r) => (ws.onopen = r));
+  ws.send(JSON.stringify({ id: 1, op: "join", room }));
+  await next((m) => m.id === 1);
+  const [p] = await once(s, "presence");
+  assert.equal(p.user, "native-user");
+  ws.send(JSON.stringify({ id: 2, op: "publish", room, data: "from native" }));
+  const [m] = await once(s, "message");
+  assert.equal(m.data, "from native");
+  const fromSio = next((f) => f.event === "message" && f.data === "from socket.io");
+  await call(s, "publish", { room, data: "from socket.io" });
+  const f = await fromSio;
+  assert.equal(f.from, "sio-user");
+  ws.close();
+  s.close();
+});

@@ -1,0 +1,179 @@
+//! The Socket.IO endpoint on the wire: handshake refusals, the open packet, heartbeat,
+//! namespaces, and malformed packets, with a raw WebSocket client.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use std::time::Duration;
+use support::*;
+use tokio_tungstenite::tungstenite::Message;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn open(addr: std::net::SocketAddr) -> Ws {
+    tokio_tungstenite::connect_async(format!("ws://{addr}/socket.io/?EIO=4&transport=websocket"))
+        .await
+        .unwrap()
+        .0
+}
+
+/// The next text frame, or `None` when the server closed.
+async fn text(ws: &mut Ws) -> Option<String> {
+    loop {
+        match tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("nothing within 5 s")
+        {
+            Some(Ok(Message::Text(t))) => return Some(t.to_string()),
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+async fn send(ws: &mut Ws, t: &str) {
+    ws.send(Message::text(t.to_string())).await.unwrap();
+}
+
+#[tokio::test]
+async fn handshake_refusals_match_the_reference_server() {
+    let server = start(&[]).await;
+    let a = server.addr;
+    for (path, code, message) in [
+        ("/socket.io/?EIO=4", 0, "Transport unknown"),
+        (
+            "/socket.io/?EIO=4&transport=polling",
+            0,
+            "Transport unknown",
+        ),
+        (
+            "/socket.io/?EIO=4&transport=websocket&sid=abc",
+            1,
+            "Session ID unknown",
+        ),
+        ("/socket.io/?EIO=4&transport=websocket", 3, "Bad request"),
+    ] {
+        let (status, body) = http_json(a, "GET", path, None, "").await;
+        assert_eq!(
+            (status, body),
+            (400, json!({"code": code, "message": message})),
+            "{path}"
+        );
+    }
+    let (status, body) =
+        http_json(a, "POST", "/socket.io/?EIO=4&transport=websocket", None, "").await;
+    assert_eq!((status, body["code"].clone()), (400, json!(2)));
+    let err =
+        tokio_tungstenite::connect_async(format!("ws://{a}/socket.io/?EIO=3&transport=websocket"))
+            .await;
+    assert!(err.is_err(), "EIO=3 must be refused");
+}
+
+#[tokio::test]
+async fn open_packet_connect_and_namespaces() {
+    let server = start(&[
+        "--socketio-ping-interval",
+        "300ms",
+        "--socketio-ping-timeout",
+        "200ms",
+    ])
+    .await;
+    let mut ws = open(server.addr).await;
+    let open_packet = text(&mut ws).await.unwrap();
+    let v: Value = serde_json::from_str(open_packet.strip_prefix('0').unwrap()).unwrap();
+    let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(keys.len(), 5, "{v}");
+    assert_eq!(
+        (
+            v["upgrades"].clone(),
+            v["pingInterval"].clone(),
+            v["pingTimeout"].clone(),
+            v["maxPayload"].clone()
+        ),
+        (json!([]), json!(300), json!(200), json!(1_000_000))
+    );
+    // Unknown namespace: the exact reply, and the connection stays.
+    send(&mut ws, "40/random").await;
+    assert_eq!(
+        text(&mut ws).await.unwrap(),
+        r#"44/random,{"message":"Invalid namespace"}"#
+    );
+    // Anonymous CONNECT to `/` (allowed here), then the traffic status.
+    send(&mut ws, "40").await;
+    let reply = text(&mut ws).await.unwrap();
+    let sid: Value = serde_json::from_str(reply.strip_prefix("40").unwrap()).unwrap();
+    assert_eq!(sid.as_object().unwrap().len(), 1, "only `sid`: {reply}");
+    assert!(text(&mut ws)
+        .await
+        .unwrap()
+        .starts_with(r#"42["traffic_status","#));
+    // The first ping comes after a full interval; answering keeps the connection.
+    let started = std::time::Instant::now();
+    assert_eq!(text(&mut ws).await.unwrap(), "2");
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "ping came early"
+    );
+    send(&mut ws, "3").await;
+    // An event with an ack id gets the native reply body.
+    send(&mut ws, r#"427["create_room",{"room":"sio-wire"}]"#).await;
+    let ack = text(&mut ws).await.unwrap();
+    assert!(ack.starts_with(r#"437[{"ok":{"room":"sio-wire""#), "{ack}");
+    // Leaving the namespace keeps Engine.IO alive: the next frame is a ping.
+    send(&mut ws, "41").await;
+    assert_eq!(text(&mut ws).await.unwrap(), "2");
+    // Not answering a ping ends the connection.
+    assert_eq!(text(&mut ws).await, None);
+}
+
+#[tokio::test]
+async fn invalid_packets_and_states_close_the_connection() {
+    let server = start(&[]).await;
+    for (setup, bad) in [
+        (vec![], "abc"),
+        (vec!["40"], "42{}"),
+        (vec!["40"], r#"42abc["x"]"#),
+        (vec!["40"], "4abc"),
+        (vec![], r#"42["event before connect"]"#),
+        (vec!["40"], "40"),
+        (vec!["40"], "2"),
+        (vec!["40"], r#"44{"message":"from a client"}"#),
+    ] {
+        let mut ws = open(server.addr).await;
+        text(&mut ws).await.unwrap();
+        for s in &setup {
+            send(&mut ws, s).await;
+            text(&mut ws).await.unwrap();
+            text(&mut ws).await.unwrap();
+        }
+        send(&mut ws, bad).await;
+        assert_eq!(
+            text(&mut ws).await,
+            None,
+            "{bad} should close the connection"
+        );
+    }
+    // A binary message with nothing waiting for it.
+    let mut ws = open(server.addr).await;
+    text(&mut ws).await.unwrap();
+    ws.send(Message::binary(vec![1u8, 2, 3])).await.unwrap();
+    assert_eq!(text(&mut ws).await, None);
+}
+
+#[tokio::test]
+async fn a_bad_token_is_refused_and_a_silent_client_is_dropped() {
+    let server = start(&["--socketio-connect-timeout", "300ms"]).await;
+    let mut ws = open(server.addr).await;
+    text(&mut ws).await.unwrap();
+    send(&mut ws, r#"40{"token":"nope"}"#).await;
+    assert_eq!(
+        text(&mut ws).await.unwrap(),
+        r#"44{"message":"invalid token","data":{"code":"unauthorized"}}"#
+    );
+    // No namespace joined within the connect timeout: closed.
+    assert_eq!(text(&mut ws).await, None);
+}

@@ -1,0 +1,366 @@
+//! Engine.IO v4 and Socket.IO v5 packets, over the WebSocket transport only. Pure: text and
+//! byte strings in, packets or errors out.
+//!
+//! Engine.IO: one packet per WebSocket message; a text message is a type digit plus data
+//! (`0` open, `1` close, `2` ping, `3` pong, `4` message, `5` upgrade, `6` noop); a binary
+//! message is the body of a `message` packet (a Socket.IO attachment).
+//!
+//! Socket.IO: `<type>[<attachments>-][<namespace>,][<ack id>][<JSON payload>]`, types 0 CONNECT,
+//! 1 DISCONNECT, 2 EVENT, 3 ACK, 4 CONNECT_ERROR, 5 BINARY_EVENT, 6 BINARY_ACK.
+
+use serde_json::Value;
+
+/// The largest number of binary attachments one packet may announce.
+pub const MAX_ATTACHMENTS: usize = 10;
+
+/// Event names a client may not emit.
+pub const RESERVED_EVENTS: [&str; 6] = [
+    "connect",
+    "connect_error",
+    "disconnect",
+    "disconnecting",
+    "newListener",
+    "removeListener",
+];
+
+/// An Engine.IO packet received in a text message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EnginePacket<'a> {
+    Close,
+    Ping,
+    Pong,
+    /// A Socket.IO packet, still encoded.
+    Message(&'a str),
+    /// `upgrade` and `noop` belong to polling; ignored here.
+    Ignored,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PacketError {
+    #[error("unknown Engine.IO packet type")]
+    EngineType,
+    #[error("unknown Socket.IO packet type")]
+    SocketType,
+    #[error("bad attachment count")]
+    Attachments,
+    #[error("bad namespace")]
+    Namespace,
+    #[error("bad payload")]
+    Payload,
+    #[error("reserved event name")]
+    Reserved,
+}
+
+/// Decodes a text WebSocket message as an Engine.IO packet.
+pub fn decode_engine(text: &str) -> Result<EnginePacket<'_>, PacketError> {
+    let mut chars = text.chars();
+    let kind = chars.next().ok_or(PacketError::EngineType)?;
+    let rest = chars.as_str();
+    match kind {
+        '1' => Ok(EnginePacket::Close),
+        '2' => Ok(EnginePacket::Ping),
+        '3' => Ok(EnginePacket::Pong),
+        '4' => Ok(EnginePacket::Message(rest)),
+        '5' | '6' => Ok(EnginePacket::Ignored),
+        _ => Err(PacketError::EngineType),
+    }
+}
+
+/// The Engine.IO open packet: exactly the five standard keys.
+pub fn open_packet(
+    sid: &str,
+    ping_interval_ms: u64,
+    ping_timeout_ms: u64,
+    max_payload: u64,
+) -> String {
+    format!(
+        "0{}",
+        serde_json::json!({
+            "sid": sid,
+            "upgrades": [],
+            "pingInterval": ping_interval_ms,
+            "pingTimeout": ping_timeout_ms,
+            "maxPayload": max_payload,
+        })
+    )
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Connect,
+    Disconnect,
+    Event,
+    Ack,
+    ConnectError,
+    BinaryEvent,
+    BinaryAck,
+}
+
+/// A decoded Socket.IO packet.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Packet {
+    pub kind: Kind,
+    /// `/` unless another namespace was named.
+    pub namespace: String,
+    pub ack: Option<u64>,
+    /// Binary attachments still to come (BINARY_EVENT, BINARY_ACK).
+    pub attachments: usize,
+    pub payload: Option<Value>,
+}
+
+impl Packet {
+    /// For an EVENT: the event name and its arguments.
+    pub fn event(&self) -> Option<(&str, &[Value])> {
+        let args = self.payload.as_ref()?.as_array()?;
+        let (name, rest) = args.split_first()?;
+        Some((name.as_str()?, rest))
+    }
+}
+
+/// Decodes one Socket.IO packet (the data of an Engine.IO `message`), validating it the way the
+/// reference server does. Any error means: close the connection.
+pub fn decode(text: &str) -> Result<Packet, PacketError> {
+    let bytes = text.as_bytes();
+    let kind = match bytes.first() {
+        Some(b'0') => Kind::Connect,
+        Some(b'1') => Kind::Disconnect,
+        Some(b'2') => Kind::Event,
+        Some(b'3') => Kind::Ack,
+        Some(b'4') => Kind::ConnectError,
+        Some(b'5') => Kind::BinaryEvent,
+        Some(b'6') => Kind::BinaryAck,
+        _ => return Err(PacketError::SocketType),
+    };
+    let mut i = 1;
+    let mut attachments = 0;
+    if matches!(kind, Kind::BinaryEvent | Kind::BinaryAck) {
+        let start = i;
+        while i < bytes.len() && bytes[i].is_ascii_digit() {
+            i += 1;
+        }
+        if i == start || bytes.get(i) != Some(&b'-') {
+            return Err(PacketError::Attachments);
+        }
+        attachments = text[start..i]
+            .parse()
+            .map_err(|_| PacketError::Attachments)?;
+        if attachments > MAX_ATTACHMENTS {
+            return Err(PacketError::Attachments);
+        }
+        i += 1;
+    }
+    let mut namespace = "/".to_string();
+    if bytes.get(i) == Some(&b'/') {
+        let end = text[i..].find(',').map_or(text.len(), |p| i + p);
+        namespace = text[i..end].to_string();
+        i = if end < text.len() { end + 1 } else { end };
+    }
+    let start = i;
+    while i < bytes.len() && bytes[i].is_ascii_digit() {
+        i += 1;
+    }
+    let ack = if i > start {
+        Some(text[start..i].parse().map_err(|_| PacketError::Payload)?)
+    } else {
+        None
+    };
+    let rest = &text[i..];
+    let payload: Option<Value> = if rest.is_empty() {
+        None
+    } else {
+        Some(serde_json::from_str(rest).map_err(|_| PacketError::Payload)?)
+    };
+    let ok = match (kind, &payload) {
+        (Kind::Connect, None) => true,
+        (Kind::Connect, Some(p)) => p.is_object(),
+        (Kind::Disconnect, p) => p.is_none(),
+        (Kind::Event | Kind::BinaryEvent, Some(Value::Array(a))) => match a.first() {
+            Some(Value::String(name)) => {
+                if RESERVED_EVENTS.contains(&name.as_str()) {
+                    return Err(PacketError::Reserved);
+                }
+                true
+            }
+            Some(Value::Number(_)) => true,
+            _ => false,
+        },
+        (Kind::Ack | Kind::BinaryAck, Some(Value::Array(_))) => true,
+        (Kind::ConnectError, Some(p)) => p.is_object() || p.is_string(),
+        _ => false,
+    };
+    if !ok {
+        return Err(PacketError::Payload);
+    }
+    Ok(Packet {
+        kind,
+        namespace,
+        ack,
+        attachments,
+        payload,
+    })
+}
+
+fn prefix(kind: char, namespace: &str) -> String {
+    if namespace == "/" {
+        format!("4{kind}")
+    } else {
+        format!("4{kind}{namespace},")
+    }
+}
+
+/// `40{"sid":…}` (the Engine.IO `4` included): the CONNECT reply.
+pub fn connect_ok(namespace: &str, sid: &str) -> String {
+    format!(
+        "{}{}",
+        prefix('0', namespace),
+        serde_json::json!({ "sid": sid })
+    )
+}
+
+/// `44{"message":…,"data":…}`: a refused CONNECT.
+pub fn connect_error(namespace: &str, message: &str, data: Option<Value>) -> String {
+    let mut body = serde_json::json!({ "message": message });
+    if let (Some(d), Some(obj)) = (data, body.as_object_mut()) {
+        obj.insert("data".into(), d);
+    }
+    format!("{}{}", prefix('4', namespace), body)
+}
+
+/// `43<id>[args…]`: an ACK.
+pub fn ack(namespace: &str, id: u64, args: &Value) -> String {
+    format!("{}{id}{}", prefix('3', namespace), args)
+}
+
+/// `42["name",arg]`: an EVENT to the client.
+pub fn event(namespace: &str, name: &str, arg: &Value) -> String {
+    format!(
+        "{}{}",
+        prefix('2', namespace),
+        serde_json::json!([name, arg])
+    )
+}
+
+/// `41`: the server drops a namespace socket.
+pub fn disconnect(namespace: &str) -> String {
+    prefix('1', namespace)
+}
+
+/// Puts binary attachments back where their placeholders are, in order. Attachments become
+/// arrays of byte values (JSON has no bytes). Errors on a bad or out-of-range placeholder.
+pub fn fill_placeholders(value: &mut Value, attachments: &[Vec<u8>]) -> Result<(), PacketError> {
+    match value {
+        Value::Object(map) if map.get("_placeholder") == Some(&Value::Bool(true)) => {
+            let num = map
+                .get("num")
+                .and_then(Value::as_u64)
+                .ok_or(PacketError::Attachments)? as usize;
+            let bytes = attachments.get(num).ok_or(PacketError::Attachments)?;
+            *value = Value::Array(bytes.iter().map(|b| Value::from(*b)).collect());
+            Ok(())
+        }
+        Value::Object(map) => map
+            .values_mut()
+            .try_for_each(|v| fill_placeholders(v, attachments)),
+        Value::Array(items) => items
+            .iter_mut()
+            .try_for_each(|v| fill_placeholders(v, attachments)),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn engine_packets() {
+        assert_eq!(decode_engine("2"), Ok(EnginePacket::Ping));
+        assert_eq!(decode_engine("3"), Ok(EnginePacket::Pong));
+        assert_eq!(decode_engine("1"), Ok(EnginePacket::Close));
+        assert_eq!(decode_engine("40"), Ok(EnginePacket::Message("0")));
+        assert_eq!(decode_engine("6"), Ok(EnginePacket::Ignored));
+        assert_eq!(decode_engine("abc"), Err(PacketError::EngineType));
+        assert_eq!(decode_engine(""), Err(PacketError::EngineType));
+        let open = open_packet("lv_VI97HAXpY6yYWAAAC", 300, 200, 1_000_000);
+        let v: Value = serde_json::from_str(&open[1..]).expect("json");
+        assert_eq!(
+            v,
+            json!({"sid": "lv_VI97HAXpY6yYWAAAC", "upgrades": [], "pingInterval": 300, "pingTimeout": 200, "maxPayload": 1000000})
+        );
+        assert_eq!(v.as_object().map(|o| o.len()), Some(5));
+    }
+
+    #[test]
+    fn wire_examples_from_the_reference_notes() {
+        // > 40/admin,{"token":"abc"}  < 40/admin,{"sid":…}
+        let p = decode("0/admin,{\"token\":\"abc\"}").expect("connect");
+        assert_eq!(
+            (p.kind, p.namespace.as_str(), p.payload.clone()),
+            (Kind::Connect, "/admin", Some(json!({"token": "abc"})))
+        );
+        assert_eq!(
+            connect_ok("/admin", "oSO0OpakMV_3jnilAAAA"),
+            r#"40/admin,{"sid":"oSO0OpakMV_3jnilAAAA"}"#
+        );
+        // > 40/random  < 44/random,{"message":"Invalid namespace"}
+        assert_eq!(decode("0/random").expect("connect").namespace, "/random");
+        assert_eq!(
+            connect_error("/random", "Invalid namespace", None),
+            r#"44/random,{"message":"Invalid namespace"}"#
+        );
+        // > 42456["message-with-ack",1,"2",{"3":[false]}]  < 43456[1,"2",{"3":[false]}]
+        let p = decode(r#"2456["message-with-ack",1,"2",{"3":[false]}]"#).expect("event");
+        assert_eq!((p.kind, p.ack), (Kind::Event, Some(456)));
+        let (name, args) = p.event().expect("event");
+        assert_eq!(name, "message-with-ack");
+        assert_eq!(
+            ack("/", 456, &Value::Array(args.to_vec())),
+            r#"43456[1,"2",{"3":[false]}]"#
+        );
+        // > 452-["message",{"_placeholder":true,"num":0},{"_placeholder":true,"num":1}]
+        let mut p =
+            decode(r#"52-["message",{"_placeholder":true,"num":0},{"_placeholder":true,"num":1}]"#)
+                .expect("binary");
+        assert_eq!((p.kind, p.attachments), (Kind::BinaryEvent, 2));
+        let payload = p.payload.as_mut().expect("payload");
+        fill_placeholders(payload, &[vec![1, 2, 3], vec![4, 5, 6]]).expect("fill");
+        assert_eq!(p.payload, Some(json!(["message", [1, 2, 3], [4, 5, 6]])));
+        // Namespaces without a payload, and the server's DISCONNECT.
+        assert_eq!(decode("1/admin,").expect("disconnect").namespace, "/admin");
+        assert_eq!(decode("0/custom").expect("connect").namespace, "/custom");
+        assert_eq!(disconnect("/"), "41");
+        assert_eq!(
+            event("/", "message", &json!({"a": 1})),
+            r#"42["message",{"a":1}]"#
+        );
+    }
+
+    #[test]
+    fn malformed_packets_are_refused() {
+        for bad in [
+            "abc",
+            "2abc[\"x\"]",
+            "2{}",
+            "2[]",
+            "2[null]",
+            "2[\"connect\"]",
+            "1{}",
+            "0[]",
+            "3{}",
+            "5[\"a\"]",
+            "511-[\"a\"]",
+            "5x-[\"a\"]",
+            "4",
+            "",
+            "2[\"unterminated\"",
+        ] {
+            assert!(decode(bad).is_err(), "{bad} should fail");
+        }
+        let mut v = json!([{"_placeholder": true, "num": 3}]);
+        assert_eq!(
+            fill_placeholders(&mut v, &[vec![1]]),
+            Err(PacketError::Attachments)
+        );
+    }
+}
