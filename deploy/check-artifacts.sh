@@ -112,6 +112,11 @@ setTimeout(() => process.exit(1), 5000);
 JS
   sleep 0.5
   curl -sf "127.0.0.1:$port/metrics" > "$tmp/scrape.txt"
+  local rc=$?
+  # `check` runs this in a subshell, so the EXIT trap cannot see the pid: stop it here.
+  kill "$node_pid" 2>/dev/null
+  wait "$node_pid" 2>/dev/null
+  return $rc
 }
 check "scrape a live node" scrape
 check "promtool check metrics (real scrape)" sh -c "promtool check metrics < $tmp/scrape.txt"
