@@ -11,7 +11,7 @@
 use crate::node::Node;
 use protocol::codec::encode;
 use protocol::frame::Event;
-use protocol::{CloseCode, Format};
+use protocol::CloseCode;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::{sleep, sleep_until, Instant};
@@ -66,5 +66,4 @@ pub async fn run(node: &Node, stop_accepting: &watch::Sender<bool>) {
             tracing::warn!(left = node.registry.connection_count(), "drain deadline reached");
         }
     }
-    let _ = Format::ALL;
 }

@@ -8,7 +8,7 @@ use crate::node::Node;
 use fan_out::{deliver_held, Outbound};
 use protocol::envelope::Envelope;
 use protocol::frame::{
-    ErrorBody, Member, OkBody, Op, PresenceAction, RoomOptions, Since, MAX_HISTORY_LIMIT,
+    ErrorBody, OkBody, Op, PresenceAction, RoomOptions, Since, MAX_HISTORY_LIMIT,
 };
 use protocol::{Data, ErrorCode};
 use room_state::{MemberRecord, RoomConfig, StateError};
@@ -445,6 +445,3 @@ pub async fn cleanup(node: &Node, conn_id: &str, user: &str) {
     }
     node.registry.unregister(conn_id);
 }
-
-/// The members list type, re-exported for the HTTP API.
-pub type Members = Vec<Member>;

@@ -19,11 +19,11 @@ use protocol::frame::{ErrorBody, Event, Reply};
 use protocol::{CloseCode, ErrorCode, Format};
 use std::convert::Infallible;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::time::{timeout, Instant};
+use tokio::time::timeout;
 
 /// Undecodable or invalid frames in a row that end a connection (close 4000).
 pub const MAX_BAD_FRAMES: u32 = 10;
@@ -126,36 +126,25 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let config = &node.config;
-    // fastwebsockets reads; our writer (native/writer.rs) writes the raw half, in batches.
-    let (read_half, write_half) = tokio::io::split(ws.into_inner());
-    let (mut reader, _) = fastwebsockets::after_handshake_split(
-        read_half,
-        tokio::io::sink(),
-        fastwebsockets::Role::Server,
-    );
-    reader.set_auto_close(false);
-    reader.set_auto_pong(false);
-    // fastwebsockets refuses frames of `>= max` bytes; ours is an inclusive limit.
-    reader.set_max_message_size(config.max_message_bytes + 1);
-
     let conn_id: Arc<str> = Arc::from(node.next_conn_id());
-    let (outbound, rx) = Outbound::new(format, config.outbound_queue_bytes);
-    let outbound = Arc::new(outbound);
-    let epoch = Instant::now();
-    let last_seen = Arc::new(AtomicU64::new(0));
-    let mut writer_task = tokio::spawn(writer::run(
-        write_half,
-        rx,
-        outbound.clone(),
-        last_seen.clone(),
+    let writer::Socket {
+        mut reader,
+        outbound,
+        mut writer_task,
+        last_seen,
         epoch,
+    } = writer::open(
+        ws,
+        format,
+        config.max_message_bytes,
+        config.outbound_queue_bytes,
         WriterConfig {
             ping_interval: config.ping_interval,
             pong_timeout: config.pong_timeout,
             write_timeout: config.write_timeout,
         },
         node.metrics.clone(),
-    ));
+    );
     let user: Arc<str> = Arc::from(identity.user.as_str());
     node.registry.register(LocalConn {
         conn_id: conn_id.clone(),

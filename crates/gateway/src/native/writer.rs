@@ -160,6 +160,61 @@ async fn write<W: AsyncWrite + Unpin>(io: &mut W, buf: &[u8], limit: Duration) -
     }
 }
 
+/// A connection after the upgrade: fastwebsockets reads, our writer task writes the raw half.
+pub struct Socket<S> {
+    pub reader: fastwebsockets::WebSocketRead<tokio::io::ReadHalf<S>>,
+    pub outbound: Arc<Outbound>,
+    pub writer_task: tokio::task::JoinHandle<WriterEnd>,
+    /// When the reader last heard from the client (ms since `epoch`), for WebSocket pings.
+    pub last_seen: LastSeen,
+    pub epoch: Instant,
+}
+
+/// Splits an upgraded WebSocket: a reader that leaves pongs, closes and reassembly to us and
+/// refuses frames over `max_message_bytes`, and a writer task draining a new outbound queue.
+pub fn open<S>(
+    ws: fastwebsockets::WebSocket<S>,
+    format: protocol::Format,
+    max_message_bytes: usize,
+    queue_bytes: usize,
+    config: WriterConfig,
+    metrics: Arc<Metrics>,
+) -> Socket<S>
+where
+    S: tokio::io::AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (read_half, write_half) = tokio::io::split(ws.into_inner());
+    let (mut reader, _) = fastwebsockets::after_handshake_split(
+        read_half,
+        tokio::io::sink(),
+        fastwebsockets::Role::Server,
+    );
+    reader.set_auto_close(false);
+    reader.set_auto_pong(false);
+    // fastwebsockets refuses frames of `>= max` bytes; ours is an inclusive limit.
+    reader.set_max_message_size(max_message_bytes + 1);
+    let (outbound, rx) = Outbound::new(format, queue_bytes);
+    let outbound = Arc::new(outbound);
+    let epoch = Instant::now();
+    let last_seen = Arc::new(AtomicU64::new(0));
+    let writer_task = tokio::spawn(run(
+        write_half,
+        rx,
+        outbound.clone(),
+        last_seen.clone(),
+        epoch,
+        config,
+        metrics,
+    ));
+    Socket {
+        reader,
+        outbound,
+        writer_task,
+        last_seen,
+        epoch,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,12 +22,11 @@ use protocol::{CloseCode, ErrorCode, Format};
 use serde_json::{json, Value};
 use std::convert::Infallible;
 use std::net::IpAddr;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Notify;
-use tokio::time::{sleep, timeout, Instant};
+use tokio::time::{sleep, timeout};
 
 /// The events that map onto protocol ops, each with one object argument.
 const OPS: [&str; 6] = [
@@ -226,33 +225,25 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let cfg = &node.config;
-    let (read_half, write_half) = tokio::io::split(ws.into_inner());
-    let (mut reader, _) = fastwebsockets::after_handshake_split(
-        read_half,
-        tokio::io::sink(),
-        fastwebsockets::Role::Server,
-    );
-    reader.set_auto_close(false);
-    reader.set_auto_pong(false);
-    reader.set_max_message_size(cfg.socketio_max_payload + 1);
-    let (outbound, rx) = Outbound::new(Format::SocketIo, cfg.outbound_queue_bytes);
-    let outbound = Arc::new(outbound);
-    let epoch = Instant::now();
     // Engine.IO carries its own heartbeat below; WebSocket-level pings are not needed.
     let never = Duration::from_secs(365 * 24 * 3600);
-    let mut writer_task = tokio::spawn(writer::run(
-        write_half,
-        rx,
-        outbound.clone(),
-        Arc::new(AtomicU64::new(0)),
-        epoch,
+    let writer::Socket {
+        mut reader,
+        outbound,
+        mut writer_task,
+        ..
+    } = writer::open(
+        ws,
+        Format::SocketIo,
+        cfg.socketio_max_payload,
+        cfg.outbound_queue_bytes,
         WriterConfig {
             ping_interval: never,
             pong_timeout: never,
             write_timeout: cfg.write_timeout,
         },
         node.metrics.clone(),
-    ));
+    );
     push(
         &outbound,
         sio::open_packet(

@@ -169,7 +169,6 @@ pub struct RedisState {
     pool: Pool,
     scripts: Scripts,
     settings: RedisSettings,
-    sink_errors: std::sync::atomic::AtomicU64,
     observer: parking_lot::RwLock<Option<std::sync::Arc<dyn CommandObserver>>>,
 }
 
@@ -185,7 +184,6 @@ impl RedisState {
             pool,
             scripts: Scripts::new(),
             settings,
-            sink_errors: std::sync::atomic::AtomicU64::new(0),
             observer: parking_lot::RwLock::new(None),
         })
     }

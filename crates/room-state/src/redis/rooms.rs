@@ -502,8 +502,6 @@ impl RedisState {
             tracing::warn!(%server, acks, attempt, "WAIT: no replica yet");
             last_server = Some(server);
         }
-        self.sink_errors
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Err(StateError::Unavailable(
             "no replica acknowledged the publish".into(),
         ))
