@@ -16,6 +16,9 @@ pub enum OutFrame {
     /// An encoded reply or event, in the connection's format. Shared bytes: one encoding, many
     /// sockets.
     Data(Bytes),
+    /// A data frame with its own opcode (text or binary), whatever the connection's format:
+    /// for the test echo endpoint, which sends back what it received.
+    Message { text: bool, bytes: Bytes },
     /// Answer a ping.
     Pong(Bytes),
     /// Send Close with this code and reason, then stop.
@@ -62,6 +65,15 @@ impl Outbound {
 
     /// Queues data. Never waits. Over the limit, the connection is closed with 4009.
     pub fn push(&self, bytes: Bytes) -> Result<(), PushError> {
+        self.enqueue(bytes, None)
+    }
+
+    /// Queues a text (`true`) or binary data frame, under the same limit as [`Outbound::push`].
+    pub fn push_message(&self, text: bool, bytes: Bytes) -> Result<(), PushError> {
+        self.enqueue(bytes, Some(text))
+    }
+
+    fn enqueue(&self, bytes: Bytes, text: Option<bool>) -> Result<(), PushError> {
         if self.closed.load(Ordering::Acquire) {
             return Err(PushError::Closed);
         }
@@ -76,7 +88,11 @@ impl Outbound {
             );
             return Err(PushError::SlowConsumer);
         }
-        if self.tx.send(OutFrame::Data(bytes)).is_err() {
+        let frame = match text {
+            None => OutFrame::Data(bytes),
+            Some(text) => OutFrame::Message { text, bytes },
+        };
+        if self.tx.send(frame).is_err() {
             self.queued.fetch_sub(len, Ordering::AcqRel);
             return Err(PushError::Closed);
         }

@@ -59,7 +59,7 @@ impl Conn {
                 }
             }),
             OutFrame::Close(code, _) => Err(code),
-            OutFrame::Pong(_) => panic!("unexpected pong"),
+            other => panic!("unexpected {other:?}"),
         }
     }
 

@@ -67,13 +67,14 @@ impl std::fmt::Debug for Authenticator {
 impl Authenticator {
     pub fn from_config(config: &Config) -> anyhow::Result<Authenticator> {
         let mut keys = Vec::new();
-        if let Some(secret) = &config.jwt_secret {
+        // Current key first: during a rotation most tokens are signed with it.
+        for secret in config.jwt_secret.iter().chain(&config.jwt_secret_previous) {
             keys.push((
                 DecodingKey::from_secret(secret.as_bytes()),
                 validation(Algorithm::HS256, config),
             ));
         }
-        if let Some(path) = &config.jwt_public_key {
+        for path in &config.jwt_public_key {
             let pem = std::fs::read(path)
                 .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
             if let Ok(key) = DecodingKey::from_rsa_pem(&pem) {

@@ -60,9 +60,15 @@ pub struct Config {
     #[arg(long, env = "ROOMCAST_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
 
-    /// PEM file with an RSA (RS256) or EC P-256 (ES256) public key for client JWTs.
-    #[arg(long, env = "ROOMCAST_JWT_PUBLIC_KEY")]
-    pub jwt_public_key: Option<PathBuf>,
+    /// A second HS256 secret that is still accepted, for key rotation: sign with the new
+    /// `--jwt-secret`, keep the old one here until its tokens have expired.
+    #[arg(long, env = "ROOMCAST_JWT_SECRET_PREVIOUS", hide_env_values = true)]
+    pub jwt_secret_previous: Option<String>,
+
+    /// PEM files with RSA (RS256) or EC P-256 (ES256) public keys for client JWTs (comma
+    /// separated; a token is accepted if any of them verifies it, for key rotation).
+    #[arg(long, env = "ROOMCAST_JWT_PUBLIC_KEY", value_delimiter = ',')]
+    pub jwt_public_key: Vec<PathBuf>,
 
     /// Required `aud` claim, if any.
     #[arg(long, env = "ROOMCAST_JWT_AUDIENCE")]
@@ -116,6 +122,26 @@ pub struct Config {
     /// WebSocket connections per client IP on this node (0 = unlimited).
     #[arg(long, env = "ROOMCAST_MAX_CONNS_PER_IP", default_value_t = 1000)]
     pub max_conns_per_ip: usize,
+
+    /// Connections one user may hold on this node (0 = unlimited; close 4008 above it).
+    #[arg(long, env = "ROOMCAST_MAX_CONNS_PER_USER", default_value_t = 100)]
+    pub max_conns_per_user: usize,
+
+    /// Connections this node holds at most; further handshakes get HTTP 503 with
+    /// `Retry-After` (0 = the open-file limit less 256).
+    #[arg(long, env = "ROOMCAST_MAX_CONNECTIONS", default_value_t = 0)]
+    pub max_connections: usize,
+
+    /// WebSocket handshakes per second this node accepts (burst: one second's worth);
+    /// further handshakes get HTTP 503 with `Retry-After` (0 = unlimited).
+    #[arg(long, env = "ROOMCAST_MAX_HANDSHAKE_RATE", default_value_t = 2000.0)]
+    pub max_handshake_rate: f64,
+
+    /// Browser origins allowed to open a WebSocket, such as `https://app.example.com`
+    /// (comma separated; empty = any). Requests without an `Origin` header (not browsers)
+    /// are not affected.
+    #[arg(long, env = "ROOMCAST_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
 
     /// Rooms one connection may be in at once.
     #[arg(long, env = "ROOMCAST_MAX_ROOMS_PER_CONN", default_value_t = 100)]
@@ -177,6 +203,16 @@ pub struct Config {
     )]
     pub socketio_max_payload: usize,
 
+    /// Namespaces besides `/` that clients may join (comma separated, such as `/admin`).
+    /// Each is isolated: its room names do not meet those of another namespace.
+    #[arg(long, env = "ROOMCAST_SOCKETIO_NAMESPACES", value_delimiter = ',')]
+    pub socketio_namespaces: Vec<String>,
+
+    /// How long after a lost connection a Socket.IO client can recover its rooms and missed
+    /// messages with `{pid, offset}` (connection state recovery; 0 turns it off).
+    #[arg(long, env = "ROOMCAST_SOCKETIO_RECOVERY_WINDOW", default_value = "2m", value_parser = duration)]
+    pub socketio_recovery_window: Duration,
+
     /// A connection that joins no namespace within this is closed.
     #[arg(long, env = "ROOMCAST_SOCKETIO_CONNECT_TIMEOUT", default_value = "45s", value_parser = duration)]
     pub socketio_connect_timeout: Duration,
@@ -198,6 +234,11 @@ pub struct Config {
     /// cross-thread wake-ups when several processes share few cores.
     #[arg(long, env = "ROOMCAST_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
+
+    /// Serve a WebSocket echo endpoint at `/test/echo`, for the WebSocket conformance tests
+    /// only. It shares the read and write path of the real endpoints.
+    #[arg(long, env = "ROOMCAST_TEST_ECHO")]
+    pub test_echo: bool,
 
     // --- Telemetry ----------------------------------------------------------------------
     /// Log format: `text` or `json`.
@@ -221,7 +262,17 @@ impl Config {
         if self.drain_delay + self.drain_window > self.drain_deadline {
             return Err("--drain-delay + --drain-window must fit in --drain-deadline".into());
         }
-        if self.jwt_secret.is_none() && self.jwt_public_key.is_none() && !self.allow_anonymous {
+        if self.jwt_secret_previous.is_some() && self.jwt_secret.is_none() {
+            return Err("--jwt-secret-previous needs a current --jwt-secret".into());
+        }
+        for ns in &self.socketio_namespaces {
+            if !ns.starts_with('/') || ns == "/" || ns.contains(',') {
+                return Err(format!(
+                    "--socketio-namespaces: {ns:?} must start with / and not be /"
+                ));
+            }
+        }
+        if self.jwt_secret.is_none() && self.jwt_public_key.is_empty() && !self.allow_anonymous {
             return Err(
                 "no way to authenticate: set --jwt-secret, --jwt-public-key or --allow-anonymous"
                     .into(),

@@ -327,7 +327,15 @@ impl Metrics {
         ] {
             self.connections.with_label_values(&[protocol, format]);
         }
-        for reason in ["ip_limit", "auth", "accept_error"] {
+        for reason in [
+            "ip_limit",
+            "user_limit",
+            "auth",
+            "origin",
+            "capacity",
+            "handshake_rate",
+            "accept_error",
+        ] {
             self.connections_rejected.with_label_values(&[reason]);
         }
         for reason in [

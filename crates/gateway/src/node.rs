@@ -1,5 +1,6 @@
 //! One gateway node: its configuration, backends, local registry and shared flags.
 
+use crate::admission::Gate;
 use crate::auth::Authenticator;
 use crate::clock::now_ms;
 use crate::config::Config;
@@ -46,6 +47,8 @@ pub struct Node {
     backend_ok: AtomicBool,
     conn_seq: AtomicU64,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Connection cap, handshake rate and connections per user.
+    pub gate: Gate,
 }
 
 impl std::fmt::Debug for Node {
@@ -150,6 +153,14 @@ impl Node {
             backend_ok: AtomicBool::new(true),
             conn_seq: AtomicU64::new(0),
             per_ip: Mutex::new(HashMap::new()),
+            gate: Gate::new(
+                match config.max_connections {
+                    0 => open_file_limit().map_or(0, |n| n.saturating_sub(256)),
+                    n => n,
+                },
+                config.max_handshake_rate,
+                config.max_conns_per_user,
+            ),
             config,
         }))
     }
@@ -314,4 +325,11 @@ fn random_node_id() -> String {
         .map(|_| fastrand::alphanumeric().to_ascii_lowercase())
         .collect();
     format!("n-{suffix}")
+}
+
+/// The soft open-file limit, from `/proc/self/limits` (Linux); `None` elsewhere or unlimited.
+fn open_file_limit() -> Option<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
 }

@@ -3,6 +3,7 @@
 pub mod api;
 pub mod query;
 
+use crate::admission::{Refusal, Slot};
 use crate::client_ip::client_ip;
 use crate::native::connection::{self, Admission};
 use crate::node::Node;
@@ -28,6 +29,9 @@ pub async fn route(
     let response = match (req.method(), path.as_str()) {
         (&Method::GET, "/ws") => ws_upgrade(node, peer, req),
         (_, "/socket.io/" | "/socket.io") => crate::socketio::upgrade(node, peer, req),
+        (&Method::GET, "/test/echo") if node.config.test_echo => {
+            crate::native::echo::upgrade(node, req)
+        }
         (&Method::GET, "/status") => json(StatusCode::OK, &node.traffic.current()),
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => {
@@ -63,6 +67,13 @@ fn ws_upgrade(node: Arc<Node>, peer: SocketAddr, mut req: Request<Incoming>) -> 
             "expected a WebSocket upgrade",
         );
     }
+    if let Err(refused) = origin_allowed(&node, &req) {
+        return *refused;
+    }
+    let slot = match admit(&node) {
+        Ok(slot) => slot,
+        Err(refused) => return *refused,
+    };
     let params = query::parse(req.uri().query().unwrap_or(""));
     let format = match params.get("format").map(String::as_str) {
         None => Format::Json,
@@ -102,9 +113,60 @@ fn ws_upgrade(node: Arc<Node>, peer: SocketAddr, mut req: Request<Incoming>) -> 
         format,
         auth,
         ip_admitted,
+        slot,
     };
     tokio::spawn(connection::run(node, upgrade, admission));
     response.map(|_| Full::new(Bytes::new()))
+}
+
+/// The browser `Origin` check (`--allowed-origins`). Clients that send no `Origin` are not
+/// browsers, and a page cannot make a browser omit it, so they pass.
+pub fn origin_allowed<B>(node: &Node, req: &Request<B>) -> Result<(), Box<Response<Body>>> {
+    let allowed = &node.config.allowed_origins;
+    if allowed.is_empty() {
+        return Ok(());
+    }
+    let Some(origin) = req.headers().get(hyper::header::ORIGIN) else {
+        return Ok(());
+    };
+    let ok = origin
+        .to_str()
+        .is_ok_and(|o| allowed.iter().any(|a| a.eq_ignore_ascii_case(o)));
+    if ok {
+        Ok(())
+    } else {
+        node.metrics
+            .connections_rejected
+            .with_label_values(&["origin"])
+            .inc();
+        Err(Box::new(error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "origin not allowed",
+        )))
+    }
+}
+
+/// The node-wide gate before an upgrade: 503 with `Retry-After` when full or flooded.
+pub fn admit(node: &Node) -> Result<Slot, Box<Response<Body>>> {
+    node.gate.admit().map_err(|refusal| {
+        node.metrics
+            .connections_rejected
+            .with_label_values(&[refusal.as_str()])
+            .inc();
+        let mut r = error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            match refusal {
+                Refusal::Capacity => "this node is full, try again later",
+                Refusal::HandshakeRate => "too many connection attempts, try again later",
+            },
+        );
+        if let Ok(v) = refusal.retry_after_secs().to_string().parse() {
+            r.headers_mut().insert(RETRY_AFTER, v);
+        }
+        Box::new(r)
+    })
 }
 
 pub fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<Body> {

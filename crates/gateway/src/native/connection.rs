@@ -4,22 +4,20 @@
 //! writer task owns the write half. `read_frame` is not cancel-safe, so it is only ever raced
 //! against the writer's end, after which the connection is closing anyway.
 
-use super::reader::{close_code_for, echo_close, Reassembler, Step};
+use super::inbound::Inbound;
 use super::writer::{self, WriterConfig, WriterEnd};
+use crate::admission::Slot;
 use crate::auth::{AuthError, Identity};
 use crate::metrics::DisconnectReason;
 use crate::node::Node;
 use crate::session::{self, Session};
-use bytes::Bytes;
 use fan_out::{LocalConn, Outbound};
 use fastwebsockets::upgrade::UpgradeFut;
 use fastwebsockets::{Frame, OpCode, WebSocket};
 use protocol::codec::{decode_request, encode};
 use protocol::frame::{ErrorBody, Event, Reply};
 use protocol::{CloseCode, ErrorCode, Format};
-use std::convert::Infallible;
 use std::net::IpAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -39,6 +37,8 @@ pub struct Admission {
     pub auth: Result<Identity, AuthError>,
     /// Whether the per-IP policy admitted the connection (else it is closed with 4008).
     pub ip_admitted: bool,
+    /// The node-wide connection slot, held for the connection's life.
+    pub slot: Slot,
 }
 
 /// Runs a connection to its end.
@@ -84,6 +84,20 @@ pub async fn run(node: Arc<Node>, upgrade: UpgradeFut, admission: Admission) {
             return;
         }
     };
+    let Some(_user_slot) = node.gate.admit_user(&identity.user) else {
+        node.release_ip(admission.ip);
+        node.metrics
+            .connections_rejected
+            .with_label_values(&["user_limit"])
+            .inc();
+        reject(
+            ws,
+            CloseCode::CONNECTION_POLICY,
+            "too many connections for this user",
+        )
+        .await;
+        return;
+    };
     node.metrics.connections_accepted.inc();
     let gauge = node
         .metrics
@@ -128,11 +142,9 @@ where
     let config = &node.config;
     let conn_id: Arc<str> = Arc::from(node.next_conn_id());
     let writer::Socket {
-        mut reader,
+        mut frames,
         outbound,
         mut writer_task,
-        last_seen,
-        epoch,
     } = writer::open(
         ws,
         format,
@@ -168,63 +180,29 @@ where
         format,
     );
 
-    let mut reassembler = Reassembler::new(config.max_message_bytes);
     let mut bad_in_row = 0u32;
-    let mut no_obligations = |_: Frame<'_>| async { Ok::<(), Infallible>(()) };
     let mut reason = DisconnectReason::Client;
     let mut writer_end: Option<WriterEnd> = None;
     loop {
-        let read = tokio::select! {
+        let inbound = tokio::select! {
             biased;
             end = &mut writer_task => {
                 writer_end = Some(end.unwrap_or(WriterEnd::SocketGone));
                 break;
             }
-            read = reader.read_frame(&mut no_obligations) => read,
+            inbound = frames.next() => inbound,
         };
-        let frame = match read {
-            Ok(frame) => frame,
-            Err(e) => {
-                match close_code_for(&e) {
-                    Some((code, why)) => {
-                        outbound.close(code, why);
-                        reason = DisconnectReason::ProtocolError;
-                    }
-                    None => writer_task.abort(),
-                }
-                break;
-            }
-        };
-        last_seen.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
-        node.metrics.bytes_in.inc_by(frame.payload.len() as u64);
-        let step = match frame.opcode {
-            OpCode::Ping => {
-                outbound.pong(Bytes::copy_from_slice(&frame.payload));
-                continue;
-            }
-            OpCode::Pong => continue,
-            OpCode::Close => {
-                match echo_close(&frame.payload) {
-                    Ok(code) => {
-                        outbound.close(code, "");
-                    }
-                    Err((code, why)) => {
-                        outbound.close(code, why);
-                        reason = DisconnectReason::ProtocolError;
-                    }
-                }
-                break;
-            }
-            opcode => reassembler.push(opcode, frame.fin, &frame.payload),
-        };
-        let (text, payload) = match step {
-            Step::Continue => continue,
-            Step::Fail(code, why) => {
-                outbound.close(code, why);
+        let (text, payload) = match inbound {
+            Inbound::Message { text, payload } => (text, payload),
+            Inbound::Closed => break,
+            Inbound::Violation(_) => {
                 reason = DisconnectReason::ProtocolError;
                 break;
             }
-            Step::Message { text, payload } => (text, payload),
+            Inbound::Gone => {
+                writer_task.abort();
+                break;
+            }
         };
         let decoded = if text != format.is_text() {
             Err(protocol::DecodeError {
@@ -263,22 +241,9 @@ where
     }
 
     // Let the writer send our Close, then give the client a moment to answer it.
-    let end = match writer_end {
-        Some(end) => Some(end),
-        None => timeout(config.write_timeout, &mut writer_task)
-            .await
-            .ok()
-            .and_then(Result::ok),
-    };
+    let end = finish_writer(writer_end, &mut writer_task, config.write_timeout).await;
     if let Some(WriterEnd::Closed(_)) = end {
-        let _ = timeout(CLOSE_GRACE, async {
-            while let Ok(frame) = reader.read_frame(&mut no_obligations).await {
-                if frame.opcode == OpCode::Close {
-                    break;
-                }
-            }
-        })
-        .await;
+        frames.await_close().await;
     }
     writer_task.abort();
     session::cleanup(node, &conn_id, &user).await;
@@ -288,6 +253,19 @@ where
         // A slow consumer whose socket stayed blocked never got its Close frame.
         _ if outbound.is_discarding() => DisconnectReason::SlowConsumer,
         _ => reason,
+    }
+}
+
+/// How the writer ended: already known, or awaited for at most `limit` (it is sending our
+/// Close).
+pub(crate) async fn finish_writer(
+    known: Option<WriterEnd>,
+    writer_task: &mut tokio::task::JoinHandle<WriterEnd>,
+    limit: Duration,
+) -> Option<WriterEnd> {
+    match known {
+        Some(end) => Some(end),
+        None => timeout(limit, writer_task).await.ok().and_then(Result::ok),
     }
 }
 

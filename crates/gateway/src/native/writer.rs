@@ -8,6 +8,8 @@
 //! syscall per burst. The batch buffer is dropped after each write, so an idle connection
 //! keeps no write buffer.
 
+use super::inbound::Frames;
+use super::reader::Reassembler;
 use crate::metrics::Metrics;
 use fan_out::{OutFrame, Outbound};
 use protocol::CloseCode;
@@ -106,6 +108,13 @@ pub async fn run<W: AsyncWrite + Unpin>(
                             }
                             outbound.written(bytes.len());
                         }
+                        OutFrame::Message { text, bytes } => {
+                            if !outbound.is_discarding() {
+                                put_frame(&mut buf, if text { OP_TEXT } else { OP_BINARY }, &bytes);
+                                data_bytes += bytes.len() as u64;
+                            }
+                            outbound.written(bytes.len());
+                        }
                         OutFrame::Pong(payload) => put_frame(&mut buf, OP_PONG, &payload),
                         OutFrame::Close(code, reason) => {
                             put_close(&mut buf, code, &reason);
@@ -160,14 +169,12 @@ async fn write<W: AsyncWrite + Unpin>(io: &mut W, buf: &[u8], limit: Duration) -
     }
 }
 
-/// A connection after the upgrade: fastwebsockets reads, our writer task writes the raw half.
+/// A connection after the upgrade: fastwebsockets reads (through [`Frames`]), our writer
+/// task writes the raw half.
 pub struct Socket<S> {
-    pub reader: fastwebsockets::WebSocketRead<tokio::io::ReadHalf<S>>,
+    pub frames: Frames<S>,
     pub outbound: Arc<Outbound>,
     pub writer_task: tokio::task::JoinHandle<WriterEnd>,
-    /// When the reader last heard from the client (ms since `epoch`), for WebSocket pings.
-    pub last_seen: LastSeen,
-    pub epoch: Instant,
 }
 
 /// Splits an upgraded WebSocket: a reader that leaves pongs, closes and reassembly to us and
@@ -204,14 +211,20 @@ where
         last_seen.clone(),
         epoch,
         config,
-        metrics,
+        metrics.clone(),
     ));
-    Socket {
+    let frames = Frames {
         reader,
-        outbound,
-        writer_task,
+        reassembler: Reassembler::new(max_message_bytes),
+        outbound: outbound.clone(),
         last_seen,
         epoch,
+        metrics,
+    };
+    Socket {
+        frames,
+        outbound,
+        writer_task,
     }
 }
 

@@ -4,23 +4,23 @@
 //! Server events reach this client through the shared fan-out already encoded as Socket.IO
 //! text (`Format::SocketIo`): one encoding per broadcast, whatever the protocol mix.
 
+use crate::admission::Slot;
 use crate::auth::AuthError;
 use crate::metrics::DisconnectReason;
-use crate::native::connection::reason_for_close;
-use crate::native::reader::{close_code_for, echo_close, Reassembler, Step};
+use crate::native::connection::{finish_writer, reason_for_close};
+use crate::native::inbound::Inbound;
 use crate::native::writer::{self, WriterConfig, WriterEnd};
 use crate::node::Node;
 use crate::session::{self, Session};
 use bytes::Bytes;
 use fan_out::{LocalConn, Outbound};
 use fastwebsockets::upgrade::UpgradeFut;
-use fastwebsockets::{Frame, OpCode, WebSocket};
+use fastwebsockets::WebSocket;
 use protocol::codec::{encode, request_from_value};
 use protocol::frame::{ErrorBody, Event};
 use protocol::socketio::{self as sio, EnginePacket, Kind, Packet};
 use protocol::{CloseCode, ErrorCode, Format};
 use serde_json::{json, Value};
-use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,7 +38,8 @@ const OPS: [&str; 6] = [
     "history",
 ];
 
-pub async fn run(node: Arc<Node>, upgrade: UpgradeFut, ip: IpAddr) {
+/// Runs a connection to its end; `_slot` holds its place under the node's connection cap.
+pub async fn run(node: Arc<Node>, upgrade: UpgradeFut, ip: IpAddr, _slot: Slot) {
     let ws = match upgrade.await {
         Ok(ws) => ws,
         Err(_) => {
@@ -228,10 +229,9 @@ where
     // Engine.IO carries its own heartbeat below; WebSocket-level pings are not needed.
     let never = Duration::from_secs(365 * 24 * 3600);
     let writer::Socket {
-        mut reader,
+        mut frames,
         outbound,
         mut writer_task,
-        ..
     } = writer::open(
         ws,
         Format::SocketIo,
@@ -279,15 +279,13 @@ where
         session: None,
         ever_joined: false,
     };
-    let mut reassembler = Reassembler::new(cfg.socketio_max_payload);
     let mut pending: Option<Pending> = None;
-    let mut no_obligations = |_: Frame<'_>| async { Ok::<(), Infallible>(()) };
     let connect_deadline = sleep(cfg.socketio_connect_timeout);
     tokio::pin!(connect_deadline);
     let mut reason = DisconnectReason::Client;
     let mut writer_end = None;
     loop {
-        let read = tokio::select! {
+        let inbound = tokio::select! {
             biased;
             end = &mut writer_task => {
                 writer_end = Some(end.unwrap_or(WriterEnd::SocketGone));
@@ -298,42 +296,19 @@ where
                 reason = DisconnectReason::Timeout;
                 break;
             }
-            read = reader.read_frame(&mut no_obligations) => read,
+            inbound = frames.next() => inbound,
         };
-        let frame = match read {
-            Ok(frame) => frame,
-            Err(e) => {
-                if let Some((code, why)) = close_code_for(&e) {
-                    outbound.close(code, why);
-                    reason = DisconnectReason::ProtocolError;
-                } else {
-                    writer_task.abort();
-                }
-                break;
-            }
-        };
-        node.metrics.bytes_in.inc_by(frame.payload.len() as u64);
-        let step = match frame.opcode {
-            OpCode::Ping => {
-                outbound.pong(Bytes::copy_from_slice(&frame.payload));
-                continue;
-            }
-            OpCode::Pong => continue,
-            OpCode::Close => {
-                let code = echo_close(&frame.payload).unwrap_or(CloseCode::NORMAL);
-                outbound.close(code, "");
-                break;
-            }
-            opcode => reassembler.push(opcode, frame.fin, &frame.payload),
-        };
-        let (text, payload) = match step {
-            Step::Continue => continue,
-            Step::Fail(code, why) => {
-                outbound.close(code, why);
+        let (text, payload) = match inbound {
+            Inbound::Message { text, payload } => (text, payload),
+            Inbound::Closed => break,
+            Inbound::Violation(_) => {
                 reason = DisconnectReason::ProtocolError;
                 break;
             }
-            Step::Message { text, payload } => (text, payload),
+            Inbound::Gone => {
+                writer_task.abort();
+                break;
+            }
         };
         let next = if text {
             if pending.is_some() {
@@ -414,13 +389,10 @@ where
     }
 
     heartbeat.abort();
-    let end = match writer_end {
-        Some(end) => Some(end),
-        None => timeout(cfg.write_timeout, &mut writer_task)
-            .await
-            .ok()
-            .and_then(Result::ok),
-    };
+    let end = finish_writer(writer_end, &mut writer_task, cfg.write_timeout).await;
+    if let Some(WriterEnd::Closed(_)) = end {
+        frames.await_close().await;
+    }
     writer_task.abort();
     if let Some(s) = conn.session.take() {
         session::cleanup(node, &s.conn_id, &s.identity.user).await;

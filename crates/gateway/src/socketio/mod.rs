@@ -36,6 +36,13 @@ pub fn upgrade(node: Arc<Node>, peer: SocketAddr, mut req: Request<Incoming>) ->
     if params.get("EIO").map(String::as_str) != Some("4") {
         return refuse(StatusCode::BAD_REQUEST, 5, "Unsupported protocol version");
     }
+    if let Err(refused) = crate::http::origin_allowed(&node, &req) {
+        return *refused;
+    }
+    let slot = match crate::http::admit(&node) {
+        Ok(slot) => slot,
+        Err(refused) => return *refused,
+    };
     let ip = crate::client_ip::client_ip(peer.ip(), req.headers(), &node.config.trusted_proxy);
     if !node.admit_ip(ip) {
         node.metrics
@@ -51,6 +58,6 @@ pub fn upgrade(node: Arc<Node>, peer: SocketAddr, mut req: Request<Incoming>) ->
             return refuse(StatusCode::BAD_REQUEST, 3, "Bad request");
         }
     };
-    tokio::spawn(connection::run(node, fut, ip));
+    tokio::spawn(connection::run(node, fut, ip, slot));
     response.map(|_| http_body_util::Full::new(bytes::Bytes::new()))
 }

@@ -1,0 +1,86 @@
+//! `GET /test/echo` (only with `--test-echo`): sends every message back as it came, text as
+//! text and binary as binary. The WebSocket conformance tests run against it; it uses the
+//! same read loop, reassembly, close rules and writer as the real endpoints, so what they
+//! check is what clients get.
+
+use super::connection::finish_writer;
+use super::inbound::Inbound;
+use super::writer::{self, WriterConfig, WriterEnd};
+use crate::http::{error, Body};
+use crate::node::Node;
+use bytes::Bytes;
+use fastwebsockets::upgrade::UpgradeFut;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use protocol::Format;
+use std::sync::Arc;
+
+pub fn upgrade(node: Arc<Node>, mut req: Request<Incoming>) -> Response<Body> {
+    let slot = match crate::http::admit(&node) {
+        Ok(slot) => slot,
+        Err(refused) => return *refused,
+    };
+    match fastwebsockets::upgrade::upgrade(&mut req) {
+        Ok((response, fut)) => {
+            tokio::spawn(async move {
+                let _slot = slot;
+                serve(node, fut).await;
+            });
+            response.map(|_| http_body_util::Full::new(Bytes::new()))
+        }
+        Err(_) => error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "bad WebSocket handshake",
+        ),
+    }
+}
+
+async fn serve(node: Arc<Node>, upgrade: UpgradeFut) {
+    let Ok(ws) = upgrade.await else { return };
+    let config = &node.config;
+    let writer::Socket {
+        mut frames,
+        outbound,
+        mut writer_task,
+    } = writer::open(
+        ws,
+        Format::Json,
+        config.max_message_bytes,
+        config.outbound_queue_bytes,
+        WriterConfig {
+            ping_interval: config.ping_interval,
+            pong_timeout: config.pong_timeout,
+            write_timeout: config.write_timeout,
+        },
+        node.metrics.clone(),
+    );
+    let mut writer_end = None;
+    loop {
+        let inbound = tokio::select! {
+            biased;
+            end = &mut writer_task => {
+                writer_end = Some(end.unwrap_or(WriterEnd::SocketGone));
+                break;
+            }
+            inbound = frames.next() => inbound,
+        };
+        match inbound {
+            Inbound::Message { text, payload } => {
+                if outbound.push_message(text, Bytes::from(payload)).is_err() {
+                    break;
+                }
+            }
+            Inbound::Closed | Inbound::Violation(_) => break,
+            Inbound::Gone => {
+                writer_task.abort();
+                break;
+            }
+        }
+    }
+    let end = finish_writer(writer_end, &mut writer_task, config.write_timeout).await;
+    if let Some(WriterEnd::Closed(_)) = end {
+        frames.await_close().await;
+    }
+    writer_task.abort();
+}

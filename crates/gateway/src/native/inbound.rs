@@ -1,0 +1,111 @@
+//! The inbound half of every WebSocket endpoint: frames in, whole messages out.
+//!
+//! One loop for the native protocol, Socket.IO and the test echo endpoint, so that the
+//! conformance tests that run against the echo endpoint cover what clients really talk to.
+//! Pings are answered, a Close is validated and echoed (RFC 6455 §5.5.1), fragments are
+//! reassembled under the message limit, and every violation becomes its close code, queued on
+//! the outbound so that the writer task sends it.
+
+use super::reader::{close_code_for, echo_close, Reassembler, Step};
+use super::writer::LastSeen;
+use crate::metrics::Metrics;
+use bytes::Bytes;
+use fan_out::Outbound;
+use fastwebsockets::{Frame, OpCode, WebSocketRead};
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, ReadHalf};
+use tokio::time::{timeout, Instant};
+
+/// How long to wait for the client's Close after ours, for a clean close handshake.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// What the client sent next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Inbound {
+    /// A whole data message (text is valid UTF-8).
+    Message { text: bool, payload: Vec<u8> },
+    /// The client closed; its Close was echoed.
+    Closed,
+    /// A protocol violation; our Close with this code is queued.
+    Violation(u16),
+    /// The socket is gone without a close handshake.
+    Gone,
+}
+
+pub struct Frames<S> {
+    pub(super) reader: WebSocketRead<ReadHalf<S>>,
+    pub(super) reassembler: Reassembler,
+    pub(super) outbound: Arc<Outbound>,
+    pub(super) last_seen: LastSeen,
+    pub(super) epoch: Instant,
+    pub(super) metrics: Arc<Metrics>,
+}
+
+impl<S: AsyncRead + Unpin> Frames<S> {
+    /// Reads until a whole message or the end of the connection. Not cancel-safe (a frame
+    /// may be half read): only race it against the connection's own end.
+    pub async fn next(&mut self) -> Inbound {
+        let mut no_obligations = |_: Frame<'_>| async { Ok::<(), Infallible>(()) };
+        loop {
+            let frame = match self.reader.read_frame(&mut no_obligations).await {
+                Ok(frame) => frame,
+                Err(e) => {
+                    return match close_code_for(&e) {
+                        Some((code, why)) => {
+                            self.outbound.close(code, why);
+                            Inbound::Violation(code)
+                        }
+                        None => Inbound::Gone,
+                    }
+                }
+            };
+            self.last_seen
+                .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+            self.metrics.bytes_in.inc_by(frame.payload.len() as u64);
+            let step = match frame.opcode {
+                OpCode::Ping => {
+                    self.outbound.pong(Bytes::copy_from_slice(&frame.payload));
+                    continue;
+                }
+                OpCode::Pong => continue,
+                OpCode::Close => {
+                    return match echo_close(&frame.payload) {
+                        Ok(code) => {
+                            self.outbound.close(code, "");
+                            Inbound::Closed
+                        }
+                        Err((code, why)) => {
+                            self.outbound.close(code, why);
+                            Inbound::Violation(code)
+                        }
+                    }
+                }
+                opcode => self.reassembler.push(opcode, frame.fin, &frame.payload),
+            };
+            match step {
+                Step::Continue => continue,
+                Step::Fail(code, why) => {
+                    self.outbound.close(code, why);
+                    return Inbound::Violation(code);
+                }
+                Step::Message { text, payload } => return Inbound::Message { text, payload },
+            }
+        }
+    }
+
+    /// After our Close went out: give the client a moment to answer it, for a clean close.
+    pub async fn await_close(&mut self) {
+        let mut no_obligations = |_: Frame<'_>| async { Ok::<(), Infallible>(()) };
+        let _ = timeout(CLOSE_GRACE, async {
+            while let Ok(frame) = self.reader.read_frame(&mut no_obligations).await {
+                if frame.opcode == OpCode::Close {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+}
