@@ -149,7 +149,11 @@ fn push_to_room(
             return;
         };
         let len = payload.len() as u64;
-        match member.outbound.push(payload) {
+        let pushed = match publication {
+            Some(p) => member.outbound.push_publication(payload, p),
+            None => member.outbound.push(payload),
+        };
+        match pushed {
             Ok(()) => {
                 frames += 1;
                 bytes += len;
@@ -174,7 +178,7 @@ pub fn deliver_held(
             continue;
         };
         let len = bytes.len() as u64;
-        match conn.outbound.push(bytes) {
+        match conn.outbound.push_publication(bytes, publication) {
             Ok(()) => hooks.delivered(1, len),
             Err(PushError::SlowConsumer) => hooks.slow_consumer(),
             Err(PushError::Closed) => return,

@@ -31,5 +31,5 @@ pub mod testsuite;
 pub use adapter::{FanOut, FanOutError};
 pub use dispatch::{deliver, deliver_held, DeliveryHooks, NoHooks, PubSubHooks};
 pub use memory::MemoryFanOut;
-pub use outbound::{OutFrame, Outbound, PushError};
+pub use outbound::{Journal, OutFrame, Outbound, Position, PushError};
 pub use registry::{LocalConn, Registry};

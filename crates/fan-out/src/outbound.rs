@@ -6,9 +6,69 @@
 //! because they are tiny and must not be lost.
 
 use bytes::Bytes;
+use parking_lot::Mutex;
+use protocol::frame::Publication;
 use protocol::Format;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use tokio::sync::mpsc;
+
+/// A position in a room: `(epoch, offset)`.
+pub type Position = (String, u64);
+
+/// What a queue has been given, in queue order, for Socket.IO connection state recovery.
+///
+/// The client reports the last message it *received*; everything queued before that one
+/// arrived, everything after it may not have. So for each room, the client's position is
+/// its last entry at or before the reported one, or the room's `base` (its join point, or
+/// the last entry that fell off the bounded list).
+#[derive(Debug, Clone, Default)]
+pub struct Journal {
+    pub cap: usize,
+    /// `(room, epoch, offset)` of each message, oldest first.
+    pub entries: VecDeque<(Arc<str>, Position)>,
+    /// Per room: the position before the first entry.
+    pub base: HashMap<Arc<str>, Position>,
+}
+
+impl Journal {
+    fn record(&mut self, room: &str, position: Position) {
+        if self.entries.len() >= self.cap {
+            if let Some((old_room, old)) = self.entries.pop_front() {
+                self.base.insert(old_room, old);
+            }
+        }
+        let room = self
+            .base
+            .get_key_value(room)
+            .map(|(k, _)| k.clone())
+            .unwrap_or_else(|| Arc::from(room));
+        self.entries.push_back((room, position));
+    }
+
+    /// Each room's position as of the entry `last` (`None`: nothing received at all), or
+    /// `None` if `last` is not in the journal.
+    pub fn positions_at(
+        &self,
+        last: Option<(&str, &Position)>,
+    ) -> Option<HashMap<Arc<str>, Position>> {
+        let upto = match last {
+            None => 0,
+            Some((room, pos)) => {
+                self.entries
+                    .iter()
+                    .position(|(r, p)| &**r == room && p == pos)?
+                    + 1
+            }
+        };
+        let mut at = self.base.clone();
+        for (room, pos) in self.entries.iter().take(upto) {
+            at.insert(room.clone(), pos.clone());
+        }
+        Some(at)
+    }
+}
 
 /// What the writer task sends.
 #[derive(Debug)]
@@ -42,6 +102,8 @@ pub struct Outbound {
     /// Set on a slow-consumer close: the backlog is dropped instead of written.
     discard: AtomicBool,
     format: Format,
+    /// Only for Socket.IO sockets with recovery on (see [`Journal`]).
+    journal: OnceLock<Mutex<Journal>>,
 }
 
 impl Outbound {
@@ -55,6 +117,7 @@ impl Outbound {
             closed: AtomicBool::new(false),
             discard: AtomicBool::new(false),
             format,
+            journal: OnceLock::new(),
         };
         (outbound, rx)
     }
@@ -66,6 +129,52 @@ impl Outbound {
     /// Queues data. Never waits. Over the limit, the connection is closed with 4009.
     pub fn push(&self, bytes: Bytes) -> Result<(), PushError> {
         self.enqueue(bytes, None)
+    }
+
+    /// Starts recording the messages pushed with [`Outbound::push_publication`].
+    pub fn start_journal(&self, cap: usize) {
+        let _ = self.journal.set(Mutex::new(Journal {
+            cap,
+            ..Journal::default()
+        }));
+    }
+
+    /// A copy of the journal, if one is kept.
+    pub fn journal(&self) -> Option<Journal> {
+        self.journal.get().map(|j| j.lock().clone())
+    }
+
+    /// Sets a room's position before any message (a join reply's offset), unless the
+    /// journal already reaches that far in the room (a recovery replay queued up to it).
+    pub fn journal_base(&self, room: &str, epoch: &str, offset: u64) {
+        if let Some(j) = self.journal.get() {
+            let mut j = j.lock();
+            let covered = j
+                .entries
+                .iter()
+                .rev()
+                .find(|(r, _)| &**r == room)
+                .is_some_and(|(_, (e, o))| e == epoch && *o >= offset);
+            if covered {
+                return;
+            }
+            j.entries.retain(|(r, _)| &**r != room);
+            j.base.insert(Arc::from(room), (epoch.to_string(), offset));
+        }
+    }
+
+    /// Queues a message event, and journals it when a journal is kept: under the journal's
+    /// lock, so that journal order is queue order.
+    pub fn push_publication(&self, bytes: Bytes, p: &Publication) -> Result<(), PushError> {
+        match self.journal.get() {
+            None => self.enqueue(bytes, None),
+            Some(j) => {
+                let mut j = j.lock();
+                self.enqueue(bytes, None)?;
+                j.record(&p.room, (p.epoch.clone(), p.offset));
+                Ok(())
+            }
+        }
     }
 
     /// Queues a text (`true`) or binary data frame, under the same limit as [`Outbound::push`].

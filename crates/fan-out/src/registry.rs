@@ -139,6 +139,7 @@ impl Registry {
             .map(Mutex::into_inner)
             .unwrap_or_default();
         member.floor = Some((epoch.to_string(), offset));
+        member.conn.outbound.journal_base(room, epoch, offset);
         let after: Vec<Publication> = held
             .into_iter()
             .filter(|p| p.epoch != epoch || p.offset > offset)

@@ -213,6 +213,13 @@ pub struct Config {
     #[arg(long, env = "ROOMCAST_SOCKETIO_RECOVERY_WINDOW", default_value = "2m", value_parser = duration)]
     pub socketio_recovery_window: Duration,
 
+    /// Behave like the server of the official Socket.IO / Engine.IO protocol test suites:
+    /// namespaces echo (`message` comes back as `message-back`, `message-with-ack` is acked
+    /// with its arguments), each connect gets an `auth` event, no token is needed, and
+    /// `/engine.io/` is a bare Engine.IO echo. For those suites only.
+    #[arg(long, env = "ROOMCAST_SOCKETIO_CONFORMANCE")]
+    pub socketio_conformance: bool,
+
     /// A connection that joins no namespace within this is closed.
     #[arg(long, env = "ROOMCAST_SOCKETIO_CONNECT_TIMEOUT", default_value = "45s", value_parser = duration)]
     pub socketio_connect_timeout: Duration,

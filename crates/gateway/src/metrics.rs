@@ -46,6 +46,7 @@ pub struct Metrics {
     pub bytes_in: IntCounter,
     pub bytes_out: IntCounter,
     pub rate_limited: IntCounterVec,
+    pub socketio_recovery: IntCounterVec,
     pub room_creations: IntCounter,
     pub creation_paused: IntCounter,
     pub local_rooms: IntGauge,
@@ -202,6 +203,12 @@ impl Metrics {
                 "Requests refused by a rate limit, by limit.",
                 &["limit"],
             )?,
+            socketio_recovery: counter_vec(
+                &registry,
+                "socketio_recovery_total",
+                "Socket.IO connection state recovery: states saved, recovered, failed.",
+                &["outcome"],
+            )?,
             room_creations: counter(
                 &registry,
                 "room_creations_total",
@@ -337,6 +344,9 @@ impl Metrics {
             "accept_error",
         ] {
             self.connections_rejected.with_label_values(&[reason]);
+        }
+        for outcome in ["saved", "recovered", "failed"] {
+            self.socketio_recovery.with_label_values(&[outcome]);
         }
         for reason in [
             DisconnectReason::Client,

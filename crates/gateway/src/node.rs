@@ -14,7 +14,8 @@ use protocol::envelope::Envelope;
 use protocol::frame::Event;
 use protocol::Format;
 use room_state::{
-    MemoryState, NodeInfo, RateLimits, RedisSettings, RedisState, RoomStore, TrafficCounters,
+    MemoryState, NodeInfo, RateLimits, RedisSettings, RedisState, RoomStore, SessionStore,
+    TrafficCounters,
 };
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -27,6 +28,8 @@ pub struct Backends {
     pub rooms: Arc<dyn RoomStore>,
     pub limits: Arc<dyn RateLimits>,
     pub traffic: Arc<dyn TrafficCounters>,
+    /// Saved Socket.IO socket state, for connection state recovery.
+    pub sessions: Arc<dyn SessionStore>,
     pub fanout: Arc<dyn FanOut>,
     pub name: &'static str,
 }
@@ -71,6 +74,7 @@ impl Node {
         let backends = Backends {
             rooms: state.clone(),
             limits: state.clone(),
+            sessions: state.clone(),
             traffic: state,
             fanout,
             name: "memory",
@@ -110,6 +114,7 @@ impl Node {
         let backends = Backends {
             rooms: state.clone(),
             limits: state.clone(),
+            sessions: state.clone(),
             traffic: state,
             fanout: Arc::new(fanout),
             name: "redis-cluster",

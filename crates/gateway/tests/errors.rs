@@ -253,6 +253,7 @@ async fn unavailable_and_internal_hide_their_details() {
     let backends = Backends {
         rooms: faulty.clone(),
         limits: state.clone(),
+        sessions: state.clone(),
         traffic: state,
         fanout,
         name: "faulty",

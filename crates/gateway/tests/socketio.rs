@@ -106,7 +106,13 @@ async fn open_packet_connect_and_namespaces() {
     send(&mut ws, "40").await;
     let reply = text(&mut ws).await.unwrap();
     let sid: Value = serde_json::from_str(reply.strip_prefix("40").unwrap()).unwrap();
-    assert_eq!(sid.as_object().unwrap().len(), 1, "only `sid`: {reply}");
+    let keys: Vec<&str> = sid
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(keys, ["sid", "pid"], "recovery is on by default: {reply}");
     assert!(text(&mut ws)
         .await
         .unwrap()
@@ -176,4 +182,112 @@ async fn a_bad_token_is_refused_and_a_silent_client_is_dropped() {
     );
     // No namespace joined within the connect timeout: closed.
     assert_eq!(text(&mut ws).await, None);
+}
+
+/// Connection state recovery across nodes: a socket lost on node A comes back on node B with
+/// its rooms and the messages it missed, exactly once and in order, from the Redis Cluster.
+#[tokio::test]
+async fn recovery_on_another_node() {
+    let urls = redis_urls("ROOMCAST_TEST_REDIS_CLUSTER");
+    let a = start(&["--redis-cluster", &urls]).await;
+    let b = start(&["--redis-cluster", &urls]).await;
+    let user = unique("rec");
+    let tok = token(&user, json!({}));
+    let room = unique("recroom");
+
+    // On A: connect, create, join, and receive two messages.
+    let mut ws = open(a.addr).await;
+    text(&mut ws).await.unwrap();
+    send(&mut ws, &format!(r#"40{{"token":"{tok}"}}"#)).await;
+    let reply = text(&mut ws).await.unwrap();
+    let connect: Value = serde_json::from_str(reply.strip_prefix("40").unwrap()).unwrap();
+    let (sid, pid) = (connect["sid"].clone(), connect["pid"].clone());
+    assert!(pid.is_string(), "recovery is on by default: {connect}");
+    send(
+        &mut ws,
+        &format!(r#"421["create_room",{{"room":"{room}"}}]"#),
+    )
+    .await;
+    send(&mut ws, &format!(r#"422["join",{{"room":"{room}"}}]"#)).await;
+    loop {
+        let t = text(&mut ws).await.unwrap();
+        if t.starts_with("432") {
+            assert!(t.contains(r#""ok""#), "{t}");
+            break;
+        }
+    }
+    let mut publisher = Client::connect(b.addr, "rec-publisher", Fmt::Json).await;
+    publisher.ok(json!({"op": "join", "room": room})).await;
+    let mut offset = String::new();
+    let mut got = Vec::new();
+    for i in 1..=2 {
+        publisher
+            .ok(json!({"op": "publish", "room": room, "data": i}))
+            .await;
+    }
+    while got.len() < 2 {
+        let t = text(&mut ws).await.unwrap();
+        if let Some(body) = t.strip_prefix("42") {
+            let v: Value = serde_json::from_str(body).unwrap();
+            if v[0] == "message" {
+                got.push(v[1]["data"].clone());
+                offset = v[2].as_str().unwrap().to_string();
+            }
+        }
+    }
+    // The transport dies without a goodbye; three messages are published meanwhile.
+    drop(ws);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 3..=5 {
+        publisher
+            .ok(json!({"op": "publish", "room": room, "data": i}))
+            .await;
+    }
+
+    // On B: recover with {pid, offset}.
+    let mut ws = open(b.addr).await;
+    text(&mut ws).await.unwrap();
+    let auth = json!({"token": tok, "pid": pid, "offset": offset});
+    send(&mut ws, &format!("40{auth}")).await;
+    let mut replayed = Vec::new();
+    let mut connected = None;
+    while connected.is_none() || replayed.len() < 3 {
+        let t = text(&mut ws).await.unwrap();
+        if let Some(body) = t.strip_prefix("40") {
+            connected = Some(serde_json::from_str::<Value>(body).unwrap());
+        } else if let Some(body) = t.strip_prefix("42") {
+            let v: Value = serde_json::from_str(body).unwrap();
+            if v[0] == "message" {
+                replayed.push(v[1]["data"].clone());
+            }
+        }
+    }
+    let connected = connected.unwrap();
+    assert_eq!(
+        (connected["sid"].clone(), connected["pid"].clone()),
+        (sid, pid.clone()),
+        "same ids: the client sees `recovered`"
+    );
+    assert_eq!(replayed, vec![json!(3), json!(4), json!(5)]);
+    // Back in the room for live messages too.
+    publisher
+        .ok(json!({"op": "publish", "room": room, "data": 6}))
+        .await;
+    loop {
+        let t = text(&mut ws).await.unwrap();
+        if let Some(body) = t.strip_prefix("42") {
+            let v: Value = serde_json::from_str(body).unwrap();
+            if v[0] == "message" {
+                assert_eq!(v[1]["data"], json!(6));
+                break;
+            }
+        }
+    }
+    // The saved state was single use.
+    let mut again = open(a.addr).await;
+    text(&mut again).await.unwrap();
+    send(&mut again, &format!("40{auth}")).await;
+    let t = text(&mut again).await.unwrap();
+    let v: Value = serde_json::from_str(t.strip_prefix("40").unwrap()).unwrap();
+    assert_ne!(v["pid"], pid, "a used pid does not recover twice");
 }

@@ -154,7 +154,20 @@ pub fn encode<T: Serialize + ?Sized>(value: &T, format: Format) -> Result<Bytes,
                 .and_then(|o| o.shift_remove("event"))
                 .and_then(|n| n.as_str().map(str::to_string))
                 .ok_or_else(|| EncodeError("only events have a Socket.IO encoding".into()))?;
-            Ok(Bytes::from(crate::socketio::event("/", &name, &v)))
+            // A message carries its recovery offset as a last argument, the form that
+            // Socket.IO clients track (connection state recovery).
+            let offset = (name == "message")
+                .then(|| {
+                    let room = v.get("room")?.as_str()?;
+                    let epoch = v.get("epoch")?.as_str()?;
+                    let offset = v.get("offset")?.as_u64()?;
+                    Some(crate::socketio::recovery_offset(room, epoch, offset))
+                })
+                .flatten();
+            Ok(Bytes::from(match offset {
+                Some(o) => crate::socketio::event_with_offset(&name, &v, &o),
+                None => crate::socketio::event("/", &name, &v),
+            }))
         }
     }
 }

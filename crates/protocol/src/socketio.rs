@@ -217,6 +217,15 @@ pub fn connect_ok(namespace: &str, sid: &str) -> String {
     )
 }
 
+/// `40{"sid":…,"pid":…}`: the CONNECT reply with a recovery id (connection state recovery).
+pub fn connect_ok_with_pid(namespace: &str, sid: &str, pid: &str) -> String {
+    format!(
+        "{}{}",
+        prefix('0', namespace),
+        serde_json::json!({ "sid": sid, "pid": pid })
+    )
+}
+
 /// `44{"message":…,"data":…}`: a refused CONNECT.
 pub fn connect_error(namespace: &str, message: &str, data: Option<Value>) -> String {
     let mut body = serde_json::json!({ "message": message });
@@ -238,6 +247,47 @@ pub fn event(namespace: &str, name: &str, arg: &Value) -> String {
         prefix('2', namespace),
         serde_json::json!([name, arg])
     )
+}
+
+/// `45<n>-…` or `46<n>-…`: a BINARY_EVENT (`ack` None… or an id) or BINARY_ACK whose
+/// `payload` holds `attachments` placeholders; the attachments follow as binary messages.
+pub fn binary(
+    ack_reply: bool,
+    namespace: &str,
+    id: Option<u64>,
+    attachments: usize,
+    payload: &Value,
+) -> String {
+    let kind = if ack_reply { '6' } else { '5' };
+    let ns = if namespace == "/" {
+        String::new()
+    } else {
+        format!("{namespace},")
+    };
+    let id = id.map(|i| i.to_string()).unwrap_or_default();
+    format!("4{kind}{attachments}-{ns}{id}{payload}")
+}
+
+/// `42["name",arg,"offset"]`: an EVENT with a recovery offset as its last argument.
+pub fn event_with_offset(name: &str, arg: &Value, offset: &str) -> String {
+    format!("42{}", serde_json::json!([name, arg, offset]))
+}
+
+/// The recovery offset of a message: `<offset>:<epoch>:<room>`. It names one message, so it
+/// is the same for every recipient (one encoding per broadcast); the server keeps, per
+/// socket, the order in which messages were queued, which makes it locate every room.
+pub fn recovery_offset(room: &str, epoch: &str, offset: u64) -> String {
+    format!("{offset}:{epoch}:{room}")
+}
+
+/// Parses a recovery offset into `(room, epoch, offset)`; `None` for anything malformed
+/// (a normal recovery failure, not a protocol error).
+pub fn parse_recovery_offset(s: &str) -> Option<(&str, &str, u64)> {
+    let mut parts = s.splitn(3, ':');
+    let offset = parts.next()?.parse().ok()?;
+    let epoch = parts.next()?;
+    let room = parts.next()?;
+    (!epoch.is_empty() && !room.is_empty()).then_some((room, epoch, offset))
 }
 
 /// `41`: the server drops a namespace socket.

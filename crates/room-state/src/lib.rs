@@ -6,6 +6,7 @@
 //!   presence, close. Publish assigns gapless offsets per epoch.
 //! - [`limits`]: the [`RateLimits`] trait: sliding windows and token buckets keyed by user.
 //! - [`traffic`]: the [`TrafficCounters`] trait: room creations per second, node heartbeats.
+//! - [`sessions`]: the [`SessionStore`] trait: saved Socket.IO socket state, taken once.
 //! - [`recovery`]: the pure rule that decides whether a `since` position can be recovered.
 //! - [`model`]: plain data passed through the traits.
 //! - [`memory`]: the embedded backend, used by a single node and by unit tests.
@@ -24,6 +25,7 @@ pub mod model;
 pub mod recovery;
 pub mod redis;
 pub mod rooms;
+pub mod sessions;
 pub mod testsuite;
 pub mod traffic;
 
@@ -33,4 +35,5 @@ pub use memory::MemoryState;
 pub use model::{Decision, JoinOutcome, MemberRecord, NodeInfo, RoomConfig, RoomInfo};
 pub use redis::{RedisSettings, RedisState};
 pub use rooms::{PublishSink, RoomStore};
+pub use sessions::SessionStore;
 pub use traffic::TrafficCounters;

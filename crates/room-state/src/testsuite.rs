@@ -385,3 +385,25 @@ pub async fn traffic(traffic: &dyn TrafficCounters, prefix: &str) {
         .unwrap()
         .contains(&node.id));
 }
+
+/// Saved sessions: a blob comes back once, and not after its expiry (real time: the expiry
+/// is the backend's own clock).
+pub async fn sessions(store: &dyn crate::SessionStore, prefix: &str) {
+    let key = format!("{prefix}pid-{}", fastrand::u64(..));
+    assert_eq!(store.take_session(&key).await.unwrap(), None);
+    store.save_session(&key, "{\"a\":1}", 10_000).await.unwrap();
+    assert_eq!(
+        store.take_session(&key).await.unwrap().as_deref(),
+        Some("{\"a\":1}")
+    );
+    assert_eq!(store.take_session(&key).await.unwrap(), None, "single use");
+    store.save_session(&key, "old", 10_000).await.unwrap();
+    store.save_session(&key, "new", 10_000).await.unwrap();
+    assert_eq!(
+        store.take_session(&key).await.unwrap().as_deref(),
+        Some("new")
+    );
+    store.save_session(&key, "short", 50).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(120)).await;
+    assert_eq!(store.take_session(&key).await.unwrap(), None, "expired");
+}

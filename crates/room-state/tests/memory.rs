@@ -21,3 +21,8 @@ async fn limits() {
 async fn traffic() {
     testsuite::traffic(&MemoryState::new(), "t:").await;
 }
+
+#[tokio::test]
+async fn sessions() {
+    testsuite::sessions(&MemoryState::new(), "t:").await;
+}

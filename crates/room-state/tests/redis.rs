@@ -49,3 +49,8 @@ async fn limits() {
 async fn traffic() {
     testsuite::traffic(&state().await, &prefix("traffic")).await;
 }
+
+#[tokio::test]
+async fn sessions() {
+    testsuite::sessions(&state().await, &prefix("sessions")).await;
+}

@@ -28,7 +28,13 @@ pub async fn route(
     let path = req.uri().path().to_string();
     let response = match (req.method(), path.as_str()) {
         (&Method::GET, "/ws") => ws_upgrade(node, peer, req),
-        (_, "/socket.io/" | "/socket.io") => crate::socketio::upgrade(node, peer, req),
+        (_, "/socket.io/" | "/socket.io") => {
+            crate::socketio::upgrade(node, peer, req, crate::socketio::connection::Mode::SocketIo)
+        }
+        (_, "/engine.io/" | "/engine.io") if node.config.socketio_conformance => {
+            let mode = crate::socketio::connection::Mode::EngineEcho;
+            crate::socketio::upgrade(node, peer, req, mode)
+        }
         (&Method::GET, "/test/echo") if node.config.test_echo => {
             crate::native::echo::upgrade(node, req)
         }

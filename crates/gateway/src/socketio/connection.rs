@@ -1,26 +1,22 @@
-//! One Socket.IO connection: Engine.IO open and heartbeat, the main namespace `/`, events
-//! mapped onto the same ops as the native protocol, and acks carrying the native reply body.
+//! One Socket.IO connection's transport: the Engine.IO open packet and heartbeat, text and
+//! binary messages, and the assembly of binary attachments. What the packets mean is in
+//! [`super::namespace`].
 //!
 //! Server events reach this client through the shared fan-out already encoded as Socket.IO
 //! text (`Format::SocketIo`): one encoding per broadcast, whatever the protocol mix.
 
+use super::namespace::{push, random_id, Next, Sockets};
 use crate::admission::Slot;
-use crate::auth::AuthError;
 use crate::metrics::DisconnectReason;
 use crate::native::connection::{finish_writer, reason_for_close};
 use crate::native::inbound::Inbound;
 use crate::native::writer::{self, WriterConfig, WriterEnd};
 use crate::node::Node;
-use crate::session::{self, Session};
 use bytes::Bytes;
-use fan_out::{LocalConn, Outbound};
 use fastwebsockets::upgrade::UpgradeFut;
 use fastwebsockets::WebSocket;
-use protocol::codec::{encode, request_from_value};
-use protocol::frame::{ErrorBody, Event};
-use protocol::socketio::{self as sio, EnginePacket, Kind, Packet};
-use protocol::{CloseCode, ErrorCode, Format};
-use serde_json::{json, Value};
+use protocol::socketio::{self as sio, EnginePacket, Packet};
+use protocol::{CloseCode, Format};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,18 +24,24 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Notify;
 use tokio::time::{sleep, timeout};
 
-/// The events that map onto protocol ops, each with one object argument.
-const OPS: [&str; 6] = [
-    "create_room",
-    "join",
-    "leave",
-    "publish",
-    "presence",
-    "history",
-];
+/// A BINARY_EVENT (or BINARY_ACK) waiting for its attachments.
+struct Pending {
+    packet: Packet,
+    attachments: Vec<Vec<u8>>,
+    bytes: usize,
+}
+
+/// What the endpoint speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Socket.IO over Engine.IO (`/socket.io/`).
+    SocketIo,
+    /// A bare Engine.IO echo (`/engine.io/`, conformance mode only).
+    EngineEcho,
+}
 
 /// Runs a connection to its end; `_slot` holds its place under the node's connection cap.
-pub async fn run(node: Arc<Node>, upgrade: UpgradeFut, ip: IpAddr, _slot: Slot) {
+pub async fn run(node: Arc<Node>, upgrade: UpgradeFut, ip: IpAddr, _slot: Slot, mode: Mode) {
     let ws = match upgrade.await {
         Ok(ws) => ws,
         Err(_) => {
@@ -53,175 +55,13 @@ pub async fn run(node: Arc<Node>, upgrade: UpgradeFut, ip: IpAddr, _slot: Slot) 
         .connections
         .with_label_values(&["socketio", "socketio"]);
     gauge.inc();
-    let reason = serve(&node, ws, ip).await;
+    let reason = serve(&node, ws, ip, mode).await;
     gauge.dec();
     node.metrics.disconnect(reason);
     node.release_ip(ip);
 }
 
-fn push(outbound: &Outbound, text: String) {
-    let _ = outbound.push(Bytes::from(text));
-}
-
-fn random_id() -> String {
-    (0..20).map(|_| fastrand::alphanumeric()).collect()
-}
-
-/// A BINARY_EVENT (or BINARY_ACK) waiting for its attachments.
-struct Pending {
-    packet: Packet,
-    attachments: Vec<Vec<u8>>,
-    bytes: usize,
-}
-
-struct Conn<'a> {
-    node: &'a Arc<Node>,
-    ip: IpAddr,
-    outbound: Arc<Outbound>,
-    session: Option<Session>,
-    ever_joined: bool,
-}
-
-/// What a packet asks of the connection.
-enum Next {
-    Continue,
-    Close(u16, &'static str),
-}
-
-impl Conn<'_> {
-    async fn packet(&mut self, p: Packet) -> Next {
-        if p.namespace != "/" {
-            // Only the main namespace exists; asking for another is answered, anything else in
-            // a namespace we never joined is a protocol error.
-            if p.kind == Kind::Connect {
-                push(
-                    &self.outbound,
-                    sio::connect_error(&p.namespace, "Invalid namespace", None),
-                );
-                return Next::Continue;
-            }
-            return Next::Close(CloseCode::PROTOCOL_ERROR, "namespace not joined");
-        }
-        match p.kind {
-            Kind::Connect => self.connect(&p),
-            Kind::Disconnect => match self.session.take() {
-                Some(s) => {
-                    session::cleanup(self.node, &s.conn_id, &s.identity.user).await;
-                    Next::Continue
-                }
-                None => Next::Close(CloseCode::PROTOCOL_ERROR, "not connected"),
-            },
-            Kind::Event | Kind::BinaryEvent => self.event(p).await,
-            Kind::Ack | Kind::BinaryAck => Next::Continue,
-            Kind::ConnectError => {
-                Next::Close(CloseCode::PROTOCOL_ERROR, "CONNECT_ERROR from a client")
-            }
-        }
-    }
-
-    fn connect(&mut self, p: &Packet) -> Next {
-        if self.session.is_some() {
-            return Next::Close(CloseCode::PROTOCOL_ERROR, "namespace already joined");
-        }
-        let token = p
-            .payload
-            .as_ref()
-            .and_then(|a| a.get("token"))
-            .and_then(Value::as_str);
-        match self.node.auth.authenticate(token, self.ip) {
-            Ok(identity) => {
-                let conn_id: Arc<str> = Arc::from(self.node.next_conn_id());
-                self.node.registry.register(LocalConn {
-                    conn_id: conn_id.clone(),
-                    user: Arc::from(identity.user.as_str()),
-                    outbound: self.outbound.clone(),
-                });
-                push(&self.outbound, sio::connect_ok("/", &conn_id));
-                if let Ok(bytes) = encode(
-                    &Event::TrafficStatus(&self.node.traffic.current()),
-                    Format::SocketIo,
-                ) {
-                    let _ = self.outbound.push(bytes);
-                }
-                self.session = Some(Session {
-                    conn_id,
-                    identity,
-                    outbound: self.outbound.clone(),
-                });
-                self.ever_joined = true;
-            }
-            Err(e) => {
-                self.node
-                    .metrics
-                    .connections_rejected
-                    .with_label_values(&["auth"])
-                    .inc();
-                let message = match e {
-                    AuthError::Missing => "a token is required",
-                    AuthError::Expired => "token expired",
-                    AuthError::Invalid => "invalid token",
-                };
-                push(
-                    &self.outbound,
-                    sio::connect_error("/", message, Some(json!({ "code": "unauthorized" }))),
-                );
-            }
-        }
-        Next::Continue
-    }
-
-    async fn event(&mut self, p: Packet) -> Next {
-        let Some(session) = &self.session else {
-            return Next::Close(CloseCode::PROTOCOL_ERROR, "namespace not joined");
-        };
-        let Some((name, args)) = p.event() else {
-            return Next::Close(CloseCode::PROTOCOL_ERROR, "bad event");
-        };
-        let ack = p.ack;
-        let reply = |body: Value| {
-            if let Some(id) = ack {
-                push(&self.outbound, sio::ack("/", id, &json!([body])));
-            }
-        };
-        if !OPS.contains(&name) {
-            reply(
-                json!({ "error": ErrorBody::new(ErrorCode::BadRequest, format!("unknown event '{name}'")) }),
-            );
-            return Next::Continue;
-        }
-        // The native request: the event's object argument plus `op` (and an id for decoding).
-        let mut request = match args.first() {
-            Some(Value::Object(o)) => Value::Object(o.clone()),
-            None => json!({}),
-            Some(_) => {
-                reply(
-                    json!({ "error": ErrorBody::new(ErrorCode::BadRequest, "the argument must be an object") }),
-                );
-                return Next::Continue;
-            }
-        };
-        if let Some(obj) = request.as_object_mut() {
-            obj.insert("op".into(), json!(name));
-            obj.insert("id".into(), json!(ack.unwrap_or(0)));
-        }
-        let op = match request_from_value(request) {
-            Ok(r) => r.op,
-            Err(e) => {
-                reply(json!({ "error": ErrorBody::new(ErrorCode::BadRequest, e.message) }));
-                return Next::Continue;
-            }
-        };
-        let (result, after) = session::handle(self.node, session, op).await;
-        match result {
-            Ok(body) => reply(json!({ "ok": body })),
-            Err(error) => reply(json!({ "error": error })),
-        }
-        session::after_reply(self.node, session, after);
-        Next::Continue
-    }
-}
-
-async fn serve<S>(node: &Arc<Node>, ws: WebSocket<S>, ip: IpAddr) -> DisconnectReason
+async fn serve<S>(node: &Arc<Node>, ws: WebSocket<S>, ip: IpAddr, mode: Mode) -> DisconnectReason
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -272,13 +112,9 @@ where
         }
     });
 
-    let mut conn = Conn {
-        node,
-        ip,
-        outbound: outbound.clone(),
-        session: None,
-        ever_joined: false,
-    };
+    let mut conn = Sockets::new(node, ip, outbound.clone());
+    // Whether the sockets' state is kept for recovery: not after a protocol error.
+    let mut recoverable = true;
     let mut pending: Option<Pending> = None;
     let connect_deadline = sleep(cfg.socketio_connect_timeout);
     tokio::pin!(connect_deadline);
@@ -291,7 +127,7 @@ where
                 writer_end = Some(end.unwrap_or(WriterEnd::SocketGone));
                 break;
             }
-            _ = &mut connect_deadline, if !conn.ever_joined => {
+            _ = &mut connect_deadline, if !conn.ever_joined && mode == Mode::SocketIo => {
                 outbound.close(CloseCode::NORMAL, "connect timeout");
                 reason = DisconnectReason::Timeout;
                 break;
@@ -303,6 +139,7 @@ where
             Inbound::Closed => break,
             Inbound::Violation(_) => {
                 reason = DisconnectReason::ProtocolError;
+                recoverable = false;
                 break;
             }
             Inbound::Gone => {
@@ -329,6 +166,10 @@ where
                         Next::Continue
                     }
                     Ok(EnginePacket::Ignored) => Next::Continue,
+                    Ok(EnginePacket::Message(m)) if mode == Mode::EngineEcho => {
+                        push(&outbound, format!("4{m}"));
+                        Next::Continue
+                    }
                     Ok(EnginePacket::Message(m)) => match sio::decode(m) {
                         Err(_) => {
                             Next::Close(CloseCode::PROTOCOL_ERROR, "invalid Socket.IO packet")
@@ -341,12 +182,16 @@ where
                             });
                             Next::Continue
                         }
-                        Ok(p) => conn.packet(p).await,
+                        Ok(p) => conn.packet(p, Vec::new()).await,
                     },
                 }
             }
         } else {
             match pending.as_mut() {
+                None if mode == Mode::EngineEcho => {
+                    let _ = outbound.push_message(false, Bytes::from(payload));
+                    Next::Continue
+                }
                 None => Next::Close(CloseCode::PROTOCOL_ERROR, "unexpected binary message"),
                 Some(p) if p.bytes + payload.len() > cfg.socketio_max_payload => {
                     Next::Close(CloseCode::MESSAGE_TOO_BIG, "attachments too large")
@@ -358,23 +203,14 @@ where
                         Next::Continue
                     } else {
                         let Some(Pending {
-                            mut packet,
+                            packet,
                             attachments,
                             ..
                         }) = pending.take()
                         else {
                             continue;
                         };
-                        let filled = packet
-                            .payload
-                            .as_mut()
-                            .map_or(Ok(()), |v| sio::fill_placeholders(v, &attachments));
-                        match filled {
-                            Ok(()) => conn.packet(packet).await,
-                            Err(_) => {
-                                Next::Close(CloseCode::PROTOCOL_ERROR, "bad attachment placeholder")
-                            }
-                        }
+                        conn.packet(packet, attachments).await
                     }
                 }
             }
@@ -383,20 +219,20 @@ where
             outbound.close(code, why);
             if code != CloseCode::NORMAL {
                 reason = DisconnectReason::ProtocolError;
+                recoverable = false;
             }
             break;
         }
     }
 
     heartbeat.abort();
+    // Save (or drop) the sockets first: a recovering client may be back within milliseconds.
+    conn.end_all(recoverable).await;
     let end = finish_writer(writer_end, &mut writer_task, cfg.write_timeout).await;
     if let Some(WriterEnd::Closed(_)) = end {
         frames.await_close().await;
     }
     writer_task.abort();
-    if let Some(s) = conn.session.take() {
-        session::cleanup(node, &s.conn_id, &s.identity.user).await;
-    }
     match end {
         Some(WriterEnd::Closed(code)) => reason_for_close(code, reason),
         _ if outbound.is_discarding() => DisconnectReason::SlowConsumer,

@@ -2,6 +2,8 @@
 //! Socket.IO clients use roomcast through the same ops as the native protocol.
 
 pub mod connection;
+pub mod namespace;
+pub mod recovery;
 
 use crate::http::{json, Body};
 use crate::node::Node;
@@ -19,7 +21,12 @@ fn refuse(status: StatusCode, code: u8, message: &str) -> Response<Body> {
 }
 
 /// Checks the handshake in the reference server's order, then upgrades.
-pub fn upgrade(node: Arc<Node>, peer: SocketAddr, mut req: Request<Incoming>) -> Response<Body> {
+pub fn upgrade(
+    node: Arc<Node>,
+    peer: SocketAddr,
+    mut req: Request<Incoming>,
+    mode: connection::Mode,
+) -> Response<Body> {
     let params = crate::http::query::parse(req.uri().query().unwrap_or(""));
     if params.get("transport").map(String::as_str) != Some("websocket") {
         return refuse(StatusCode::BAD_REQUEST, 0, "Transport unknown");
@@ -58,6 +65,6 @@ pub fn upgrade(node: Arc<Node>, peer: SocketAddr, mut req: Request<Incoming>) ->
             return refuse(StatusCode::BAD_REQUEST, 3, "Bad request");
         }
     };
-    tokio::spawn(connection::run(node, fut, ip, slot));
+    tokio::spawn(connection::run(node, fut, ip, slot, mode));
     response.map(|_| http_body_util::Full::new(bytes::Bytes::new()))
 }

@@ -9,7 +9,7 @@ cd "$here"
 cd "$root"
 cargo build -q -p gateway --bin roomcast
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-target/debug/roomcast --listen "127.0.0.1:$port" --jwt-secret sio-secret >/dev/null 2>&1 &
+target/debug/roomcast --listen "127.0.0.1:$port" --jwt-secret sio-secret --socketio-namespaces /admin >/dev/null 2>&1 &
 node_pid=$!
 trap 'kill $node_pid 2>/dev/null' EXIT
 for _ in $(seq 1 100); do curl -sf "127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.1; done

@@ -3,7 +3,7 @@
 // Run by `make test` (deploy/local/test.sh) with ROOMCAST_URL and ROOMCAST_JWT_SECRET set.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { io } from "socket.io-client";
+import { io, Manager } from "socket.io-client";
 import jwt from "jsonwebtoken";
 
 const URL = process.env.ROOMCAST_URL ?? "http://127.0.0.1:8080";
@@ -23,6 +23,14 @@ const once = (socket, event, ms = 5000) =>
       resolve(args);
     });
   });
+
+const until = async (cond, ms = 5000) => {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error("condition not met in time");
+    await new Promise((r) => setTimeout(r, 20));
+  }
+};
 
 // The seed front end's calls: emit with an ack callback, as a promise.
 const call = (socket, event, arg) => socket.timeout(5000).emitWithAck(event, arg);
@@ -134,4 +142,71 @@ test("a Socket.IO client and a native client share a room", async () => {
   assert.equal(f.from, "sio-user");
   ws.close();
   s.close();
+});
+
+test("recovery: a killed connection gets its rooms and missed messages back", async () => {
+  const room = unique("recover");
+  const s = io(URL, { transports: ["websocket"], auth: { token: token("rec-user") }, forceNew: true,
+    reconnectionDelay: 100, reconnectionDelayMax: 200 });
+  await once(s, "connect");
+  assert.equal(s.recovered, false);
+  const pub = connect("rec-publisher");
+  await once(pub, "connect");
+  await call(pub, "create_room", { room });
+  const joined = await call(s, "join", { room });
+  assert.ok(joined.ok, JSON.stringify(joined));
+  const seen = [];
+  s.on("message", (m) => seen.push(m.data));
+  for (const i of [1, 2, 3]) await call(pub, "publish", { room, data: i });
+  await until(() => seen.length === 3);
+  // Kill the transport; the client reconnects by itself with {pid, offset}.
+  const gone = once(s, "disconnect");
+  s.io.engine.close();
+  await gone;
+  const back = once(s, "connect");
+  for (const i of [4, 5, 6]) await call(pub, "publish", { room, data: i });
+  await back;
+  assert.equal(s.recovered, true, "the server restored the socket");
+  await call(pub, "publish", { room, data: 7 });
+  await until(() => seen.length >= 7);
+  assert.deepEqual(seen, [1, 2, 3, 4, 5, 6, 7], "every message once, in order");
+  // A second recovery from the same pid is refused: saved state is single use.
+  s.close();
+  pub.close();
+});
+
+test("recovery fails cleanly with a foreign or unknown pid", async () => {
+  const s = connect("someone", { auth: { token: token("someone"), pid: "no-such-pid", offset: "1:abc:room" } });
+  await once(s, "connect");
+  assert.equal(s.recovered, false);
+  const ok = await call(s, "presence", { room: "nowhere" });
+  assert.ok(ok.error);
+  s.close();
+});
+
+test("namespaces: /admin is isolated from /, on one connection; unknown ones are refused", async () => {
+  const m = new Manager(URL, { transports: ["websocket"], reconnection: false, forceNew: true });
+  const main = m.socket("/", { auth: { token: token("ns-user") } });
+  const admin = m.socket("/admin", { auth: { token: token("ns-user") } });
+  await Promise.all([once(main, "connect"), once(admin, "connect")]);
+  const room = unique("lobby");
+  assert.ok((await call(main, "create_room", { room })).ok);
+  const created = await call(admin, "create_room", { room });
+  assert.ok(created.ok, `same name, other namespace: ${JSON.stringify(created)}`);
+  assert.equal(created.ok.room, room, "the client sees its own room name");
+  assert.ok((await call(main, "join", { room })).ok);
+  assert.ok((await call(admin, "join", { room })).ok);
+  const mainSaw = [];
+  main.on("message", (x) => mainSaw.push(x));
+  const [[msg]] = await Promise.all([once(admin, "message"), call(admin, "publish", { room, data: "admin only" })]);
+  assert.equal(msg.room, room);
+  assert.equal(msg.data, "admin only");
+  await new Promise((r) => setTimeout(r, 200));
+  assert.equal(mainSaw.length, 0, "/ did not see /admin's message");
+  const nope = m.socket("/nope", { auth: { token: token("ns-user") } });
+  const [err] = await once(nope, "connect_error");
+  assert.equal(err.message, "Invalid namespace");
+  main.close();
+  admin.close();
+  nope.close();
 });

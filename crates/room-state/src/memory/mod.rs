@@ -23,6 +23,8 @@ pub struct MemoryState {
     buckets: Mutex<HashMap<String, limits::Bucket>>,
     creations: Mutex<VecDeque<(u64, u64)>>,
     nodes: Mutex<HashMap<String, (NodeInfo, u64)>>,
+    /// Saved sessions: blob and expiry (ms since the epoch).
+    sessions: Mutex<HashMap<String, (String, u64)>>,
 }
 
 impl Default for MemoryState {
@@ -40,6 +42,7 @@ impl MemoryState {
             buckets: Mutex::new(HashMap::new()),
             creations: Mutex::new(VecDeque::new()),
             nodes: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(HashMap::new()),
         }
     }
 
@@ -52,4 +55,36 @@ impl MemoryState {
 /// A fresh, random epoch: 12 hex digits.
 pub(crate) fn new_epoch() -> String {
     format!("{:012x}", fastrand::u64(..) & 0xffff_ffff_ffff)
+}
+
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[async_trait::async_trait]
+impl crate::SessionStore for MemoryState {
+    async fn save_session(
+        &self,
+        key: &str,
+        blob: &str,
+        ttl_ms: u64,
+    ) -> Result<(), crate::StateError> {
+        let now = wall_ms();
+        let mut sessions = self.sessions.lock();
+        sessions.retain(|_, (_, expires)| *expires > now);
+        sessions.insert(key.to_string(), (blob.to_string(), now + ttl_ms));
+        Ok(())
+    }
+
+    async fn take_session(&self, key: &str) -> Result<Option<String>, crate::StateError> {
+        let now = wall_ms();
+        Ok(self
+            .sessions
+            .lock()
+            .remove(key)
+            .filter(|(_, expires)| *expires > now)
+            .map(|(blob, _)| blob))
+    }
 }

@@ -92,6 +92,11 @@ pub fn bucket(key: &str) -> String {
     format!("rc:{{l:{key}}}:b")
 }
 
+/// A saved Socket.IO socket state (`sessions::SessionStore`), alone in its slot.
+pub fn session(key: &str) -> String {
+    format!("rc:{{s:{key}}}")
+}
+
 pub fn creations(k: u64) -> String {
     format!("rc:{{tc:{k}}}:c")
 }

@@ -9,6 +9,7 @@ mod keys;
 mod limits;
 mod rooms;
 mod scripts;
+mod sessions;
 mod traffic;
 
 pub use keys::{channel, room_of_channel, RoomKeys};

@@ -1,0 +1,485 @@
+//! The Socket.IO layer of one connection: the namespaces it joined, and what their packets do.
+//!
+//! Each joined namespace is a socket with its own id and, in roomcast mode, its own
+//! [`Session`]: `/` shares room names with native clients; every other namespace allowed by
+//! `--socketio-namespaces` is isolated by an internal room prefix (`admin/` for `/admin`)
+//! that no client-chosen name can produce, since `/` is outside the room-name grammar. Its
+//! events reach the client through a small forwarder that strips the prefix again and adds
+//! the namespace to the packet.
+
+use super::recovery;
+use crate::admission::UserSlot;
+use crate::auth::{AuthError, Identity};
+use crate::node::Node;
+use crate::session::{self, Session};
+use bytes::Bytes;
+use fan_out::{LocalConn, OutFrame, Outbound};
+use protocol::codec::{encode, request_from_value};
+use protocol::frame::{ErrorBody, Event, Op};
+use protocol::socketio::{self as sio, Kind, Packet};
+use protocol::{CloseCode, ErrorCode, Format};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// The events that map onto protocol ops, each with one object argument.
+const OPS: [&str; 6] = [
+    "create_room",
+    "join",
+    "leave",
+    "publish",
+    "presence",
+    "history",
+];
+
+/// What a packet asks of the connection.
+pub enum Next {
+    Continue,
+    Close(u16, &'static str),
+}
+
+pub fn push(outbound: &Outbound, text: String) {
+    let _ = outbound.push(Bytes::from(text));
+}
+
+pub fn random_id() -> String {
+    (0..20).map(|_| fastrand::alphanumeric()).collect()
+}
+
+/// One joined namespace.
+struct Socket {
+    /// The socket id the client was given (kept across a recovery).
+    sid: String,
+    /// Roomcast mode: the ops' view of this socket. `None` in conformance mode.
+    session: Option<Session>,
+    /// Its place under `--max-conns-per-user`.
+    _user_slot: Option<UserSlot>,
+    /// The recovery id handed out in the CONNECT reply (roomcast mode, recovery on).
+    pid: Option<String>,
+    /// Forwards a non-`/` namespace's events into the connection (see module docs).
+    forwarder: Option<tokio::task::JoinHandle<()>>,
+}
+
+pub struct Sockets<'a> {
+    pub node: &'a Arc<Node>,
+    pub ip: IpAddr,
+    pub outbound: Arc<Outbound>,
+    joined: HashMap<String, Socket>,
+    /// Whether any namespace was ever joined (the connect timeout stops then).
+    pub ever_joined: bool,
+}
+
+/// The internal room prefix of a namespace: empty for `/`, else the name without its leading
+/// slash, plus `/`.
+pub fn room_prefix(namespace: &str) -> String {
+    match namespace {
+        "/" => String::new(),
+        ns => format!("{}/", ns.trim_start_matches('/')),
+    }
+}
+
+/// Replaces every `"room"` string that starts with `prefix` by its unprefixed name.
+pub fn strip_rooms(value: &mut Value, prefix: &str) {
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map.iter_mut() {
+                match v {
+                    Value::String(s) if k == "room" => {
+                        if let Some(rest) = s.strip_prefix(prefix) {
+                            *s = rest.to_string();
+                        }
+                    }
+                    other => strip_rooms(other, prefix),
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|v| strip_rooms(v, prefix)),
+        _ => {}
+    }
+}
+
+/// Puts a namespace's prefix on the room an op names.
+fn prefix_op(op: &mut Op, prefix: &str) {
+    let room = match op {
+        Op::CreateRoom { room, .. } => {
+            // A server-chosen name must land in the namespace too.
+            let name = room.take().unwrap_or_else(|| {
+                let id: String = (0..12)
+                    .map(|_| fastrand::alphanumeric().to_ascii_lowercase())
+                    .collect();
+                format!("r-{id}")
+            });
+            *room = Some(name);
+            match room {
+                Some(r) => r,
+                None => return,
+            }
+        }
+        Op::Join { room, .. }
+        | Op::Leave { room }
+        | Op::Publish { room, .. }
+        | Op::Presence { room }
+        | Op::History { room, .. } => room,
+        Op::Ping => return,
+    };
+    room.insert_str(0, prefix);
+}
+
+impl<'a> Sockets<'a> {
+    pub fn new(node: &'a Arc<Node>, ip: IpAddr, outbound: Arc<Outbound>) -> Sockets<'a> {
+        Sockets {
+            node,
+            ip,
+            outbound,
+            joined: HashMap::new(),
+            ever_joined: false,
+        }
+    }
+
+    fn allowed(&self, namespace: &str) -> bool {
+        namespace == "/"
+            || self
+                .node
+                .config
+                .socketio_namespaces
+                .iter()
+                .any(|n| n == namespace)
+    }
+
+    /// Handles one whole packet, with its binary attachments.
+    pub async fn packet(&mut self, p: Packet, attachments: Vec<Vec<u8>>) -> Next {
+        if p.kind == Kind::Connect {
+            if !self.allowed(&p.namespace) {
+                push(
+                    &self.outbound,
+                    sio::connect_error(&p.namespace, "Invalid namespace", None),
+                );
+                return Next::Continue;
+            }
+            if self.joined.contains_key(&p.namespace) {
+                return Next::Close(CloseCode::PROTOCOL_ERROR, "namespace already joined");
+            }
+            return self.connect(&p).await;
+        }
+        // Anything else in a namespace this connection has not joined is a protocol error.
+        if !self.joined.contains_key(&p.namespace) {
+            return Next::Close(CloseCode::PROTOCOL_ERROR, "namespace not joined");
+        }
+        match p.kind {
+            Kind::Disconnect => {
+                // A deliberate leave: nothing is kept for recovery.
+                if let Some(socket) = self.joined.remove(&p.namespace) {
+                    self.end(&p.namespace, socket, false).await;
+                }
+                Next::Continue
+            }
+            Kind::Event | Kind::BinaryEvent => {
+                if self.node.config.socketio_conformance {
+                    self.conformance_event(&p, attachments)
+                } else {
+                    self.event(p, attachments).await
+                }
+            }
+            Kind::Ack | Kind::BinaryAck => Next::Continue,
+            Kind::Connect | Kind::ConnectError => {
+                Next::Close(CloseCode::PROTOCOL_ERROR, "CONNECT_ERROR from a client")
+            }
+        }
+    }
+
+    async fn connect(&mut self, p: &Packet) -> Next {
+        let ns = p.namespace.clone();
+        if self.node.config.socketio_conformance {
+            // The test-suite server: every socket is welcome and hears its own auth back.
+            let sid = random_id();
+            push(&self.outbound, sio::connect_ok(&ns, &sid));
+            let auth = p.payload.clone().unwrap_or_else(|| json!({}));
+            push(&self.outbound, sio::event(&ns, "auth", &auth));
+            self.joined.insert(
+                ns,
+                Socket {
+                    sid,
+                    session: None,
+                    _user_slot: None,
+                    pid: None,
+                    forwarder: None,
+                },
+            );
+            self.ever_joined = true;
+            return Next::Continue;
+        }
+        let auth = p.payload.as_ref();
+        let token = auth.and_then(|a| a.get("token")).and_then(Value::as_str);
+        let identity = match self.node.auth.authenticate(token, self.ip) {
+            Ok(identity) => identity,
+            Err(e) => {
+                self.node
+                    .metrics
+                    .connections_rejected
+                    .with_label_values(&["auth"])
+                    .inc();
+                let message = match e {
+                    AuthError::Missing => "a token is required",
+                    AuthError::Expired => "token expired",
+                    AuthError::Invalid => "invalid token",
+                };
+                push(
+                    &self.outbound,
+                    sio::connect_error(&ns, message, Some(json!({ "code": "unauthorized" }))),
+                );
+                return Next::Continue;
+            }
+        };
+        let Some(user_slot) = self.node.gate.admit_user(&identity.user) else {
+            self.node
+                .metrics
+                .connections_rejected
+                .with_label_values(&["user_limit"])
+                .inc();
+            push(
+                &self.outbound,
+                sio::connect_error(
+                    &ns,
+                    "too many connections for this user",
+                    Some(json!({ "code": "connection_limit" })),
+                ),
+            );
+            return Next::Continue;
+        };
+        let prefix = room_prefix(&ns);
+        let identity = Identity {
+            user: identity.user,
+            // The `rooms` claim speaks of the namespace's own names.
+            rooms: identity
+                .rooms
+                .map(|patterns| patterns.iter().map(|p| format!("{prefix}{p}")).collect()),
+        };
+        let (session_outbound, forwarder) = if ns == "/" {
+            (self.outbound.clone(), None)
+        } else {
+            let (out, rx) = Outbound::new(Format::SocketIo, self.node.config.outbound_queue_bytes);
+            let out = Arc::new(out);
+            let task = tokio::spawn(forward(
+                rx,
+                out.clone(),
+                self.outbound.clone(),
+                ns.clone(),
+                prefix.clone(),
+            ));
+            (out, Some(task))
+        };
+        let recovery_on = !self.node.config.socketio_recovery_window.is_zero();
+        if recovery_on {
+            session_outbound.start_journal(recovery::JOURNAL_LEN);
+        }
+        let conn_id: Arc<str> = Arc::from(self.node.next_conn_id());
+        self.node.registry.register(LocalConn {
+            conn_id: conn_id.clone(),
+            user: Arc::from(identity.user.as_str()),
+            outbound: session_outbound.clone(),
+        });
+        let session = Session {
+            conn_id: conn_id.clone(),
+            identity,
+            outbound: session_outbound,
+        };
+        let mut sid = conn_id.to_string();
+        let mut pid = recovery_on.then(random_id);
+        if recovery_on {
+            if let Some(restored) = recovery::restore(self.node, &session, &ns, auth).await {
+                sid = restored.sid;
+                pid = Some(restored.pid);
+            }
+        }
+        let reply = match &pid {
+            Some(pid) => sio::connect_ok_with_pid(&ns, &sid, pid),
+            None => sio::connect_ok(&ns, &sid),
+        };
+        push(&self.outbound, reply);
+        if let Ok(bytes) = encode(
+            &Event::TrafficStatus(&self.node.traffic.current()),
+            Format::SocketIo,
+        ) {
+            let _ = session.outbound.push(bytes);
+        }
+        self.joined.insert(
+            ns,
+            Socket {
+                sid,
+                session: Some(session),
+                _user_slot: Some(user_slot),
+                pid,
+                forwarder,
+            },
+        );
+        self.ever_joined = true;
+        Next::Continue
+    }
+
+    /// The test-suite handlers: `message` → `message-back`, `message-with-ack` → ack.
+    fn conformance_event(&self, p: &Packet, attachments: Vec<Vec<u8>>) -> Next {
+        let Some((name, args)) = p.event() else {
+            return Next::Close(CloseCode::PROTOCOL_ERROR, "bad event");
+        };
+        let ns = &p.namespace;
+        let binary = !attachments.is_empty();
+        let text = match (name, p.ack) {
+            ("message", _) => {
+                let mut out = vec![json!("message-back")];
+                out.extend_from_slice(args);
+                let payload = Value::Array(out);
+                if binary {
+                    sio::binary(false, ns, None, attachments.len(), &payload)
+                } else {
+                    format!("{}{}", event_prefix(ns), payload)
+                }
+            }
+            ("message-with-ack", Some(id)) => {
+                let payload = Value::Array(args.to_vec());
+                if binary {
+                    sio::binary(true, ns, Some(id), attachments.len(), &payload)
+                } else {
+                    sio::ack(ns, id, &payload)
+                }
+            }
+            _ => return Next::Continue,
+        };
+        push(&self.outbound, text);
+        for a in attachments {
+            let _ = self.outbound.push_message(false, Bytes::from(a));
+        }
+        Next::Continue
+    }
+
+    async fn event(&mut self, mut p: Packet, attachments: Vec<Vec<u8>>) -> Next {
+        if let Some(payload) = p.payload.as_mut() {
+            if sio::fill_placeholders(payload, &attachments).is_err() {
+                return Next::Close(CloseCode::PROTOCOL_ERROR, "bad attachment placeholder");
+            }
+        }
+        let ns = p.namespace.clone();
+        let Some(session) = self.joined.get(&ns).and_then(|s| s.session.as_ref()) else {
+            return Next::Close(CloseCode::PROTOCOL_ERROR, "namespace not joined");
+        };
+        let Some((name, args)) = p.event() else {
+            return Next::Close(CloseCode::PROTOCOL_ERROR, "bad event");
+        };
+        let ack = p.ack;
+        let prefix = room_prefix(&ns);
+        let outbound = &self.outbound;
+        let reply = |mut body: Value| {
+            if let Some(id) = ack {
+                strip_rooms(&mut body, &prefix);
+                push(outbound, sio::ack(&ns, id, &json!([body])));
+            }
+        };
+        if !OPS.contains(&name) {
+            reply(
+                json!({ "error": ErrorBody::new(ErrorCode::BadRequest, format!("unknown event '{name}'")) }),
+            );
+            return Next::Continue;
+        }
+        // The native request: the event's object argument plus `op` (and an id for decoding).
+        let mut request = match args.first() {
+            Some(Value::Object(o)) => Value::Object(o.clone()),
+            None => json!({}),
+            Some(_) => {
+                reply(
+                    json!({ "error": ErrorBody::new(ErrorCode::BadRequest, "the argument must be an object") }),
+                );
+                return Next::Continue;
+            }
+        };
+        if let Some(obj) = request.as_object_mut() {
+            obj.insert("op".into(), json!(name));
+            obj.insert("id".into(), json!(ack.unwrap_or(0)));
+        }
+        let mut op = match request_from_value(request) {
+            Ok(r) => r.op,
+            Err(e) => {
+                reply(json!({ "error": ErrorBody::new(ErrorCode::BadRequest, e.message) }));
+                return Next::Continue;
+            }
+        };
+        if !prefix.is_empty() {
+            prefix_op(&mut op, &prefix);
+        }
+        let (result, after) = session::handle(self.node, session, op).await;
+        match result {
+            Ok(body) => reply(json!({ "ok": body })),
+            Err(error) => reply(json!({ "error": error })),
+        }
+        session::after_reply(self.node, session, after);
+        Next::Continue
+    }
+
+    /// Ends one namespace socket. `recoverable`: the connection was lost rather than left on
+    /// purpose, so its rooms and position are saved for `--socketio-recovery-window`.
+    async fn end(&self, namespace: &str, socket: Socket, recoverable: bool) {
+        if let Some(task) = &socket.forwarder {
+            task.abort();
+        }
+        let Some(session) = socket.session else {
+            return;
+        };
+        if recoverable {
+            if let Some(pid) = &socket.pid {
+                recovery::save(self.node, &session, namespace, &socket.sid, pid).await;
+            }
+        }
+        session::cleanup(self.node, &session.conn_id, &session.identity.user).await;
+    }
+
+    /// Ends every namespace socket when the connection goes.
+    pub async fn end_all(&mut self, recoverable: bool) {
+        let joined: Vec<(String, Socket)> = self.joined.drain().collect();
+        for (namespace, socket) in joined {
+            self.end(&namespace, socket, recoverable).await;
+        }
+    }
+}
+
+/// `42` or `42/ns,`: an EVENT's header.
+fn event_prefix(namespace: &str) -> String {
+    if namespace == "/" {
+        "42".to_string()
+    } else {
+        format!("42{namespace},")
+    }
+}
+
+/// Carries a non-`/` namespace's events into the connection: `42[…]` becomes `42/ns,[…]`
+/// with the room prefix stripped. A close (slow consumer, kick) closes the connection.
+async fn forward(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<OutFrame>,
+    from: Arc<Outbound>,
+    to: Arc<Outbound>,
+    namespace: String,
+    prefix: String,
+) {
+    let header = event_prefix(&namespace);
+    while let Some(frame) = rx.recv().await {
+        match frame {
+            OutFrame::Data(bytes) | OutFrame::Message { bytes, .. } => {
+                from.written(bytes.len());
+                let Some(body) = bytes.strip_prefix(b"42") else {
+                    continue;
+                };
+                let Ok(mut value) = serde_json::from_slice::<Value>(body) else {
+                    continue;
+                };
+                strip_rooms(&mut value, &prefix);
+                if to.push(Bytes::from(format!("{header}{value}"))).is_err() {
+                    from.close(CloseCode::SLOW_CONSUMER, "connection closing");
+                    return;
+                }
+            }
+            OutFrame::Close(code, reason) => {
+                to.close(code, &reason);
+                return;
+            }
+            OutFrame::Pong(_) => {}
+        }
+    }
+}
