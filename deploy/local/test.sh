@@ -42,8 +42,12 @@ if [ $rc2 -ne 0 ]; then
   deploy/local/redis-cluster.sh start "$FAILOVER" || exit 1
   cargo test -p gateway --test failover -- --test-threads=1 ; rc2=$?
 fi
-# A stock socket.io-client against a real roomcast process.
+# A stock socket.io-client against a real roomcast process, then python-socketio's client.
 crates/gateway/tests/socketio-client/run.sh ; rc5=$?
+crates/gateway/tests/socketio-python/run.sh || rc5=1
+# The official Socket.IO / Engine.IO protocol suites, when a socket.io clone is given
+# (SOCKETIO_REPO; they are not vendored). Skipped, and said so, otherwise.
+crates/gateway/tests/socketio-protocol/run.sh || rc5=1
 # The load-test tool, tiny, against an embedded node (no timing asserted).
 loadtest/smoke.sh ; rc4=$?
 # Deployment artefacts, each checked by a real tool (the shared cluster serves the scrape).
