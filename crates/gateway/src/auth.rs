@@ -127,12 +127,18 @@ fn validation(alg: Algorithm, config: &Config) -> Validation {
     v.required_spec_claims = HashSet::new();
     v.validate_exp = true;
     v.validate_nbf = true;
+    // A configured audience or issuer is required, not only checked when present: without
+    // this, a token that simply omits the claim would pass.
     match &config.jwt_audience {
-        Some(aud) => v.set_audience(&[aud]),
+        Some(aud) => {
+            v.set_audience(&[aud]);
+            v.required_spec_claims.insert("aud".to_string());
+        }
         None => v.validate_aud = false,
     }
     if let Some(iss) = &config.jwt_issuer {
         v.set_issuer(&[iss]);
+        v.required_spec_claims.insert("iss".to_string());
     }
     v
 }
