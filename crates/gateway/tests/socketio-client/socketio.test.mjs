@@ -210,3 +210,56 @@ test("namespaces: /admin is isolated from /, on one connection; unknown ones are
   admin.close();
   nope.close();
 });
+
+test("the seed app's front-end code works unchanged", async () => {
+  const HOT = process.env.ROOMCAST_HOT_URL;
+  assert.ok(HOT, "run.sh starts a node that runs hot");
+  const banners = [];
+  const disabled = [];
+  const updates = [];
+  const showTrafficBanner = (message) => banners.push(message);
+  const disableCreateRoomButton = (retryAfter) => disabled.push(retryAfter);
+  const updateUI = (status) => updates.push(status);
+  const fetch = (path) => globalThis.fetch(`${HOT}${path}`);
+  const socket = io(HOT, { transports: ["websocket"], auth: { token: token("seed-user") }, forceNew: true });
+
+  // ---- verbatim from the seed guide (shared/seeds, "Frontend Implementation Example") ----
+  // Listen for traffic status updates
+  socket.on('traffic_status', (status) => {
+    if (status.level === 'critical') {
+      // Show banner: "High traffic - some features may be delayed"
+      showTrafficBanner(status.message);
+    }
+
+    if (!status.roomCreationEnabled) {
+      // Disable create room button
+      disableCreateRoomButton(status.retryAfter);
+    }
+  });
+
+  // Poll status endpoint periodically
+  const poll = setInterval(async () => {
+    const response = await fetch('/status');
+    const status = await response.json();
+    updateUI(status);
+  }, 200); // Every minute (200 ms here)
+  // ---- end of the seed code ----
+
+  await once(socket, "connect");
+  // Two users create two rooms: the node goes critical and pauses creation.
+  for (const user of ["seed-a", "seed-b"]) {
+    const c = io(HOT, { transports: ["websocket"], auth: { token: token(user) }, reconnection: false, forceNew: true });
+    await once(c, "connect");
+    await call(c, "create_room", { room: unique("seed") });
+    c.close();
+  }
+  await until(() => disabled.length > 0 && banners.length > 0 && updates.some((u) => u.level === "critical"), 8000).catch((e) => {
+    throw new Error(`${e.message}: ${JSON.stringify({ banners, disabled, updates: updates.slice(-2) })}`);
+  });
+  assert.equal(typeof banners[0], "string");
+  assert.ok(disabled[0] > 0, `retryAfter in ms: ${disabled[0]}`);
+  const refused = await call(socket, "create_room", { room: unique("seed") });
+  assert.equal(refused.error.code, "creation_paused");
+  clearInterval(poll);
+  socket.close();
+});
