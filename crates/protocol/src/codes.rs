@@ -82,8 +82,9 @@ impl CloseCode {
     /// The client did not answer heartbeats in time.
     pub const HEARTBEAT_TIMEOUT: u16 = 4010;
 
-    /// Whether a peer may send this code in a Close frame (RFC 6455 section 7.4).
+    /// Whether a peer may send this code in a Close frame (RFC 6455 section 7.4, plus the IANA
+    /// registered 1012–1014).
     pub fn is_valid_from_peer(code: u16) -> bool {
-        matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999)
+        matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
     }
 }
