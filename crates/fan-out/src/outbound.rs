@@ -273,4 +273,54 @@ mod tests {
         q.push(Bytes::from_static(b"12345678")).expect("fits again");
         assert_eq!(q.queued_bytes(), 8);
     }
+
+    fn publication(room: &str, offset: u64) -> Publication {
+        Publication {
+            room: room.into(),
+            offset,
+            epoch: "e".into(),
+            from: "u".into(),
+            data: protocol::Data::from_value(&serde_json::json!(offset)).expect("data"),
+            ts: 0,
+        }
+    }
+
+    #[test]
+    fn the_journal_locates_the_client_in_every_room() {
+        let (q, _rx) = Outbound::new(Format::SocketIo, 1 << 20);
+        q.start_journal(3);
+        q.journal_base("a", "e", 10);
+        q.journal_base("b", "e", 20);
+        for (room, offset) in [("a", 11), ("b", 21), ("a", 12)] {
+            q.push_publication(Bytes::from_static(b"x"), &publication(room, offset))
+                .expect("push");
+        }
+        let j = q.journal().expect("journal");
+        // The client got up to b:21, so a:11 too, but not a:12.
+        let at = j
+            .positions_at(Some(("b", &("e".to_string(), 21))))
+            .expect("known");
+        assert_eq!(at.get("a"), Some(&("e".to_string(), 11)));
+        assert_eq!(at.get("b"), Some(&("e".to_string(), 21)));
+        // Nothing received: the join points.
+        let at = j.positions_at(None).expect("known");
+        assert_eq!(at.get("a"), Some(&("e".to_string(), 10)));
+        // An offset the journal never saw fails.
+        assert!(j
+            .positions_at(Some(("a", &("e".to_string(), 99))))
+            .is_none());
+        // The bound: the oldest entry becomes the room's base.
+        q.push_publication(Bytes::from_static(b"x"), &publication("b", 22))
+            .expect("push");
+        let j = q.journal().expect("journal");
+        assert_eq!(j.entries.len(), 3);
+        assert_eq!(j.base.get("a"), Some(&("e".to_string(), 11)));
+        // A join base does not wipe a replay that already reaches it.
+        q.journal_base("b", "e", 22);
+        assert_eq!(q.journal().expect("journal").entries.len(), 3);
+        q.journal_base("b", "e", 30);
+        let j = q.journal().expect("journal");
+        assert!(j.entries.iter().all(|(r, _)| &**r != "b"));
+        assert_eq!(j.base.get("b"), Some(&("e".to_string(), 30)));
+    }
 }
