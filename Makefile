@@ -4,7 +4,7 @@ SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
 
-.PHONY: help run cluster-up cluster-down bench build test lint fmt clean
+.PHONY: help run cluster-up cluster-down bench chaos floods build test lint fmt fuzz clean
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -22,6 +22,12 @@ cluster-down: ## Stop the local cluster; nothing is left running.
 bench: ## Side-by-side benchmark against Socket.IO + Redis adapter; writes docs/benchmarks.md (BENCH_QUICK=1 for a smoke run).
 	loadtest/bench.sh
 
+chaos: ## Fault injection under load (gateway kill/drain/cut, Redis failover/kill/pause); writes docs/reliability.md (CHAOS_QUICK=1: the short one in make test).
+	deploy/local/chaos.sh
+
+floods: ## Floods and slow consumers, full size: 20k-client reconnect storm, one user flooding 3 nodes, slow readers, a 10k-member room (docs/floods.md; `loadtest/floods.sh --short` is the one in make test).
+	loadtest/floods.sh
+
 build: ## Release build of every binary.
 	$(CARGO) build --release --workspace
 
@@ -34,6 +40,9 @@ lint: ## rustfmt and clippy, warnings are errors.
 
 fmt: ## Format the code.
 	$(CARGO) fmt --all
+
+fuzz: ## Fuzz every decoder, FUZZ_SECS (default 60) seconds per target; needs nightly, installs cargo-fuzz (docs/fuzzing.md).
+	FUZZ_SECS=$(or $(FUZZ_SECS),60) fuzz/run.sh $(FUZZ_TARGETS)
 
 clean: ## Remove build output.
 	$(CARGO) clean

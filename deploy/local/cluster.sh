@@ -6,18 +6,26 @@
 #   cluster.sh down   stop everything; nothing is left running
 #   cluster.sh stop-gateways   stop the gateways and nginx, keep Redis (benchmarks)
 #   cluster.sh pids   pids of the gateways and the Redis processes
+#   cluster.sh start-gateway PORT   (re)start one gateway of a running cluster, as `up` did
 #
 # GATEWAY_ARGS adds flags to every gateway (the benchmark lifts the per-user limits).
+# A second cluster can run beside this one (deploy/local/chaos.sh does): CLUSTER_REDIS_BASE
+# (7000), CLUSTER_GATEWAYS ("8081 8082 8083"), CLUSTER_LB (127.0.0.1:8080) and CLUSTER_STATE
+# move it; CLUSTER_PROFILE=debug runs the debug build; CLUSTER_UID_GATEWAY=PORT runs that
+# gateway as uid CLUSTER_UID (default 64000), so that firewall rules can single it out;
+# CLUSTER_BIN runs a given roomcast binary instead of building one.
 #
 # Installs redis-server and nginx with apt-get when they are missing.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export PATH="$HOME/.cargo/bin:$PATH"
 
-STATE=${TMPDIR:-/tmp}/roomcast-local
-REDIS_BASE=7000
-GATEWAYS=(8081 8082 8083)
-LB=127.0.0.1:8080
+STATE=${CLUSTER_STATE:-${TMPDIR:-/tmp}/roomcast-local}
+REDIS_BASE=${CLUSTER_REDIS_BASE:-7000}
+read -r -a GATEWAYS <<<"${CLUSTER_GATEWAYS:-8081 8082 8083}"
+LB=${CLUSTER_LB:-127.0.0.1:8080}
+PROFILE=${CLUSTER_PROFILE:-release}
+BIN=${CLUSTER_BIN:-./target/$PROFILE/roomcast}
 
 need() {
   if ! command -v "$1" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$1" ]; then
@@ -49,22 +57,36 @@ down() {
   echo "local cluster stopped" >&2
 }
 
+# Starts the gateway on port $1 in the background (its log is appended to, across restarts).
+start_gateway() {
+  local p=$1 as=()
+  if [ "${CLUSTER_UID_GATEWAY:-}" = "$p" ]; then
+    as=(setpriv --reuid="${CLUSTER_UID:-64000}" --regid="${CLUSTER_UID:-64000}" --clear-groups)
+  fi
+  ROOMCAST_REDIS_CLUSTER=$(deploy/local/redis-cluster.sh urls "$REDIS_BASE") setsid "${as[@]}" "$BIN" \
+    --listen "127.0.0.1:$p" --node-id "local-$p" --allow-anonymous --api-key dev-api-key \
+    --drain-delay 1s --drain-window 2s --drain-deadline 5s --trusted-proxy 127.0.0.1/32 \
+    ${GATEWAY_ARGS:-} \
+    >>"$STATE/gateway-$p.log" 2>&1 &
+  echo $! >"$STATE/gateway-$p.pid"
+}
+
 up() {
   need redis-server redis-server
   need nginx nginx
   down 2>/dev/null || true
   mkdir -p "$STATE"
-  cargo build --release -p gateway --bin roomcast
+  if [ -n "${CLUSTER_BIN:-}" ]; then
+    echo "using $CLUSTER_BIN" >&2
+  elif [ "$PROFILE" = release ]; then
+    cargo build --release -p gateway --bin roomcast
+  else
+    cargo build -p gateway --bin roomcast
+  fi
   deploy/local/redis-cluster.sh start "$REDIS_BASE"
-  urls=$(deploy/local/redis-cluster.sh urls "$REDIS_BASE")
   upstreams=""
   for p in "${GATEWAYS[@]}"; do
-    ROOMCAST_REDIS_CLUSTER=$urls setsid ./target/release/roomcast \
-      --listen "127.0.0.1:$p" --node-id "local-$p" --allow-anonymous --api-key dev-api-key \
-      --drain-delay 1s --drain-window 2s --drain-deadline 5s --trusted-proxy 127.0.0.1/32 \
-      ${GATEWAY_ARGS:-} \
-      >"$STATE/gateway-$p.log" 2>&1 &
-    echo $! >"$STATE/gateway-$p.pid"
+    start_gateway "$p"
     upstreams+="server 127.0.0.1:$p max_fails=1 fail_timeout=5s; "
   done
   sed -e "s#@PREFIX@#$STATE#g" -e "s#@LISTEN@#$LB#g" -e "s#@UPSTREAMS@#$upstreams#g" \
@@ -82,7 +104,7 @@ up() {
 roomcast local cluster is up (anonymous clients allowed; server API key: dev-api-key)
   load balancer   ws://$LB/ws      http://$LB/status
   gateways        $(for p in "${GATEWAYS[@]}"; do printf 'http://127.0.0.1:%s ' "$p"; done)
-  redis cluster   $urls
+  redis cluster   $(deploy/local/redis-cluster.sh urls "$REDIS_BASE")
   logs            $STATE/gateway-*.log
 stop it with: make cluster-down
 MSG
@@ -104,5 +126,6 @@ case "${1:-}" in
   down) down ;;
   stop-gateways) stop_gateways ;;
   pids) pids ;;
+  start-gateway) start_gateway "${2:?port}" ;;
   *) echo "usage: $0 up|down" >&2; exit 2 ;;
 esac

@@ -52,4 +52,11 @@ crates/gateway/tests/socketio-protocol/run.sh || rc5=1
 loadtest/smoke.sh ; rc4=$?
 # Deployment artefacts, each checked by a real tool (the shared cluster serves the scrape).
 deploy/check-artifacts.sh ; rc3=$?
-[ $rc -eq 0 ] && [ $rc2 -eq 0 ] && [ $rc3 -eq 0 ] && [ $rc4 -eq 0 ] && [ $rc5 -eq 0 ]
+# Fault injection, short: its own cluster (Redis 7300, gateways 8181-8183, nginx 8180) under
+# load through six faults; fails on a lost acknowledged message or a client left out.
+CHAOS_QUICK=1 deploy/local/chaos.sh ; rc6=$?
+# Floods and slow consumers, short: its own cluster (Redis 7400, gateways 8281-8283); a
+# reconnect storm, one user flooding 3 nodes, slow readers, a 2,000-member room. Asserts
+# bounds and correctness, not timing.
+loadtest/floods.sh --short ; rc7=$?
+[ $rc -eq 0 ] && [ $rc2 -eq 0 ] && [ $rc3 -eq 0 ] && [ $rc4 -eq 0 ] && [ $rc5 -eq 0 ] && [ $rc6 -eq 0 ] && [ $rc7 -eq 0 ]

@@ -6,8 +6,10 @@
 //! reports, samples the system under test (`--pids`), and prints a summary, `--json` and
 //! `--plot`.
 
+mod chaos;
 mod client;
 mod engine;
+mod floods;
 mod plot;
 mod procs;
 mod proto;
@@ -40,6 +42,9 @@ enum Scenario {
     Churn,
     /// Step the publish rate up until p99 passes a bound or deliveries fall below 99%.
     Max,
+    /// `fanout` whose clients survive faults: they reconnect and re-join with `since`, and
+    /// check offsets and epochs (`make chaos`, deploy/local/chaos.sh).
+    Chaos,
 }
 
 #[derive(Debug, Clone, Parser)]
@@ -114,6 +119,12 @@ struct Args {
     /// Print only the summary.
     #[arg(long)]
     quiet: bool,
+    /// chaos: gateway base URLs (`http://host:port`) whose /readyz is polled every 150 ms.
+    #[arg(long, value_delimiter = ',')]
+    readyz: Vec<String>,
+    /// chaos: publish until this file exists (or --secs passed).
+    #[arg(long)]
+    stop_file: Option<String>,
     #[arg(long, hide = true)]
     worker_index: Option<u64>,
     #[arg(long, hide = true)]
@@ -145,7 +156,7 @@ impl Args {
         match self.scenario {
             Scenario::Connections | Scenario::Churn => self.clients,
             Scenario::Broadcast => self.members,
-            Scenario::Fanout | Scenario::Max => self.rooms * self.members,
+            Scenario::Fanout | Scenario::Max | Scenario::Chaos => self.rooms * self.members,
         }
     }
 
@@ -405,7 +416,29 @@ fn print_summary(s: &Summary) {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    // `storm`, `flood`, `slow-readers`, `huge-room`: the checks of loadtest/floods.sh.
+    if let Some(done) = floods::dispatch().await {
+        return done;
+    }
     let args = Args::parse();
+    if args.scenario == Scenario::Chaos {
+        return chaos::main(chaos::Settings {
+            urls: args.url.clone(),
+            protocol: args.protocol,
+            jwt_secret: args.jwt_secret.clone(),
+            rooms: args.rooms,
+            members: args.members,
+            publishers: args.publishers,
+            rate: args.rate,
+            secs: args.secs,
+            payload: args.payload,
+            setup_secs: args.setup(),
+            readyz: args.readyz.clone(),
+            stop_file: args.stop_file.clone(),
+            json: args.json.clone(),
+        })
+        .await;
+    }
     if let (Some(worker), Some(start_at), Some(run_id)) =
         (args.worker_index, args.start_at_us, args.run_id.clone())
     {

@@ -1,0 +1,311 @@
+#!/usr/bin/env bash
+# `make chaos`: fault injection under a steady fan-out load, on a local cluster of its own
+# (Redis Cluster on 7300-7305, gateways on 8181-8183, nginx on 127.0.0.1:8180, so it never
+# collides with `make cluster-up` or the clusters of `make test`).
+#
+# While `roomcast-loadtest chaos` keeps rooms × members clients publishing and checking every
+# delivery (they reconnect through nginx and re-join with `since`), this script injects, one at
+# a time, with load before and after each:
+#   1. kill -9 of gateway 8181, restarted 2 s later
+#   2. SIGTERM of gateway 8182 (a drain), restarted once it exited
+#   3. CLUSTER FAILOVER on the replica of one shard (graceful primary switch)
+#   4. kill -9 of another shard's primary, revived 4 s later (it rejoins as a replica)
+#   5. SIGSTOP of the third shard's primary, longer than cluster-node-timeout, then SIGCONT
+#   6. gateway 8183 cut off from Redis (iptables, see below), then restored
+# and writes every fault's start and end to a log. deploy/local/chaos_report.py then sets the
+# load tool's record against that log: a table per fault (delivery pause, loss, duplicates,
+# order, reconnects, whether /readyz told the truth), printed and, for the full run, written
+# to docs/reliability.md.
+#
+# The cut: gateway 8183 runs as its own uid (CLUSTER_UID_GATEWAY in cluster.sh). A mangle rule
+# marks every connection that uid opens to a Redis port (CONNMARK); during the cut, filter
+# rules drop marked packets both ways (OUTPUT and INPUT), so the gateway neither reaches Redis
+# nor hears it, while its clients (through nginx) and every other process are untouched. The
+# rules live in chains of their own (ROOMCAST_CHAOS*) that cleanup removes.
+#
+#   CHAOS_QUICK=1     the short version run by `make test` (debug build, ~90 s): fails when an
+#                     acknowledged message is lost or a client does not reconnect
+#   CHAOS_DURABLE=0   run the gateways without --durable-publish
+#   CHAOS_PROFILE     release (default for the full run) or debug (default for the quick one)
+#   CHAOS_GATEWAY_BIN a roomcast binary to test instead of building this tree's
+#   CHAOS_ALLOW_STUCK=1  report, but do not fail on, clients left connected yet receiving
+#                     nothing (see docs/reliability.md: a gateway reaped as dead by its peers)
+#
+# Installs redis-server, nginx and iptables with apt-get when missing. Needs root (iptables,
+# setpriv). Leaves nothing running: every process, rule and temporary file it made goes in
+# cleanup; the record stays in target/chaos/ (load tool JSON and log, fault log, gateway logs).
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+export PATH="$HOME/.cargo/bin:$PATH"
+
+QUICK=${CHAOS_QUICK:-0}
+DURABLE=${CHAOS_DURABLE:-1}
+if [ "$QUICK" = 1 ]; then PROFILE=${CHAOS_PROFILE:-debug}; else PROFILE=${CHAOS_PROFILE:-release}; fi
+REDIS_BASE=7300
+GW=(8181 8182 8183)
+LB=127.0.0.1:8180
+CUT_UID=64000
+STATE=${TMPDIR:-/tmp}/roomcast-chaos
+RAW=target/chaos
+REDIS_DIR=${TMPDIR:-/tmp}/roomcast-redis-$REDIS_BASE
+SECRET=chaos-secret
+
+if [ "$QUICK" = 1 ]; then
+  LOAD=(--rooms 10 --members 6 --publishers 20 --rate 100)
+  # TAIL: extra load after the last fault, so that a client counts as stuck (nothing in the
+  # last 5 s, chaos_report.py) only if it stayed silent for 7 s after the restore.
+  WARM=3 AFTER=6 PAUSE=5 CUT=8 REVIVE=4 TAIL=6
+else
+  LOAD=(--rooms 20 --members 10 --publishers 40 --rate 200)
+  WARM=5 AFTER=12 PAUSE=6 CUT=10 REVIVE=4 TAIL=0
+fi
+
+need() {
+  local bin=$1 pkg=$2
+  if ! command -v "$bin" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$bin" ]; then
+    echo "installing $pkg" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y "$pkg" >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y "$pkg" >/dev/null; }
+  fi
+}
+need redis-server redis-server
+need nginx nginx
+need iptables iptables
+need setpriv util-linux
+need python3 python3
+
+export CLUSTER_REDIS_BASE=$REDIS_BASE CLUSTER_GATEWAYS="${GW[*]}" CLUSTER_LB=$LB
+export CLUSTER_STATE=$STATE/cluster CLUSTER_PROFILE=$PROFILE
+export CLUSTER_UID_GATEWAY=${GW[2]} CLUSTER_UID=$CUT_UID
+if [ -n "${CHAOS_GATEWAY_BIN:-}" ]; then export CLUSTER_BIN=$CHAOS_GATEWAY_BIN; fi
+GATEWAY_ARGS="--jwt-secret $SECRET --publish-rate 1000 --publish-burst 1000 --max-conns-per-ip 0"
+[ "$DURABLE" = 1 ] && GATEWAY_ARGS+=" --durable-publish"
+export GATEWAY_ARGS
+LT=target/$PROFILE/roomcast-loadtest
+FAULTS=$STATE/faults.log
+
+lt_pid=""
+cleanup() {
+  trap - EXIT INT TERM
+  if [ -n "$lt_pid" ]; then kill "$lt_pid" 2>/dev/null; wait "$lt_pid" 2>/dev/null; fi
+  uncut
+  iptables -t mangle -D OUTPUT -j ROOMCAST_CHAOS_MARK 2>/dev/null
+  iptables -t mangle -F ROOMCAST_CHAOS_MARK 2>/dev/null
+  iptables -t mangle -X ROOMCAST_CHAOS_MARK 2>/dev/null
+  iptables -D OUTPUT -j ROOMCAST_CHAOS_CUT 2>/dev/null
+  iptables -D INPUT -j ROOMCAST_CHAOS_CUT 2>/dev/null
+  iptables -X ROOMCAST_CHAOS_CUT 2>/dev/null
+  # A paused primary is resumed before it is stopped (redis-cluster.sh stop does both).
+  deploy/local/cluster.sh down >/dev/null 2>&1
+  deploy/local/redis-cluster.sh stop "$REDIS_BASE" >/dev/null 2>&1
+  rm -rf "$STATE"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+ms() { date +%s%3N; }
+T0=$(ms)
+say() { printf '[%6.1fs] %s\n' "$(( $(ms) - T0 ))e-3" "$*" >&2; }
+# event FAULT_NUMBER WHAT [key=value...]: one line of the fault log.
+event() {
+  local n=$1 what=$2
+  shift 2
+  echo "$(ms) $n $what $*" >>"$FAULTS"
+  say "fault $n: $what $*"
+}
+# Sleeps until Unix ms $1.
+until_ms() {
+  local left=$(( $1 - $(ms) ))
+  [ "$left" -gt 0 ] && sleep "$(printf '%d.%03d' $((left / 1000)) $((left % 1000)))"
+  return 0
+}
+rcli() { timeout 2 redis-cli -p "$@" 2>/dev/null; }
+gw_pid() { cat "$STATE/cluster/gateway-$1.pid"; }
+wait_ready() {
+  for _ in $(seq 1 150); do
+    curl -sf -m 1 "127.0.0.1:$1/readyz" >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  say "gateway $1 not ready after 15 s"
+  return 1
+}
+restart_gw() {
+  local n=$1 p=$2
+  deploy/local/cluster.sh start-gateway "$p"
+  event "$n" restarted "port=$p"
+  wait_ready "$p" && event "$n" ready "port=$p"
+}
+# A node that answers (a paused one does not).
+live_node() {
+  for p in $(seq "$REDIS_BASE" $((REDIS_BASE + 5))); do
+    rcli "$p" ping | grep -q PONG && { echo "$p"; return; }
+  done
+}
+# "PRIMARY_PORT REPLICA_PORT FIRST-LAST" of the shard that serves slot $1, as the cluster sees
+# it now.
+shard_of_slot() {
+  rcli "$(live_node)" cluster nodes | awk -v slot="$1" '
+    { split($2, a, "@"); n = split(a[1], b, ":"); port[$1] = b[n] }
+    $3 ~ /master/ && $3 !~ /fail/ {
+      for (i = 9; i <= NF; i++) {
+        split($i, r, "-"); if (r[2] == "") r[2] = r[1]
+        if (slot >= r[1] && slot <= r[2]) { primary = $1; range = $i }
+      }
+    }
+    $3 ~ /slave/ && $3 !~ /fail/ { master_of[$1] = $4 }
+    END {
+      for (id in master_of) if (master_of[id] == primary) replica = port[id]
+      print port[primary], replica, range
+    }'
+}
+role() { rcli "$1" role | head -1; }
+# Every node answers, agrees the cluster is ok, three replicas are attached and synced.
+settled() {
+  local synced=0
+  for p in $(seq "$REDIS_BASE" $((REDIS_BASE + 5))); do
+    rcli "$p" cluster info | grep -q 'cluster_state:ok' || return 1
+    if [ "$(role "$p")" = slave ]; then
+      rcli "$p" info replication | grep -q 'master_link_status:up' && synced=$((synced + 1))
+    fi
+  done
+  [ "$synced" = 3 ]
+}
+wait_settled() {
+  for _ in $(seq 1 300); do settled && return 0; sleep 0.1; done
+  say "redis cluster did not settle in 30 s"
+  return 1
+}
+
+# The cut (see the header). The marking rule is in place before gateway 8183 first connects.
+mark_rules() {
+  iptables -t mangle -N ROOMCAST_CHAOS_MARK 2>/dev/null || iptables -t mangle -F ROOMCAST_CHAOS_MARK
+  iptables -t mangle -A ROOMCAST_CHAOS_MARK -p tcp -m owner --uid-owner "$CUT_UID" \
+    -m multiport --dports "$REDIS_BASE:$((REDIS_BASE + 5))" -j CONNMARK --set-mark 0x7c
+  iptables -t mangle -C OUTPUT -j ROOMCAST_CHAOS_MARK 2>/dev/null || iptables -t mangle -A OUTPUT -j ROOMCAST_CHAOS_MARK
+  iptables -N ROOMCAST_CHAOS_CUT 2>/dev/null || iptables -F ROOMCAST_CHAOS_CUT
+  iptables -C OUTPUT -j ROOMCAST_CHAOS_CUT 2>/dev/null || iptables -I OUTPUT -j ROOMCAST_CHAOS_CUT
+  iptables -C INPUT -j ROOMCAST_CHAOS_CUT 2>/dev/null || iptables -I INPUT -j ROOMCAST_CHAOS_CUT
+}
+cut() { iptables -A ROOMCAST_CHAOS_CUT -m connmark --mark 0x7c -j DROP; }
+uncut() { iptables -F ROOMCAST_CHAOS_CUT 2>/dev/null; }
+
+# ---- the cluster and the load --------------------------------------------------------------
+rm -rf "$STATE" && mkdir -p "$STATE" "$RAW"
+say "building ($PROFILE)"
+pkgs=(-p roomcast-loadtest)
+[ -z "${CHAOS_GATEWAY_BIN:-}" ] && pkgs+=(-p gateway)
+if [ "$PROFILE" = release ]; then
+  cargo build --release -q "${pkgs[@]}" || exit 1
+else
+  cargo build -q "${pkgs[@]}" || exit 1
+fi
+mark_rules || { echo "iptables failed (root and netfilter needed)" >&2; exit 1; }
+say "starting the cluster"
+deploy/local/cluster.sh up >"$STATE/cluster-up.log" 2>&1 || { cat "$STATE/cluster-up.log" >&2; exit 1; }
+for p in "${GW[@]}"; do wait_ready "$p" || exit 1; done
+wait_settled || exit 1
+# The uid rule must see gateway 8183's Redis connections (it marks them).
+[ "$(stat -c %u "/proc/$(gw_pid "${GW[2]}")")" = "$CUT_UID" ] || { echo "gateway ${GW[2]} is not running as uid $CUT_UID" >&2; exit 1; }
+
+SETUP=4
+readyz=$(printf 'http://127.0.0.1:%s,' "${GW[@]}")
+LT_CMD=("$LT" chaos --url "ws://$LB" "${LOAD[@]}" --secs 900 --jwt-secret "$SECRET" --setup-secs "$SETUP"
+  --readyz "${readyz%,}" --stop-file "$STATE/stop" --json "$RAW/chaos.json")
+say "load: ${LT_CMD[*]}"
+"${LT_CMD[@]}" >"$STATE/loadtest.log" 2>&1 &
+lt_pid=$!
+echo "$(ms) 0 load-start" >>"$FAULTS"
+until_ms $(( $(ms) + (SETUP + WARM) * 1000 ))
+
+# ---- the faults ----------------------------------------------------------------------------
+# 1. kill -9 a gateway; a supervisor restarts it 2 s later.
+t=$(ms)
+event 1 kill-gateway "gateway=local-${GW[0]} port=${GW[0]}"
+kill -9 "$(gw_pid "${GW[0]}")"
+sleep 2
+restart_gw 1 "${GW[0]}"
+until_ms $(( t + 2000 + AFTER * 1000 ))
+
+# 2. SIGTERM another (a drain); restart it once it has exited.
+t=$(ms)
+pid=$(gw_pid "${GW[1]}")
+event 2 drain-gateway "gateway=local-${GW[1]} port=${GW[1]}"
+kill -TERM "$pid"
+for _ in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+if kill -0 "$pid" 2>/dev/null; then say "gateway ${GW[1]} still running 15 s after SIGTERM"; kill -9 "$pid"; fi
+event 2 exited "port=${GW[1]}"
+restart_gw 2 "${GW[1]}"
+until_ms $(( $(ms) + AFTER * 1000 ))
+
+# 3. CLUSTER FAILOVER on the replica of the shard that holds slot 0.
+wait_settled
+read -r primary replica range < <(shard_of_slot 0)
+event 3 cluster-failover "primary=$primary replica=$replica slots=$range"
+out=$(rcli "$replica" cluster failover)
+[ "$out" = OK ] || say "CLUSTER FAILOVER answered: $out"
+for _ in $(seq 1 100); do [ "$(role "$replica")" = master ] && break; sleep 0.1; done
+event 3 promoted "port=$replica role=$(role "$replica")"
+wait_settled && event 3 settled
+until_ms $(( $(ms) + AFTER * 1000 ))
+
+# 4. kill -9 the primary of another shard (slot 5461); revive it 4 s later as a supervisor
+#    would: it rejoins as a replica of the node that replaced it.
+wait_settled
+read -r primary replica range < <(shard_of_slot 5461)
+t=$(ms)
+event 4 kill-primary "primary=$primary replica=$replica slots=$range"
+kill -9 "$(cat "$REDIS_DIR/$primary/redis.pid")"
+for _ in $(seq 1 100); do [ "$(role "$replica")" = master ] && { event 4 promoted "port=$replica"; break; }; sleep 0.1; done
+until_ms $(( t + REVIVE * 1000 ))
+deploy/local/redis-cluster.sh revive "$primary" "$REDIS_BASE" "$REDIS_DIR"
+event 4 revived "port=$primary"
+wait_settled && event 4 settled
+until_ms $(( $(ms) + AFTER * 1000 ))
+
+# 5. SIGSTOP the primary of the third shard (slot 10923) for longer than cluster-node-timeout.
+wait_settled
+read -r primary replica range < <(shard_of_slot 10923)
+pid=$(cat "$REDIS_DIR/$primary/redis.pid")
+t=$(ms)
+event 5 pause-primary "primary=$primary replica=$replica slots=$range pause=${PAUSE}s"
+kill -STOP "$pid"
+promoted=0
+while [ "$(ms)" -lt $(( t + PAUSE * 1000 )) ]; do
+  if [ "$promoted" = 0 ] && [ "$(role "$replica")" = master ]; then event 5 promoted "port=$replica"; promoted=1; fi
+  sleep 0.1
+done
+kill -CONT "$pid"
+event 5 resumed "port=$primary"
+wait_settled && event 5 settled
+until_ms $(( $(ms) + AFTER * 1000 ))
+
+# 6. Cut gateway 8183 off from Redis, then restore it.
+t=$(ms)
+event 6 cut-gateway "gateway=local-${GW[2]} port=${GW[2]} for=${CUT}s"
+cut
+until_ms $(( t + CUT * 1000 ))
+uncut
+event 6 restored "port=${GW[2]}"
+until_ms $(( $(ms) + (AFTER + TAIL) * 1000 ))
+
+# ---- the report ----------------------------------------------------------------------------
+echo "$(ms) 0 load-stop" >>"$FAULTS"
+touch "$STATE/stop"
+say "stopping the load (it listens 6 s more for late deliveries)"
+wait "$lt_pid"
+lt_rc=$?
+lt_pid=""
+cat "$STATE/loadtest.log"
+[ "$lt_rc" = 0 ] || { echo "the load tool failed ($lt_rc)" >&2; exit 1; }
+cp "$FAULTS" "$RAW/faults.log"
+cp "$STATE/loadtest.log" "$RAW/loadtest.log"
+for p in "${GW[@]}"; do cp "$STATE/cluster/gateway-$p.log" "$RAW/gateway-$p.log" 2>/dev/null; done
+elapsed=$(( ($(ms) - T0) / 1000 ))
+report=(python3 deploy/local/chaos_report.py --load "$RAW/chaos.json" --faults "$FAULTS"
+  --elapsed "$elapsed" --durable "$DURABLE" --command "${LT_CMD[*]}" --gateway-args "$GATEWAY_ARGS"
+  --gateway "${CHAOS_GATEWAY_BIN:-target/$PROFILE/roomcast built from $(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet HEAD -- crates 2>/dev/null || echo ' plus uncommitted changes')}")
+if [ "$QUICK" = 1 ]; then
+  "${report[@]}" --quick
+else
+  "${report[@]}" --out docs/reliability.md
+fi
