@@ -66,6 +66,7 @@ pub struct Metrics {
     pub history_repairs: IntCounter,
     pub pubsub_duplicates: IntCounter,
     pub dead_nodes_reaped: IntCounter,
+    pub node_resets: IntCounter,
     pub offset_conflicts: IntCounter,
     pub ready: IntGauge,
     pub redis_duration: HistogramVec,
@@ -319,6 +320,11 @@ impl Metrics {
                 &registry,
                 "dead_nodes_reaped_total",
                 "Dead nodes whose members this node removed from presence.",
+            )?,
+            node_resets: counter(
+                &registry,
+                "node_resets_total",
+                "Times this node learned that its peers had declared it dead (its clients were told to reconnect).",
             )?,
             registry,
         })

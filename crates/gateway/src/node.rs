@@ -20,7 +20,7 @@ use room_state::{
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use tokio::sync::Notify;
 
 /// The state backends, whichever implementation is behind them.
@@ -48,10 +48,20 @@ pub struct Node {
     pub traffic_nudge: Notify,
     draining: AtomicBool,
     backend_ok: AtomicBool,
+    /// When the last upkeep round against the backend completed (ms since the epoch).
+    last_backend_ok_ms: AtomicU64,
+    /// Since when heartbeats have succeeded without a break (0: they are failing). Dead
+    /// nodes are reaped only after a full `--node-ttl` of this, so that a failover of the
+    /// shard holding the heartbeats does not make every node look dead to the first one back.
+    heartbeat_streak_since_ms: AtomicU64,
+    /// Whether this node has heartbeated successfully before (its entry should exist).
+    heartbeated: AtomicBool,
     conn_seq: AtomicU64,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     /// Connection cap, handshake rate and connections per user.
     pub gate: Gate,
+    /// This node, for tasks it spawns from `&self`.
+    me: Weak<Node>,
 }
 
 impl std::fmt::Debug for Node {
@@ -144,7 +154,8 @@ impl Node {
             config.traffic_critical,
             config.traffic_cap,
         );
-        Ok(Arc::new(Node {
+        Ok(Arc::new_cyclic(|me| Node {
+            me: me.clone(),
             id,
             addr,
             started_at: now_ms(),
@@ -156,6 +167,9 @@ impl Node {
             traffic_nudge: Notify::new(),
             draining: AtomicBool::new(false),
             backend_ok: AtomicBool::new(true),
+            last_backend_ok_ms: AtomicU64::new(now_ms()),
+            heartbeat_streak_since_ms: AtomicU64::new(0),
+            heartbeated: AtomicBool::new(false),
             conn_seq: AtomicU64::new(0),
             per_ip: Mutex::new(HashMap::new()),
             gate: Gate::new(
@@ -185,11 +199,20 @@ impl Node {
         self.metrics.ready.set(0);
     }
 
-    /// Readiness: the backend answers, fan-out works, and we are not draining.
+    /// Readiness: the backend answers, recently, fan-out works, and we are not draining.
     pub fn is_ready(&self) -> bool {
         !self.is_draining()
             && self.backend_ok.load(Ordering::Acquire)
+            && now_ms().saturating_sub(self.last_backend_ok_ms.load(Ordering::Acquire))
+                <= self.backend_stale_ms()
             && self.backends.fanout.healthy()
+    }
+
+    /// How old the last good upkeep round may be before the node calls itself unready: a
+    /// round that hangs (packets dropped, no error) must not leave the last answer standing.
+    fn backend_stale_ms(&self) -> u64 {
+        let interval = self.config.traffic_interval.as_millis() as u64;
+        (3 * interval).max(interval + self.config.redis_command_timeout.as_millis() as u64)
     }
 
     /// Admits one more connection from `ip`, or refuses it (connection-rate policy).
@@ -232,7 +255,19 @@ impl Node {
             b.traffic.live_nodes(now).await,
             b.rooms.maintain(now).await,
         );
-        let (Ok(()), Ok(buckets), Ok(rooms), Ok(nodes), Ok(_)) = results else {
+        match &results.0 {
+            Ok(existed) => {
+                if self.heartbeat_streak_since_ms.load(Ordering::Acquire) == 0 {
+                    self.heartbeat_streak_since_ms.store(now, Ordering::Release);
+                }
+                let before = self.heartbeated.swap(true, Ordering::AcqRel);
+                if before && !existed {
+                    self.reset_after_reap();
+                }
+            }
+            Err(_) => self.heartbeat_streak_since_ms.store(0, Ordering::Release),
+        }
+        let (Ok(_), Ok(buckets), Ok(rooms), Ok(nodes), Ok(_)) = results else {
             self.backend_ok.store(false, Ordering::Release);
             self.metrics.ready.set(0);
             self.metrics
@@ -241,9 +276,15 @@ impl Node {
                 .inc();
             return;
         };
-        self.reap_dead_nodes(now).await;
-        self.backend_ok
-            .store(b.rooms.health().await.is_ok(), Ordering::Release);
+        let streak = self.heartbeat_streak_since_ms.load(Ordering::Acquire);
+        if streak != 0 && now.saturating_sub(streak) >= ttl {
+            self.reap_dead_nodes(now).await;
+        }
+        let healthy = b.rooms.health().await.is_ok();
+        self.backend_ok.store(healthy, Ordering::Release);
+        if healthy {
+            self.last_backend_ok_ms.store(now_ms(), Ordering::Release);
+        }
         let connections: u64 = nodes.iter().map(|n| n.connections).sum();
         let status = self.traffic.compute(&buckets, rooms, connections, now);
         let m = &self.metrics;
@@ -264,6 +305,29 @@ impl Node {
             );
             self.broadcast(&Event::TrafficStatus(&status));
         }
+    }
+
+    /// Our heartbeat entry was gone: peers declared this node dead (it was cut off from the
+    /// backend for longer than `--node-ttl`) and removed its members from their rooms. The
+    /// sockets are still open but no longer in any room, so every client is told to
+    /// `reconnect` and rejoin with `since`, which restores its rooms and what it missed.
+    fn reset_after_reap(&self) {
+        let clients = self.registry.connection_count();
+        tracing::warn!(
+            clients,
+            "this node was declared dead by its peers; its clients must reconnect"
+        );
+        self.metrics.node_resets.inc();
+        if clients == 0 {
+            return;
+        }
+        let Some(node) = self.me.upgrade() else {
+            return;
+        };
+        tokio::spawn(async move {
+            let window = node.config.drain_window;
+            crate::drain::send_reconnect(&node, window, "node_reset", None).await;
+        });
     }
 
     /// Removes the members of nodes whose heartbeat expired, and tells their rooms. Each dead
@@ -320,7 +384,17 @@ impl Node {
                 _ = tick.tick() => {}
                 _ = self.traffic_nudge.notified() => {}
             }
-            self.refresh_traffic().await;
+            // A round that hangs (a cut-off backend drops packets) ends here, unready.
+            let limit = self.config.traffic_interval + 3 * self.config.redis_command_timeout;
+            if tokio::time::timeout(limit, self.refresh_traffic())
+                .await
+                .is_err()
+            {
+                self.backend_ok.store(false, Ordering::Release);
+                self.metrics.ready.set(0);
+                self.heartbeat_streak_since_ms.store(0, Ordering::Release);
+                tracing::warn!(?limit, "backend round timed out");
+            }
         }
     }
 }

@@ -363,7 +363,14 @@ pub async fn traffic(traffic: &dyn TrafficCounters, prefix: &str) {
         started_at: 1,
     };
     let t = 1_700_000_000_000u64;
-    traffic.heartbeat(&node, t, 3_000).await.unwrap();
+    assert!(
+        !traffic.heartbeat(&node, t, 3_000).await.unwrap(),
+        "a new entry"
+    );
+    assert!(
+        traffic.heartbeat(&node, t, 3_000).await.unwrap(),
+        "a continuing one"
+    );
     let live = traffic.live_nodes(t + 1_000).await.unwrap();
     assert!(live.iter().any(|n| n == &node));
     let live = traffic.live_nodes(t + 4_000).await.unwrap();
@@ -384,6 +391,8 @@ pub async fn traffic(traffic: &dyn TrafficCounters, prefix: &str) {
         .await
         .unwrap()
         .contains(&node.id));
+    // A claimed node learns it from its next heartbeat.
+    assert!(!traffic.heartbeat(&node, t + 6_000, 3_000).await.unwrap());
 }
 
 /// Saved sessions: a blob comes back once, and not after its expiry (real time: the expiry

@@ -41,11 +41,17 @@ impl TrafficCounters for MemoryState {
             .collect())
     }
 
-    async fn heartbeat(&self, node: &NodeInfo, now_ms: u64, ttl_ms: u64) -> Result<(), StateError> {
-        self.nodes
+    async fn heartbeat(
+        &self,
+        node: &NodeInfo,
+        now_ms: u64,
+        ttl_ms: u64,
+    ) -> Result<bool, StateError> {
+        Ok(self
+            .nodes
             .lock()
-            .insert(node.id.clone(), (node.clone(), now_ms + ttl_ms));
-        Ok(())
+            .insert(node.id.clone(), (node.clone(), now_ms + ttl_ms))
+            .is_some())
     }
 
     async fn live_nodes(&self, now_ms: u64) -> Result<Vec<NodeInfo>, StateError> {

@@ -62,7 +62,12 @@ impl TrafficCounters for RedisState {
         Ok(sums.into_iter().collect())
     }
 
-    async fn heartbeat(&self, node: &NodeInfo, now_ms: u64, ttl_ms: u64) -> Result<(), StateError> {
+    async fn heartbeat(
+        &self,
+        node: &NodeInfo,
+        now_ms: u64,
+        ttl_ms: u64,
+    ) -> Result<bool, StateError> {
         let value = format!(
             "{}\t{}\t{}\t{}",
             node.addr,
@@ -70,12 +75,13 @@ impl TrafficCounters for RedisState {
             node.started_at,
             now_ms + ttl_ms
         );
-        let _: i64 = self
+        // HSET answers the number of fields it created: 0 means the entry was there.
+        let created: i64 = self
             .pool
             .hset(keys::NODES, (node.id.as_str(), value))
             .await
             .map_err(fred_error)?;
-        Ok(())
+        Ok(created == 0)
     }
 
     async fn live_nodes(&self, now_ms: u64) -> Result<Vec<NodeInfo>, StateError> {
