@@ -54,8 +54,10 @@ pub struct Node {
     /// nodes are reaped only after a full `--node-ttl` of this, so that a failover of the
     /// shard holding the heartbeats does not make every node look dead to the first one back.
     heartbeat_streak_since_ms: AtomicU64,
-    /// Whether this node has heartbeated successfully before (its entry should exist).
+    /// Whether this node has heartbeated successfully before.
     heartbeated: AtomicBool,
+    /// The latest claim of this node's death that it has seen (ms; 0: none).
+    claim_seen_ms: AtomicU64,
     conn_seq: AtomicU64,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     /// Connection cap, handshake rate and connections per user.
@@ -170,6 +172,7 @@ impl Node {
             last_backend_ok_ms: AtomicU64::new(now_ms()),
             heartbeat_streak_since_ms: AtomicU64::new(0),
             heartbeated: AtomicBool::new(false),
+            claim_seen_ms: AtomicU64::new(0),
             conn_seq: AtomicU64::new(0),
             per_ip: Mutex::new(HashMap::new()),
             gate: Gate::new(
@@ -256,12 +259,15 @@ impl Node {
             b.rooms.maintain(now).await,
         );
         match &results.0 {
-            Ok(existed) => {
+            Ok(claimed_at) => {
                 if self.heartbeat_streak_since_ms.load(Ordering::Acquire) == 0 {
                     self.heartbeat_streak_since_ms.store(now, Ordering::Release);
                 }
+                // A claim seen by the first heartbeat is an earlier incarnation's.
                 let before = self.heartbeated.swap(true, Ordering::AcqRel);
-                if before && !existed {
+                let claim = claimed_at.unwrap_or(0);
+                let seen = self.claim_seen_ms.fetch_max(claim, Ordering::AcqRel);
+                if before && claim > seen {
                     self.reset_after_reap();
                 }
             }
@@ -307,7 +313,7 @@ impl Node {
         }
     }
 
-    /// Our heartbeat entry was gone: peers declared this node dead (it was cut off from the
+    /// A peer claimed this node as dead (it was cut off from the
     /// backend for longer than `--node-ttl`) and removed its members from their rooms. The
     /// sockets are still open but no longer in any room, so every client is told to
     /// `reconnect` and rejoin with `since`, which restores its rooms and what it missed.

@@ -21,14 +21,15 @@ pub trait TrafficCounters: Send + Sync {
     ) -> Result<Vec<(u64, u64)>, StateError>;
 
     /// Records this node as alive until `now_ms + ttl_ms`, with its connection count.
-    /// Returns whether the node's entry was already there: `false` on the first heartbeat,
-    /// and after a peer claimed the node as dead (see [`TrafficCounters::claim_dead_nodes`]).
+    /// Returns when a peer last claimed this node as dead (see
+    /// [`TrafficCounters::claim_dead_nodes`]), if it ever did: a newer claim than the node has
+    /// seen means its members were removed from presence.
     async fn heartbeat(
         &self,
         node: &NodeInfo,
         now_ms: u64,
         ttl_ms: u64,
-    ) -> Result<bool, StateError>;
+    ) -> Result<Option<u64>, StateError>;
 
     /// The nodes whose heartbeat has not expired.
     async fn live_nodes(&self, now_ms: u64) -> Result<Vec<NodeInfo>, StateError>;

@@ -23,6 +23,8 @@ pub struct MemoryState {
     buckets: Mutex<HashMap<String, limits::Bucket>>,
     creations: Mutex<VecDeque<(u64, u64)>>,
     nodes: Mutex<HashMap<String, (NodeInfo, u64)>>,
+    /// Nodes claimed as dead and not heard from since.
+    reaped: Mutex<HashMap<String, u64>>,
     /// Saved sessions: blob and expiry (ms since the epoch).
     sessions: Mutex<HashMap<String, (String, u64)>>,
 }
@@ -42,6 +44,7 @@ impl MemoryState {
             buckets: Mutex::new(HashMap::new()),
             creations: Mutex::new(VecDeque::new()),
             nodes: Mutex::new(HashMap::new()),
+            reaped: Mutex::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
         }
     }

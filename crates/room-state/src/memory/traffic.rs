@@ -46,12 +46,11 @@ impl TrafficCounters for MemoryState {
         node: &NodeInfo,
         now_ms: u64,
         ttl_ms: u64,
-    ) -> Result<bool, StateError> {
-        Ok(self
-            .nodes
+    ) -> Result<Option<u64>, StateError> {
+        self.nodes
             .lock()
-            .insert(node.id.clone(), (node.clone(), now_ms + ttl_ms))
-            .is_some())
+            .insert(node.id.clone(), (node.clone(), now_ms + ttl_ms));
+        Ok(self.reaped.lock().get(&node.id).copied())
     }
 
     async fn live_nodes(&self, now_ms: u64) -> Result<Vec<NodeInfo>, StateError> {
@@ -72,8 +71,10 @@ impl TrafficCounters for MemoryState {
             .filter(|(_, (_, expires))| *expires <= now_ms)
             .map(|(id, _)| id.clone())
             .collect();
+        let mut reaped = self.reaped.lock();
         for id in &dead {
             nodes.remove(id);
+            reaped.insert(id.clone(), now_ms);
         }
         Ok(dead)
     }

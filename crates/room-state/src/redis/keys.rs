@@ -84,6 +84,9 @@ pub fn node_members(node: &str) -> String {
 
 pub const NODES: &str = "rc:nodes";
 
+/// Node id → when a peer claimed it as dead; in the slot of [`NODES`] (same hash tag).
+pub const NODES_REAPED: &str = "{rc:nodes}:reaped";
+
 pub fn window(key: &str) -> String {
     format!("rc:{{l:{key}}}:w")
 }

@@ -118,6 +118,7 @@ struct Scripts {
     bucket_take: Script,
     record_creation: Script,
     claim_dead_nodes: Script,
+    heartbeat: Script,
     reset_epoch: Script,
 }
 
@@ -137,13 +138,14 @@ impl Scripts {
             bucket_take: Script::from_lua(scripts::BUCKET_TAKE),
             record_creation: Script::from_lua(scripts::RECORD_CREATION),
             claim_dead_nodes: Script::from_lua(scripts::CLAIM_DEAD_NODES),
+            heartbeat: Script::from_lua(scripts::HEARTBEAT),
             reset_epoch: Script::from_lua(scripts::RESET_EPOCH),
         }
     }
 }
 
 /// The command names reported to a [`CommandObserver`].
-pub const COMMANDS: [&str; 14] = [
+pub const COMMANDS: [&str; 15] = [
     "create",
     "join",
     "leave",
@@ -157,6 +159,7 @@ pub const COMMANDS: [&str; 14] = [
     "bucket_take",
     "record_creation",
     "claim_dead_nodes",
+    "heartbeat",
     "reset_epoch",
 ];
 

@@ -288,8 +288,22 @@ for i = 1, #all, 2 do
   local expires = tonumber(string.match(all[i + 1], '([^\t]*)$'))
   if expires and expires <= now then
     redis.call('HDEL', KEYS[1], all[i])
+    redis.call('HSET', KEYS[2], all[i], now)
     dead[#dead + 1] = all[i]
   end
 end
+-- Forget claims nobody came back for within a day.
+local claimed = redis.call('HGETALL', KEYS[2])
+for i = 1, #claimed, 2 do
+  if tonumber(claimed[i + 1]) < now - 86400000 then redis.call('HDEL', KEYS[2], claimed[i]) end
+end
 return dead
+"#;
+
+/// A heartbeat: refresh the node's entry, and read when a reaper last claimed this node as
+/// dead (nil if never). The mark is only read, never consumed: a heartbeat from a round the
+/// node gave up on may still run late, and must not hide a claim from the next one.
+pub const HEARTBEAT: &str = r#"
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return redis.call('HGET', KEYS[2], ARGV[1])
 "#;

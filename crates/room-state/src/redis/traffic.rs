@@ -67,7 +67,7 @@ impl TrafficCounters for RedisState {
         node: &NodeInfo,
         now_ms: u64,
         ttl_ms: u64,
-    ) -> Result<bool, StateError> {
+    ) -> Result<Option<u64>, StateError> {
         let value = format!(
             "{}\t{}\t{}\t{}",
             node.addr,
@@ -75,13 +75,15 @@ impl TrafficCounters for RedisState {
             node.started_at,
             now_ms + ttl_ms
         );
-        // HSET answers the number of fields it created: 0 means the entry was there.
-        let created: i64 = self
-            .pool
-            .hset(keys::NODES, (node.id.as_str(), value))
-            .await
-            .map_err(fred_error)?;
-        Ok(created == 0)
+        let reply = self
+            .eval(
+                "heartbeat",
+                &self.scripts.heartbeat,
+                vec![keys::NODES.to_string(), keys::NODES_REAPED.to_string()],
+                vec![node.id.clone(), value],
+            )
+            .await?;
+        Ok(reply.as_string().and_then(|s| s.parse().ok()))
     }
 
     async fn live_nodes(&self, now_ms: u64) -> Result<Vec<NodeInfo>, StateError> {
@@ -112,7 +114,7 @@ impl TrafficCounters for RedisState {
             .eval(
                 "claim_dead_nodes",
                 &self.scripts.claim_dead_nodes,
-                vec![keys::NODES.to_string()],
+                vec![keys::NODES.to_string(), keys::NODES_REAPED.to_string()],
                 vec![now_ms.to_string()],
             )
             .await?;
