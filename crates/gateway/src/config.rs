@@ -103,6 +103,11 @@ pub struct Config {
     #[arg(long, env = "ROOMCAST_OUTBOUND_QUEUE_BYTES", default_value_t = 1024 * 1024)]
     pub outbound_queue_bytes: usize,
 
+    /// Kernel send buffer per client socket (SO_SNDBUF; the kernel doubles it). Bounds what a
+    /// client that stops reading costs outside the outbound queue (0 = kernel autotuning).
+    #[arg(long, env = "ROOMCAST_TCP_SEND_BUFFER_BYTES", default_value_t = 256 * 1024)]
+    pub tcp_send_buffer_bytes: usize,
+
     /// A single socket write that takes longer than this drops the connection.
     #[arg(long, env = "ROOMCAST_WRITE_TIMEOUT", default_value = "10s", value_parser = duration)]
     pub write_timeout: Duration,

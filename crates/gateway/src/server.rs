@@ -34,6 +34,13 @@ pub async fn accept_loop(node: Arc<Node>, listener: TcpListener, mut stop: watch
             }
         };
         let _ = stream.set_nodelay(true);
+        // Left alone, the kernel grows a slow reader's send buffer to `tcp_wmem`'s maximum
+        // (4 MiB here) before our outbound queue even starts to fill: memory that no queue
+        // limit counts. A fixed buffer keeps a socket's total within queue + buffer.
+        if node.config.tcp_send_buffer_bytes > 0 {
+            let _ = socket2::SockRef::from(&stream)
+                .set_send_buffer_size(node.config.tcp_send_buffer_bytes);
+        }
         let node = node.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| http::route(node.clone(), peer, req));

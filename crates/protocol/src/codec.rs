@@ -85,14 +85,15 @@ pub struct EncodeError(String);
 pub fn decode_request(bytes: &[u8], format: Format) -> Result<Request, DecodeError> {
     let value: Value = match format {
         // Socket.IO requests arrive as events and are decoded by the Socket.IO endpoint.
-        Format::Json | Format::SocketIo => serde_json::from_slice(bytes)
+        Format::Json | Format::SocketIo => crate::value::from_slice(bytes)
             .map_err(|e| DecodeError::new(None, format!("invalid JSON: {e}")))?,
         Format::MsgPack => {
             // The envelope adds two levels (request object, `data` field) above the payload.
             if !crate::msgpack_depth::depth_within(bytes, crate::data::MAX_DEPTH + 2) {
                 return Err(DecodeError::new(None, "MessagePack nested too deeply"));
             }
-            rmp_serde::from_slice(bytes)
+            rmp_serde::from_slice::<crate::value::Plain>(bytes)
+                .map(|p| p.0)
                 .map_err(|e| DecodeError::new(None, format!("invalid MessagePack: {e}")))?
         }
     };
@@ -148,7 +149,10 @@ pub fn encode<T: Serialize + ?Sized>(value: &T, format: Format) -> Result<Bytes,
             .map(Bytes::from)
             .map_err(|e| EncodeError(e.to_string())),
         Format::SocketIo => {
-            let mut v = serde_json::to_value(value).map_err(|e| EncodeError(e.to_string()))?;
+            // Through text, not `serde_json::to_value`: that would re-parse every `Data` with
+            // serde_json's raw-value magic (see `crate::value`).
+            let text = serde_json::to_vec(value).map_err(|e| EncodeError(e.to_string()))?;
+            let mut v = crate::value::from_slice(&text).map_err(|e| EncodeError(e.to_string()))?;
             let name = v
                 .as_object_mut()
                 .and_then(|o| o.shift_remove("event"))
@@ -276,6 +280,41 @@ mod tests {
         payload.push('}');
         let e = decode_request(payload.as_bytes(), Format::Json).expect_err("too deep");
         assert_eq!(e.id, Some(1));
+    }
+
+    #[test]
+    fn the_raw_value_token_is_plain_data() {
+        // Found by the `data` fuzz target (fuzz/regressions/): serde_json's Value re-parsed a
+        // string under this key with a fresh recursion limit, so nesting it overflowed the stack.
+        const TOKEN: &str = "$serde_json::private::RawValue";
+        let r = json_req(json!({"id": 1, "op": "publish", "room": "a", "data": {TOKEN: "[1]"}}))
+            .expect("ok");
+        let Op::Publish { data, .. } = r.op else {
+            panic!("wrong op")
+        };
+        assert_eq!(data.to_value(), json!({TOKEN: "[1]"}));
+        let event = crate::Publication {
+            room: "a".into(),
+            offset: 1,
+            epoch: "e".into(),
+            from: "u".into(),
+            data,
+            ts: 1,
+        };
+        let sio = encode(&Event::Message(&event), Format::SocketIo).expect("socketio");
+        assert!(std::str::from_utf8(&sio).expect("utf8").contains(TOKEN));
+        let mut nested = String::from("1");
+        for _ in 0..10 {
+            nested = format!(
+                "{}{{\"{TOKEN}\":{}}}{}",
+                "[".repeat(120),
+                Value::from(nested),
+                "]".repeat(120)
+            );
+        }
+        let payload = format!(r#"{{"id":2,"op":"publish","room":"a","data":{nested}}}"#);
+        let e = decode_request(payload.as_bytes(), Format::Json).expect_err("too deep");
+        assert_eq!(e.id, Some(2));
     }
 
     #[test]

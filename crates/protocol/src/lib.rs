@@ -11,6 +11,7 @@
 //! - [`msgpack_depth`]: a non-recursive depth check that guards the MessagePack decoder.
 //! - [`envelope`]: what one gateway node sends another through the fan-out (MessagePack).
 //! - [`traffic`]: the `traffic_status` body shared by the WebSocket event and `GET /status`.
+//! - [`value`]: untrusted bytes to a `serde_json::Value`; every decoder here parses with it.
 //!
 //! The contract is documented for humans in `docs/protocol.md`; keep the two in step.
 
@@ -23,6 +24,7 @@ pub mod msgpack_depth;
 pub mod room_name;
 pub mod socketio;
 pub mod traffic;
+pub mod value;
 
 pub use codec::{DecodeError, Format};
 pub use codes::{CloseCode, ErrorCode};

@@ -168,7 +168,7 @@ pub fn decode(text: &str) -> Result<Packet, PacketError> {
     let payload: Option<Value> = if rest.is_empty() {
         None
     } else {
-        Some(serde_json::from_str(rest).map_err(|_| PacketError::Payload)?)
+        Some(crate::value::from_str(rest).map_err(|_| PacketError::Payload)?)
     };
     let ok = match (kind, &payload) {
         (Kind::Connect, None) => true,
@@ -296,26 +296,35 @@ pub fn disconnect(namespace: &str) -> String {
 }
 
 /// Puts binary attachments back where their placeholders are, in order. Attachments become
-/// arrays of byte values (JSON has no bytes). Errors on a bad or out-of-range placeholder.
+/// arrays of byte values (JSON has no bytes). Errors on a bad or out-of-range placeholder, and
+/// on a second placeholder for the same attachment: each attachment is copied in at most once,
+/// so the filled payload grows by at most the attachment bytes received (the reference
+/// encoder numbers every binary value separately, so stock clients never reuse a number).
 pub fn fill_placeholders(value: &mut Value, attachments: &[Vec<u8>]) -> Result<(), PacketError> {
-    match value {
-        Value::Object(map) if map.get("_placeholder") == Some(&Value::Bool(true)) => {
-            let num = map
-                .get("num")
-                .and_then(Value::as_u64)
-                .ok_or(PacketError::Attachments)? as usize;
-            let bytes = attachments.get(num).ok_or(PacketError::Attachments)?;
-            *value = Value::Array(bytes.iter().map(|b| Value::from(*b)).collect());
-            Ok(())
+    let mut used = vec![false; attachments.len()];
+    // Iterative, with an explicit stack: no recursion on client input.
+    let mut stack = vec![value];
+    while let Some(value) = stack.pop() {
+        match value {
+            Value::Object(map) if map.get("_placeholder") == Some(&Value::Bool(true)) => {
+                let num = map
+                    .get("num")
+                    .and_then(Value::as_u64)
+                    .and_then(|n| usize::try_from(n).ok())
+                    .ok_or(PacketError::Attachments)?;
+                let bytes = attachments.get(num).ok_or(PacketError::Attachments)?;
+                match used.get_mut(num) {
+                    Some(seen @ false) => *seen = true,
+                    _ => return Err(PacketError::Attachments),
+                }
+                *value = Value::Array(bytes.iter().map(|b| Value::from(*b)).collect());
+            }
+            Value::Object(map) => stack.extend(map.values_mut()),
+            Value::Array(items) => stack.extend(items.iter_mut()),
+            _ => {}
         }
-        Value::Object(map) => map
-            .values_mut()
-            .try_for_each(|v| fill_placeholders(v, attachments)),
-        Value::Array(items) => items
-            .iter_mut()
-            .try_for_each(|v| fill_placeholders(v, attachments)),
-        _ => Ok(()),
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -408,6 +417,31 @@ mod tests {
             assert!(decode(bad).is_err(), "{bad} should fail");
         }
         let mut v = json!([{"_placeholder": true, "num": 3}]);
+        assert_eq!(
+            fill_placeholders(&mut v, &[vec![1]]),
+            Err(PacketError::Attachments)
+        );
+    }
+
+    #[test]
+    fn an_attachment_fills_one_placeholder() {
+        // Found by the `socketio_binary` fuzz target (fuzz/regressions/socketio_binary/): one
+        // attachment referenced by many placeholders was copied into each of them, so a packet
+        // could turn a 1 MB attachment into gigabytes of JSON numbers.
+        let mut p =
+            decode(r#"62-789[{"_placeholder":true,"num":1},{"_placeholder":true,"num":1}]"#)
+                .expect("binary ack");
+        let payload = p.payload.as_mut().expect("payload");
+        assert_eq!(
+            fill_placeholders(payload, &[vec![1, 2, 3], vec![4, 5]]),
+            Err(PacketError::Attachments)
+        );
+        // Each attachment once, in any order, nested anywhere, is fine.
+        let mut v =
+            json!({"b": [{"_placeholder": true, "num": 1}], "a": {"_placeholder": true, "num": 0}});
+        fill_placeholders(&mut v, &[vec![1], vec![2, 3]]).expect("fill");
+        assert_eq!(v, json!({"b": [[2, 3]], "a": [1]}));
+        let mut v = json!([{"_placeholder": true, "num": -1}, {"_placeholder": true}]);
         assert_eq!(
             fill_placeholders(&mut v, &[vec![1]]),
             Err(PacketError::Attachments)

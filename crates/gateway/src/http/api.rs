@@ -123,7 +123,7 @@ async fn publish(node: &Node, room: &str, req: Request<Incoming>) -> Response<Bo
             )
         }
     };
-    let value: serde_json::Value = match serde_json::from_slice(&body) {
+    let value: serde_json::Value = match protocol::value::from_slice(&body) {
         Ok(v) => v,
         Err(_) => return error(StatusCode::BAD_REQUEST, "bad_request", "body must be JSON"),
     };

@@ -466,7 +466,7 @@ async fn forward(
                 let Some(body) = bytes.strip_prefix(b"42") else {
                     continue;
                 };
-                let Ok(mut value) = serde_json::from_slice::<Value>(body) else {
+                let Ok(mut value) = protocol::value::from_slice(body) else {
                     continue;
                 };
                 strip_rooms(&mut value, &prefix);
