@@ -69,6 +69,8 @@ impl CloseCode {
     pub const MESSAGE_TOO_BIG: u16 = 1009;
     /// The server is restarting (drain): reconnect elsewhere.
     pub const SERVICE_RESTART: u16 = 1012;
+    /// The server hit an unexpected condition (a connection task failed).
+    pub const INTERNAL_ERROR: u16 = 1011;
     /// Too many protocol errors in a row (10 undecodable or invalid frames).
     pub const TOO_MANY_ERRORS: u16 = 4000;
     /// Bad, missing or expired token.

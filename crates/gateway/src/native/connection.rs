@@ -104,7 +104,22 @@ pub async fn run(node: Arc<Node>, upgrade: UpgradeFut, admission: Admission) {
         .connections
         .with_label_values(&["native", admission.format.as_str()]);
     gauge.inc();
-    let reason = serve(&node, ws, admission.format, identity).await;
+    // The connection runs in its own task so that a panic in it (none is known: the decoders
+    // are fuzzed and frame sequences property-tested) still ends in a full cleanup.
+    let conn_id: Arc<str> = Arc::from(node.next_conn_id());
+    let user = identity.user.clone();
+    let task = tokio::spawn({
+        let (node, conn_id) = (node.clone(), conn_id.clone());
+        async move { serve(&node, ws, admission.format, identity, conn_id).await }
+    });
+    let reason = match task.await {
+        Ok(reason) => reason,
+        Err(e) => {
+            tracing::error!(error = %e, conn = %conn_id, "connection task failed; cleaning up");
+            abandon(&node, &conn_id, &user).await;
+            DisconnectReason::ProtocolError
+        }
+    };
     gauge.dec();
     node.metrics.disconnect(reason);
     node.release_ip(admission.ip);
@@ -130,17 +145,28 @@ async fn reject<S: AsyncRead + AsyncWrite + Unpin>(mut ws: WebSocket<S>, code: u
     .await;
 }
 
+/// After a connection task failed: close its socket (1011) and leave its rooms.
+pub(crate) async fn abandon(node: &Node, conn_id: &str, user: &str) {
+    for conn in node.registry.conns_of_user(user) {
+        if &*conn.conn_id == conn_id {
+            conn.outbound
+                .close(CloseCode::INTERNAL_ERROR, "internal error");
+        }
+    }
+    session::cleanup(node, conn_id, user).await;
+}
+
 async fn serve<S>(
     node: &Arc<Node>,
     ws: WebSocket<S>,
     format: Format,
     identity: Identity,
+    conn_id: Arc<str>,
 ) -> DisconnectReason
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let config = &node.config;
-    let conn_id: Arc<str> = Arc::from(node.next_conn_id());
     let writer::Socket {
         mut frames,
         outbound,

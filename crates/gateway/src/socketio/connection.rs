@@ -5,7 +5,7 @@
 //! Server events reach this client through the shared fan-out already encoded as Socket.IO
 //! text (`Format::SocketIo`): one encoding per broadcast, whatever the protocol mix.
 
-use super::namespace::{push, random_id, Next, Sockets};
+use super::namespace::{push, random_id, Live, Next, Sockets};
 use crate::admission::Slot;
 use crate::metrics::DisconnectReason;
 use crate::native::connection::{finish_writer, reason_for_close};
@@ -55,13 +55,35 @@ pub async fn run(node: Arc<Node>, upgrade: UpgradeFut, ip: IpAddr, _slot: Slot, 
         .connections
         .with_label_values(&["socketio", "socketio"]);
     gauge.inc();
-    let reason = serve(&node, ws, ip, mode).await;
+    // Its own task, so that a panic in it still ends in a full cleanup (see native).
+    let live = Live::default();
+    let task = tokio::spawn({
+        let (node, live) = (node.clone(), live.clone());
+        async move { serve(&node, ws, ip, mode, live).await }
+    });
+    let reason = match task.await {
+        Ok(reason) => reason,
+        Err(e) => {
+            tracing::error!(error = %e, "Socket.IO connection task failed; cleaning up");
+            let sessions: Vec<(Arc<str>, String)> = live.lock().drain(..).collect();
+            for (conn_id, user) in sessions {
+                crate::native::connection::abandon(&node, &conn_id, &user).await;
+            }
+            DisconnectReason::ProtocolError
+        }
+    };
     gauge.dec();
     node.metrics.disconnect(reason);
     node.release_ip(ip);
 }
 
-async fn serve<S>(node: &Arc<Node>, ws: WebSocket<S>, ip: IpAddr, mode: Mode) -> DisconnectReason
+async fn serve<S>(
+    node: &Arc<Node>,
+    ws: WebSocket<S>,
+    ip: IpAddr,
+    mode: Mode,
+    live: Live,
+) -> DisconnectReason
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -112,7 +134,7 @@ where
         }
     });
 
-    let mut conn = Sockets::new(node, ip, outbound.clone());
+    let mut conn = Sockets::new(node, ip, outbound.clone(), live);
     // Whether the sockets' state is kept for recovery: not after a protocol error.
     let mut recoverable = true;
     let mut pending: Option<Pending> = None;

@@ -61,7 +61,11 @@ struct Socket {
     forwarder: Option<tokio::task::JoinHandle<()>>,
 }
 
+/// The sessions a connection has open, `(conn_id, user)`, for cleanup if its task fails.
+pub type Live = Arc<parking_lot::Mutex<Vec<(Arc<str>, String)>>>;
+
 pub struct Sockets<'a> {
+    live: Live,
     pub node: &'a Arc<Node>,
     pub ip: IpAddr,
     pub outbound: Arc<Outbound>,
@@ -127,8 +131,14 @@ fn prefix_op(op: &mut Op, prefix: &str) {
 }
 
 impl<'a> Sockets<'a> {
-    pub fn new(node: &'a Arc<Node>, ip: IpAddr, outbound: Arc<Outbound>) -> Sockets<'a> {
+    pub fn new(
+        node: &'a Arc<Node>,
+        ip: IpAddr,
+        outbound: Arc<Outbound>,
+        live: Live,
+    ) -> Sockets<'a> {
         Sockets {
+            live,
             node,
             ip,
             outbound,
@@ -274,6 +284,9 @@ impl<'a> Sockets<'a> {
             session_outbound.start_journal(recovery::JOURNAL_LEN);
         }
         let conn_id: Arc<str> = Arc::from(self.node.next_conn_id());
+        self.live
+            .lock()
+            .push((conn_id.clone(), identity.user.clone()));
         self.node.registry.register(LocalConn {
             conn_id: conn_id.clone(),
             user: Arc::from(identity.user.as_str()),
@@ -429,6 +442,7 @@ impl<'a> Sockets<'a> {
             }
         }
         session::cleanup(self.node, &session.conn_id, &session.identity.user).await;
+        self.live.lock().retain(|(c, _)| *c != session.conn_id);
     }
 
     /// Ends every namespace socket when the connection goes.
