@@ -133,7 +133,7 @@ struct Args {
     run_id: Option<String>,
 }
 
-fn parse_sources(spec: &str) -> Result<Vec<IpAddr>> {
+pub(crate) fn parse_sources(spec: &str) -> Result<Vec<IpAddr>> {
     let mut out = Vec::new();
     for part in spec.split(',') {
         match part.split_once('-') {

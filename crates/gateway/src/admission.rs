@@ -9,7 +9,7 @@ use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Why a handshake was turned away.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,16 +136,6 @@ impl Gate {
             map: self.per_user.clone(),
         })
     }
-
-    /// Connections admitted and not yet ended.
-    pub fn open(&self) -> usize {
-        self.open.load(Ordering::Acquire)
-    }
-}
-
-/// How long until a refused client may try again, as a header value.
-pub fn retry_after(refusal: Refusal) -> Duration {
-    Duration::from_secs(refusal.retry_after_secs())
 }
 
 #[cfg(test)]
@@ -168,7 +158,7 @@ mod tests {
         let slots: Vec<_> = (0..3).map(|_| gate.admit().expect("burst")).collect();
         assert_eq!(gate.admit().err(), Some(Refusal::HandshakeRate));
         drop(slots);
-        std::thread::sleep(Duration::from_millis(400));
+        std::thread::sleep(std::time::Duration::from_millis(400));
         assert!(gate.admit().is_ok(), "refilled");
     }
 

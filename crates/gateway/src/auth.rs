@@ -15,11 +15,12 @@ pub struct Identity {
 }
 
 impl Identity {
-    /// Whether the user may use any room name, such as a server-generated one.
-    pub fn may_use_any(&self) -> bool {
+    /// Whether the user may use any room name under `prefix` (a Socket.IO namespace's room
+    /// prefix, or `""`), such as a server-generated one.
+    pub fn may_use_any(&self, prefix: &str) -> bool {
         self.rooms
             .as_ref()
-            .is_none_or(|patterns| patterns.iter().any(|p| p == "*"))
+            .is_none_or(|patterns| patterns.iter().any(|p| p.strip_prefix(prefix) == Some("*")))
     }
 
     pub fn may_use(&self, room: &str) -> bool {

@@ -20,6 +20,9 @@ pub struct Session {
     pub conn_id: Arc<str>,
     pub identity: Identity,
     pub outbound: Arc<Outbound>,
+    /// Put before every room name this session uses: `""` for native clients and Socket.IO's
+    /// `/`, `admin/` for the namespace `/admin` (see `socketio::namespace`).
+    pub room_prefix: String,
 }
 
 /// Work to do once the reply is queued.
@@ -142,7 +145,7 @@ async fn create_room(
     let fail = |e| (Err(e), After::Nothing);
     match &room {
         Some(room) if !s.identity.may_use(room) => return fail(forbidden(room)),
-        None if !s.identity.may_use_any() => {
+        None if !s.identity.may_use_any(&s.room_prefix) => {
             return fail(ErrorBody::new(
                 ErrorCode::Forbidden,
                 "your token allows only named rooms: give `room`",
@@ -213,7 +216,9 @@ async fn create_room(
     let explicit = room.is_some();
     let mut attempt = 0;
     let info = loop {
-        let name = room.clone().unwrap_or_else(room_code);
+        let name = room
+            .clone()
+            .unwrap_or_else(|| format!("{}{}", s.room_prefix, room_code()));
         match b.rooms.create(&name, &config, now).await {
             Ok(info) => break info,
             Err(StateError::RoomExists) if !explicit && attempt < 5 => attempt += 1,

@@ -18,6 +18,7 @@ mod support;
 
 use std::net::SocketAddr;
 use std::time::Duration;
+use support::{client_frame, sendable};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -75,26 +76,8 @@ impl Frame {
     }
 
     fn encode(&self) -> Vec<u8> {
-        let mut out = vec![(u8::from(self.fin) << 7) | ((self.rsv & 7) << 4) | (self.opcode & 15)];
-        let mask_bit = if self.masked { 0x80 } else { 0 };
-        let n = self.payload.len();
-        if n < 126 {
-            out.push(mask_bit | n as u8);
-        } else if n <= 0xffff {
-            out.push(mask_bit | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        } else {
-            out.push(mask_bit | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-        if self.masked {
-            let key = fastrand::u32(..).to_be_bytes();
-            out.extend_from_slice(&key);
-            out.extend(self.payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-        } else {
-            out.extend_from_slice(&self.payload);
-        }
-        out
+        let mask = self.masked.then(|| fastrand::u32(..).to_be_bytes());
+        client_frame(self.fin, self.rsv, self.opcode, mask, &self.payload)
     }
 }
 
@@ -409,12 +392,6 @@ impl Ws {
             Err(e) => Err(format!("want TCP closed: {e}")),
         }
     }
-}
-
-/// Close codes an endpoint may put in a Close frame (RFC 6455 section 7.4, and the IANA
-/// registry for 1012–1014).
-fn sendable(code: u16) -> bool {
-    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
 
 fn accept_key(key: &str) -> String {

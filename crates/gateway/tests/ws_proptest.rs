@@ -22,6 +22,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Once;
 use std::time::Duration;
+use support::{client_frame, sendable};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -47,14 +48,9 @@ const DOCUMENTED: [u16; 11] = [
     1000, 1002, 1007, 1009, 1012, 4000, 4001, 4003, 4008, 4009, 4010,
 ];
 
-/// Close codes a peer may send (RFC 6455 section 7.4; 1012–1014 from the IANA registry).
-fn sendable(code: u16) -> bool {
-    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
-}
-
-/// The subset of those the server accepts from clients (`CloseCode::is_valid_from_peer`).
+/// The codes the server accepts in a client's Close: its own rule, which the oracle follows.
 fn accepted_from_peer(code: u16) -> bool {
-    matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999)
+    protocol::CloseCode::is_valid_from_peer(code)
 }
 
 // --- A panic in a node's task fails the test ----------------------------------------
@@ -106,30 +102,8 @@ impl RawFrame {
     }
 
     fn encode(&self, mask: [u8; 4]) -> Vec<u8> {
-        let mut out = vec![(u8::from(self.fin) << 7) | ((self.rsv & 7) << 4) | (self.opcode & 15)];
-        let m = if self.masked { 0x80 } else { 0 };
-        let n = self.payload.len();
-        if n < 126 {
-            out.push(m | n as u8);
-        } else if n <= 0xffff {
-            out.push(m | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        } else {
-            out.push(m | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-        if self.masked {
-            out.extend_from_slice(&mask);
-            out.extend(
-                self.payload
-                    .iter()
-                    .enumerate()
-                    .map(|(i, b)| b ^ mask[i % 4]),
-            );
-        } else {
-            out.extend_from_slice(&self.payload);
-        }
-        out
+        let mask = self.masked.then_some(mask);
+        client_frame(self.fin, self.rsv, self.opcode, mask, &self.payload)
     }
 }
 

@@ -114,23 +114,8 @@ impl Common {
     }
 }
 
-pub fn parse_sources(spec: &str) -> Result<Vec<IpAddr>> {
-    let mut out = Vec::new();
-    for part in spec.split(',') {
-        match part.split_once('-') {
-            Some((a, b)) => {
-                let (a, b): (std::net::Ipv4Addr, std::net::Ipv4Addr) = (a.parse()?, b.parse()?);
-                let (a, b) = (u32::from(a), u32::from(b));
-                if b < a {
-                    bail!("empty range {part}");
-                }
-                out.extend((a..=b).map(|n| IpAddr::V4(n.into())));
-            }
-            None => out.push(part.parse()?),
-        }
-    }
-    Ok(out)
-}
+/// The main tool's `--source-ips` parser, shared.
+pub(crate) use crate::parse_sources;
 
 pub fn pick(sources: &[IpAddr], i: usize) -> Option<IpAddr> {
     (!sources.is_empty()).then(|| sources[i % sources.len()])

@@ -168,9 +168,8 @@ pub fn admit(node: &Node) -> Result<Slot, Box<Response<Body>>> {
                 Refusal::HandshakeRate => "too many connection attempts, try again later",
             },
         );
-        if let Ok(v) = refusal.retry_after_secs().to_string().parse() {
-            r.headers_mut().insert(RETRY_AFTER, v);
-        }
+        r.headers_mut()
+            .insert(RETRY_AFTER, refusal.retry_after_secs().into());
         Box::new(r)
     })
 }

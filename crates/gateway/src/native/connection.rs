@@ -4,8 +4,7 @@
 //! writer task owns the write half. `read_frame` is not cancel-safe, so it is only ever raced
 //! against the writer's end, after which the connection is closing anyway.
 
-use super::inbound::Inbound;
-use super::writer::{self, WriterConfig, WriterEnd};
+use super::writer::{self, Read, WriterConfig, WriterEnd};
 use crate::admission::Slot;
 use crate::auth::{AuthError, Identity};
 use crate::metrics::DisconnectReason;
@@ -167,11 +166,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let config = &node.config;
-    let writer::Socket {
-        mut frames,
-        outbound,
-        mut writer_task,
-    } = writer::open(
+    let mut socket = writer::open(
         ws,
         format,
         config.max_message_bytes,
@@ -183,6 +178,7 @@ where
         },
         node.metrics.clone(),
     );
+    let outbound = socket.outbound.clone();
     let user: Arc<str> = Arc::from(identity.user.as_str());
     node.registry.register(LocalConn {
         conn_id: conn_id.clone(),
@@ -193,6 +189,7 @@ where
         conn_id: conn_id.clone(),
         identity,
         outbound: outbound.clone(),
+        room_prefix: String::new(),
     };
     let welcome = Event::Welcome {
         conn_id: &conn_id,
@@ -208,25 +205,13 @@ where
 
     let mut bad_in_row = 0u32;
     let mut reason = DisconnectReason::Client;
-    let mut writer_end: Option<WriterEnd> = None;
     loop {
-        let inbound = tokio::select! {
-            biased;
-            end = &mut writer_task => {
-                writer_end = Some(end.unwrap_or(WriterEnd::SocketGone));
-                break;
-            }
-            inbound = frames.next() => inbound,
-        };
-        let (text, payload) = match inbound {
-            Inbound::Message { text, payload } => (text, payload),
-            Inbound::Closed => break,
-            Inbound::Violation(_) => {
-                reason = DisconnectReason::ProtocolError;
-                break;
-            }
-            Inbound::Gone => {
-                writer_task.abort();
+        let (text, payload) = match socket.read().await {
+            Read::Message { text, payload } => (text, payload),
+            Read::Ended { violation } => {
+                if violation {
+                    reason = DisconnectReason::ProtocolError;
+                }
                 break;
             }
         };
@@ -267,11 +252,7 @@ where
     }
 
     // Let the writer send our Close, then give the client a moment to answer it.
-    let end = finish_writer(writer_end, &mut writer_task, config.write_timeout).await;
-    if let Some(WriterEnd::Closed(_)) = end {
-        frames.await_close().await;
-    }
-    writer_task.abort();
+    let end = socket.finish(config.write_timeout).await;
     session::cleanup(node, &conn_id, &user).await;
     match end {
         Some(WriterEnd::Closed(code)) => reason_for_close(code, reason),
@@ -279,19 +260,6 @@ where
         // A slow consumer whose socket stayed blocked never got its Close frame.
         _ if outbound.is_discarding() => DisconnectReason::SlowConsumer,
         _ => reason,
-    }
-}
-
-/// How the writer ended: already known, or awaited for at most `limit` (it is sending our
-/// Close).
-pub(crate) async fn finish_writer(
-    known: Option<WriterEnd>,
-    writer_task: &mut tokio::task::JoinHandle<WriterEnd>,
-    limit: Duration,
-) -> Option<WriterEnd> {
-    match known {
-        Some(end) => Some(end),
-        None => timeout(limit, writer_task).await.ok().and_then(Result::ok),
     }
 }
 

@@ -3,9 +3,7 @@
 //! same read loop, reassembly, close rules and writer as the real endpoints, so what they
 //! check is what clients get.
 
-use super::connection::finish_writer;
-use super::inbound::Inbound;
-use super::writer::{self, WriterConfig, WriterEnd};
+use super::writer::{self, Read, WriterConfig};
 use crate::http::{error, Body};
 use crate::node::Node;
 use bytes::Bytes;
@@ -39,11 +37,7 @@ pub fn upgrade(node: Arc<Node>, mut req: Request<Incoming>) -> Response<Body> {
 async fn serve(node: Arc<Node>, upgrade: UpgradeFut) {
     let Ok(ws) = upgrade.await else { return };
     let config = &node.config;
-    let writer::Socket {
-        mut frames,
-        outbound,
-        mut writer_task,
-    } = writer::open(
+    let mut socket = writer::open(
         ws,
         Format::Json,
         config.max_message_bytes,
@@ -55,32 +49,14 @@ async fn serve(node: Arc<Node>, upgrade: UpgradeFut) {
         },
         node.metrics.clone(),
     );
-    let mut writer_end = None;
-    loop {
-        let inbound = tokio::select! {
-            biased;
-            end = &mut writer_task => {
-                writer_end = Some(end.unwrap_or(WriterEnd::SocketGone));
-                break;
-            }
-            inbound = frames.next() => inbound,
-        };
-        match inbound {
-            Inbound::Message { text, payload } => {
-                if outbound.push_message(text, Bytes::from(payload)).is_err() {
-                    break;
-                }
-            }
-            Inbound::Closed | Inbound::Violation(_) => break,
-            Inbound::Gone => {
-                writer_task.abort();
-                break;
-            }
+    while let Read::Message { text, payload } = socket.read().await {
+        if socket
+            .outbound
+            .push_message(text, Bytes::from(payload))
+            .is_err()
+        {
+            break;
         }
     }
-    let end = finish_writer(writer_end, &mut writer_task, config.write_timeout).await;
-    if let Some(WriterEnd::Closed(_)) = end {
-        frames.await_close().await;
-    }
-    writer_task.abort();
+    socket.finish(config.write_timeout).await;
 }

@@ -8,7 +8,7 @@
 //! syscall per burst. The batch buffer is dropped after each write, so an idle connection
 //! keeps no write buffer.
 
-use super::inbound::Frames;
+use super::inbound::{Frames, Inbound};
 use super::reader::Reassembler;
 use crate::metrics::Metrics;
 use fan_out::{OutFrame, Outbound};
@@ -170,11 +170,64 @@ async fn write<W: AsyncWrite + Unpin>(io: &mut W, buf: &[u8], limit: Duration) -
 }
 
 /// A connection after the upgrade: fastwebsockets reads (through [`Frames`]), our writer
-/// task writes the raw half.
+/// task writes the raw half. Every endpoint drives it the same way: [`Socket::read`] until
+/// the end, then [`Socket::finish`].
 pub struct Socket<S> {
-    pub frames: Frames<S>,
+    frames: Frames<S>,
     pub outbound: Arc<Outbound>,
-    pub writer_task: tokio::task::JoinHandle<WriterEnd>,
+    writer_task: tokio::task::JoinHandle<WriterEnd>,
+    /// Set when `read` saw the writer end.
+    writer_end: Option<WriterEnd>,
+}
+
+/// What a connection's loop gets next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Read {
+    /// A whole data message (text is valid UTF-8).
+    Message { text: bool, payload: Vec<u8> },
+    /// The connection is over: the writer ended, or the client closed, vanished or broke the
+    /// protocol (`violation`; our Close with its code is queued).
+    Ended { violation: bool },
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> Socket<S> {
+    /// The next whole message, or the end of the connection. Not cancel-safe (a frame may be
+    /// half read): only race it against something after which the connection closes anyway.
+    pub async fn read(&mut self) -> Read {
+        tokio::select! {
+            biased;
+            end = &mut self.writer_task => {
+                self.writer_end = Some(end.unwrap_or(WriterEnd::SocketGone));
+                Read::Ended { violation: false }
+            }
+            inbound = self.frames.next() => match inbound {
+                Inbound::Message { text, payload } => Read::Message { text, payload },
+                Inbound::Closed => Read::Ended { violation: false },
+                Inbound::Violation(_) => Read::Ended { violation: true },
+                Inbound::Gone => {
+                    self.writer_task.abort();
+                    Read::Ended { violation: false }
+                }
+            },
+        }
+    }
+
+    /// After the loop: lets the writer send our Close (for at most `limit`), gives the client
+    /// a moment to answer it, and stops the writer. Returns how the writer ended.
+    pub async fn finish(&mut self, limit: Duration) -> Option<WriterEnd> {
+        let end = match self.writer_end.take() {
+            Some(end) => Some(end),
+            None => timeout(limit, &mut self.writer_task)
+                .await
+                .ok()
+                .and_then(Result::ok),
+        };
+        if let Some(WriterEnd::Closed(_)) = end {
+            self.frames.await_close().await;
+        }
+        self.writer_task.abort();
+        end
+    }
 }
 
 /// Splits an upgraded WebSocket: a reader that leaves pongs, closes and reassembly to us and
@@ -225,6 +278,7 @@ where
         frames,
         outbound,
         writer_task,
+        writer_end: None,
     }
 }
 

@@ -8,9 +8,8 @@
 use super::namespace::{push, random_id, Live, Next, Sockets};
 use crate::admission::Slot;
 use crate::metrics::DisconnectReason;
-use crate::native::connection::{finish_writer, reason_for_close};
-use crate::native::inbound::Inbound;
-use crate::native::writer::{self, WriterConfig, WriterEnd};
+use crate::native::connection::reason_for_close;
+use crate::native::writer::{self, Read, WriterConfig, WriterEnd};
 use crate::node::Node;
 use bytes::Bytes;
 use fastwebsockets::upgrade::UpgradeFut;
@@ -90,11 +89,7 @@ where
     let cfg = &node.config;
     // Engine.IO carries its own heartbeat below; WebSocket-level pings are not needed.
     let never = Duration::from_secs(365 * 24 * 3600);
-    let writer::Socket {
-        mut frames,
-        outbound,
-        mut writer_task,
-    } = writer::open(
+    let mut socket = writer::open(
         ws,
         Format::SocketIo,
         cfg.socketio_max_payload,
@@ -106,6 +101,7 @@ where
         },
         node.metrics.clone(),
     );
+    let outbound = socket.outbound.clone();
     push(
         &outbound,
         sio::open_packet(
@@ -141,31 +137,23 @@ where
     let connect_deadline = sleep(cfg.socketio_connect_timeout);
     tokio::pin!(connect_deadline);
     let mut reason = DisconnectReason::Client;
-    let mut writer_end = None;
     loop {
-        let inbound = tokio::select! {
+        let read = tokio::select! {
             biased;
-            end = &mut writer_task => {
-                writer_end = Some(end.unwrap_or(WriterEnd::SocketGone));
-                break;
-            }
+            read = socket.read() => read,
             _ = &mut connect_deadline, if !conn.ever_joined && mode == Mode::SocketIo => {
                 outbound.close(CloseCode::NORMAL, "connect timeout");
                 reason = DisconnectReason::Timeout;
                 break;
             }
-            inbound = frames.next() => inbound,
         };
-        let (text, payload) = match inbound {
-            Inbound::Message { text, payload } => (text, payload),
-            Inbound::Closed => break,
-            Inbound::Violation(_) => {
-                reason = DisconnectReason::ProtocolError;
-                recoverable = false;
-                break;
-            }
-            Inbound::Gone => {
-                writer_task.abort();
+        let (text, payload) = match read {
+            Read::Message { text, payload } => (text, payload),
+            Read::Ended { violation } => {
+                if violation {
+                    reason = DisconnectReason::ProtocolError;
+                    recoverable = false;
+                }
                 break;
             }
         };
@@ -250,11 +238,7 @@ where
     heartbeat.abort();
     // Save (or drop) the sockets first: a recovering client may be back within milliseconds.
     conn.end_all(recoverable).await;
-    let end = finish_writer(writer_end, &mut writer_task, cfg.write_timeout).await;
-    if let Some(WriterEnd::Closed(_)) = end {
-        frames.await_close().await;
-    }
-    writer_task.abort();
+    let end = socket.finish(cfg.write_timeout).await;
     match end {
         Some(WriterEnd::Closed(code)) => reason_for_close(code, reason),
         _ if outbound.is_discarding() => DisconnectReason::SlowConsumer,

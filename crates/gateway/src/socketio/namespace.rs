@@ -83,49 +83,38 @@ pub fn room_prefix(namespace: &str) -> String {
     }
 }
 
-/// Replaces every `"room"` string that starts with `prefix` by its unprefixed name.
+/// Takes the namespace prefix off the room names of an event object or an `ok` reply body:
+/// its `room`, and the `room` of each message in its `missed` or `messages`. Client `data`
+/// is left alone, whatever keys it holds.
 pub fn strip_rooms(value: &mut Value, prefix: &str) {
-    match value {
-        Value::Object(map) => {
-            for (k, v) in map.iter_mut() {
-                match v {
-                    Value::String(s) if k == "room" => {
-                        if let Some(rest) = s.strip_prefix(prefix) {
-                            *s = rest.to_string();
-                        }
-                    }
-                    other => strip_rooms(other, prefix),
-                }
-            }
+    let Value::Object(map) = value else {
+        return;
+    };
+    if let Some(Value::String(room)) = map.get_mut("room") {
+        if let Some(rest) = room.strip_prefix(prefix) {
+            *room = rest.to_string();
         }
-        Value::Array(items) => items.iter_mut().for_each(|v| strip_rooms(v, prefix)),
-        _ => {}
+    }
+    for key in ["missed", "messages"] {
+        if let Some(Value::Array(items)) = map.get_mut(key) {
+            items.iter_mut().for_each(|m| strip_rooms(m, prefix));
+        }
     }
 }
 
-/// Puts a namespace's prefix on the room an op names.
+/// Puts a namespace's prefix on the room an op names. A server-chosen name gets it from
+/// `create_room` itself (`Session::room_prefix`).
 fn prefix_op(op: &mut Op, prefix: &str) {
     let room = match op {
-        Op::CreateRoom { room, .. } => {
-            // A server-chosen name must land in the namespace too.
-            let name = room.take().unwrap_or_else(|| {
-                let id: String = (0..12)
-                    .map(|_| fastrand::alphanumeric().to_ascii_lowercase())
-                    .collect();
-                format!("r-{id}")
-            });
-            *room = Some(name);
-            match room {
-                Some(r) => r,
-                None => return,
-            }
+        Op::CreateRoom {
+            room: Some(room), ..
         }
-        Op::Join { room, .. }
+        | Op::Join { room, .. }
         | Op::Leave { room }
         | Op::Publish { room, .. }
         | Op::Presence { room }
         | Op::History { room, .. } => room,
-        Op::Ping => return,
+        Op::CreateRoom { room: None, .. } | Op::Ping => return,
     };
     room.insert_str(0, prefix);
 }
@@ -296,6 +285,7 @@ impl<'a> Sockets<'a> {
             conn_id: conn_id.clone(),
             identity,
             outbound: session_outbound,
+            room_prefix: prefix.clone(),
         };
         let mut sid = conn_id.to_string();
         let mut pid = recovery_on.then(random_id);
@@ -379,11 +369,13 @@ impl<'a> Sockets<'a> {
             return Next::Close(CloseCode::PROTOCOL_ERROR, "bad event");
         };
         let ack = p.ack;
-        let prefix = room_prefix(&ns);
+        let prefix = session.room_prefix.as_str();
         let outbound = &self.outbound;
         let reply = |mut body: Value| {
             if let Some(id) = ack {
-                strip_rooms(&mut body, &prefix);
+                if let Some(ok) = body.get_mut("ok") {
+                    strip_rooms(ok, prefix);
+                }
                 push(outbound, sio::ack(&ns, id, &json!([body])));
             }
         };
@@ -416,7 +408,7 @@ impl<'a> Sockets<'a> {
             }
         };
         if !prefix.is_empty() {
-            prefix_op(&mut op, &prefix);
+            prefix_op(&mut op, prefix);
         }
         let (result, after) = session::handle(self.node, session, op).await;
         match result {
@@ -483,7 +475,10 @@ async fn forward(
                 let Ok(mut value) = protocol::value::from_slice(body) else {
                     continue;
                 };
-                strip_rooms(&mut value, &prefix);
+                // `["name", {event}, "offset"?]`
+                if let Value::Array(args) = &mut value {
+                    args.iter_mut().for_each(|a| strip_rooms(a, &prefix));
+                }
                 if to.push(Bytes::from(format!("{header}{value}"))).is_err() {
                     from.close(CloseCode::SLOW_CONSUMER, "connection closing");
                     return;

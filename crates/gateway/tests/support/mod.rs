@@ -312,6 +312,43 @@ pub async fn http_json(
     (status, serde_json::from_str(&body).unwrap_or(Value::Null))
 }
 
+/// One client frame as raw bytes (RFC 6455 section 5.2), masked with `mask` unless it is
+/// `None`. Nothing is checked, so that tests can send any frame, valid or not.
+pub fn client_frame(
+    fin: bool,
+    rsv: u8,
+    opcode: u8,
+    mask: Option<[u8; 4]>,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut out = vec![(u8::from(fin) << 7) | ((rsv & 7) << 4) | (opcode & 15)];
+    let mask_bit = if mask.is_some() { 0x80 } else { 0 };
+    let n = payload.len();
+    if n < 126 {
+        out.push(mask_bit | n as u8);
+    } else if n <= 0xffff {
+        out.push(mask_bit | 126);
+        out.extend_from_slice(&(n as u16).to_be_bytes());
+    } else {
+        out.push(mask_bit | 127);
+        out.extend_from_slice(&(n as u64).to_be_bytes());
+    }
+    match mask {
+        Some(key) => {
+            out.extend_from_slice(&key);
+            out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        }
+        None => out.extend_from_slice(payload),
+    }
+    out
+}
+
+/// Close codes an endpoint may put in a Close frame (RFC 6455 section 7.4, and the IANA
+/// registry for 1012–1014): the tests' own statement of the rule, not the server's.
+pub fn sendable(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
 /// Waits until `f` holds, polling.
 pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + WAIT;
