@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Floods and slow consumers (issue 7): four checks against real gateways over real sockets.
-# Each prints a table of numbers and PASS/FAIL per bound; the script fails if any bound fails.
+# Floods and slow consumers (issue 7): four checks against real gateways over real sockets,
+# `roomcast-checks floods storm|flood|slow|room` (crates/checks). Each prints a table of
+# numbers and PASS/FAIL per bound; the script fails if any bound fails.
 #
 #   loadtest/floods.sh [--short] [storm] [flood] [slow] [room]
 #
@@ -18,6 +19,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
+. deploy/local/lib.sh
+need curl curl
 
 SHORT=0
 CHECKS=()
@@ -39,13 +42,13 @@ SOURCES=127.0.0.2-127.0.0.41
 mkdir -p "$STATE/bin" "$OUT"
 
 if [ "${FLOODS_NO_BUILD:-0}" != 1 ]; then
-  cargo build --release -p gateway -p roomcast-loadtest || exit 1
+  cargo build --release -p gateway -p roomcast-checks || exit 1
 fi
 # Run copies: a rebuild of target/ during the run (another build on the machine) must not
 # change the binaries halfway.
-cp target/release/roomcast target/release/roomcast-loadtest "$STATE/bin/" || exit 1
+cp target/release/roomcast target/release/roomcast-checks "$STATE/bin/" || exit 1
 GW=$STATE/bin/roomcast
-LT=$STATE/bin/roomcast-loadtest
+FLOODS=("$STATE/bin/roomcast-checks" floods)
 
 stop_gateways() {
   local p pid
@@ -115,7 +118,7 @@ urls() {
 run_storm() {
   if [ "$SHORT" = 1 ]; then
     start_gateways storm 1 --max-handshake-rate 500 || return 1
-    "$LT" storm --url "$(urls 1)" --pids "$(pids 1)" --source-ips "$SOURCES" \
+    "${FLOODS[@]}" storm --url "$(urls 1)" --pids "$(pids 1)" --source-ips "$SOURCES" \
       --jwt-secret "$SECRET" --json "$OUT/storm.json" \
       --clients 3000 --window-secs 2 --deadline-secs 60 --expect-refusals
   else
@@ -123,7 +126,7 @@ run_storm() {
     # connections: the last ones are refused for capacity (Retry-After: 5) until 500
     # clients leave 20 s in, after which every remaining client must get in.
     start_gateways storm 1 || return 1
-    "$LT" storm --url "$(urls 1)" --pids "$(pids 1)" --source-ips "$SOURCES" \
+    "${FLOODS[@]}" storm --url "$(urls 1)" --pids "$(pids 1)" --source-ips "$SOURCES" \
       --jwt-secret "$SECRET" --json "$OUT/storm.json" \
       --clients 20000 --window-secs 2 --workers 2 --deadline-secs 120 \
       --release 500 --release-at-secs 20 --expect-refusals
@@ -133,10 +136,10 @@ run_storm() {
 run_flood() {
   start_gateways flood 3 --publish-rate 20 --publish-burst 40 || return 1
   if [ "$SHORT" = 1 ]; then
-    "$LT" flood --url "$(urls 3)" --source-ips "$SOURCES" --jwt-secret "$SECRET" \
+    "${FLOODS[@]}" flood --url "$(urls 3)" --source-ips "$SOURCES" --jwt-secret "$SECRET" \
       --json "$OUT/flood.json" --rate 20 --burst 40 --baseline-secs 4 --flood-secs 6
   else
-    "$LT" flood --url "$(urls 3)" --source-ips "$SOURCES" --jwt-secret "$SECRET" \
+    "${FLOODS[@]}" flood --url "$(urls 3)" --source-ips "$SOURCES" --jwt-secret "$SECRET" \
       --json "$OUT/flood.json" --rate 20 --burst 40 --baseline-secs 10 --flood-secs 30 \
       --flood-conns-per-node 4 --window 32 --others 30 --rooms 6
   fi
@@ -146,13 +149,13 @@ run_slow() {
   if [ "$SHORT" = 1 ]; then
     start_gateways slow 1 --outbound-queue-bytes 262144 --write-timeout 8s \
       --publish-rate 1000 --publish-burst 1000 || return 1
-    "$LT" slow-readers --url "$(urls 1)" --pids "$(pids 1)" --source-ips "$SOURCES" \
+    "${FLOODS[@]}" slow --url "$(urls 1)" --pids "$(pids 1)" --source-ips "$SOURCES" \
       --jwt-secret "$SECRET" --json "$OUT/slow.json" \
       --members 10 --publishers 4 --rate 1000 --payload 2048 --secs 6 \
       --slow 20 --pausers 5 --queue-bytes 262144 --write-timeout-secs 8
   else
     start_gateways slow 1 --publish-rate 1000 --publish-burst 1000 || return 1
-    "$LT" slow-readers --url "$(urls 1)" --pids "$(pids 1)" --source-ips "$SOURCES" \
+    "${FLOODS[@]}" slow --url "$(urls 1)" --pids "$(pids 1)" --source-ips "$SOURCES" \
       --jwt-secret "$SECRET" --json "$OUT/slow.json" \
       --members 50 --publishers 4 --rate 2000 --payload 2048 --secs 15 \
       --slow 200 --pausers 20 --queue-bytes 1048576 --write-timeout-secs 10
@@ -162,11 +165,11 @@ run_slow() {
 run_room() {
   start_gateways room 3 || return 1
   if [ "$SHORT" = 1 ]; then
-    "$LT" huge-room --url "$(urls 3)" --pids "$(pids 3)" --source-ips "$SOURCES" \
+    "${FLOODS[@]}" room --url "$(urls 3)" --pids "$(pids 3)" --source-ips "$SOURCES" \
       --jwt-secret "$SECRET" --json "$OUT/room.json" \
       --members 2000 --churners 60 --churn-secs 8
   else
-    "$LT" huge-room --url "$(urls 3)" --pids "$(pids 3)" --source-ips "$SOURCES" \
+    "${FLOODS[@]}" room --url "$(urls 3)" --pids "$(pids 3)" --source-ips "$SOURCES" \
       --jwt-secret "$SECRET" --json "$OUT/room.json" \
       --members 10000 --churners 200 --churn-secs 30 --settle-secs 60
   fi

@@ -3,7 +3,7 @@
 # (Redis Cluster on 7300-7305, gateways on 8181-8183, nginx on 127.0.0.1:8180, so it never
 # collides with `make cluster-up` or the clusters of `make test`).
 #
-# While `roomcast-loadtest chaos` keeps rooms × members clients publishing and checking every
+# While `roomcast-checks chaos` keeps rooms × members clients publishing and checking every
 # delivery (they reconnect through nginx and re-join with `since`), this script injects, one at
 # a time, with load before and after each:
 #   1. kill -9 of gateway 8181, restarted 2 s later
@@ -13,7 +13,7 @@
 #   5. SIGSTOP of the third shard's primary, longer than cluster-node-timeout, then SIGCONT
 #   6. gateway 8183 cut off from Redis (iptables, see below), then restored
 # and writes every fault's start and end to a log. deploy/local/chaos_report.py then sets the
-# load tool's record against that log: a table per fault (delivery pause, loss, duplicates,
+# load's record against that log: a table per fault (delivery pause, loss, duplicates,
 # order, reconnects, whether /readyz told the truth), printed and, for the full run, written
 # to docs/reliability.md.
 #
@@ -33,7 +33,7 @@
 #
 # Installs redis-server, nginx and iptables with apt-get when missing. Needs root (iptables,
 # setpriv). Leaves nothing running: every process, rule and temporary file it made goes in
-# cleanup; the record stays in target/chaos/ (load tool JSON and log, fault log, gateway logs).
+# cleanup; the record stays in target/chaos/ (the load's JSON and log, fault log, gateway logs).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -60,14 +60,7 @@ else
   WARM=5 AFTER=12 PAUSE=6 CUT=10 REVIVE=4 TAIL=0
 fi
 
-need() {
-  local bin=$1 pkg=$2
-  if ! command -v "$bin" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$bin" ]; then
-    echo "installing $pkg" >&2
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y "$pkg" >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y "$pkg" >/dev/null; }
-  fi
-}
+. deploy/local/lib.sh
 need redis-server redis-server
 need nginx nginx
 need iptables iptables
@@ -81,13 +74,13 @@ if [ -n "${CHAOS_GATEWAY_BIN:-}" ]; then export CLUSTER_BIN=$CHAOS_GATEWAY_BIN; 
 GATEWAY_ARGS="--jwt-secret $SECRET --publish-rate 1000 --publish-burst 1000 --max-conns-per-ip 0"
 [ "$DURABLE" = 1 ] && GATEWAY_ARGS+=" --durable-publish"
 export GATEWAY_ARGS
-LT=target/$PROFILE/roomcast-loadtest
+CHECKS=target/$PROFILE/roomcast-checks
 FAULTS=$STATE/faults.log
 
-lt_pid=""
+load_pid=""
 cleanup() {
   trap - EXIT INT TERM
-  if [ -n "$lt_pid" ]; then kill "$lt_pid" 2>/dev/null; wait "$lt_pid" 2>/dev/null; fi
+  if [ -n "$load_pid" ]; then kill "$load_pid" 2>/dev/null; wait "$load_pid" 2>/dev/null; fi
   uncut
   iptables -t mangle -D OUTPUT -j ROOMCAST_CHAOS_MARK 2>/dev/null
   iptables -t mangle -F ROOMCAST_CHAOS_MARK 2>/dev/null
@@ -192,7 +185,7 @@ uncut() { iptables -F ROOMCAST_CHAOS_CUT 2>/dev/null; }
 # ---- the cluster and the load --------------------------------------------------------------
 rm -rf "$STATE" && mkdir -p "$STATE" "$RAW"
 say "building ($PROFILE)"
-pkgs=(-p roomcast-loadtest)
+pkgs=(-p roomcast-checks)
 [ -z "${CHAOS_GATEWAY_BIN:-}" ] && pkgs+=(-p gateway)
 if [ "$PROFILE" = release ]; then
   cargo build --release -q "${pkgs[@]}" || exit 1
@@ -209,11 +202,11 @@ wait_settled || exit 1
 
 SETUP=4
 readyz=$(printf 'http://127.0.0.1:%s,' "${GW[@]}")
-LT_CMD=("$LT" chaos --url "ws://$LB" "${LOAD[@]}" --secs 900 --jwt-secret "$SECRET" --setup-secs "$SETUP"
+LOAD_CMD=("$CHECKS" chaos --url "ws://$LB" "${LOAD[@]}" --secs 900 --jwt-secret "$SECRET" --setup-secs "$SETUP"
   --readyz "${readyz%,}" --stop-file "$STATE/stop" --json "$RAW/chaos.json")
-say "load: ${LT_CMD[*]}"
-"${LT_CMD[@]}" >"$STATE/loadtest.log" 2>&1 &
-lt_pid=$!
+say "load: ${LOAD_CMD[*]}"
+"${LOAD_CMD[@]}" >"$STATE/load.log" 2>&1 &
+load_pid=$!
 echo "$(ms) 0 load-start" >>"$FAULTS"
 until_ms $(( $(ms) + (SETUP + WARM) * 1000 ))
 
@@ -292,17 +285,17 @@ until_ms $(( $(ms) + (AFTER + TAIL) * 1000 ))
 echo "$(ms) 0 load-stop" >>"$FAULTS"
 touch "$STATE/stop"
 say "stopping the load (it listens 6 s more for late deliveries)"
-wait "$lt_pid"
-lt_rc=$?
-lt_pid=""
-cat "$STATE/loadtest.log"
-[ "$lt_rc" = 0 ] || { echo "the load tool failed ($lt_rc)" >&2; exit 1; }
+wait "$load_pid"
+load_rc=$?
+load_pid=""
+cat "$STATE/load.log"
+[ "$load_rc" = 0 ] || { echo "roomcast-checks chaos failed ($load_rc)" >&2; exit 1; }
 cp "$FAULTS" "$RAW/faults.log"
-cp "$STATE/loadtest.log" "$RAW/loadtest.log"
+cp "$STATE/load.log" "$RAW/load.log"
 for p in "${GW[@]}"; do cp "$STATE/cluster/gateway-$p.log" "$RAW/gateway-$p.log" 2>/dev/null; done
 elapsed=$(( ($(ms) - T0) / 1000 ))
 report=(python3 deploy/local/chaos_report.py --load "$RAW/chaos.json" --faults "$FAULTS"
-  --elapsed "$elapsed" --durable "$DURABLE" --command "${LT_CMD[*]}" --gateway-args "$GATEWAY_ARGS"
+  --elapsed "$elapsed" --durable "$DURABLE" --command "${LOAD_CMD[*]}" --gateway-args "$GATEWAY_ARGS"
   --gateway "${CHAOS_GATEWAY_BIN:-target/$PROFILE/roomcast built from $(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet HEAD -- crates 2>/dev/null || echo ' plus uncommitted changes')}")
 if [ "$QUICK" = 1 ]; then
   "${report[@]}" --quick

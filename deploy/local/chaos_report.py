@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The fault table of `make chaos`: sets the load tool's record (`roomcast-loadtest chaos
+"""The fault table of `make chaos`: sets the load tool's record (`roomcast-checks chaos
 --json`) against the fault log that deploy/local/chaos.sh wrote, and prints one row per fault.
 
   --out FILE   also write the page (docs/reliability.md); a section between the markers
@@ -392,7 +392,7 @@ pauses move by a second or so between runs, the loss/duplicate/order counts shou
   `{a.gateway_args}` plus cluster.sh's `--drain-delay 1s --drain-window 2s --drain-deadline 5s`.
 - nginx on 127.0.0.1:8180 (deploy/nginx/roomcast.conf.template: round robin, no stickiness,
   `max_fails=1 fail_timeout=5s`, retry on the next node).
-- Load: `roomcast-loadtest chaos`: {s['rooms']} rooms × {s['members']} members = {s['rooms'] * s['members']} clients
+- Load: `roomcast-checks chaos`: {s['rooms']} rooms × {s['members']} members = {s['rooms'] * s['members']} clients
   through nginx, {s['publishers']} of them publishing {s['rate']:.0f} messages/s in all (open loop,
   {s['payload']}-byte padding), rooms with `historySize` {s['history']}. Every client checks every
   delivery: offsets (gapless within an epoch, epoch changes recorded) and content (each

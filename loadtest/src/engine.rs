@@ -6,35 +6,19 @@
 //! behind therefore shows up as latency instead of as a slower send rate (no coordinated
 //! omission).
 
-use crate::client::{connect, Conn, Sink};
-use crate::proto::{Incoming, Protocol};
 use crate::stats::{histogram, Hist, Phase, Report};
 use anyhow::Result;
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
+use roomcast_loadtest::proto::{Incoming, Protocol};
+use roomcast_loadtest::ws::{self, Conn, Dial, Sink};
+use roomcast_loadtest::{mint, now_us, Seen};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::Mutex;
-
-/// An HS256 token for `sub`, valid for a day.
-pub fn mint(secret: &str, sub: &str) -> Option<String> {
-    let exp = now_us() / 1_000_000 + 86_400;
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &json!({ "sub": sub, "exp": exp }),
-        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .ok()
-}
-
-pub fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
-}
 
 /// Who connects where, and what is published when.
 #[derive(Debug, Clone)]
@@ -78,17 +62,24 @@ impl Plan {
         (p < self.publishers).then_some(p)
     }
 
-    pub fn token_for(&self, g: u64) -> Option<String> {
+    fn token_for(&self, g: u64) -> Option<String> {
         let secret = self.jwt_secret.as_ref()?;
         mint(secret, &format!("lt-{}-{g}", self.run_id))
     }
 
-    pub fn url_for(&self, g: u64) -> &str {
+    fn url_for(&self, g: u64) -> &str {
         &self.urls[(g as usize) % self.urls.len()]
     }
 
-    pub fn source_for(&self, g: u64) -> Option<IpAddr> {
+    fn source_for(&self, g: u64) -> Option<IpAddr> {
         (!self.sources.is_empty()).then(|| self.sources[(g as usize) % self.sources.len()])
+    }
+
+    /// Connects client `g`: its server, source address and token.
+    pub async fn connect(&self, g: u64) -> Result<Conn> {
+        let token = self.token_for(g);
+        let dial = Dial::from(self.source_for(g));
+        Ok(ws::connect(self.url_for(g), self.protocol, token.as_deref(), &dial).await?)
     }
 }
 
@@ -97,7 +88,7 @@ struct Receiver {
     phases: Vec<(Histogram<u64>, u64, u64, u64)>, // latency, delivered, duplicates, out of order
     timeline: Vec<(Histogram<u64>, u64)>,
     last_seq: HashMap<u64, u64>,
-    seen: HashMap<u64, Vec<u64>>, // publisher → bitset of seqs
+    seen: Seen,
     last_member: HashMap<u64, u64>,
     start_us: u64,
     track_last: bool,
@@ -109,7 +100,7 @@ impl Receiver {
             phases: (0..phases).map(|_| (histogram(), 0, 0, 0)).collect(),
             timeline: Vec::new(),
             last_seq: HashMap::new(),
-            seen: HashMap::new(),
+            seen: Seen::default(),
             last_member: HashMap::new(),
             start_us,
             track_last,
@@ -128,16 +119,10 @@ impl Receiver {
         let Some(phase) = self.phases.get_mut(ph as usize) else {
             return;
         };
-        let bits = self.seen.entry(p).or_default();
-        let (word, bit) = ((s / 64) as usize, s % 64);
-        if bits.len() <= word {
-            bits.resize(word + 1, 0);
-        }
-        if bits[word] & (1 << bit) != 0 {
+        if !self.seen.insert(p, s) {
             phase.2 += 1;
             return;
         }
-        bits[word] |= 1 << bit;
         let now = now_us();
         let latency = now.saturating_sub(t).max(1);
         let _ = phase.0.record(latency.min(60_000_000));
@@ -162,7 +147,9 @@ impl Receiver {
     }
 }
 
-async fn join_room(conn: &mut Conn, room: &str, create: bool) -> Result<()> {
+/// Joins `room`, creating it first when `create` (it may exist already); a room that does not
+/// exist yet is waited for, up to 20 s (its creator may be slower).
+pub async fn join_room(conn: &mut Conn, room: &str, create: bool) -> Result<()> {
     if create {
         match conn.call("create_room", json!({ "room": room })).await? {
             None => return Ok(()),
@@ -188,39 +175,8 @@ pub async fn run(plan: Arc<Plan>) -> Report {
         protocol: format!("{:?}", plan.protocol).to_lowercase(),
         ..Report::default()
     };
-    let mine = plan.my_clients();
     let connect_start = std::time::Instant::now();
-    // Connect and join with bounded concurrency.
-    let sem = Arc::new(tokio::sync::Semaphore::new(256));
-    let mut joins = Vec::new();
-    for g in mine {
-        let plan = plan.clone();
-        let sem = sem.clone();
-        joins.push(tokio::spawn(async move {
-            let _permit = sem.acquire().await.ok()?;
-            let token = plan.token_for(g);
-            let mut conn = connect(
-                plan.url_for(g),
-                plan.protocol,
-                plan.source_for(g),
-                token.as_deref(),
-            )
-            .await
-            .ok()?;
-            let room = plan.room(g / plan.members);
-            join_room(&mut conn, &room, g % plan.members == 0)
-                .await
-                .ok()?;
-            Some((g, conn))
-        }));
-    }
-    let mut conns = Vec::new();
-    for j in joins {
-        match j.await {
-            Ok(Some(c)) => conns.push(c),
-            _ => report.connect_failures += 1,
-        }
-    }
+    let conns = connect_all(&plan, &mut report).await;
     report.clients = conns.len() as u64;
     report.connect_seconds = connect_start.elapsed().as_secs_f64();
 
@@ -229,48 +185,16 @@ pub async fn run(plan: Arc<Plan>) -> Report {
     tokio::time::sleep(Duration::from_micros(wait)).await;
     let total_secs: f64 = plan.phases.iter().map(|(_, s)| s).sum();
     let end_us = plan.start_at_us + (total_secs * 1e6) as u64;
-    let grace = Duration::from_secs(3);
 
     let mut readers = Vec::new();
     let mut writers = Vec::new();
     for (g, conn) in conns {
-        let Conn {
-            sink,
-            mut stream,
-            protocol,
-            ..
-        } = conn;
+        let Conn { sink, stream, .. } = conn;
         let sink = Arc::new(Mutex::new(sink));
-        let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
         if let Some(p) = plan.publisher_of(g) {
             writers.push(tokio::spawn(publisher(plan.clone(), p, sink.clone())));
         }
-        let plan2 = plan.clone();
-        let errs = errors.clone();
-        readers.push(tokio::spawn(async move {
-            let mut rx = Receiver::new(plan2.phases.len(), plan2.start_at_us, plan2.track_last);
-            let stop = tokio::time::Instant::now()
-                + Duration::from_micros(end_us.saturating_sub(now_us()))
-                + grace;
-            loop {
-                let next = tokio::time::timeout_at(stop, stream.next()).await;
-                let Ok(Some(Ok(msg))) = next else { break };
-                match protocol.decode(&msg) {
-                    Incoming::Message(data) => rx.on_message(&data),
-                    Incoming::Reply { error: Some(_), .. } => {
-                        errs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    Incoming::Ping => {
-                        if let Some(pong) = protocol.pong() {
-                            let _ = sink.lock().await.send(pong).await;
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            let _ = sink.lock().await.close().await;
-            (rx, errs.load(std::sync::atomic::Ordering::Relaxed))
-        }));
+        readers.push(tokio::spawn(receive(plan.clone(), stream, sink, end_us)));
     }
     let mut sent: Vec<u64> = vec![0; plan.phases.len()];
     for w in writers {
@@ -294,36 +218,8 @@ pub async fn run(plan: Arc<Plan>) -> Report {
         .collect();
     let mut timeline: Vec<(Histogram<u64>, u64)> = Vec::new();
     for r in readers {
-        let Ok((rx, errs)) = r.await else { continue };
-        if let Some(first) = phases.first_mut() {
-            first.publish_errors += errs;
-        }
-        for (i, (h, d, dup, ooo)) in rx.phases.into_iter().enumerate() {
-            let ph = &mut phases[i];
-            let mut merged = ph.latency.to_histogram();
-            let _ = merged.add(&h);
-            ph.latency = Hist::from(&merged);
-            ph.delivered += d;
-            ph.duplicates += dup;
-            ph.out_of_order += ooo;
-        }
-        if timeline.len() < rx.timeline.len() {
-            timeline.resize_with(rx.timeline.len(), || (histogram(), 0));
-        }
-        for (i, (h, n)) in rx.timeline.into_iter().enumerate() {
-            let _ = timeline[i].0.add(&h);
-            timeline[i].1 += n;
-        }
-        if plan.track_last {
-            if let Some(first) = phases.first_mut() {
-                let mut all: std::collections::BTreeMap<u64, u64> =
-                    first.last_member.iter().copied().collect();
-                for (k, v) in rx.last_member {
-                    let e = all.entry(k).or_default();
-                    *e = (*e).max(v);
-                }
-                first.last_member = all.into_iter().collect();
-            }
+        if let Ok((rx, errs)) = r.await {
+            merge_receiver(&mut phases, &mut timeline, rx, errs, plan.track_last);
         }
     }
     report.timeline_delivered = timeline.iter().map(|(_, n)| *n).collect();
@@ -331,6 +227,100 @@ pub async fn run(plan: Arc<Plan>) -> Report {
     report.phases = phases;
     report.elapsed_seconds = total_secs;
     report
+}
+
+/// Connects and joins this worker's clients with bounded concurrency; counts the failures.
+async fn connect_all(plan: &Arc<Plan>, report: &mut Report) -> Vec<(u64, Conn)> {
+    let sem = Arc::new(tokio::sync::Semaphore::new(256));
+    let mut joins = Vec::new();
+    for g in plan.my_clients() {
+        let plan = plan.clone();
+        let sem = sem.clone();
+        joins.push(tokio::spawn(async move {
+            let _permit = sem.acquire().await.ok()?;
+            let mut conn = plan.connect(g).await.ok()?;
+            let room = plan.room(g / plan.members);
+            join_room(&mut conn, &room, g % plan.members == 0)
+                .await
+                .ok()?;
+            Some((g, conn))
+        }));
+    }
+    let mut conns = Vec::new();
+    for j in joins {
+        match j.await {
+            Ok(Some(c)) => conns.push(c),
+            _ => report.connect_failures += 1,
+        }
+    }
+    conns
+}
+
+/// One client's receiving side until 3 s after the last phase: checks every delivery and
+/// counts error replies (to its publishes); answers pings.
+async fn receive(
+    plan: Arc<Plan>,
+    mut stream: ws::Stream,
+    sink: Arc<Mutex<Sink>>,
+    end_us: u64,
+) -> (Receiver, u64) {
+    let protocol = plan.protocol;
+    let mut rx = Receiver::new(plan.phases.len(), plan.start_at_us, plan.track_last);
+    let mut errors = 0;
+    let stop = tokio::time::Instant::now()
+        + Duration::from_micros(end_us.saturating_sub(now_us()))
+        + Duration::from_secs(3);
+    loop {
+        let next = tokio::time::timeout_at(stop, stream.next()).await;
+        let Ok(Some(Ok(msg))) = next else { break };
+        match protocol.decode(&msg) {
+            Incoming::Message(data) => rx.on_message(&data),
+            Incoming::Reply { reply: Err(_), .. } => errors += 1,
+            Incoming::Ping => {
+                if let Some(pong) = protocol.pong() {
+                    let _ = sink.lock().await.send(pong).await;
+                }
+            }
+            _ => {}
+        }
+    }
+    let _ = sink.lock().await.close().await;
+    (rx, errors)
+}
+
+/// Adds one receiver's deliveries to the phases and the timeline (publish errors all count
+/// in the first phase).
+fn merge_receiver(
+    phases: &mut [Phase],
+    timeline: &mut Vec<(Histogram<u64>, u64)>,
+    rx: Receiver,
+    errors: u64,
+    track_last: bool,
+) {
+    if let Some(first) = phases.first_mut() {
+        first.publish_errors += errors;
+    }
+    for (i, (h, d, dup, ooo)) in rx.phases.into_iter().enumerate() {
+        let ph = &mut phases[i];
+        let mut merged = ph.latency.to_histogram();
+        let _ = merged.add(&h);
+        ph.latency = Hist::from(&merged);
+        ph.delivered += d;
+        ph.duplicates += dup;
+        ph.out_of_order += ooo;
+    }
+    if timeline.len() < rx.timeline.len() {
+        timeline.resize_with(rx.timeline.len(), || (histogram(), 0));
+    }
+    for (i, (h, n)) in rx.timeline.into_iter().enumerate() {
+        let _ = timeline[i].0.add(&h);
+        timeline[i].1 += n;
+    }
+    if track_last {
+        if let Some(first) = phases.first_mut() {
+            first.merge_last_member(rx.last_member);
+        }
+    }
 }
 
 /// Sends publisher `p`'s share of every phase on schedule; returns how many it sent per phase.

@@ -1,4 +1,4 @@
-//! The three client protocols the tool speaks: roomcast's native protocol in JSON or
+//! The three client protocols the tools speak: roomcast's native protocol in JSON or
 //! MessagePack, and Socket.IO v5 over WebSocket (Engine.IO v4), for the Node peer and for
 //! roomcast's own Socket.IO endpoint.
 
@@ -16,11 +16,21 @@ pub enum Protocol {
     Socketio,
 }
 
-/// What a server frame means to a load client.
+/// An error reply: its code, and its `retryAfterMs` when it has one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failed {
+    pub code: String,
+    pub retry_after_ms: Option<u64>,
+}
+
+/// A reply: its `ok` body, or the error.
+pub type Reply = Result<Value, Failed>;
+
+/// What a server frame means to a client.
 #[derive(Debug)]
 pub enum Incoming {
-    /// The reply to request `id`: ok, or an error code.
-    Reply { id: u64, error: Option<String> },
+    /// The reply to request `id`.
+    Reply { id: u64, reply: Reply },
     /// A `message` event's `data`.
     Message(Value),
     /// A `traffic_status` event's level.
@@ -84,35 +94,65 @@ impl Protocol {
     }
 
     pub fn decode(self, msg: &Message) -> Incoming {
-        match self {
-            Protocol::Json => match msg {
-                Message::Text(t) => native(serde_json::from_str(t).unwrap_or(Value::Null)),
-                _ => Incoming::Other,
-            },
-            Protocol::Msgpack => match msg {
-                Message::Binary(b) => native(rmp_serde::from_slice(b).unwrap_or(Value::Null)),
-                _ => Incoming::Other,
-            },
-            Protocol::Socketio => match msg {
-                Message::Text(t) => socketio(t),
-                _ => Incoming::Other,
-            },
+        match (self, msg) {
+            (Protocol::Socketio, Message::Text(t)) => socketio(t),
+            (Protocol::Socketio, _) => Incoming::Other,
+            _ => self.value(msg).map_or(Incoming::Other, native),
         }
+    }
+
+    /// A native frame as a whole (`None` for Socket.IO, and for frames of the other format).
+    pub fn value(self, msg: &Message) -> Option<Value> {
+        match (self, msg) {
+            (Protocol::Json, Message::Text(t)) => serde_json::from_str(t).ok(),
+            (Protocol::Msgpack, Message::Binary(b)) => rmp_serde::from_slice(b).ok(),
+            _ => None,
+        }
+    }
+}
+
+/// A reply body (`{"ok": …}` or `{"error": {"code", "retryAfterMs"}}`) as a [`Reply`].
+fn reply(mut body: Value) -> Reply {
+    match body.get("error") {
+        Some(e) => Err(Failed {
+            code: e["code"].as_str().unwrap_or("error").to_string(),
+            retry_after_ms: e["retryAfterMs"].as_u64(),
+        }),
+        None => Ok(body.get_mut("ok").map(Value::take).unwrap_or(Value::Null)),
     }
 }
 
 fn native(v: Value) -> Incoming {
     if let Some(id) = v.get("id").and_then(Value::as_u64) {
-        let error = v
-            .get("error")
-            .map(|e| e["code"].as_str().unwrap_or("error").to_string());
-        return Incoming::Reply { id, error };
+        return Incoming::Reply {
+            id,
+            reply: reply(v),
+        };
     }
     match v.get("event").and_then(Value::as_str) {
         Some("message") => Incoming::Message(v["data"].clone()),
         Some("traffic_status") => Incoming::Traffic(v["level"].as_str().unwrap_or("").to_string()),
         _ => Incoming::Other,
     }
+}
+
+/// The id of a native JSON reply, told by its first bytes (`{"id":N,`) without parsing it.
+pub fn json_reply_id(text: &str) -> Option<u64> {
+    let rest = text.strip_prefix("{\"id\":")?;
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    rest[..digits].parse().ok()
+}
+
+/// `None` for a native JSON `ok` reply, else its error code. Only an error reply is parsed (a
+/// join reply in a huge room lists every member).
+pub fn json_reply_error(text: &str) -> Option<String> {
+    let rest = text.strip_prefix("{\"id\":")?;
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    if rest[digits..].starts_with(",\"ok\"") {
+        return None;
+    }
+    let v: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+    Some(v["error"]["code"].as_str().unwrap_or("error").to_string())
 }
 
 /// Engine.IO packet type, then Socket.IO packet type and an optional ack id.
@@ -132,11 +172,12 @@ fn socketio(t: &str) -> Incoming {
             let Ok(id) = digits.parse() else {
                 return Incoming::Other;
             };
-            let args: Value = serde_json::from_str(&body[digits.len()..]).unwrap_or(Value::Null);
-            let error = args[0]
-                .get("error")
-                .map(|e| e["code"].as_str().unwrap_or("error").to_string());
-            Incoming::Reply { id, error }
+            let mut args: Value =
+                serde_json::from_str(&body[digits.len()..]).unwrap_or(Value::Null);
+            Incoming::Reply {
+                id,
+                reply: reply(args[0].take()),
+            }
         }
         Some('2') => {
             let args: Value = serde_json::from_str(body).unwrap_or(Value::Null);
@@ -164,15 +205,26 @@ mod tests {
             r#"427["publish",{"room":"r","data":1}]"#
         );
         assert!(matches!(socketio("2"), Incoming::Ping));
-        assert!(matches!(
-            socketio(r#"437[{"ok":{"offset":1}}]"#),
-            Incoming::Reply { id: 7, error: None }
-        ));
-        let Incoming::Reply { error, .. } = socketio(r#"438[{"error":{"code":"rate_limited"}}]"#)
+        let Incoming::Reply {
+            id: 7,
+            reply: Ok(ok),
+        } = socketio(r#"437[{"ok":{"offset":1}}]"#)
         else {
             panic!()
         };
-        assert_eq!(error.as_deref(), Some("rate_limited"));
+        assert_eq!(ok["offset"], 1);
+        let Incoming::Reply { reply, .. } =
+            socketio(r#"438[{"error":{"code":"rate_limited","retryAfterMs":40}}]"#)
+        else {
+            panic!()
+        };
+        assert_eq!(
+            reply,
+            Err(Failed {
+                code: "rate_limited".into(),
+                retry_after_ms: Some(40)
+            })
+        );
         let Incoming::Message(d) = socketio(r#"42["message",{"room":"r","data":{"s":3}}]"#) else {
             panic!()
         };
@@ -180,13 +232,25 @@ mod tests {
     }
 
     #[test]
+    fn json_replies_are_told_apart_without_parsing_successes() {
+        let ok = r#"{"id":12,"ok":{"members":[]}}"#;
+        assert_eq!((json_reply_id(ok), json_reply_error(ok)), (Some(12), None));
+        let err = r#"{"id":3,"error":{"code":"rate_limited","retryAfterMs":40}}"#;
+        assert_eq!(json_reply_error(err).as_deref(), Some("rate_limited"));
+        assert_eq!(json_reply_id(r#"{"event":"message"}"#), None);
+    }
+
+    #[test]
     fn native_frames() {
-        let Incoming::Reply { id, error } =
+        let Incoming::Reply { id, reply } =
             native(json!({"id": 4, "error": {"code": "not_found"}}))
         else {
             panic!()
         };
-        assert_eq!((id, error.as_deref()), (4, Some("not_found")));
+        assert_eq!(
+            (id, reply.map_err(|f| f.code)),
+            (4, Err("not_found".to_string()))
+        );
         assert!(matches!(
             native(json!({"event": "message", "data": 1})),
             Incoming::Message(_)

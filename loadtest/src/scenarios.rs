@@ -1,14 +1,16 @@
 //! The scenarios that are not publishing runs: `connections` (idle clients held open) and
 //! `churn` (create, join, publish, leave, reconnect at a rate).
 
-use crate::client::connect;
-use crate::engine::{now_us, Plan};
-use crate::proto::Incoming;
+use crate::engine::{join_room, Plan};
 use crate::stats::Report;
+use anyhow::Result;
 use futures_util::{SinkExt, StreamExt};
+use roomcast_loadtest::now_us;
+use roomcast_loadtest::proto::Incoming;
+use roomcast_loadtest::ws::Conn;
 use serde_json::json;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Opens this worker's share of `clients`, each in room `g % rooms`, and holds them until
 /// `hold_until_us`, answering pings.
@@ -18,7 +20,7 @@ pub async fn connections(plan: Arc<Plan>, clients: u64, hold_until_us: u64) -> R
         protocol: format!("{:?}", plan.protocol).to_lowercase(),
         ..Report::default()
     };
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let sem = Arc::new(tokio::sync::Semaphore::new(256));
     let mut tasks = Vec::new();
     for g in (0..clients).filter(|g| g % plan.workers == plan.worker) {
@@ -27,51 +29,15 @@ pub async fn connections(plan: Arc<Plan>, clients: u64, hold_until_us: u64) -> R
         tasks.push(tokio::spawn(async move {
             let conn = {
                 let _permit = sem.acquire().await.ok()?;
-                let token = plan.token_for(g);
-                let mut conn = connect(
-                    plan.url_for(g),
-                    plan.protocol,
-                    plan.source_for(g),
-                    token.as_deref(),
-                )
-                .await
-                .ok()?;
-                let room = plan.room(g % plan.rooms);
-                let ok = if g < plan.rooms {
-                    conn.call("create_room", json!({ "room": room }))
-                        .await
-                        .ok()?
-                        .is_none()
-                } else {
-                    let mut ok = false;
-                    for _ in 0..100 {
-                        match conn.call("join", json!({ "room": room })).await.ok()? {
-                            None => {
-                                ok = true;
-                                break;
-                            }
-                            Some(code) if code == "not_found" => {
-                                tokio::time::sleep(Duration::from_millis(100)).await
-                            }
-                            Some(_) => break,
-                        }
-                    }
-                    ok
-                };
-                ok.then_some(conn)?
+                let mut conn = plan.connect(g).await.ok()?;
+                // The first `rooms` clients create the rooms that the others join.
+                join_room(&mut conn, &plan.room(g % plan.rooms), g < plan.rooms)
+                    .await
+                    .ok()?;
+                conn
             };
-            let connected = std::time::Instant::now();
-            let mut conn = conn;
-            let stop = tokio::time::Instant::now()
-                + Duration::from_micros(hold_until_us.saturating_sub(now_us()));
-            while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(stop, conn.stream.next()).await {
-                if let Incoming::Ping = conn.protocol.decode(&msg) {
-                    if let Some(pong) = conn.protocol.pong() {
-                        let _ = conn.sink.send(pong).await;
-                    }
-                }
-            }
-            let _ = conn.sink.close().await;
+            let connected = Instant::now();
+            hold(conn, hold_until_us).await;
             Some(connected)
         }));
     }
@@ -89,6 +55,20 @@ pub async fn connections(plan: Arc<Plan>, clients: u64, hold_until_us: u64) -> R
     report
 }
 
+/// Keeps `conn` open until `until_us`, reading everything and answering pings; then closes it.
+async fn hold(mut conn: Conn, until_us: u64) {
+    let stop =
+        tokio::time::Instant::now() + Duration::from_micros(until_us.saturating_sub(now_us()));
+    while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(stop, conn.stream.next()).await {
+        if let Incoming::Ping = conn.protocol.decode(&msg) {
+            if let Some(pong) = conn.protocol.pong() {
+                let _ = conn.sink.send(pong).await;
+            }
+        }
+    }
+    let _ = conn.sink.close().await;
+}
+
 /// Clients that keep creating, joining, publishing, leaving and reconnecting, at `rate` ops
 /// per second in total, until `end_us`.
 pub async fn churn(plan: Arc<Plan>, clients: u64, rate: f64, end_us: u64) -> Report {
@@ -97,101 +77,12 @@ pub async fn churn(plan: Arc<Plan>, clients: u64, rate: f64, end_us: u64) -> Rep
         protocol: format!("{:?}", plan.protocol).to_lowercase(),
         ..Report::default()
     };
-    let mut tasks = Vec::new();
     let per_client = rate / clients.max(1) as f64;
-    for g in (0..clients).filter(|g| g % plan.workers == plan.worker) {
-        let plan = plan.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut r = Report::default();
-            let token = plan.token_for(g);
-            let interval = Duration::from_secs_f64(1.0 / per_client.max(0.001));
-            let mut rooms: Vec<String> = Vec::new();
-            let mut made = 0u64;
-            let Ok(mut conn) = connect(
-                plan.url_for(g),
-                plan.protocol,
-                plan.source_for(g),
-                token.as_deref(),
-            )
-            .await
-            else {
-                r.connect_failures += 1;
-                return r;
-            };
-            r.clients += 1;
-            // The first clients make the shared rooms that others join at random.
-            if g < plan.rooms {
-                let _ = conn
-                    .call("create_room", json!({ "room": plan.room(g) }))
-                    .await;
-            }
-            tokio::time::sleep(Duration::from_micros(
-                plan.start_at_us.saturating_sub(now_us()),
-            ))
-            .await;
-            tokio::time::sleep(interval.mul_f64(fastrand::f64())).await;
-            while now_us() < end_us {
-                let roll = fastrand::u8(..100);
-                let (op, result) = if roll < 25 || rooms.is_empty() {
-                    made += 1;
-                    let room = format!("lt-{}-c{g}-{made}", plan.run_id);
-                    let res = conn.call("create_room", json!({ "room": room })).await;
-                    if matches!(res, Ok(None)) {
-                        rooms.push(room);
-                    }
-                    ("create_room", res)
-                } else if roll < 40 {
-                    let room = plan.room(fastrand::u64(..plan.rooms.max(1)));
-                    ("join", conn.call("join", json!({ "room": room })).await)
-                } else if roll < 70 {
-                    let room = &rooms[fastrand::usize(..rooms.len())];
-                    (
-                        "publish",
-                        conn.call(
-                            "publish",
-                            json!({ "room": room, "data": { "t": now_us() } }),
-                        )
-                        .await,
-                    )
-                } else if roll < 90 {
-                    let room = rooms.swap_remove(fastrand::usize(..rooms.len()));
-                    ("leave", conn.call("leave", json!({ "room": room })).await)
-                } else {
-                    let _ = conn.sink.close().await;
-                    rooms.clear();
-                    match connect(
-                        plan.url_for(g),
-                        plan.protocol,
-                        plan.source_for(g),
-                        token.as_deref(),
-                    )
-                    .await
-                    {
-                        Ok(c) => {
-                            conn = c;
-                            ("reconnect", Ok(None))
-                        }
-                        Err(_) => ("reconnect", Ok(Some("connect_failed".to_string()))),
-                    }
-                };
-                *r.ops.entry(op.to_string()).or_default() += 1;
-                match result {
-                    Ok(None) => {}
-                    Ok(Some(code)) => *r.errors.entry(code).or_default() += 1,
-                    Err(_) => *r.errors.entry("io".into()).or_default() += 1,
-                }
-                // Watch the traffic level go by.
-                for level in conn.levels.drain(..) {
-                    if !r.levels_seen.contains(&level) {
-                        r.levels_seen.push(level);
-                    }
-                }
-                tokio::time::sleep(interval).await;
-            }
-            let _ = conn.sink.close().await;
-            r
-        }));
-    }
+    let interval = Duration::from_secs_f64(1.0 / per_client.max(0.001));
+    let tasks: Vec<_> = (0..clients)
+        .filter(|g| g % plan.workers == plan.worker)
+        .map(|g| tokio::spawn(churner(plan.clone(), g, interval, end_us)))
+        .collect();
     for t in tasks {
         if let Ok(r) = t.await {
             report.merge(&r);
@@ -200,4 +91,92 @@ pub async fn churn(plan: Arc<Plan>, clients: u64, rate: f64, end_us: u64) -> Rep
     report.scenario = "churn".into();
     report.elapsed_seconds = end_us.saturating_sub(plan.start_at_us) as f64 / 1e6;
     report
+}
+
+/// One churning client: an op every `interval` (from the start, with a random offset) until
+/// `end_us`; reports its ops, error codes and the traffic levels it saw.
+async fn churner(plan: Arc<Plan>, g: u64, interval: Duration, end_us: u64) -> Report {
+    let mut r = Report::default();
+    let Ok(mut conn) = plan.connect(g).await else {
+        r.connect_failures += 1;
+        return r;
+    };
+    r.clients += 1;
+    // The first clients make the shared rooms that others join at random.
+    if g < plan.rooms {
+        let _ = conn
+            .call("create_room", json!({ "room": plan.room(g) }))
+            .await;
+    }
+    tokio::time::sleep(Duration::from_micros(
+        plan.start_at_us.saturating_sub(now_us()),
+    ))
+    .await;
+    tokio::time::sleep(interval.mul_f64(fastrand::f64())).await;
+    let mut rooms = Churned::default();
+    while now_us() < end_us {
+        let (op, result) = churn_op(&plan, g, &mut conn, &mut rooms).await;
+        *r.ops.entry(op.to_string()).or_default() += 1;
+        match result {
+            Ok(None) => {}
+            Ok(Some(code)) => *r.errors.entry(code).or_default() += 1,
+            Err(_) => *r.errors.entry("io".into()).or_default() += 1,
+        }
+        // Watch the traffic level go by.
+        for level in conn.levels.drain(..) {
+            if !r.levels_seen.contains(&level) {
+                r.levels_seen.push(level);
+            }
+        }
+        tokio::time::sleep(interval).await;
+    }
+    let _ = conn.sink.close().await;
+    r
+}
+
+/// A churner's own rooms (the ones it created and is in), and how many it has made.
+#[derive(Default)]
+struct Churned {
+    rooms: Vec<String>,
+    made: u64,
+}
+
+/// One random op: 25% create (always when in no room), 15% join a shared room, 30% publish,
+/// 20% leave, 10% reconnect. Returns its name and result.
+async fn churn_op(
+    plan: &Plan,
+    g: u64,
+    conn: &mut Conn,
+    own: &mut Churned,
+) -> (&'static str, Result<Option<String>>) {
+    let roll = fastrand::u8(..100);
+    if roll < 25 || own.rooms.is_empty() {
+        own.made += 1;
+        let room = format!("lt-{}-c{g}-{}", plan.run_id, own.made);
+        let res = conn.call("create_room", json!({ "room": room })).await;
+        if matches!(res, Ok(None)) {
+            own.rooms.push(room);
+        }
+        ("create_room", res)
+    } else if roll < 40 {
+        let room = plan.room(fastrand::u64(..plan.rooms.max(1)));
+        ("join", conn.call("join", json!({ "room": room })).await)
+    } else if roll < 70 {
+        let room = &own.rooms[fastrand::usize(..own.rooms.len())];
+        let args = json!({ "room": room, "data": { "t": now_us() } });
+        ("publish", conn.call("publish", args).await)
+    } else if roll < 90 {
+        let room = own.rooms.swap_remove(fastrand::usize(..own.rooms.len()));
+        ("leave", conn.call("leave", json!({ "room": room })).await)
+    } else {
+        let _ = conn.sink.close().await;
+        own.rooms.clear();
+        match plan.connect(g).await {
+            Ok(c) => {
+                *conn = c;
+                ("reconnect", Ok(None))
+            }
+            Err(_) => ("reconnect", Ok(Some("connect_failed".to_string()))),
+        }
+    }
 }

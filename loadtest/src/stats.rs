@@ -1,13 +1,9 @@
 //! What a run measures, in a form that worker processes send to the parent and that merges.
 
 use hdrhistogram::Histogram;
+pub use roomcast_loadtest::histogram;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-
-/// Latencies in microseconds, 1 µs to 60 s, 3 significant digits.
-pub fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000, 3).expect("constant, valid bounds")
-}
 
 /// A histogram as (value, count) pairs, for shipping between processes.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -68,13 +64,18 @@ impl Phase {
         self.publish_errors += o.publish_errors;
         self.latency.merge(&o.latency);
         if !o.last_member.is_empty() {
-            let mut all: BTreeMap<u64, u64> = self.last_member.iter().copied().collect();
-            for (k, v) in &o.last_member {
-                let e = all.entry(*k).or_default();
-                *e = (*e).max(*v);
-            }
-            self.last_member = all.into_iter().collect();
+            self.merge_last_member(o.last_member.iter().copied());
         }
+    }
+
+    /// Per message, the later of the two last-member latencies.
+    pub fn merge_last_member(&mut self, other: impl IntoIterator<Item = (u64, u64)>) {
+        let mut all: BTreeMap<u64, u64> = self.last_member.iter().copied().collect();
+        for (k, v) in other {
+            let e = all.entry(k).or_default();
+            *e = (*e).max(v);
+        }
+        self.last_member = all.into_iter().collect();
     }
 }
 

@@ -7,6 +7,9 @@ use protocol::envelope::Envelope;
 pub enum FanOutError {
     #[error("fan-out unavailable: {0}")]
     Unavailable(String),
+    /// Settings that can never work (a malformed seed URL).
+    #[error("fan-out misconfigured: {0}")]
+    Config(String),
 }
 
 #[async_trait]

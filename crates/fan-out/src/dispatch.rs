@@ -23,6 +23,10 @@ pub trait DeliveryHooks: Send + Sync {
 pub trait PubSubHooks: Send + Sync {
     /// Messages lost before delivery (a full queue, or the client library lagging).
     fn pubsub_dropped(&self, _n: u64) {}
+    /// A join's starting point ([`crate::FanOut::track`]) was dropped on a full queue. No
+    /// message is lost, but the room's sequence then starts at the next message that arrives:
+    /// one lost between the join and that one is not repaired.
+    fn hint_dropped(&self) {}
     /// Room channels subscribed again by the periodic reconcile.
     fn resubscribed(&self, _n: u64) {}
     /// Messages recovered from history after a gap in a room's offsets.

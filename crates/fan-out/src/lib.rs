@@ -4,16 +4,18 @@
 //! - [`adapter`]: the [`FanOut`] trait: publish an envelope to a room's channel; subscribe to a
 //!   room's channel while this node has local members in it.
 //! - [`memory`]: the in-memory adapter for a single node: publish is local delivery.
+//! - [`redis`]: the Redis Cluster adapter: sharded pub/sub on the channels `protocol::channel`
+//!   names, lazy unsubscribe, reconcile, self-probes, gap repair. It builds its own fred
+//!   clients from plain settings; fred appears in no public signature.
+//! - [`history`]: the [`HistorySource`] the Redis adapter repairs gaps from. The gateway
+//!   plugs its room store in, so this crate depends on `protocol` only.
+//! - [`sequencer`]: per-room offset continuity: deliver, drop a duplicate, or repair a gap.
 //! - [`registry`]: the local registry: which connections this node holds, in which rooms, for
 //!   which users.
 //! - [`outbound`]: each connection's bounded outbound queue (in bytes). Pushing never waits; a
 //!   queue over its limit marks its connection a slow consumer, to be closed with 4009.
-//! - [`sequencer`]: per-room offset continuity: deliver, drop a duplicate, or repair a gap.
-//! - [`redis`]: the Redis Cluster adapter: sharded pub/sub, lazy unsubscribe, reconcile,
-//!   self-probes, gap repair from history.
 //! - [`dispatch`]: local delivery of one envelope: encode once per format, push the same bytes
-//!   to every local member.
-//!
+//!   to every local member; and the hooks deliveries and pub/sub report to (metrics).
 //! - [`testsuite`]: the conformance suite every adapter passes unchanged.
 //!
 //! Invariant: nothing on the delivery path awaits or blocks on a client. A slow client only
@@ -21,6 +23,7 @@
 
 pub mod adapter;
 pub mod dispatch;
+pub mod history;
 pub mod memory;
 pub mod outbound;
 pub mod redis;
@@ -30,6 +33,8 @@ pub mod testsuite;
 
 pub use adapter::{FanOut, FanOutError};
 pub use dispatch::{deliver, deliver_held, DeliveryHooks, NoHooks, PubSubHooks};
+pub use history::HistorySource;
 pub use memory::MemoryFanOut;
 pub use outbound::{Journal, OutFrame, Outbound, Position, PushError};
+pub use redis::{RedisFanOut, RedisFanOutConfig};
 pub use registry::{LocalConn, Registry};

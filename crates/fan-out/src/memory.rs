@@ -4,10 +4,10 @@ use crate::adapter::{FanOut, FanOutError};
 use crate::dispatch::{deliver, DeliveryHooks};
 use crate::registry::Registry;
 use async_trait::async_trait;
+use protocol::clock::now_ms;
 use protocol::envelope::Envelope;
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 pub struct MemoryFanOut {
     registry: Arc<Registry>,
@@ -53,12 +53,6 @@ impl FanOut for MemoryFanOut {
     fn healthy(&self) -> bool {
         true
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]

@@ -230,7 +230,8 @@ impl Outbound {
         self.discard.load(Ordering::Acquire)
     }
 
-    pub fn is_closed(&self) -> bool {
+    #[cfg(test)]
+    fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }
 

@@ -183,11 +183,6 @@ impl Registry {
         self.inner.read().rooms.contains_key(room)
     }
 
-    /// The rooms with local members.
-    pub fn rooms(&self) -> Vec<Arc<str>> {
-        self.inner.read().rooms.keys().cloned().collect()
-    }
-
     /// The rooms a connection is in.
     pub fn rooms_of(&self, conn_id: &str) -> Vec<Arc<str>> {
         self.inner

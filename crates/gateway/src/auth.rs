@@ -43,6 +43,14 @@ pub enum AuthError {
     Invalid,
 }
 
+/// The token of an `Authorization: Bearer <token>` header, if there is one.
+pub fn bearer(headers: &hyper::HeaderMap) -> Option<&str> {
+    headers
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+}
+
 #[derive(Debug, Deserialize)]
 struct Claims {
     #[serde(default)]

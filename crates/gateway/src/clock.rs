@@ -1,9 +1,4 @@
-//! Wall-clock milliseconds, the unit of every timestamp in the protocol.
+//! Wall-clock milliseconds, the unit of every timestamp in the protocol. One definition for
+//! every crate, in `protocol::clock`.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+pub use protocol::clock::now_ms;

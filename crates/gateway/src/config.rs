@@ -265,6 +265,9 @@ pub struct Config {
 impl Config {
     /// Settings that cannot work together.
     pub fn validate(&self) -> Result<(), String> {
+        if self.worker_threads == Some(0) {
+            return Err("--worker-threads must be at least 1".into());
+        }
         if self.traffic_high > self.traffic_critical {
             return Err("--traffic-high must not exceed --traffic-critical".into());
         }

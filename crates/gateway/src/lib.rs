@@ -1,34 +1,48 @@
 //! The roomcast gateway node.
 //!
-//! Map of the crate:
+//! Map of the crate, from the outside in:
 //! - [`config`]: flags and `ROOMCAST_*` variables.
-//! - [`server`]: the accept loop and a node's life from bind to drained exit.
+//! - [`server`]: the accept loop and a node's life from bind to drained exit; [`drain`]: the
+//!   graceful shutdown, stage by stage; [`reconnect`]: sending clients elsewhere.
 //! - [`http`]: routing, `/status`, probes, `/metrics`, and the server API (`http::api`).
-//! - [`native`]: the native protocol v1 over WebSocket, and the WebSocket plumbing every
-//!   endpoint shares: the read loop and reassembly, the writer task, the test echo endpoint.
-//! - [`socketio`]: Socket.IO v5 / Engine.IO v4 over WebSocket (`/socket.io/`), on the same ops.
-//! - [`session`]: the ops (`create_room`, `join`, …), independent of the wire protocol.
-//! - [`node`]: one node's shared state: backends, local registry, flags, traffic upkeep.
+//! - [`admission`]: who gets a socket at all: one step for every endpoint.
+//! - [`transport`]: the WebSocket transport every endpoint shares: socket, frames,
+//!   reassembly, writer, close handshake, one connection lifecycle, the test echo.
+//! - [`native`]: the native protocol v1 (`/ws`): its handshake and ops loop.
+//! - [`socketio`]: Socket.IO v5 / Engine.IO v4 (`/socket.io/`), on the same ops.
+//! - [`session`]: the ops (`create_room`, `join`, …), independent of the wire protocol;
+//!   [`presence`]: join and leave announcements.
+//! - [`node`]: one node's shared state: backends, local registry, flags, and its upkeep
+//!   (traffic, heartbeat, dead nodes, readiness).
 //! - [`traffic`]: the traffic monitor's levels and creation pause.
-//! - [`auth`] and [`client_ip`]: who a client is; [`admission`]: who gets a socket at all.
-//! - [`drain`]: graceful shutdown.
-//! - [`metrics`], [`telemetry`]: Prometheus and logs.
+//! - [`auth`] and [`client_ip`]: who a client is.
+//! - [`metrics`], [`telemetry`], [`clock`]: Prometheus, logs, timestamps.
+//!
+//! The public surface is what `main` and the integration tests need: start or serve a node,
+//! drain it, and build one on backends of one's own.
 
-pub mod admission;
-pub mod auth;
-pub mod client_ip;
-pub mod clock;
-pub mod config;
-pub mod drain;
-pub mod http;
-pub mod metrics;
-pub mod native;
-pub mod node;
-pub mod server;
-pub mod session;
-pub mod socketio;
-pub mod telemetry;
-pub mod traffic;
+mod admission;
+mod auth;
+mod backends;
+mod client_ip;
+mod clock;
+mod config;
+mod drain;
+mod http;
+mod metrics;
+mod native;
+mod node;
+mod presence;
+mod reconnect;
+mod server;
+mod session;
+mod socketio;
+mod telemetry;
+mod traffic;
+mod transport;
 
 pub use config::Config;
-pub use server::{run, start, Running};
+pub use metrics::Metrics;
+pub use node::{Backends, Node};
+pub use server::{run, serve, start, Running};
+pub use telemetry::init as init_telemetry;

@@ -1,11 +1,10 @@
-//! `roomcast`: read like a runbook. Config, telemetry, serve, drain.
+//! `roomcast`: read like a runbook. Config, telemetry, runtime, serve, drain.
 
 use anyhow::Context;
 use clap::Parser;
-use gateway::{telemetry, Config};
+use gateway::{init_telemetry, Config};
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     // 1. Config: flags and ROOMCAST_* variables, checked before anything starts.
     let config = Config::parse();
     config
@@ -14,15 +13,25 @@ async fn main() -> anyhow::Result<()> {
         .context("invalid configuration")?;
 
     // 2. Telemetry.
-    telemetry::init(&config);
+    init_telemetry(&config);
     if config.allow_anonymous {
         tracing::warn!(
             "anonymous clients are allowed (--allow-anonymous): anyone can connect without a token"
         );
     }
 
-    // 3. Serve until SIGTERM or Ctrl-C, then 4. drain within --drain-deadline.
-    gateway::run(config, shutdown_signal()).await
+    // 3. The runtime: --worker-threads, or one thread per core.
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = config.worker_threads {
+        runtime.worker_threads(threads);
+    }
+    let runtime = runtime
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+
+    // 4. Serve until SIGTERM or Ctrl-C, then 5. drain within --drain-deadline.
+    runtime.block_on(gateway::run(config, shutdown_signal()))
 }
 
 async fn shutdown_signal() {

@@ -1,13 +1,24 @@
-//! Prometheus metrics, all prefixed `roomcast_`. Labelled children that the hot path uses are
-//! looked up once and kept, because a lookup hashes its label values every time.
+//! Prometheus metrics, all prefixed `roomcast_`, grouped below by concern: connections, client
+//! ops, delivery and pub/sub, the cluster, and the Redis backend.
+//!
+//! Every labelled series whose labels are known in advance is created at zero, so dashboards
+//! and alerts see it before the first event. A labelled child is found by hashing its label
+//! values under a lock; the children used per op or per backend command are therefore found
+//! once, here, and kept: [`Metrics::op_duration`], [`Metrics::disconnect`] and the Redis series
+//! behind [`CommandObserver`]. The other labelled series are looked up where they are used, on
+//! per-connection or error paths.
 
-use fan_out::DeliveryHooks;
+use fan_out::{DeliveryHooks, PubSubHooks};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
+use room_state::{Command, CommandObserver};
 
 /// Why a connection ended; the `reason` label of `roomcast_disconnects_total`.
+///
+/// The discriminants are the positions in [`DisconnectReason::ALL`] (a test holds them to it),
+/// which is how [`Metrics::disconnect`] finds its counter without a lookup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DisconnectReason {
     Client,
@@ -21,6 +32,17 @@ pub enum DisconnectReason {
 }
 
 impl DisconnectReason {
+    pub const ALL: [DisconnectReason; 8] = [
+        DisconnectReason::Client,
+        DisconnectReason::SlowConsumer,
+        DisconnectReason::ProtocolError,
+        DisconnectReason::Auth,
+        DisconnectReason::Drain,
+        DisconnectReason::Kicked,
+        DisconnectReason::Timeout,
+        DisconnectReason::Policy,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             DisconnectReason::Client => "client",
@@ -35,42 +57,68 @@ impl DisconnectReason {
     }
 }
 
+/// The client ops (`protocol::frame::Op::name`): the `op` label of op durations and backend
+/// errors.
+const OPS: [&str; 7] = [
+    "create_room",
+    "join",
+    "leave",
+    "publish",
+    "presence",
+    "history",
+    "ping",
+];
+
+/// Buckets of every latency histogram, in seconds.
+const LATENCY_BUCKETS: [f64; 13] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
 pub struct Metrics {
     registry: Registry,
+    // Connections.
     pub connections: IntGaugeVec,
     pub connections_accepted: IntCounter,
     pub connections_rejected: IntCounterVec,
     pub disconnects: IntCounterVec,
-    pub messages_published: IntCounter,
-    pub messages_delivered: IntCounter,
     pub bytes_in: IntCounter,
     pub bytes_out: IntCounter,
+    pub outbound_queue_bytes: Histogram,
+    pub slow_consumers: IntCounter,
+    disconnects_by_reason: Vec<IntCounter>,
+    // Client ops.
+    pub command_duration: HistogramVec,
+    pub backend_errors: IntCounterVec,
+    pub messages_published: IntCounter,
     pub rate_limited: IntCounterVec,
-    pub socketio_recovery: IntCounterVec,
     pub room_creations: IntCounter,
     pub creation_paused: IntCounter,
-    pub local_rooms: IntGauge,
+    pub socketio_recovery: IntCounterVec,
+    op_durations: Vec<(&'static str, Histogram)>,
+    // Delivery and pub/sub.
+    pub messages_delivered: IntCounter,
+    pub publish_latency: Histogram,
     pub subscribed_channels: IntGauge,
+    pub pubsub_dropped: IntCounter,
+    pub pubsub_resubscribes: IntCounter,
+    pub history_repairs: IntCounter,
+    pub pubsub_duplicates: IntCounter,
+    pub offset_conflicts: IntCounter,
+    // The cluster, as this node sees it.
+    pub local_rooms: IntGauge,
     pub live_nodes: IntGauge,
     pub traffic_level: IntGauge,
     pub cluster_rooms: IntGauge,
     pub cluster_connections: IntGauge,
     pub creations_per_minute: IntGauge,
-    pub command_duration: HistogramVec,
-    pub publish_latency: Histogram,
-    pub outbound_queue_bytes: Histogram,
-    pub backend_errors: IntCounterVec,
-    pub slow_consumers: IntCounter,
-    pub pubsub_dropped: IntCounter,
-    pub pubsub_resubscribes: IntCounter,
-    pub history_repairs: IntCounter,
-    pub pubsub_duplicates: IntCounter,
     pub dead_nodes_reaped: IntCounter,
     pub node_resets: IntCounter,
-    pub offset_conflicts: IntCounter,
     pub ready: IntGauge,
+    // The Redis backend.
     pub redis_duration: HistogramVec,
     pub redis_errors: IntCounterVec,
+    /// Per [`Command`], indexed by `command as usize`.
+    redis_by_command: Vec<(Histogram, IntCounter)>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -79,312 +127,100 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
-fn counter(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntCounter> {
-    let c = IntCounter::with_opts(Opts::new(name, help).namespace("roomcast"))?;
-    registry.register(Box::new(c.clone()))?;
-    Ok(c)
-}
-
-fn counter_vec(
-    registry: &Registry,
-    name: &str,
-    help: &str,
-    labels: &[&str],
-) -> prometheus::Result<IntCounterVec> {
-    let c = IntCounterVec::new(Opts::new(name, help).namespace("roomcast"), labels)?;
-    registry.register(Box::new(c.clone()))?;
-    Ok(c)
-}
-
-fn gauge(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntGauge> {
-    let g = IntGauge::with_opts(Opts::new(name, help).namespace("roomcast"))?;
-    registry.register(Box::new(g.clone()))?;
-    Ok(g)
-}
-
-fn histogram(
-    registry: &Registry,
-    name: &str,
-    help: &str,
-    buckets: Vec<f64>,
-) -> prometheus::Result<Histogram> {
-    let h = Histogram::with_opts(
-        HistogramOpts::new(name, help)
-            .namespace("roomcast")
-            .buckets(buckets),
-    )?;
-    registry.register(Box::new(h.clone()))?;
-    Ok(h)
-}
-
 impl Metrics {
     pub fn new() -> prometheus::Result<Metrics> {
-        let metrics = Metrics::unregistered_series()?;
-        metrics.init_series();
-        Ok(metrics)
-    }
-
-    fn unregistered_series() -> prometheus::Result<Metrics> {
-        let registry = Registry::new();
+        let r = Series(Registry::new());
         #[cfg(target_os = "linux")]
-        registry.register(Box::new(
+        r.0.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
-        let latency_buckets = vec![
-            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-        ];
-        let connections = IntGaugeVec::new(
-            Opts::new(
-                "connections",
-                "Open client connections by protocol and format.",
-            )
-            .namespace("roomcast"),
-            &["protocol", "format"],
-        )?;
-        registry.register(Box::new(connections.clone()))?;
-        let command_duration = HistogramVec::new(
-            HistogramOpts::new("command_duration_seconds", "Time to answer a client op.")
-                .namespace("roomcast")
-                .buckets(latency_buckets.clone()),
-            &["op"],
-        )?;
-        registry.register(Box::new(command_duration.clone()))?;
-        let redis_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "redis_command_duration_seconds",
-                "Redis command and script duration.",
-            )
-            .namespace("roomcast")
-            .buckets(latency_buckets.clone()),
-            &["command"],
-        )?;
-        registry.register(Box::new(redis_duration.clone()))?;
-        Ok(Metrics {
+        let ConnectionSeries {
             connections,
-            connections_accepted: counter(
-                &registry,
-                "connections_accepted_total",
-                "WebSocket connections accepted.",
-            )?,
-            connections_rejected: counter_vec(
-                &registry,
-                "connections_rejected_total",
-                "Connections refused, by reason.",
-                &["reason"],
-            )?,
-            disconnects: counter_vec(
-                &registry,
-                "disconnects_total",
-                "Connections ended, by reason.",
-                &["reason"],
-            )?,
-            messages_published: counter(
-                &registry,
-                "messages_published_total",
-                "Messages accepted for publishing.",
-            )?,
-            messages_delivered: counter(
-                &registry,
-                "messages_delivered_total",
-                "Frames queued to clients by fan-out.",
-            )?,
-            bytes_in: counter(
-                &registry,
-                "bytes_in_total",
-                "WebSocket payload bytes received.",
-            )?,
-            bytes_out: counter(
-                &registry,
-                "bytes_out_total",
-                "WebSocket payload bytes written.",
-            )?,
-            rate_limited: counter_vec(
-                &registry,
-                "rate_limited_total",
-                "Requests refused by a rate limit, by limit.",
-                &["limit"],
-            )?,
-            socketio_recovery: counter_vec(
-                &registry,
-                "socketio_recovery_total",
-                "Socket.IO connection state recovery: states saved, recovered, failed.",
-                &["outcome"],
-            )?,
-            room_creations: counter(
-                &registry,
-                "room_creations_total",
-                "Rooms created through this node.",
-            )?,
-            creation_paused: counter(
-                &registry,
-                "creation_paused_total",
-                "create_room answered creation_paused.",
-            )?,
-            local_rooms: gauge(
-                &registry,
-                "local_rooms",
-                "Rooms with at least one member on this node.",
-            )?,
-            subscribed_channels: gauge(
-                &registry,
-                "subscribed_channels",
-                "Room channels this node receives.",
-            )?,
-            live_nodes: gauge(
-                &registry,
-                "live_nodes",
-                "Gateway nodes with a live heartbeat.",
-            )?,
-            traffic_level: gauge(
-                &registry,
-                "traffic_level",
-                "Traffic level: 0 normal, 1 high, 2 critical.",
-            )?,
-            cluster_rooms: gauge(
-                &registry,
-                "cluster_active_rooms",
-                "Rooms in the whole cluster.",
-            )?,
-            cluster_connections: gauge(
-                &registry,
-                "cluster_active_connections",
-                "Connections in the whole cluster.",
-            )?,
-            creations_per_minute: gauge(
-                &registry,
-                "room_creations_per_minute",
-                "Room creations in the last sliding minute, cluster-wide.",
-            )?,
+            connections_accepted,
+            connections_rejected,
+            disconnects,
+            bytes_in,
+            bytes_out,
+            outbound_queue_bytes,
+            slow_consumers,
+            disconnects_by_reason,
+        } = ConnectionSeries::new(&r)?;
+        let OpSeries {
             command_duration,
-            publish_latency: histogram(
-                &registry,
-                "publish_to_deliver_seconds",
-                "From publish to local delivery.",
-                latency_buckets,
-            )?,
-            outbound_queue_bytes: histogram(
-                &registry,
-                "outbound_queue_bytes",
-                "Outbound queue depth when a frame is written.",
-                prometheus::exponential_buckets(64.0, 4.0, 10)?,
-            )?,
-            backend_errors: counter_vec(
-                &registry,
-                "backend_errors_total",
-                "State backend errors, by operation.",
-                &["op"],
-            )?,
-            slow_consumers: counter(
-                &registry,
-                "slow_consumers_total",
-                "Connections whose outbound queue overflowed (closed with 4009).",
-            )?,
-            pubsub_dropped: counter(
-                &registry,
-                "pubsub_dropped_total",
-                "Pub/sub messages dropped before delivery (full queues, client lag).",
-            )?,
-            pubsub_resubscribes: counter(
-                &registry,
-                "pubsub_resubscribes_total",
-                "Room channels subscribed again by reconcile or probes.",
-            )?,
-            history_repairs: counter(
-                &registry,
-                "history_repairs_total",
-                "Messages recovered from history after an offset gap.",
-            )?,
-            pubsub_duplicates: counter(
-                &registry,
-                "pubsub_duplicates_total",
-                "Pub/sub messages received twice and dropped.",
-            )?,
-            ready: gauge(
-                &registry,
-                "ready",
-                "1 while the node is ready (backend usable, pub/sub probes passing, not draining).",
-            )?,
+            backend_errors,
+            messages_published,
+            rate_limited,
+            room_creations,
+            creation_paused,
+            socketio_recovery,
+            op_durations,
+        } = OpSeries::new(&r)?;
+        let DeliverySeries {
+            messages_delivered,
+            publish_latency,
+            subscribed_channels,
+            pubsub_dropped,
+            pubsub_resubscribes,
+            history_repairs,
+            pubsub_duplicates,
+            offset_conflicts,
+        } = DeliverySeries::new(&r)?;
+        let ClusterSeries {
+            local_rooms,
+            live_nodes,
+            traffic_level,
+            cluster_rooms,
+            cluster_connections,
+            creations_per_minute,
+            dead_nodes_reaped,
+            node_resets,
+            ready,
+        } = ClusterSeries::new(&r)?;
+        let RedisSeries {
             redis_duration,
-            redis_errors: counter_vec(
-                &registry,
-                "redis_errors_total",
-                "Redis commands that failed, by command.",
-                &["command"],
-            )?,
-            offset_conflicts: counter(
-                &registry,
-                "offset_conflicts_total",
-                "Offsets reused after a hard failover lost writes (epoch retired).",
-            )?,
-            dead_nodes_reaped: counter(
-                &registry,
-                "dead_nodes_reaped_total",
-                "Dead nodes whose members this node removed from presence.",
-            )?,
-            node_resets: counter(
-                &registry,
-                "node_resets_total",
-                "Times this node learned that its peers had declared it dead (its clients were told to reconnect).",
-            )?,
-            registry,
+            redis_errors,
+            redis_by_command,
+        } = RedisSeries::new(&r)?;
+        Ok(Metrics {
+            registry: r.0,
+            connections,
+            connections_accepted,
+            connections_rejected,
+            disconnects,
+            bytes_in,
+            bytes_out,
+            outbound_queue_bytes,
+            slow_consumers,
+            disconnects_by_reason,
+            command_duration,
+            backend_errors,
+            messages_published,
+            rate_limited,
+            room_creations,
+            creation_paused,
+            socketio_recovery,
+            op_durations,
+            messages_delivered,
+            publish_latency,
+            subscribed_channels,
+            pubsub_dropped,
+            pubsub_resubscribes,
+            history_repairs,
+            pubsub_duplicates,
+            offset_conflicts,
+            local_rooms,
+            live_nodes,
+            traffic_level,
+            cluster_rooms,
+            cluster_connections,
+            creations_per_minute,
+            dead_nodes_reaped,
+            node_resets,
+            ready,
+            redis_duration,
+            redis_errors,
+            redis_by_command,
         })
-    }
-
-    /// Creates the labelled series that are known in advance, at zero, so that dashboards and
-    /// alerts see them before the first event.
-    pub fn init_series(&self) {
-        for (protocol, format) in [
-            ("native", "json"),
-            ("native", "msgpack"),
-            ("socketio", "socketio"),
-        ] {
-            self.connections.with_label_values(&[protocol, format]);
-        }
-        for reason in [
-            "ip_limit",
-            "user_limit",
-            "auth",
-            "origin",
-            "capacity",
-            "handshake_rate",
-            "accept_error",
-        ] {
-            self.connections_rejected.with_label_values(&[reason]);
-        }
-        for outcome in ["saved", "recovered", "failed"] {
-            self.socketio_recovery.with_label_values(&[outcome]);
-        }
-        for reason in [
-            DisconnectReason::Client,
-            DisconnectReason::SlowConsumer,
-            DisconnectReason::ProtocolError,
-            DisconnectReason::Auth,
-            DisconnectReason::Drain,
-            DisconnectReason::Kicked,
-            DisconnectReason::Timeout,
-            DisconnectReason::Policy,
-        ] {
-            self.disconnects.with_label_values(&[reason.as_str()]);
-        }
-        for limit in ["publish", "room_create"] {
-            self.rate_limited.with_label_values(&[limit]);
-        }
-        for op in [
-            "create_room",
-            "join",
-            "leave",
-            "publish",
-            "presence",
-            "history",
-            "ping",
-        ] {
-            self.command_duration.with_label_values(&[op]);
-            self.backend_errors.with_label_values(&[op]);
-        }
-        self.backend_errors.with_label_values(&["traffic"]);
-        for command in room_state::redis::COMMANDS {
-            self.redis_errors.with_label_values(&[command]);
-        }
     }
 
     /// The Prometheus text exposition.
@@ -400,25 +236,387 @@ impl Metrics {
     }
 
     pub fn disconnect(&self, reason: DisconnectReason) {
-        self.disconnects.with_label_values(&[reason.as_str()]).inc();
+        self.disconnects_by_reason[reason as usize].inc();
     }
-}
 
-impl room_state::redis::CommandObserver for Metrics {
-    fn observe(&self, command: &'static str, seconds: f64, failed: bool) {
-        self.redis_duration
-            .with_label_values(&[command])
-            .observe(seconds);
-        if failed {
-            self.redis_errors.with_label_values(&[command]).inc();
+    /// The duration histogram of a client op (`Op::name`), kept from start-up: no label
+    /// lookup on the op path.
+    pub fn op_duration(&self, op: &str) -> Histogram {
+        match self.op_durations.iter().find(|(name, _)| *name == op) {
+            Some((_, h)) => h.clone(),
+            None => self.command_duration.with_label_values(&[op]),
         }
     }
 }
 
-impl fan_out::PubSubHooks for Metrics {
+/// Creates series in the `roomcast` namespace and registers them.
+struct Series(Registry);
+
+impl Series {
+    fn register<C: prometheus::core::Collector + Clone + 'static>(
+        &self,
+        c: C,
+    ) -> prometheus::Result<C> {
+        self.0.register(Box::new(c.clone()))?;
+        Ok(c)
+    }
+
+    fn opts(name: &str, help: &str) -> Opts {
+        Opts::new(name, help).namespace("roomcast")
+    }
+
+    fn counter(&self, name: &str, help: &str) -> prometheus::Result<IntCounter> {
+        self.register(IntCounter::with_opts(Series::opts(name, help))?)
+    }
+
+    fn counter_vec(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> prometheus::Result<IntCounterVec> {
+        self.register(IntCounterVec::new(Series::opts(name, help), labels)?)
+    }
+
+    fn gauge(&self, name: &str, help: &str) -> prometheus::Result<IntGauge> {
+        self.register(IntGauge::with_opts(Series::opts(name, help))?)
+    }
+
+    fn gauge_vec(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> prometheus::Result<IntGaugeVec> {
+        self.register(IntGaugeVec::new(Series::opts(name, help), labels)?)
+    }
+
+    fn histogram(
+        &self,
+        name: &str,
+        help: &str,
+        buckets: Vec<f64>,
+    ) -> prometheus::Result<Histogram> {
+        let opts = HistogramOpts::new(name, help)
+            .namespace("roomcast")
+            .buckets(buckets);
+        self.register(Histogram::with_opts(opts)?)
+    }
+
+    fn histogram_vec(
+        &self,
+        name: &str,
+        help: &str,
+        buckets: Vec<f64>,
+        labels: &[&str],
+    ) -> prometheus::Result<HistogramVec> {
+        let opts = HistogramOpts::new(name, help)
+            .namespace("roomcast")
+            .buckets(buckets);
+        self.register(HistogramVec::new(opts, labels)?)
+    }
+}
+
+/// Client connections: opened, refused, ended, and their traffic.
+struct ConnectionSeries {
+    connections: IntGaugeVec,
+    connections_accepted: IntCounter,
+    connections_rejected: IntCounterVec,
+    disconnects: IntCounterVec,
+    bytes_in: IntCounter,
+    bytes_out: IntCounter,
+    outbound_queue_bytes: Histogram,
+    slow_consumers: IntCounter,
+    disconnects_by_reason: Vec<IntCounter>,
+}
+
+impl ConnectionSeries {
+    fn new(r: &Series) -> prometheus::Result<ConnectionSeries> {
+        let connections = r.gauge_vec(
+            "connections",
+            "Open client connections by protocol and format.",
+            &["protocol", "format"],
+        )?;
+        for (protocol, format) in [
+            ("native", "json"),
+            ("native", "msgpack"),
+            ("socketio", "socketio"),
+        ] {
+            connections.with_label_values(&[protocol, format]);
+        }
+        let connections_rejected = r.counter_vec(
+            "connections_rejected_total",
+            "Connections refused, by reason.",
+            &["reason"],
+        )?;
+        for reason in [
+            "ip_limit",
+            "user_limit",
+            "auth",
+            "origin",
+            "capacity",
+            "handshake_rate",
+            "accept_error",
+        ] {
+            connections_rejected.with_label_values(&[reason]);
+        }
+        let disconnects = r.counter_vec(
+            "disconnects_total",
+            "Connections ended, by reason.",
+            &["reason"],
+        )?;
+        let disconnects_by_reason = DisconnectReason::ALL
+            .iter()
+            .map(|reason| disconnects.with_label_values(&[reason.as_str()]))
+            .collect();
+        Ok(ConnectionSeries {
+            connections,
+            connections_accepted: r.counter(
+                "connections_accepted_total",
+                "WebSocket connections accepted.",
+            )?,
+            connections_rejected,
+            disconnects,
+            bytes_in: r.counter("bytes_in_total", "WebSocket payload bytes received.")?,
+            bytes_out: r.counter("bytes_out_total", "WebSocket payload bytes written.")?,
+            outbound_queue_bytes: r.histogram(
+                "outbound_queue_bytes",
+                "Outbound queue depth when a frame is written.",
+                prometheus::exponential_buckets(64.0, 4.0, 10)?,
+            )?,
+            slow_consumers: r.counter(
+                "slow_consumers_total",
+                "Connections whose outbound queue overflowed (closed with 4009).",
+            )?,
+            disconnects_by_reason,
+        })
+    }
+}
+
+/// Client ops: how long they take, how they fail, what they did.
+struct OpSeries {
+    command_duration: HistogramVec,
+    backend_errors: IntCounterVec,
+    messages_published: IntCounter,
+    rate_limited: IntCounterVec,
+    room_creations: IntCounter,
+    creation_paused: IntCounter,
+    socketio_recovery: IntCounterVec,
+    op_durations: Vec<(&'static str, Histogram)>,
+}
+
+impl OpSeries {
+    fn new(r: &Series) -> prometheus::Result<OpSeries> {
+        let command_duration = r.histogram_vec(
+            "command_duration_seconds",
+            "Time to answer a client op.",
+            LATENCY_BUCKETS.to_vec(),
+            &["op"],
+        )?;
+        let op_durations = OPS
+            .iter()
+            .map(|op| (*op, command_duration.with_label_values(&[op])))
+            .collect();
+        let backend_errors = r.counter_vec(
+            "backend_errors_total",
+            "State backend errors, by operation.",
+            &["op"],
+        )?;
+        // `traffic` is the node's upkeep round, which is not a client op.
+        for op in OPS.iter().chain(&["traffic"]) {
+            backend_errors.with_label_values(&[op]);
+        }
+        let rate_limited = r.counter_vec(
+            "rate_limited_total",
+            "Requests refused by a rate limit, by limit.",
+            &["limit"],
+        )?;
+        for limit in ["publish", "room_create"] {
+            rate_limited.with_label_values(&[limit]);
+        }
+        let socketio_recovery = r.counter_vec(
+            "socketio_recovery_total",
+            "Socket.IO connection state recovery: states saved, recovered, failed.",
+            &["outcome"],
+        )?;
+        for outcome in ["saved", "recovered", "failed"] {
+            socketio_recovery.with_label_values(&[outcome]);
+        }
+        Ok(OpSeries {
+            command_duration,
+            backend_errors,
+            messages_published: r.counter(
+                "messages_published_total",
+                "Messages accepted for publishing.",
+            )?,
+            rate_limited,
+            room_creations: r
+                .counter("room_creations_total", "Rooms created through this node.")?,
+            creation_paused: r.counter(
+                "creation_paused_total",
+                "create_room answered creation_paused.",
+            )?,
+            socketio_recovery,
+            op_durations,
+        })
+    }
+}
+
+/// Delivery to local sockets, and the pub/sub path between nodes.
+struct DeliverySeries {
+    messages_delivered: IntCounter,
+    publish_latency: Histogram,
+    subscribed_channels: IntGauge,
+    pubsub_dropped: IntCounter,
+    pubsub_resubscribes: IntCounter,
+    history_repairs: IntCounter,
+    pubsub_duplicates: IntCounter,
+    offset_conflicts: IntCounter,
+}
+
+impl DeliverySeries {
+    fn new(r: &Series) -> prometheus::Result<DeliverySeries> {
+        Ok(DeliverySeries {
+            messages_delivered: r.counter(
+                "messages_delivered_total",
+                "Frames queued to clients by fan-out.",
+            )?,
+            publish_latency: r.histogram(
+                "publish_to_deliver_seconds",
+                "From publish to local delivery.",
+                LATENCY_BUCKETS.to_vec(),
+            )?,
+            subscribed_channels: r
+                .gauge("subscribed_channels", "Room channels this node receives.")?,
+            pubsub_dropped: r.counter(
+                "pubsub_dropped_total",
+                "Pub/sub messages dropped before delivery (full queues, client lag).",
+            )?,
+            pubsub_resubscribes: r.counter(
+                "pubsub_resubscribes_total",
+                "Room channels subscribed again by reconcile or probes.",
+            )?,
+            history_repairs: r.counter(
+                "history_repairs_total",
+                "Messages recovered from history after an offset gap.",
+            )?,
+            pubsub_duplicates: r.counter(
+                "pubsub_duplicates_total",
+                "Pub/sub messages received twice and dropped.",
+            )?,
+            offset_conflicts: r.counter(
+                "offset_conflicts_total",
+                "Offsets reused after a hard failover lost writes (epoch retired).",
+            )?,
+        })
+    }
+}
+
+/// The cluster as this node sees it: traffic, nodes, readiness.
+struct ClusterSeries {
+    local_rooms: IntGauge,
+    live_nodes: IntGauge,
+    traffic_level: IntGauge,
+    cluster_rooms: IntGauge,
+    cluster_connections: IntGauge,
+    creations_per_minute: IntGauge,
+    dead_nodes_reaped: IntCounter,
+    node_resets: IntCounter,
+    ready: IntGauge,
+}
+
+impl ClusterSeries {
+    fn new(r: &Series) -> prometheus::Result<ClusterSeries> {
+        Ok(ClusterSeries {
+            local_rooms: r.gauge(
+                "local_rooms",
+                "Rooms with at least one member on this node.",
+            )?,
+            live_nodes: r.gauge("live_nodes", "Gateway nodes with a live heartbeat.")?,
+            traffic_level: r.gauge(
+                "traffic_level",
+                "Traffic level: 0 normal, 1 high, 2 critical.",
+            )?,
+            cluster_rooms: r.gauge("cluster_active_rooms", "Rooms in the whole cluster.")?,
+            cluster_connections: r.gauge(
+                "cluster_active_connections",
+                "Connections in the whole cluster.",
+            )?,
+            creations_per_minute: r.gauge(
+                "room_creations_per_minute",
+                "Room creations in the last sliding minute, cluster-wide.",
+            )?,
+            dead_nodes_reaped: r.counter(
+                "dead_nodes_reaped_total",
+                "Dead nodes whose members this node removed from presence.",
+            )?,
+            node_resets: r.counter(
+                "node_resets_total",
+                "Times this node learned that its peers had declared it dead (its clients were told to reconnect).",
+            )?,
+            ready: r.gauge(
+                "ready",
+                "1 while the node is ready (backend usable, pub/sub probes passing, not draining).",
+            )?,
+        })
+    }
+}
+
+/// The Redis backend's commands, as its [`CommandObserver`] reports them. Created on every
+/// node, embedded ones included, so the series are the same whatever the backend.
+struct RedisSeries {
+    redis_duration: HistogramVec,
+    redis_errors: IntCounterVec,
+    redis_by_command: Vec<(Histogram, IntCounter)>,
+}
+
+impl RedisSeries {
+    fn new(r: &Series) -> prometheus::Result<RedisSeries> {
+        let redis_duration = r.histogram_vec(
+            "redis_command_duration_seconds",
+            "Redis command and script duration.",
+            LATENCY_BUCKETS.to_vec(),
+            &["command"],
+        )?;
+        let redis_errors = r.counter_vec(
+            "redis_errors_total",
+            "Redis commands that failed, by command.",
+            &["command"],
+        )?;
+        let redis_by_command = Command::ALL
+            .iter()
+            .map(|c| {
+                (
+                    redis_duration.with_label_values(&[c.as_str()]),
+                    redis_errors.with_label_values(&[c.as_str()]),
+                )
+            })
+            .collect();
+        Ok(RedisSeries {
+            redis_duration,
+            redis_errors,
+            redis_by_command,
+        })
+    }
+}
+
+impl CommandObserver for Metrics {
+    fn observe(&self, command: Command, seconds: f64, failed: bool) {
+        let (duration, errors) = &self.redis_by_command[command as usize];
+        duration.observe(seconds);
+        if failed {
+            errors.inc();
+        }
+    }
+}
+
+impl PubSubHooks for Metrics {
     fn pubsub_dropped(&self, n: u64) {
         self.pubsub_dropped.inc_by(n);
     }
+
+    /// Not counted: no message was lost, and `pubsub_dropped_total` counts messages.
+    fn hint_dropped(&self) {}
 
     fn resubscribed(&self, n: u64) {
         self.pubsub_resubscribes.inc_by(n);
@@ -448,5 +646,38 @@ impl DeliveryHooks for Metrics {
 
     fn publish_latency(&self, ms: f64) {
         self.publish_latency.observe(ms / 1000.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disconnect_reasons_are_positions() {
+        for (i, reason) in DisconnectReason::ALL.iter().enumerate() {
+            assert_eq!(*reason as usize, i, "{}", reason.as_str());
+        }
+    }
+
+    #[test]
+    fn kept_children_are_the_labelled_series() {
+        let m = Metrics::new().expect("metrics");
+        m.disconnect(DisconnectReason::Kicked);
+        m.op_duration("join").observe(0.01);
+        m.observe(Command::BucketTake, 0.001, true);
+        assert_eq!(m.disconnects.with_label_values(&["kicked"]).get(), 1);
+        assert_eq!(
+            m.command_duration
+                .with_label_values(&["join"])
+                .get_sample_count(),
+            1
+        );
+        assert_eq!(m.redis_errors.with_label_values(&["bucket_take"]).get(), 1);
+        let text = String::from_utf8(m.render()).expect("utf-8");
+        // Known series exist at zero before any event.
+        assert!(text.contains(r#"roomcast_redis_errors_total{command="reset_epoch"} 0"#));
+        assert!(text.contains(r#"roomcast_backend_errors_total{op="traffic"} 0"#));
+        assert!(text.contains(r#"roomcast_disconnects_total{reason="policy"} 0"#));
     }
 }

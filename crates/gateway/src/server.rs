@@ -1,5 +1,6 @@
 //! Serving: the accept loop, and the node's whole life from bind to drained exit.
 
+use crate::admission::Rejection;
 use crate::config::Config;
 use crate::drain;
 use crate::http;
@@ -25,10 +26,7 @@ pub async fn accept_loop(node: Arc<Node>, listener: TcpListener, mut stop: watch
             Err(e) => {
                 // Out of descriptors or similar: back off instead of spinning.
                 tracing::warn!(error = %e, "accept failed");
-                node.metrics
-                    .connections_rejected
-                    .with_label_values(&["accept_error"])
-                    .inc();
+                Rejection::AcceptError.count(&node.metrics);
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
@@ -72,7 +70,8 @@ impl std::fmt::Debug for Running {
     }
 }
 
-/// Binds, builds the node on the embedded backend, and starts serving.
+/// Binds, builds the node on the backend the config names (Redis Cluster with
+/// `--redis-cluster`, else the embedded one), and starts serving.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;

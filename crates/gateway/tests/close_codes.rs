@@ -43,7 +43,7 @@ async fn tokens_close_with_4001() {
 async fn missing_token_without_anonymous_closes_with_4001() {
     let mut cfg = config(&[]);
     cfg.allow_anonymous = false;
-    let server = gateway::start(cfg).await.unwrap();
+    let server = start_config(cfg).await;
     let mut c = Client::open(server.addr, "format=json", Fmt::Json).await;
     assert_eq!(c.closed().await, 4001);
     let mut ok = Client::connect(server.addr, "someone", Fmt::Json).await;

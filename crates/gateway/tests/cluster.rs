@@ -12,29 +12,11 @@ use support::*;
 
 const VAR: &str = "ROOMCAST_TEST_REDIS_CLUSTER";
 
-fn three(extra: &[&str]) -> Vec<Gateway> {
-    let urls = redis_urls(VAR);
-    let tag = fastrand::u32(..);
-    (0..3)
-        .map(|i| {
-            let mut args = vec![
-                "--redis-cluster",
-                urls.as_str(),
-                "--traffic-interval",
-                "250ms",
-                "--node-ttl",
-                "2s",
-            ];
-            args.extend_from_slice(extra);
-            Gateway::spawn(&format!("g{tag:x}-{i}"), &args)
-        })
-        .collect()
-}
-
-async fn all_ready(nodes: &[Gateway]) {
-    for n in nodes {
-        n.ready().await;
-    }
+/// Three ready gateways on the shared cluster.
+async fn three(extra: &[&str]) -> [Gateway; 3] {
+    let mut args = vec!["--node-ttl", "2s"];
+    args.extend_from_slice(extra);
+    cluster_gateways(VAR, "g", &args).await
 }
 
 /// Reads `n` messages and returns their offsets, checking room and epoch.
@@ -49,8 +31,7 @@ async fn offsets(c: &mut Client, n: usize) -> Vec<u64> {
 
 #[tokio::test]
 async fn clients_on_three_nodes_share_one_room() {
-    let nodes = three(&["--publish-rate", "1000", "--publish-burst", "1000"]);
-    all_ready(&nodes).await;
+    let nodes = three(&["--publish-rate", "1000", "--publish-burst", "1000"]).await;
     let room = unique("shared");
     let mut a = Client::connect(nodes[0].addr, "alice", Fmt::Json).await;
     let mut b = Client::connect(nodes[1].addr, "bob", Fmt::MsgPack).await;
@@ -144,8 +125,7 @@ async fn clients_on_three_nodes_share_one_room() {
 
 #[tokio::test]
 async fn limits_hold_across_nodes() {
-    let nodes = three(&["--publish-rate", "0.2", "--publish-burst", "3"]);
-    all_ready(&nodes).await;
+    let nodes = three(&["--publish-rate", "0.2", "--publish-burst", "3"]).await;
     let user = unique("spreader");
     let mut clients = Vec::new();
     for n in &nodes {
@@ -186,8 +166,7 @@ async fn limits_hold_across_nodes() {
 
 #[tokio::test]
 async fn a_killed_gateway_leaves_no_ghosts_and_its_clients_lose_nothing() {
-    let mut nodes = three(&["--publish-rate", "1000", "--publish-burst", "1000"]);
-    all_ready(&nodes).await;
+    let mut nodes = three(&["--publish-rate", "1000", "--publish-burst", "1000"]).await;
     let lb = Nginx::start(&[nodes[0].addr, nodes[1].addr, nodes[2].addr]);
     let room = unique("survive");
     let mut pubr = Client::connect(nodes[2].addr, "publisher", Fmt::Json).await;
@@ -248,28 +227,23 @@ async fn a_killed_gateway_leaves_no_ghosts_and_its_clients_lose_nothing() {
 
 #[tokio::test]
 async fn a_draining_node_hands_its_clients_over_without_loss() {
-    let urls = redis_urls(VAR);
-    let tag = fastrand::u32(..);
-    let args = [
-        "--redis-cluster",
-        urls.as_str(),
-        "--traffic-interval",
-        "250ms",
-        "--publish-rate",
-        "1000",
-        "--publish-burst",
-        "1000",
-        "--drain-delay",
-        "1s",
-        "--drain-window",
-        "2s",
-        "--drain-deadline",
-        "6s",
-    ];
-    let a = Gateway::spawn(&format!("d{tag:x}-a"), &args);
-    let b = Gateway::spawn(&format!("d{tag:x}-b"), &args);
-    a.ready().await;
-    b.ready().await;
+    let [mut a, b] = cluster_gateways(
+        VAR,
+        "d",
+        &[
+            "--publish-rate",
+            "1000",
+            "--publish-burst",
+            "1000",
+            "--drain-delay",
+            "1s",
+            "--drain-window",
+            "2s",
+            "--drain-deadline",
+            "6s",
+        ],
+    )
+    .await;
     let lb = Nginx::start(&[a.addr, b.addr]);
     let room = unique("drain");
     let mut publisher = Client::connect(b.addr, "publisher", Fmt::Json).await;
@@ -332,13 +306,8 @@ async fn a_draining_node_hands_its_clients_over_without_loss() {
         .collect();
 
     // Publish steadily from the other node while `a` drains.
-    let mut a = a;
     let term_at = tokio::time::Instant::now();
-    assert!(std::process::Command::new("kill")
-        .args(["-TERM", &a.child.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
+    assert!(a.sigterm());
     let mut acked = Vec::new();
     let start = tokio::time::Instant::now();
     let mut i = 0u64;
@@ -371,7 +340,7 @@ async fn a_draining_node_hands_its_clients_over_without_loss() {
         last - first >= Duration::from_millis(300),
         "closes not spread: {first:?}..{last:?}"
     );
-    let status = a.child.wait().unwrap();
+    let status = a.wait();
     assert!(status.success());
     assert!(term_at.elapsed() < Duration::from_secs(12));
 }

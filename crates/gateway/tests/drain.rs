@@ -5,56 +5,24 @@
 
 mod support;
 
-use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use serde_json::json;
 use std::time::{Duration, Instant};
 use support::*;
 
-/// Starts the binary and returns it with the address it logged.
-fn spawn(args: &[&str]) -> (std::process::Child, std::net::SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_roomcast"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-            "--jwt-secret",
-            SECRET,
-            "--allow-anonymous",
-        ])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("roomcast exited before listening")
-            .unwrap();
-        let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
-        if v["fields"]["message"] == "roomcast listening" {
-            break v["fields"]["addr"].as_str().unwrap().parse().unwrap();
-        }
-    };
-    // Keep draining its output so it never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (child, addr)
-}
-
 #[tokio::test]
 async fn sigterm_drains_within_the_deadline() {
-    let (mut child, addr) = spawn(&[
-        "--drain-delay",
-        "1s",
-        "--drain-window",
-        "1s",
-        "--drain-deadline",
-        "4s",
-    ]);
+    let mut node = Gateway::spawn(
+        &unique("drain"),
+        &[
+            "--drain-delay",
+            "1s",
+            "--drain-window",
+            "1s",
+            "--drain-deadline",
+            "4s",
+        ],
+    );
+    let addr = node.addr;
     let mut clients = Vec::new();
     for i in 0..20 {
         let mut c = Client::connect(
@@ -73,11 +41,7 @@ async fn sigterm_drains_within_the_deadline() {
     assert_eq!(http(addr, "GET", "/readyz", None, "").await.0, 200);
 
     let sigterm = Instant::now();
-    assert!(Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
+    assert!(node.sigterm());
     // Readiness flips at once; the node keeps serving during the delay.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(http(addr, "GET", "/readyz", None, "").await.0, 503);
@@ -116,7 +80,7 @@ async fn sigterm_drains_within_the_deadline() {
     );
 
     // New connections are refused after the delay, and the process exits before the deadline.
-    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+    let status = tokio::task::spawn_blocking(move || node.wait())
         .await
         .unwrap();
     assert!(status.success(), "{status:?}");

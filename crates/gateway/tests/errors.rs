@@ -6,8 +6,8 @@ mod support;
 
 use async_trait::async_trait;
 use fan_out::{MemoryFanOut, Registry};
-use gateway::metrics::Metrics;
-use gateway::node::{Backends, Node};
+use gateway::Metrics;
+use gateway::{Backends, Node};
 use protocol::envelope::Envelope;
 use protocol::frame::{Member, Publication, Since};
 use protocol::Data;
@@ -259,7 +259,7 @@ async fn unavailable_and_internal_hide_their_details() {
         name: "faulty",
     };
     let node = Node::with_backends(config(&[]), addr, backends, registry, metrics).unwrap();
-    let server = gateway::server::serve(node, listener).await;
+    let server = gateway::serve(node, listener).await;
 
     let mut c = Client::connect(addr, "u", Fmt::Json).await;
     c.ok(json!({"op": "create_room", "room": "r"})).await;

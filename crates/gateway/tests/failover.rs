@@ -14,9 +14,9 @@ use tokio::time::Instant;
 
 const VAR: &str = "ROOMCAST_TEST_FAILOVER_CLUSTER";
 
-fn base_port() -> u16 {
-    let urls = redis_urls(VAR);
-    urls.split(',')
+/// The port of `host:port`, of a URL, or of a `cluster nodes` address (`host:port@bus`).
+fn port(addr: &str) -> u16 {
+    addr.split('@')
         .next()
         .unwrap()
         .rsplit(':')
@@ -24,6 +24,10 @@ fn base_port() -> u16 {
         .unwrap()
         .parse()
         .unwrap()
+}
+
+fn base_port() -> u16 {
+    port(redis_urls(VAR).split(',').next().unwrap())
 }
 
 /// The (primary, replica) ports that serve a key's slot right now.
@@ -34,16 +38,6 @@ fn shard_of(key: &str) -> (u16, u16) {
         .parse()
         .unwrap();
     let nodes = redis_cli(base, &["cluster", "nodes"]);
-    let port = |addr: &str| -> u16 {
-        addr.split('@')
-            .next()
-            .unwrap()
-            .rsplit(':')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
     let mut primary = None;
     for line in nodes.lines() {
         let f: Vec<&str> = line.split_whitespace().collect();
@@ -129,23 +123,9 @@ struct Run {
 /// after one second.
 async fn under_load(extra: &[&str], secs: u64, fault: impl FnOnce(&str)) -> Run {
     cluster_settled().await;
-    let urls = redis_urls(VAR);
-    let tag = fastrand::u32(..);
-    let mut args = vec![
-        "--redis-cluster",
-        urls.as_str(),
-        "--traffic-interval",
-        "250ms",
-        "--publish-rate",
-        "1000",
-        "--publish-burst",
-        "1000",
-    ];
+    let mut args = vec!["--publish-rate", "1000", "--publish-burst", "1000"];
     args.extend_from_slice(extra);
-    let a = Gateway::spawn(&format!("f{tag:x}-a"), &args);
-    let b = Gateway::spawn(&format!("f{tag:x}-b"), &args);
-    a.ready().await;
-    b.ready().await;
+    let [a, b] = cluster_gateways(VAR, "f", &args).await;
     let room = unique("failover");
     let mut publisher = Client::connect(a.addr, "publisher", Fmt::Json).await;
     publisher
@@ -260,8 +240,18 @@ fn check_consistency(r: &Received) {
     }
 }
 
-fn delivered_data(r: &Received) -> Vec<Value> {
-    r.messages.iter().map(|m| m.2.clone()).collect()
+/// A member's deliveries, checked for consistency: the data it received, and the
+/// acknowledged publishes it never received.
+fn delivery<'a>(run: &'a Run, member: &Received) -> (Vec<Value>, Vec<&'a Value>) {
+    check_consistency(member);
+    let got: Vec<Value> = member.messages.iter().map(|m| m.2.clone()).collect();
+    let missing = run
+        .acked
+        .iter()
+        .map(|a| &a.2)
+        .filter(|d| !got.contains(d))
+        .collect();
+    (got, missing)
 }
 
 #[tokio::test]
@@ -278,14 +268,7 @@ async fn serial_failover_graceful_loses_nothing() {
         run.acked.len()
     );
     for (i, member) in run.members.iter().enumerate() {
-        check_consistency(member);
-        let got = delivered_data(member);
-        let missing: Vec<&Value> = run
-            .acked
-            .iter()
-            .map(|a| &a.2)
-            .filter(|d| !got.contains(d))
-            .collect();
+        let (got, missing) = delivery(&run, member);
         assert!(
             missing.is_empty(),
             "member {i} lost {} acknowledged messages: {missing:?}",
@@ -348,14 +331,7 @@ async fn serial_failover_primary_killed_durable_loses_nothing() {
         run.acked.len()
     );
     for (i, member) in run.members.iter().enumerate() {
-        check_consistency(member);
-        let got = delivered_data(member);
-        let missing: Vec<&Value> = run
-            .acked
-            .iter()
-            .map(|a| &a.2)
-            .filter(|d| !got.contains(d))
-            .collect();
+        let (got, missing) = delivery(&run, member);
         let resumed = resume_time(member, run.fault_at);
         eprintln!("primary killed, durable: member {i} got {} of {} acked, {} lost; longest pause {resumed:?}", got.len(), run.acked.len(), missing.len());
         assert!(
@@ -376,8 +352,7 @@ async fn serial_failover_primary_killed_never_skips_silently() {
     let run = under_load(&[], 9, kill_primary).await;
     revive_killed();
     for (i, member) in run.members.iter().enumerate() {
-        check_consistency(member);
-        let got = delivered_data(member);
+        let (got, _) = delivery(&run, member);
         let epochs: Vec<&String> = member.messages.iter().map(|m| &m.0).collect();
         let final_epoch = epochs.last().cloned();
         let mut explained = 0;
@@ -431,10 +406,6 @@ async fn serial_traffic_levels_move_together_on_every_node() {
     drop(probe);
     let (high, critical) = ((base + 3).to_string(), (base + 6).to_string());
     let args = [
-        "--redis-cluster",
-        urls.as_str(),
-        "--traffic-interval",
-        "250ms",
         "--traffic-high",
         &high,
         "--traffic-critical",
@@ -444,13 +415,7 @@ async fn serial_traffic_levels_move_together_on_every_node() {
         "--room-create-limit",
         "1000",
     ];
-    let tag = fastrand::u32(..);
-    let nodes: Vec<Gateway> = (0..3)
-        .map(|i| Gateway::spawn(&format!("t{tag:x}-{i}"), &args))
-        .collect();
-    for n in &nodes {
-        n.ready().await;
-    }
+    let nodes: [Gateway; 3] = cluster_gateways(VAR, "t", &args).await;
     let mut maker = Client::connect(nodes[0].addr, &unique("maker"), Fmt::Json).await;
     let mut w1 = Client::connect(nodes[1].addr, "w1", Fmt::Json).await;
     let mut w2 = Client::connect(nodes[2].addr, "w2", Fmt::MsgPack).await;

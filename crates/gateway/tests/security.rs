@@ -6,28 +6,8 @@
 
 mod support;
 
-use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
-use serde_json::{json, Value};
+use serde_json::json;
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// A node with exactly these flags (no test defaults for auth).
-async fn start_with(args: &[&str]) -> gateway::Running {
-    let mut all = vec!["roomcast", "--listen", "127.0.0.1:0"];
-    all.extend_from_slice(args);
-    gateway::start(<gateway::Config as clap::Parser>::parse_from(all))
-        .await
-        .unwrap()
-}
-
-fn hs256(secret: &str, claims: Value) -> String {
-    encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .unwrap()
-}
 
 /// Whether a WebSocket with this token is admitted (welcome) or refused (its close code).
 async fn admitted(addr: std::net::SocketAddr, token: &str) -> Result<(), u16> {
@@ -39,27 +19,15 @@ async fn admitted(addr: std::net::SocketAddr, token: &str) -> Result<(), u16> {
     }
 }
 
-/// The status line and headers of a raw WebSocket upgrade request.
+/// The status and head of the response to a raw WebSocket upgrade request.
 async fn upgrade_status(addr: std::net::SocketAddr, path: &str, extra: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req = format!(
-        "GET {path} HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut buf = vec![0u8; 4096];
-    let n = tokio::time::timeout(WAIT, s.read(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    let head = String::from_utf8_lossy(&buf[..n]).to_string();
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, head)
+    let up = raw_ws::upgrade(addr, path, extra).await.unwrap();
+    (up.status, up.head)
 }
 
 #[tokio::test]
 async fn two_keys_during_a_rotation_and_no_third() {
-    let server = start_with(&[
+    let server = start_bare(&[
         "--jwt-secret",
         "the-new-key",
         "--jwt-secret-previous",
@@ -86,7 +54,7 @@ async fn two_keys_during_a_rotation_and_no_third() {
 
 #[tokio::test]
 async fn audience_issuer_and_clock_skew() {
-    let server = start_with(&[
+    let server = start_bare(&[
         "--jwt-secret",
         "k",
         "--jwt-audience",

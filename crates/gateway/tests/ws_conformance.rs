@@ -2,11 +2,11 @@
 //! 9 and 10, against the echo endpoint `GET /test/echo` (`--test-echo`). The echo endpoint
 //! shares the read loop, reassembly, close rules and writer with `/ws` and `/socket.io/`.
 //!
-//! The client side is written by hand: the HTTP upgrade, masked frames with any opcode, RSV
-//! bits, fin flag and length, written whole, frame by frame or in small chops. Every frame
-//! the server sends is checked too (unmasked, RSV 0, a known opcode, control frames final and
-//! at most 125 bytes, valid close codes and UTF-8 reasons), and every case ends with the close
-//! handshake and the server closing TCP.
+//! The client side is written by hand (`support::raw_ws`): the HTTP upgrade, masked frames
+//! with any opcode, RSV bits, fin flag and length, written whole, frame by frame or in small
+//! chops. Every frame the server sends is checked too (unmasked, RSV 0, a known opcode,
+//! control frames final and at most 125 bytes, valid close codes and UTF-8 reasons), and
+//! every case ends with the close handshake and the server closing TCP.
 //!
 //! One test per group runs a table of cases and prints `group N: P passed, F failed`.
 //! Case ids follow Autobahn's where a case maps onto one; `X` marks cases of our own.
@@ -18,457 +18,18 @@ mod support;
 
 use std::net::SocketAddr;
 use std::time::Duration;
-use support::{client_frame, sendable};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use support::raw_ws::{
+    accept_key, base64, binary, close, cont, describe, fragments, handshake, ping, pong, text,
+    Frame, Got, RawWs, BINARY, CLOSE, TEXT,
+};
 use tokio::time::timeout;
-
-const CONT: u8 = 0x0;
-const TEXT: u8 = 0x1;
-const BINARY: u8 = 0x2;
-const CLOSE: u8 = 0x8;
-const PING: u8 = 0x9;
-const PONG: u8 = 0xA;
 
 /// The message limit of the nodes under test (`--max-message-bytes`).
 const LIMIT: usize = 1 << 20;
 
-/// How long any single expectation may take.
-const WAIT: Duration = Duration::from_secs(5);
-
-// --- The raw client --------------------------------------------------------------------
-
-/// A frame as the client writes it: masked unless told otherwise.
-#[derive(Debug, Clone)]
-struct Frame {
-    fin: bool,
-    /// The three RSV bits as a number, RSV1 = 4, RSV2 = 2, RSV3 = 1 (Autobahn's notation).
-    rsv: u8,
-    opcode: u8,
-    masked: bool,
-    payload: Vec<u8>,
-}
-
-impl Frame {
-    fn new(opcode: u8, payload: impl Into<Vec<u8>>) -> Frame {
-        Frame {
-            fin: true,
-            rsv: 0,
-            opcode,
-            masked: true,
-            payload: payload.into(),
-        }
-    }
-
-    fn nofin(mut self) -> Frame {
-        self.fin = false;
-        self
-    }
-
-    fn rsv(mut self, rsv: u8) -> Frame {
-        self.rsv = rsv;
-        self
-    }
-
-    fn unmasked(mut self) -> Frame {
-        self.masked = false;
-        self
-    }
-
-    fn encode(&self) -> Vec<u8> {
-        let mask = self.masked.then(|| fastrand::u32(..).to_be_bytes());
-        client_frame(self.fin, self.rsv, self.opcode, mask, &self.payload)
-    }
-}
-
-fn text(payload: impl Into<Vec<u8>>) -> Frame {
-    Frame::new(TEXT, payload)
-}
-fn binary(payload: impl Into<Vec<u8>>) -> Frame {
-    Frame::new(BINARY, payload)
-}
-fn cont(payload: impl Into<Vec<u8>>) -> Frame {
-    Frame::new(CONT, payload)
-}
-fn ping(payload: impl Into<Vec<u8>>) -> Frame {
-    Frame::new(PING, payload)
-}
-fn pong(payload: impl Into<Vec<u8>>) -> Frame {
-    Frame::new(PONG, payload)
-}
-fn close(code: u16, reason: &[u8]) -> Frame {
-    let mut payload = code.to_be_bytes().to_vec();
-    payload.extend_from_slice(reason);
-    Frame::new(CLOSE, payload)
-}
-
-/// A text or binary message cut into fragments of `size` bytes (at least one fragment).
-fn fragments(opcode: u8, payload: &[u8], size: usize) -> Vec<Frame> {
-    let chunks: Vec<&[u8]> = if payload.is_empty() {
-        vec![&[]]
-    } else {
-        payload.chunks(size).collect()
-    };
-    let last = chunks.len() - 1;
-    chunks
-        .into_iter()
-        .enumerate()
-        .map(|(i, c)| Frame {
-            fin: i == last,
-            ..Frame::new(if i == 0 { opcode } else { CONT }, c)
-        })
-        .collect()
-}
-
-/// What the server sent, after reassembly of its own fragments.
-#[derive(Debug, PartialEq, Eq)]
-enum Got {
-    Text(Vec<u8>),
-    Binary(Vec<u8>),
-    Pong(Vec<u8>),
-    Close(Vec<u8>),
-    Eof,
-}
-
-fn describe(got: &Got) -> String {
-    fn short(b: &[u8]) -> String {
-        if b.len() <= 40 {
-            format!("{b:02x?}")
-        } else {
-            format!("{} bytes starting {:02x?}", b.len(), &b[..16])
-        }
-    }
-    match got {
-        Got::Text(b) => format!("text {}", short(b)),
-        Got::Binary(b) => format!("binary {}", short(b)),
-        Got::Pong(b) => format!("pong {}", short(b)),
-        Got::Close(b) => format!("close {}", short(b)),
-        Got::Eof => "TCP closed".to_string(),
-    }
-}
-
-struct Ws {
-    tcp: TcpStream,
-    buf: Vec<u8>,
-    /// A data message the server is sending in fragments: opcode and bytes so far.
-    partial: Option<(u8, Vec<u8>)>,
-}
-
-/// The opening handshake by hand. Returns the status code and, on 101, the socket.
-async fn handshake(addr: SocketAddr, path: &str) -> Result<(u16, Option<Ws>), String> {
-    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    tcp.set_nodelay(true).map_err(|e| e.to_string())?;
-    let key = base64(&fastrand::u128(..).to_be_bytes());
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\
-         Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n"
-    );
-    let mut ws = Ws {
-        tcp,
-        buf: Vec::new(),
-        partial: None,
-    };
-    ws.write(request.as_bytes()).await?;
-    let end = loop {
-        if let Some(i) = ws.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        if !timeout(WAIT, ws.read_more())
-            .await
-            .map_err(|_| "no handshake response")??
-        {
-            return Err("closed during the handshake".into());
-        }
-    };
-    let head = String::from_utf8_lossy(&ws.buf[..end]).to_string();
-    ws.buf.drain(..end);
-    let status: u16 = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("bad status line: {head}"))?;
-    if status != 101 {
-        return Ok((status, None));
-    }
-    let header = |name: &str| {
-        head.lines().find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.trim()
-                .eq_ignore_ascii_case(name)
-                .then(|| v.trim().to_string())
-        })
-    };
-    let expected = accept_key(&key);
-    if header("sec-websocket-accept").as_deref() != Some(expected.as_str()) {
-        return Err(format!(
-            "bad Sec-WebSocket-Accept (want {expected}): {head}"
-        ));
-    }
-    if !header("upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket")) {
-        return Err(format!("no Upgrade: websocket: {head}"));
-    }
-    if header("sec-websocket-extensions").is_some() {
-        // Offered above; compression is out of scope (docs/conformance.md).
-        return Err(format!("an extension was accepted: {head}"));
-    }
-    Ok((status, Some(ws)))
-}
-
-impl Ws {
-    async fn open(addr: SocketAddr) -> Result<Ws, String> {
-        match handshake(addr, "/test/echo").await? {
-            (101, Some(ws)) => Ok(ws),
-            (status, _) => Err(format!("upgrade answered {status}")),
-        }
-    }
-
-    async fn write(&mut self, bytes: &[u8]) -> Result<(), String> {
-        self.tcp.write_all(bytes).await.map_err(|e| e.to_string())?;
-        self.tcp.flush().await.map_err(|e| e.to_string())
-    }
-
-    /// Reads more bytes into the buffer; false at EOF (a reset counts as EOF).
-    async fn read_more(&mut self) -> Result<bool, String> {
-        self.buf.reserve(64 * 1024);
-        match self.tcp.read_buf(&mut self.buf).await {
-            Ok(0) => Ok(false),
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Ok(false),
-            Err(e) => Err(e.to_string()),
-        }
-    }
-
-    async fn fill(&mut self, n: usize) -> Result<bool, String> {
-        while self.buf.len() < n {
-            if !self.read_more().await? {
-                return Ok(false);
-            }
-        }
-        Ok(true)
-    }
-
-    /// One server frame, checked against what a server may send; `None` at EOF.
-    async fn read_frame(&mut self) -> Result<Option<(bool, u8, Vec<u8>)>, String> {
-        if !self.fill(2).await? {
-            if self.buf.is_empty() {
-                return Ok(None);
-            }
-            return Err("TCP closed inside a frame header".into());
-        }
-        let (b0, b1) = (self.buf[0], self.buf[1]);
-        let fin = b0 & 0x80 != 0;
-        let opcode = b0 & 0x0f;
-        if b0 & 0x70 != 0 {
-            return Err(format!("server frame with RSV bits: {b0:#04x}"));
-        }
-        if b1 & 0x80 != 0 {
-            return Err("server frame is masked".into());
-        }
-        if !matches!(opcode, CONT | TEXT | BINARY | CLOSE | PING | PONG) {
-            return Err(format!("server frame with reserved opcode {opcode}"));
-        }
-        let (len, head) = match b1 & 0x7f {
-            126 => {
-                if !self.fill(4).await? {
-                    return Err("TCP closed inside a frame header".into());
-                }
-                (
-                    usize::from(u16::from_be_bytes([self.buf[2], self.buf[3]])),
-                    4,
-                )
-            }
-            127 => {
-                if !self.fill(10).await? {
-                    return Err("TCP closed inside a frame header".into());
-                }
-                let n = u64::from_be_bytes(self.buf[2..10].try_into().unwrap());
-                (usize::try_from(n).map_err(|_| "absurd length")?, 10)
-            }
-            n => (usize::from(n), 2),
-        };
-        if opcode >= CLOSE && (!fin || len > 125) {
-            return Err(format!("bad server control frame: fin {fin}, {len} bytes"));
-        }
-        if !self.fill(head + len).await? {
-            return Err("TCP closed inside a frame".into());
-        }
-        let payload = self.buf[head..head + len].to_vec();
-        self.buf.drain(..head + len);
-        Ok(Some((fin, opcode, payload)))
-    }
-
-    /// The next message, pong, close or EOF. Server pings are answered and skipped; server
-    /// fragments are reassembled (Autobahn group 10: any framing of the echo is fine).
-    async fn next(&mut self) -> Result<Got, String> {
-        timeout(WAIT, self.next_inner())
-            .await
-            .map_err(|_| format!("nothing within {WAIT:?}"))?
-    }
-
-    async fn next_inner(&mut self) -> Result<Got, String> {
-        loop {
-            let Some((fin, opcode, payload)) = self.read_frame().await? else {
-                if self.partial.is_some() {
-                    return Err("TCP closed inside a fragmented message".into());
-                }
-                return Ok(Got::Eof);
-            };
-            let whole = match opcode {
-                PING => {
-                    let mut f = pong(payload);
-                    f.masked = true;
-                    let _ = self.write(&f.encode()).await;
-                    continue;
-                }
-                PONG => return Ok(Got::Pong(payload)),
-                CLOSE => return Ok(Got::Close(payload)),
-                TEXT | BINARY => {
-                    if self.partial.is_some() {
-                        return Err("server started a message inside another".into());
-                    }
-                    if !fin {
-                        self.partial = Some((opcode, payload));
-                        continue;
-                    }
-                    (opcode, payload)
-                }
-                _ => {
-                    let Some((_, buf)) = self.partial.as_mut() else {
-                        return Err("server continuation without a message".into());
-                    };
-                    buf.extend_from_slice(&payload);
-                    if !fin {
-                        continue;
-                    }
-                    self.partial.take().unwrap()
-                }
-            };
-            return Ok(match whole {
-                (TEXT, b) => {
-                    if std::str::from_utf8(&b).is_err() {
-                        return Err("server sent invalid UTF-8 in a text message".into());
-                    }
-                    Got::Text(b)
-                }
-                (_, b) => Got::Binary(b),
-            });
-        }
-    }
-
-    /// A close frame from the server, checked: a code it may send, a UTF-8 reason.
-    async fn expect_close(&mut self, want: &[u16]) -> Result<(), String> {
-        let got = self.next().await?;
-        let Got::Close(payload) = got else {
-            return Err(format!("want close {want:?}, got {}", describe(&got)));
-        };
-        let code = match payload.len() {
-            0 => None,
-            1 => return Err("server close with a 1-byte payload".into()),
-            _ => Some(u16::from_be_bytes([payload[0], payload[1]])),
-        };
-        if let Some(code) = code {
-            if !sendable(code) {
-                return Err(format!(
-                    "server sent close code {code}, invalid on the wire"
-                ));
-            }
-            if std::str::from_utf8(&payload[2..]).is_err() {
-                return Err("server close reason is not UTF-8".into());
-            }
-        }
-        // An empty close stands for 1000.
-        if !want.contains(&code.unwrap_or(1000)) {
-            return Err(format!("want close {want:?}, got {code:?}"));
-        }
-        Ok(())
-    }
-
-    /// After the close handshake the server closes TCP, sending nothing more.
-    async fn expect_eof(&mut self) -> Result<(), String> {
-        match self.next().await {
-            Ok(Got::Eof) => Ok(()),
-            Ok(got) => Err(format!("want TCP closed, got {}", describe(&got))),
-            Err(e) => Err(format!("want TCP closed: {e}")),
-        }
-    }
-}
-
-fn accept_key(key: &str) -> String {
-    base64(&sha1(
-        format!("{key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11").as_bytes(),
-    ))
-}
-
-/// SHA-1 (FIPS 180-4), just for the Sec-WebSocket-Accept check.
-fn sha1(data: &[u8]) -> [u8; 20] {
-    let mut h: [u32; 5] = [
-        0x6745_2301,
-        0xefcd_ab89,
-        0x98ba_dcfe,
-        0x1032_5476,
-        0xc3d2_e1f0,
-    ];
-    let mut msg = data.to_vec();
-    msg.push(0x80);
-    while msg.len() % 64 != 56 {
-        msg.push(0);
-    }
-    msg.extend_from_slice(&(data.len() as u64 * 8).to_be_bytes());
-    for block in msg.chunks(64) {
-        let mut w = [0u32; 80];
-        for (i, word) in block.chunks(4).enumerate() {
-            w[i] = u32::from_be_bytes(word.try_into().unwrap());
-        }
-        for i in 16..80 {
-            w[i] = (w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16]).rotate_left(1);
-        }
-        let [mut a, mut b, mut c, mut d, mut e] = h;
-        for (i, wi) in w.iter().enumerate() {
-            let (f, k) = match i {
-                0..=19 => ((b & c) | (!b & d), 0x5a82_7999),
-                20..=39 => (b ^ c ^ d, 0x6ed9_eba1),
-                40..=59 => ((b & c) | (b & d) | (c & d), 0x8f1b_bcdc),
-                _ => (b ^ c ^ d, 0xca62_c1d6),
-            };
-            let t = a
-                .rotate_left(5)
-                .wrapping_add(f)
-                .wrapping_add(e)
-                .wrapping_add(k)
-                .wrapping_add(*wi);
-            e = d;
-            d = c;
-            c = b.rotate_left(30);
-            b = a;
-            a = t;
-        }
-        for (x, y) in h.iter_mut().zip([a, b, c, d, e]) {
-            *x = x.wrapping_add(y);
-        }
-    }
-    let mut out = [0u8; 20];
-    for (o, x) in out.chunks_mut(4).zip(h) {
-        o.copy_from_slice(&x.to_be_bytes());
-    }
-    out
-}
-
-fn base64(data: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in data.chunks(3) {
-        let byte = |i: usize| u32::from(chunk.get(i).copied().unwrap_or(0));
-        let n = (byte(0) << 16) | (byte(1) << 8) | byte(2);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+/// A socket on the echo endpoint.
+async fn echo(addr: SocketAddr) -> Result<RawWs, String> {
+    RawWs::open(addr, "/test/echo").await
 }
 
 // --- Cases -----------------------------------------------------------------------------
@@ -524,7 +85,7 @@ fn bytes_of(frames: &[Frame]) -> Vec<u8> {
 }
 
 async fn run_case(addr: SocketAddr, case: &Case) -> Result<(), String> {
-    let mut ws = Ws::open(addr).await?;
+    let mut ws = echo(addr).await?;
     for (i, step) in case.steps.iter().enumerate() {
         let want = match step {
             Step::Send(frames) => {
@@ -1694,13 +1255,13 @@ async fn g7_close() {
 
     // The client drops TCP right after the handshake, and in the middle of a frame: the
     // node carries on.
-    let ws = Ws::open(node.addr).await.unwrap();
+    let ws = echo(node.addr).await.unwrap();
     drop(ws);
-    let mut ws = Ws::open(node.addr).await.unwrap();
+    let mut ws = echo(node.addr).await.unwrap();
     let half = text("Hello").encode();
     ws.write(&half[..4]).await.unwrap();
     drop(ws);
-    let mut ws = Ws::open(node.addr).await.unwrap();
+    let mut ws = echo(node.addr).await.unwrap();
     ws.write(&text("still here").encode()).await.unwrap();
     assert_eq!(ws.next().await.unwrap(), Got::Text(b"still here".to_vec()));
     // Our Close, answered, and TCP closed by the server without waiting for us.

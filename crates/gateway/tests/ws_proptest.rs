@@ -22,9 +22,10 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Once;
 use std::time::Duration;
-use support::{client_frame, sendable};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use support::raw_ws::{
+    close, close_code, fragments, ping, pong, sendable, text, Frame, Got, RawWs, BINARY, CLOSE,
+    CONT, PING, PONG, TEXT,
+};
 use tokio::time::timeout;
 
 const CASES: u32 = 256;
@@ -34,13 +35,6 @@ const LIMIT: usize = 2048;
 const QUIET: Duration = Duration::from_millis(250);
 /// After our half-close, the server must close TCP within this.
 const CLOSE_WITHIN: Duration = Duration::from_secs(5);
-
-const CONT: u8 = 0x0;
-const TEXT: u8 = 0x1;
-const BINARY: u8 = 0x2;
-const CLOSE: u8 = 0x8;
-const PING: u8 = 0x9;
-const PONG: u8 = 0xA;
 
 /// Close codes the server documents: `protocol::CloseCode` and RFC 6455's 1000, 1002, 1007,
 /// 1009. An echo of a valid code the client sent is allowed too.
@@ -80,32 +74,6 @@ fn count_panics() {
 }
 
 // --- What a case sends -----------------------------------------------------------------
-
-#[derive(Debug, Clone)]
-struct RawFrame {
-    fin: bool,
-    rsv: u8,
-    opcode: u8,
-    masked: bool,
-    payload: Vec<u8>,
-}
-
-impl RawFrame {
-    fn new(opcode: u8, fin: bool, payload: Vec<u8>) -> RawFrame {
-        RawFrame {
-            fin,
-            rsv: 0,
-            opcode,
-            masked: true,
-            payload,
-        }
-    }
-
-    fn encode(&self, mask: [u8; 4]) -> Vec<u8> {
-        let mask = self.masked.then_some(mask);
-        client_frame(self.fin, self.rsv, self.opcode, mask, &self.payload)
-    }
-}
 
 /// A well-formed building block, before mutations.
 #[derive(Debug, Clone)]
@@ -242,7 +210,7 @@ fn case_strategy() -> impl Strategy<Value = Case> {
         })
 }
 
-fn frames_of(items: &[Item]) -> Vec<RawFrame> {
+fn frames_of(items: &[Item]) -> Vec<Frame> {
     let mut frames = Vec::new();
     for item in items {
         match item {
@@ -250,41 +218,26 @@ fn frames_of(items: &[Item]) -> Vec<RawFrame> {
                 text,
                 payload,
                 pieces,
-                ping,
+                ping: between,
             } => {
                 let opcode = if *text { TEXT } else { BINARY };
                 let size = payload.len().div_ceil(*pieces).max(1);
-                let chunks: Vec<&[u8]> = if payload.is_empty() {
-                    vec![&[]; 1]
-                } else {
-                    payload.chunks(size).collect()
-                };
-                let last = chunks.len() - 1;
-                for (i, c) in chunks.into_iter().enumerate() {
-                    let op = if i == 0 { opcode } else { CONT };
-                    frames.push(RawFrame::new(op, i == last, c.to_vec()));
-                    if i == 0 && i != last {
-                        if let Some(p) = ping {
-                            frames.push(RawFrame::new(PING, true, p.clone()));
-                        }
-                    }
+                let mut message = fragments(opcode, payload, size);
+                if let (Some(p), true) = (between, message.len() > 1) {
+                    message.insert(1, ping(p.clone()));
                 }
+                frames.extend(message);
             }
-            Item::Ping(p) => frames.push(RawFrame::new(PING, true, p.clone())),
-            Item::Pong(p) => frames.push(RawFrame::new(PONG, true, p.clone())),
-            Item::Close(c) => {
-                let payload = c
-                    .as_ref()
-                    .map(|(code, reason)| [&code.to_be_bytes()[..], reason].concat())
-                    .unwrap_or_default();
-                frames.push(RawFrame::new(CLOSE, true, payload));
-            }
+            Item::Ping(p) => frames.push(ping(p.clone())),
+            Item::Pong(p) => frames.push(pong(p.clone())),
+            Item::Close(Some((code, reason))) => frames.push(close(*code, reason)),
+            Item::Close(None) => frames.push(Frame::new(CLOSE, Vec::new())),
         }
     }
     frames
 }
 
-fn mutate(frames: &mut [RawFrame], mutations: &[Mutation]) {
+fn mutate(frames: &mut [Frame], mutations: &[Mutation]) {
     if frames.is_empty() {
         return;
     }
@@ -312,10 +265,13 @@ fn mutate(frames: &mut [RawFrame], mutations: &[Mutation]) {
 }
 
 /// The bytes of a case, ending with a well-formed Close(1000) of ours, and the frames.
-fn bytes_of(case: &Case) -> (Vec<u8>, Vec<RawFrame>) {
+fn bytes_of(case: &Case) -> (Vec<u8>, Vec<Frame>) {
     let mut frames = frames_of(&case.items);
     mutate(&mut frames, &case.mutations);
-    let mut bytes: Vec<u8> = frames.iter().flat_map(|f| f.encode(case.mask)).collect();
+    let mut bytes: Vec<u8> = frames
+        .iter()
+        .flat_map(|f| f.encode_with(case.mask))
+        .collect();
     match &case.tail {
         Tail::Nothing => {}
         Tail::Truncate(n) => bytes.truncate(bytes.len().saturating_sub(*n)),
@@ -330,13 +286,13 @@ fn bytes_of(case: &Case) -> (Vec<u8>, Vec<RawFrame>) {
             bytes.extend_from_slice(&[0u8; 10]);
         }
     }
-    bytes.extend(RawFrame::new(CLOSE, true, 1000u16.to_be_bytes().to_vec()).encode(case.mask));
+    bytes.extend(close(1000, b"").encode_with(case.mask));
     (bytes, frames)
 }
 
 /// What the echo endpoint must send for a sequence that breaks no rule, or `None` when the
 /// sequence breaks one (then only the general property applies).
-fn echo_oracle(case: &Case, frames: &[RawFrame]) -> Option<Vec<Seen>> {
+fn echo_oracle(case: &Case, frames: &[Frame]) -> Option<Vec<Seen>> {
     if !case.mutations.is_empty() || !matches!(case.tail, Tail::Nothing) {
         return None;
     }
@@ -398,8 +354,9 @@ fn echo_oracle(case: &Case, frames: &[RawFrame]) -> Option<Vec<Seen>> {
     Some(out)
 }
 
-// --- The raw client --------------------------------------------------------------------
+// --- What the server sends --------------------------------------------------------------
 
+/// What the server sent, in the oracle's terms: a Close by its code.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Seen {
     Text(Vec<u8>),
@@ -408,165 +365,44 @@ enum Seen {
     Close(Option<u16>),
 }
 
-struct Raw {
-    tcp: TcpStream,
-    buf: Vec<u8>,
+/// Moves what the bytes read so far complete into `seen` (server pings are not answered).
+fn take_buffered(raw: &mut RawWs, seen: &mut Vec<Seen>) -> Result<(), String> {
+    while let Some(got) = raw.buffered()? {
+        seen.push(match got {
+            Got::Text(b) => Seen::Text(b),
+            Got::Binary(b) => Seen::Binary(b),
+            Got::Pong(b) => Seen::Pong(b),
+            Got::Close(payload) => Seen::Close(close_code(&payload)?),
+            Got::Ping(_) | Got::Eof => continue,
+        });
+    }
+    Ok(())
 }
 
-async fn connect(addr: SocketAddr, path: &str) -> Result<Raw, String> {
-    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    tcp.set_nodelay(true).map_err(|e| e.to_string())?;
-    let mut raw = Raw {
-        tcp,
-        buf: Vec::new(),
-    };
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: cHJvcHRlc3Qtcm9vbWNhc3Q=\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    );
-    raw.tcp
-        .write_all(request.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
-    let end = loop {
-        if let Some(i) = raw.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        match timeout(CLOSE_WITHIN, raw.read_more()).await {
+/// Reads until the server closes TCP. When it goes quiet first (it waits for the rest of a
+/// frame that never comes), half-closes our side, which it must treat as the end.
+async fn read_to_end(raw: &mut RawWs) -> Result<Vec<Seen>, String> {
+    let mut seen = Vec::new();
+    let mut half_closed = false;
+    loop {
+        take_buffered(raw, &mut seen)?;
+        let limit = if half_closed { CLOSE_WITHIN } else { QUIET };
+        match timeout(limit, raw.read_more()).await {
             Ok(Ok(true)) => {}
-            _ => return Err("no handshake response".into()),
-        }
-    };
-    let head = String::from_utf8_lossy(&raw.buf[..end]).to_string();
-    if !head.starts_with("HTTP/1.1 101") {
-        return Err(format!("upgrade refused: {head}"));
-    }
-    raw.buf.drain(..end);
-    Ok(raw)
-}
-
-impl Raw {
-    async fn read_more(&mut self) -> Result<bool, String> {
-        self.buf.reserve(16 * 1024);
-        match self.tcp.read_buf(&mut self.buf).await {
-            Ok(0) => Ok(false),
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Ok(false),
-            Err(e) => Err(e.to_string()),
-        }
-    }
-
-    /// Parses whole frames out of the buffer, checking that each is a legal server frame.
-    fn parse(
-        &mut self,
-        seen: &mut Vec<Seen>,
-        partial: &mut Option<(u8, Vec<u8>)>,
-    ) -> Result<(), String> {
-        loop {
-            if self.buf.len() < 2 {
-                return Ok(());
+            Ok(Ok(false)) => {
+                take_buffered(raw, &mut seen)?;
+                if raw.buffered_bytes() > 0 {
+                    return Err("TCP closed inside a server frame".into());
+                }
+                return Ok(seen);
             }
-            let (b0, b1) = (self.buf[0], self.buf[1]);
-            let (fin, opcode) = (b0 & 0x80 != 0, b0 & 0x0f);
-            if b0 & 0x70 != 0 || b1 & 0x80 != 0 {
-                return Err(format!("illegal server frame header {b0:#04x} {b1:#04x}"));
-            }
-            let (len, head) = match b1 & 0x7f {
-                126 if self.buf.len() >= 4 => (
-                    usize::from(u16::from_be_bytes([self.buf[2], self.buf[3]])),
-                    4,
-                ),
-                127 if self.buf.len() >= 10 => (
-                    u64::from_be_bytes(self.buf[2..10].try_into().unwrap()) as usize,
-                    10,
-                ),
-                126 | 127 => return Ok(()),
-                n => (usize::from(n), 2),
-            };
-            if self.buf.len() < head + len {
-                return Ok(());
-            }
-            let payload: Vec<u8> = self.buf.drain(..head + len).skip(head).collect();
-            if opcode >= CLOSE && (!fin || len > 125) {
-                return Err(format!(
-                    "illegal server control frame, opcode {opcode}, {len} bytes"
-                ));
-            }
-            let whole = match opcode {
-                PING => continue,
-                PONG => {
-                    seen.push(Seen::Pong(payload));
-                    continue;
-                }
-                CLOSE => {
-                    let code = match payload.len() {
-                        0 => None,
-                        1 => return Err("server close with 1 byte".into()),
-                        _ => Some(u16::from_be_bytes([payload[0], payload[1]])),
-                    };
-                    if payload.len() > 2 && std::str::from_utf8(&payload[2..]).is_err() {
-                        return Err("server close reason is not UTF-8".into());
-                    }
-                    seen.push(Seen::Close(code));
-                    continue;
-                }
-                TEXT | BINARY if partial.is_none() => {
-                    if !fin {
-                        *partial = Some((opcode, payload));
-                        continue;
-                    }
-                    (opcode, payload)
-                }
-                CONT if partial.is_some() => {
-                    let Some((_, buf)) = partial.as_mut() else {
-                        unreachable!()
-                    };
-                    buf.extend_from_slice(&payload);
-                    if !fin {
-                        continue;
-                    }
-                    partial.take().unwrap()
-                }
-                _ => return Err(format!("illegal server frame sequence at opcode {opcode}")),
-            };
-            seen.push(match whole {
-                (TEXT, b) => {
-                    if std::str::from_utf8(&b).is_err() {
-                        return Err("server text is not UTF-8".into());
-                    }
-                    Seen::Text(b)
-                }
-                (_, b) => Seen::Binary(b),
-            });
-        }
-    }
-
-    /// Reads until the server closes TCP. When it goes quiet first (it waits for the rest
-    /// of a frame that never comes), half-closes our side, which it must treat as the end.
-    async fn read_to_end(&mut self) -> Result<Vec<Seen>, String> {
-        let mut seen = Vec::new();
-        let mut partial = None;
-        let mut half_closed = false;
-        loop {
-            self.parse(&mut seen, &mut partial)?;
-            let limit = if half_closed { CLOSE_WITHIN } else { QUIET };
-            match timeout(limit, self.read_more()).await {
-                Ok(Ok(true)) => {}
-                Ok(Ok(false)) => {
-                    self.parse(&mut seen, &mut partial)?;
-                    if !self.buf.is_empty() {
-                        return Err("TCP closed inside a server frame".into());
-                    }
-                    return Ok(seen);
-                }
-                Ok(Err(e)) => return Err(e),
-                Err(_) if half_closed => return Err("the server never closed TCP".into()),
-                Err(_) => {
-                    // The server may be gone already; then the read below sees EOF.
-                    let _ = self.tcp.shutdown().await;
-                    half_closed = true;
-                    HALF_CLOSED.fetch_add(1, Ordering::Relaxed);
-                }
+            Ok(Err(e)) => return Err(e),
+            Err(_) if half_closed => return Err("the server never closed TCP".into()),
+            Err(_) => {
+                // The server may be gone already; then the read below sees EOF.
+                let _ = raw.shutdown().await;
+                half_closed = true;
+                HALF_CLOSED.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -592,21 +428,21 @@ fn path(endpoint: Endpoint) -> String {
 
 async fn check(addr: SocketAddr, endpoint: Endpoint, case: &Case) -> Result<(), String> {
     let (bytes, frames) = bytes_of(case);
-    let mut raw = connect(addr, &path(endpoint)).await?;
+    let mut raw = RawWs::open(addr, &path(endpoint)).await?;
     // Writes may fail once the server has closed: what it sent still counts.
     match case.chop {
         Some(n) => {
             for chunk in bytes.chunks(n) {
-                if raw.tcp.write_all(chunk).await.is_err() {
+                if raw.write(chunk).await.is_err() {
                     break;
                 }
             }
         }
         None => {
-            let _ = raw.tcp.write_all(&bytes).await;
+            let _ = raw.write(&bytes).await;
         }
     }
-    let seen = raw.read_to_end().await?;
+    let seen = read_to_end(&mut raw).await?;
 
     // Codes the client itself sent in a Close the server may echo.
     let ours: Vec<u16> = frames
@@ -663,21 +499,16 @@ async fn check(addr: SocketAddr, endpoint: Endpoint, case: &Case) -> Result<(), 
 
 /// A fresh connection is served normally.
 async fn alive(addr: SocketAddr, endpoint: Endpoint) -> Result<(), String> {
-    let mut raw = connect(addr, &path(endpoint)).await?;
+    let mut raw = RawWs::open(addr, &path(endpoint)).await?;
     let (request, want) = match endpoint {
         Endpoint::Echo => ("alive", 1),
         Endpoint::Native => (r#"{"id":1,"op":"ping"}"#, 3),
     };
-    let f = RawFrame::new(TEXT, true, request.as_bytes().to_vec());
-    raw.tcp
-        .write_all(&f.encode([7, 7, 7, 7]))
-        .await
-        .map_err(|e| e.to_string())?;
+    raw.write(&text(request).encode_with([7, 7, 7, 7])).await?;
     let mut seen = Vec::new();
-    let mut partial = None;
     while seen.len() < want {
         match timeout(CLOSE_WITHIN, raw.read_more()).await {
-            Ok(Ok(true)) => raw.parse(&mut seen, &mut partial)?,
+            Ok(Ok(true)) => take_buffered(&mut raw, &mut seen)?,
             _ => return Err(format!("no answer on a fresh connection: {seen:?}")),
         }
     }

@@ -7,10 +7,32 @@
 //!
 //! Wire form: a map with `t` (`message`, `presence`, `room_closed`, `disconnect_user`,
 //! `probe`) and the variant's fields; `message` has `room, offset, epoch, from, data, ts`.
+//!
+//! One `message` envelope is not built by this codec: the Redis publish script builds it in
+//! Lua, inside the atomic step that assigns the offset. It takes the map's names from
+//! [`message`], and the test `message_names_are_the_codecs` holds those names to the codec.
+//! Where an envelope travels is [`crate::channel`].
 
 use crate::data::Data;
 use crate::frame::{PresenceAction, Publication};
 use serde::{Deserialize, Serialize};
+
+/// The key of the variant tag in every envelope map.
+pub const TAG: &str = "t";
+
+/// The names of a `message` envelope's map, for code that builds the map itself instead of
+/// calling [`Envelope::encode`] (the Redis publish script). `offset` and `ts` are integers;
+/// the others are strings, `data` being the payload as JSON text.
+pub mod message {
+    /// The value of [`super::TAG`].
+    pub const TAG_VALUE: &str = "message";
+    pub const ROOM: &str = "room";
+    pub const OFFSET: &str = "offset";
+    pub const EPOCH: &str = "epoch";
+    pub const FROM: &str = "from";
+    pub const DATA: &str = "data";
+    pub const TS: &str = "ts";
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(try_from = "Wire", into = "Wire")]
@@ -193,6 +215,38 @@ mod tests {
             let bytes = env.encode().expect("encode");
             assert_eq!(Envelope::decode(&bytes).expect("decode"), env);
         }
+    }
+
+    #[test]
+    fn message_names_are_the_codecs() {
+        // The names the publish script builds its map from are exactly the codec's.
+        let env = Envelope::Message(Publication {
+            room: "r".into(),
+            offset: 7,
+            epoch: "e".into(),
+            from: "u".into(),
+            data: Data::from_value(&serde_json::json!([1])).expect("d"),
+            ts: 9,
+        });
+        let bytes = env.encode().expect("encode");
+        let map: serde_json::Map<String, serde_json::Value> =
+            rmp_serde::from_slice(&bytes).expect("a map");
+        let mut keys: Vec<&str> = map.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        let mut names = vec![
+            TAG,
+            message::ROOM,
+            message::OFFSET,
+            message::EPOCH,
+            message::FROM,
+            message::DATA,
+            message::TS,
+        ];
+        names.sort_unstable();
+        assert_eq!(keys, names);
+        assert_eq!(map[TAG], message::TAG_VALUE);
+        assert!(map[message::OFFSET].is_u64() && map[message::TS].is_u64());
+        assert_eq!(map[message::DATA], "[1]", "data travels as JSON text");
     }
 
     #[test]

@@ -9,17 +9,24 @@
 //! - [`room_name`]: the room-name grammar.
 //! - [`socketio`]: Engine.IO v4 and Socket.IO v5 packets (WebSocket transport).
 //! - [`msgpack_depth`]: a non-recursive depth check that guards the MessagePack decoder.
-//! - [`envelope`]: what one gateway node sends another through the fan-out (MessagePack).
+//! - [`envelope`]: what one gateway node sends another through the fan-out (MessagePack), and
+//!   the names of a `message` envelope's map, for the Redis publish script that builds it.
+//! - [`channel`]: the Redis shard channels envelopes travel on, named for both sides.
 //! - [`traffic`]: the `traffic_status` body shared by the WebSocket event and `GET /status`.
 //! - [`value`]: untrusted bytes to a `serde_json::Value`; every decoder here parses with it.
+//! - [`clock`]: wall-clock milliseconds, the unit of every timestamp.
+//! - [`hash`]: FNV-1a, a hash that is stable across processes and versions.
 //!
 //! The contract is documented for humans in `docs/protocol.md`; keep the two in step.
 
+pub mod channel;
+pub mod clock;
 pub mod codec;
 pub mod codes;
 pub mod data;
 pub mod envelope;
 pub mod frame;
+pub mod hash;
 pub mod msgpack_depth;
 pub mod room_name;
 pub mod socketio;

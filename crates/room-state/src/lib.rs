@@ -1,5 +1,5 @@
 //! Where a room's state lives: rooms, members (presence), history, rate limits and traffic
-//! counters, behind traits with one in-memory and (later) one Redis Cluster implementation.
+//! counters, behind traits with two implementations: in memory, and on Redis Cluster.
 //!
 //! Map of the crate:
 //! - [`rooms`]: the [`RoomStore`] trait: create, join (with recovery), leave, publish, history,
@@ -9,19 +9,24 @@
 //! - [`sessions`]: the [`SessionStore`] trait: saved Socket.IO socket state, taken once.
 //! - [`recovery`]: the pure rule that decides whether a `since` position can be recovered.
 //! - [`model`]: plain data passed through the traits.
+//! - [`observer`]: the [`CommandObserver`] a backend reports its remote commands to (metrics).
 //! - [`memory`]: the embedded backend, used by a single node and by unit tests.
-//! - [`redis`]: the Redis Cluster backend (fred): one slot per room, Lua scripts per op.
+//! - [`redis`]: the Redis Cluster backend: one slot per room, Lua scripts per op. fred stays
+//!   inside it: [`RedisSettings`] in, [`RedisState`] out.
 //! - [`testsuite`]: one conformance suite that every backend must pass.
 //!
 //! Invariants every backend keeps:
 //! - offsets in a room go 1, 2, 3… within one epoch, with no gaps and no reuse;
 //! - a room whose state was lost comes back with a new epoch, never with reused offsets;
-//! - a publish is handed to the fan-out in offset order, as part of the same atomic step.
+//! - a publish is handed to the fan-out in offset order, as part of the same atomic step. On
+//!   Redis that hand-off is an SPUBLISH on the room's `protocol::channel`, of a
+//!   `protocol::envelope`, so this crate and the fan-out share only the `protocol` crate.
 
 pub mod error;
 pub mod limits;
 pub mod memory;
 pub mod model;
+pub mod observer;
 pub mod recovery;
 pub mod redis;
 pub mod rooms;
@@ -33,6 +38,7 @@ pub use error::StateError;
 pub use limits::RateLimits;
 pub use memory::MemoryState;
 pub use model::{Decision, JoinOutcome, MemberRecord, NodeInfo, RoomConfig, RoomInfo};
+pub use observer::{Command, CommandObserver};
 pub use redis::{RedisSettings, RedisState};
 pub use rooms::{PublishSink, RoomStore};
 pub use sessions::SessionStore;

@@ -210,12 +210,7 @@ pub async fn rooms(store: &dyn RoomStore, prefix: &str) {
 /// Empty rooms expire after their TTL; rooms with members do not. Real time (about 3 s),
 /// because Redis expires keys on its own clock.
 pub async fn expiry(store: &dyn RoomStore, prefix: &str) {
-    let now = || {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64
-    };
+    let now = protocol::clock::now_ms;
     let room = format!("{prefix}ttl");
     let cfg = RoomConfig {
         max_members: None,

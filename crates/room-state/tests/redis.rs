@@ -5,19 +5,29 @@
 
 #![allow(clippy::unwrap_used)]
 
-use room_state::{testsuite, RedisSettings, RedisState};
+use protocol::envelope::Envelope;
+use protocol::Data;
+use room_state::{testsuite, RedisSettings, RedisState, RoomConfig, RoomStore};
 use std::time::Duration;
 
-async fn state() -> RedisState {
+fn urls() -> Vec<String> {
     let urls = std::env::var("ROOMCAST_TEST_REDIS_CLUSTER").expect(
         "ROOMCAST_TEST_REDIS_CLUSTER is not set: run `make test`, or start a cluster with \
          deploy/local/redis-cluster.sh start 7100 and export its `urls`",
     );
+    urls.split(',').map(str::to_string).collect()
+}
+
+async fn state() -> RedisState {
+    state_with(false).await
+}
+
+async fn state_with(durable_publish: bool) -> RedisState {
     RedisState::connect(RedisSettings {
-        urls: urls.split(',').map(str::to_string).collect(),
+        urls: urls(),
         pool_size: 2,
         command_timeout: Duration::from_secs(2),
-        durable_publish: false,
+        durable_publish,
         durable_timeout: Duration::from_millis(500),
         default_history: 100,
         default_ttl_ms: 3_600_000,
@@ -53,4 +63,64 @@ async fn traffic() {
 #[tokio::test]
 async fn sessions() {
     testsuite::sessions(&state().await, &prefix("sessions")).await;
+}
+
+/// The cross-node contract, end to end: what a publish puts on the room's channel (as named by
+/// `protocol::channel`) decodes with `protocol::envelope` into the very publication the store
+/// returned. Both ways: the envelope the script builds in Lua, and the one the durable path
+/// encodes after `WAIT`.
+#[tokio::test]
+async fn published_envelopes_decode_with_the_protocol() {
+    use fred::prelude::*;
+    let hosts = urls()
+        .iter()
+        .map(|url| {
+            let (host, port) = url
+                .trim_start_matches("redis://")
+                .trim_end_matches('/')
+                .rsplit_once(':')
+                .unwrap();
+            (host.to_string(), port.parse::<u16>().unwrap())
+        })
+        .collect();
+    let config = Config {
+        server: ServerConfig::new_clustered(hosts),
+        ..Config::default()
+    };
+    let subscriber = Builder::from_config(config)
+        .build_subscriber_client()
+        .unwrap();
+    subscriber.init().await.unwrap();
+    let mut messages = subscriber.message_rx();
+    for durable in [false, true] {
+        let store = state_with(durable).await;
+        let room = format!("{}wire", prefix(if durable { "durable" } else { "lua" }));
+        let channel = protocol::channel::room(&room);
+        subscriber.ssubscribe(channel.as_str()).await.unwrap();
+        let config = RoomConfig {
+            max_members: None,
+            history_size: 10,
+            ttl_secs: 60,
+        };
+        let now = protocol::clock::now_ms();
+        store.create(&room, &config, now).await.unwrap();
+        let data = Data::from_value(&serde_json::json!({"a": [1, "x", null], "b": "é"})).unwrap();
+        let publication = store
+            .publish(&room, None, "server", data, now)
+            .await
+            .unwrap();
+        let msg = tokio::time::timeout(Duration::from_secs(5), messages.recv())
+            .await
+            .expect("nothing published within 5 s")
+            .unwrap();
+        assert_eq!(&*msg.channel, channel.as_str());
+        let bytes = msg.value.as_bytes().expect("a binary message");
+        assert_eq!(
+            Envelope::decode(bytes).unwrap(),
+            Envelope::Message(publication),
+            "durable: {durable}"
+        );
+        subscriber.sunsubscribe(channel.as_str()).await.unwrap();
+        store.close(&room).await.unwrap();
+    }
 }

@@ -5,7 +5,9 @@
 //! - `DELETE /api/rooms/{room}`           closes the room on every node
 //! - `POST   /api/users/{user}/disconnect` closes the user's connections on every node
 
-use super::{error, json, query, Body};
+use super::query;
+use super::response::{error, json, Body};
+use crate::auth::bearer;
 use crate::clock::now_ms;
 use crate::node::Node;
 use http_body_util::{BodyExt, Limited};
@@ -32,12 +34,7 @@ fn authorized(node: &Node, req: &Request<Incoming>) -> Result<(), Box<Response<B
             "the server API is disabled (no --api-key)",
         )));
     };
-    let given = req
-        .headers()
-        .get(hyper::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
+    let given = bearer(req.headers()).unwrap_or("");
     if constant_time_eq(given.as_bytes(), key.as_bytes()) {
         Ok(())
     } else {

@@ -1,9 +1,9 @@
-//! The native protocol v1 over WebSocket (`GET /ws`), and the WebSocket plumbing that every
-//! endpoint shares: `reader` (reassembly and close rules, pure), `inbound` (the read loop),
-//! `writer` (the write task and frame encoding).
+//! The native protocol v1 over WebSocket (`GET /ws`): JSON or MessagePack frames, one request
+//! and one reply per op. The transport is [`crate::transport`]; this module only speaks the
+//! protocol.
+//!
+//! - [`upgrade`]: the handshake: format, token, admission.
+//! - [`connection`]: the ops loop of one connection.
 
 pub mod connection;
-pub mod echo;
-pub mod inbound;
-pub mod reader;
-pub mod writer;
+pub mod upgrade;

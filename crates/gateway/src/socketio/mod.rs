@@ -1,12 +1,22 @@
 //! Socket.IO v5 over Engine.IO v4, WebSocket transport only (`GET /socket.io/`): stock
 //! Socket.IO clients use roomcast through the same ops as the native protocol.
+//!
+//! - this file: the handshake checks, in the reference server's order, then admission.
+//! - [`connection`]: the Engine.IO side of one connection: open packet, heartbeat, packets
+//!   and their binary attachments.
+//! - [`namespace`]: the Socket.IO side: the namespaces a connection joined, events → ops.
+//! - [`recovery`]: connection state recovery.
 
 pub mod connection;
 pub mod namespace;
 pub mod recovery;
 
-use crate::http::{json, Body};
+use crate::admission;
+use crate::http::query;
+use crate::http::response::{json, Body};
 use crate::node::Node;
+use crate::transport;
+use connection::{Mode, SocketIo};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use std::net::SocketAddr;
@@ -20,14 +30,14 @@ fn refuse(status: StatusCode, code: u8, message: &str) -> Response<Body> {
     )
 }
 
-/// Checks the handshake in the reference server's order, then upgrades.
+/// Checks the handshake in the reference server's order, admits, then upgrades.
 pub fn upgrade(
     node: Arc<Node>,
     peer: SocketAddr,
     mut req: Request<Incoming>,
-    mode: connection::Mode,
+    mode: Mode,
 ) -> Response<Body> {
-    let params = crate::http::query::parse(req.uri().query().unwrap_or(""));
+    let params = query::parse(req.uri().query().unwrap_or(""));
     if params.get("transport").map(String::as_str) != Some("websocket") {
         return refuse(StatusCode::BAD_REQUEST, 0, "Transport unknown");
     }
@@ -43,28 +53,18 @@ pub fn upgrade(
     if params.get("EIO").map(String::as_str) != Some("4") {
         return refuse(StatusCode::BAD_REQUEST, 5, "Unsupported protocol version");
     }
-    if let Err(refused) = crate::http::origin_allowed(&node, &req) {
-        return *refused;
-    }
-    let slot = match crate::http::admit(&node) {
-        Ok(slot) => slot,
+    let ticket = match admission::admit(&node, peer, req.headers()) {
+        Ok(ticket) => ticket,
         Err(refused) => return *refused,
     };
-    let ip = crate::client_ip::client_ip(peer.ip(), req.headers(), &node.config.trusted_proxy);
-    if !node.admit_ip(ip) {
-        node.metrics
-            .connections_rejected
-            .with_label_values(&["ip_limit"])
-            .inc();
-        return refuse(StatusCode::SERVICE_UNAVAILABLE, 4, "Forbidden");
-    }
     let (response, fut) = match fastwebsockets::upgrade::upgrade(&mut req) {
         Ok(pair) => pair,
-        Err(_) => {
-            node.release_ip(ip);
-            return refuse(StatusCode::BAD_REQUEST, 3, "Bad request");
-        }
+        Err(_) => return refuse(StatusCode::BAD_REQUEST, 3, "Bad request"),
     };
-    tokio::spawn(connection::run(node, fut, ip, slot, mode));
+    let driver = SocketIo {
+        mode,
+        ip: ticket.ip,
+    };
+    tokio::spawn(transport::run(node, fut, ticket, driver));
     response.map(|_| http_body_util::Full::new(bytes::Bytes::new()))
 }

@@ -8,10 +8,11 @@
 //! the namespace to the packet.
 
 use super::recovery;
-use crate::admission::UserSlot;
-use crate::auth::{AuthError, Identity};
+use crate::admission::{self, gate::UserSlot, Refusal};
+use crate::auth::Identity;
 use crate::node::Node;
 use crate::session::{self, Session};
+use crate::transport::Live;
 use bytes::Bytes;
 use fan_out::{LocalConn, OutFrame, Outbound};
 use protocol::codec::{encode, request_from_value};
@@ -60,9 +61,6 @@ struct Socket {
     /// Forwards a non-`/` namespace's events into the connection (see module docs).
     forwarder: Option<tokio::task::JoinHandle<()>>,
 }
-
-/// The sessions a connection has open, `(conn_id, user)`, for cleanup if its task fails.
-pub type Live = Arc<parking_lot::Mutex<Vec<(Arc<str>, String)>>>;
 
 pub struct Sockets<'a> {
     live: Live,
@@ -190,104 +188,25 @@ impl<'a> Sockets<'a> {
     async fn connect(&mut self, p: &Packet) -> Next {
         let ns = p.namespace.clone();
         if self.node.config.socketio_conformance {
-            // The test-suite server: every socket is welcome and hears its own auth back.
-            let sid = random_id();
-            push(&self.outbound, sio::connect_ok(&ns, &sid));
-            let auth = p.payload.clone().unwrap_or_else(|| json!({}));
-            push(&self.outbound, sio::event(&ns, "auth", &auth));
-            self.joined.insert(
-                ns,
-                Socket {
-                    sid,
-                    session: None,
-                    _user_slot: None,
-                    pid: None,
-                    forwarder: None,
-                },
-            );
-            self.ever_joined = true;
+            self.connect_conformance(p);
             return Next::Continue;
         }
         let auth = p.payload.as_ref();
-        let token = auth.and_then(|a| a.get("token")).and_then(Value::as_str);
-        let identity = match self.node.auth.authenticate(token, self.ip) {
-            Ok(identity) => identity,
-            Err(e) => {
-                self.node
-                    .metrics
-                    .connections_rejected
-                    .with_label_values(&["auth"])
-                    .inc();
-                let message = match e {
-                    AuthError::Missing => "a token is required",
-                    AuthError::Expired => "token expired",
-                    AuthError::Invalid => "invalid token",
-                };
+        let (identity, user_slot) = match self.admit(auth) {
+            Ok(admitted) => admitted,
+            Err((refusal, code)) => {
+                refusal.rejection.count(&self.node.metrics);
+                let data = Some(json!({ "code": code }));
                 push(
                     &self.outbound,
-                    sio::connect_error(&ns, message, Some(json!({ "code": "unauthorized" }))),
+                    sio::connect_error(&ns, &refusal.reason, data),
                 );
                 return Next::Continue;
             }
         };
-        let Some(user_slot) = self.node.gate.admit_user(&identity.user) else {
-            self.node
-                .metrics
-                .connections_rejected
-                .with_label_values(&["user_limit"])
-                .inc();
-            push(
-                &self.outbound,
-                sio::connect_error(
-                    &ns,
-                    "too many connections for this user",
-                    Some(json!({ "code": "connection_limit" })),
-                ),
-            );
-            return Next::Continue;
-        };
-        let prefix = room_prefix(&ns);
-        let identity = Identity {
-            user: identity.user,
-            // The `rooms` claim speaks of the namespace's own names.
-            rooms: identity
-                .rooms
-                .map(|patterns| patterns.iter().map(|p| format!("{prefix}{p}")).collect()),
-        };
-        let (session_outbound, forwarder) = if ns == "/" {
-            (self.outbound.clone(), None)
-        } else {
-            let (out, rx) = Outbound::new(Format::SocketIo, self.node.config.outbound_queue_bytes);
-            let out = Arc::new(out);
-            let task = tokio::spawn(forward(
-                rx,
-                out.clone(),
-                self.outbound.clone(),
-                ns.clone(),
-                prefix.clone(),
-            ));
-            (out, Some(task))
-        };
+        let (session, forwarder) = self.open_session(&ns, identity);
         let recovery_on = !self.node.config.socketio_recovery_window.is_zero();
-        if recovery_on {
-            session_outbound.start_journal(recovery::JOURNAL_LEN);
-        }
-        let conn_id: Arc<str> = Arc::from(self.node.next_conn_id());
-        self.live
-            .lock()
-            .push((conn_id.clone(), identity.user.clone()));
-        self.node.registry.register(LocalConn {
-            conn_id: conn_id.clone(),
-            user: Arc::from(identity.user.as_str()),
-            outbound: session_outbound.clone(),
-        });
-        let session = Session {
-            conn_id: conn_id.clone(),
-            identity,
-            outbound: session_outbound,
-            room_prefix: prefix.clone(),
-        };
-        let mut sid = conn_id.to_string();
+        let mut sid = session.conn_id.to_string();
         let mut pid = recovery_on.then(random_id);
         if recovery_on {
             if let Some(restored) = recovery::restore(self.node, &session, &ns, auth).await {
@@ -318,6 +237,90 @@ impl<'a> Sockets<'a> {
         );
         self.ever_joined = true;
         Next::Continue
+    }
+
+    /// The test-suite server: every socket is welcome and hears its own auth back.
+    fn connect_conformance(&mut self, p: &Packet) {
+        let ns = p.namespace.clone();
+        let sid = random_id();
+        push(&self.outbound, sio::connect_ok(&ns, &sid));
+        let auth = p.payload.clone().unwrap_or_else(|| json!({}));
+        push(&self.outbound, sio::event(&ns, "auth", &auth));
+        self.joined.insert(
+            ns,
+            Socket {
+                sid,
+                session: None,
+                _user_slot: None,
+                pid: None,
+                forwarder: None,
+            },
+        );
+        self.ever_joined = true;
+    }
+
+    /// The CONNECT packet's token and the per-user limit. A refusal comes with the `code`
+    /// that the client's `connect_error` carries.
+    fn admit(&self, auth: Option<&Value>) -> Result<(Identity, UserSlot), (Refusal, &'static str)> {
+        let token = auth.and_then(|a| a.get("token")).and_then(Value::as_str);
+        let identity = self
+            .node
+            .auth
+            .authenticate(token, self.ip)
+            .map_err(|e| (Refusal::auth(&e), "unauthorized"))?;
+        let slot = admission::admit_user(self.node, &identity)
+            .map_err(|refusal| (refusal, "connection_limit"))?;
+        Ok((identity, slot))
+    }
+
+    /// Opens the namespace's session: its identity seen through the namespace's room prefix,
+    /// its outbound (the connection's own for `/`, else one forwarded into it), the recovery
+    /// journal, and its place in the registry.
+    fn open_session(
+        &self,
+        ns: &str,
+        identity: Identity,
+    ) -> (Session, Option<tokio::task::JoinHandle<()>>) {
+        let prefix = room_prefix(ns);
+        let identity = Identity {
+            user: identity.user,
+            // The `rooms` claim speaks of the namespace's own names.
+            rooms: identity
+                .rooms
+                .map(|patterns| patterns.iter().map(|p| format!("{prefix}{p}")).collect()),
+        };
+        let (outbound, forwarder) = if ns == "/" {
+            (self.outbound.clone(), None)
+        } else {
+            let (out, rx) = Outbound::new(Format::SocketIo, self.node.config.outbound_queue_bytes);
+            let out = Arc::new(out);
+            let task = tokio::spawn(forward(
+                rx,
+                out.clone(),
+                self.outbound.clone(),
+                ns.to_string(),
+                prefix.clone(),
+            ));
+            (out, Some(task))
+        };
+        if !self.node.config.socketio_recovery_window.is_zero() {
+            outbound.start_journal(recovery::JOURNAL_LEN);
+        }
+        let conn_id: Arc<str> = Arc::from(self.node.next_conn_id());
+        let user: Arc<str> = Arc::from(identity.user.as_str());
+        self.live.add(conn_id.clone(), user.clone());
+        self.node.registry.register(LocalConn {
+            conn_id: conn_id.clone(),
+            user,
+            outbound: outbound.clone(),
+        });
+        let session = Session {
+            conn_id,
+            identity,
+            outbound,
+            room_prefix: prefix,
+        };
+        (session, forwarder)
     }
 
     /// The test-suite handlers: `message` → `message-back`, `message-with-ack` → ack.
@@ -434,7 +437,7 @@ impl<'a> Sockets<'a> {
             }
         }
         session::cleanup(self.node, &session.conn_id, &session.identity.user).await;
-        self.live.lock().retain(|(c, _)| *c != session.conn_id);
+        self.live.remove(&session.conn_id);
     }
 
     /// Ends every namespace socket when the connection goes.

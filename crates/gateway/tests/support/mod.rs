@@ -1,6 +1,9 @@
 //! Test support: start a real node on 127.0.0.1:0 and speak the real protocol to it.
+//! [`raw_ws`] is a WebSocket client by hand, for frames no client library would send.
 
 #![allow(clippy::unwrap_used, dead_code)]
+
+pub mod raw_ws;
 
 use futures_util::{SinkExt, StreamExt};
 use gateway::{Config, Running};
@@ -18,12 +21,16 @@ pub const SECRET: &str = "test-secret";
 pub const API_KEY: &str = "test-api-key";
 pub const WAIT: Duration = Duration::from_secs(5);
 
+/// A config with exactly `args`, listening on 127.0.0.1:0: no test defaults.
+pub fn bare_config(args: &[&str]) -> Config {
+    let mut all = vec!["roomcast", "--listen", "127.0.0.1:0"];
+    all.extend_from_slice(args);
+    <Config as clap::Parser>::parse_from(all)
+}
+
 /// A config with test defaults plus `args`.
 pub fn config(args: &[&str]) -> Config {
     let mut all = vec![
-        "roomcast",
-        "--listen",
-        "127.0.0.1:0",
         "--allow-anonymous",
         "--jwt-secret",
         SECRET,
@@ -39,11 +46,21 @@ pub fn config(args: &[&str]) -> Config {
         "3s",
     ];
     all.extend_from_slice(args);
-    <Config as clap::Parser>::parse_from(all)
+    bare_config(&all)
 }
 
+/// A node with test defaults plus `args`.
 pub async fn start(args: &[&str]) -> Running {
-    gateway::start(config(args)).await.unwrap()
+    start_config(config(args)).await
+}
+
+/// A node with exactly these flags (no test defaults, for auth in particular).
+pub async fn start_bare(args: &[&str]) -> Running {
+    start_config(bare_config(args)).await
+}
+
+pub async fn start_config(config: Config) -> Running {
+    gateway::start(config).await.unwrap()
 }
 
 /// An HS256 token for `sub`, valid for an hour, with extra claims merged in.
@@ -54,10 +71,15 @@ pub fn token(sub: &str, extra: Value) -> String {
             c.insert(k.clone(), v.clone());
         }
     }
+    hs256(SECRET, claims)
+}
+
+/// `claims` signed with HS256 and `secret`.
+pub fn hs256(secret: &str, claims: Value) -> String {
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
         &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
     )
     .unwrap()
 }
@@ -312,43 +334,6 @@ pub async fn http_json(
     (status, serde_json::from_str(&body).unwrap_or(Value::Null))
 }
 
-/// One client frame as raw bytes (RFC 6455 section 5.2), masked with `mask` unless it is
-/// `None`. Nothing is checked, so that tests can send any frame, valid or not.
-pub fn client_frame(
-    fin: bool,
-    rsv: u8,
-    opcode: u8,
-    mask: Option<[u8; 4]>,
-    payload: &[u8],
-) -> Vec<u8> {
-    let mut out = vec![(u8::from(fin) << 7) | ((rsv & 7) << 4) | (opcode & 15)];
-    let mask_bit = if mask.is_some() { 0x80 } else { 0 };
-    let n = payload.len();
-    if n < 126 {
-        out.push(mask_bit | n as u8);
-    } else if n <= 0xffff {
-        out.push(mask_bit | 126);
-        out.extend_from_slice(&(n as u16).to_be_bytes());
-    } else {
-        out.push(mask_bit | 127);
-        out.extend_from_slice(&(n as u64).to_be_bytes());
-    }
-    match mask {
-        Some(key) => {
-            out.extend_from_slice(&key);
-            out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-        }
-        None => out.extend_from_slice(payload),
-    }
-    out
-}
-
-/// Close codes an endpoint may put in a Close frame (RFC 6455 section 7.4, and the IANA
-/// registry for 1012–1014): the tests' own statement of the rule, not the server's.
-pub fn sendable(code: u16) -> bool {
-    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
-}
-
 /// Waits until `f` holds, polling.
 pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -440,6 +425,16 @@ impl Gateway {
         let _ = self.child.wait();
     }
 
+    /// Sends SIGTERM (a drain); whether `kill` succeeded.
+    pub fn sigterm(&self) -> bool {
+        sigterm(self.child.id())
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        self.child.wait().unwrap()
+    }
+
     /// Waits for `/readyz` to say ready.
     pub async fn ready(&self) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
@@ -458,6 +453,38 @@ impl Drop for Gateway {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// `N` gateways on the Redis Cluster named by `var` (see [`redis_urls`]), with
+/// `--traffic-interval 250ms` and `args`, all ready. Their ids are `<prefix><random>-<i>`.
+pub async fn cluster_gateways<const N: usize>(
+    var: &str,
+    prefix: &str,
+    args: &[&str],
+) -> [Gateway; N] {
+    let urls = redis_urls(var);
+    let tag = fastrand::u32(..);
+    let mut all = vec![
+        "--redis-cluster",
+        urls.as_str(),
+        "--traffic-interval",
+        "250ms",
+    ];
+    all.extend_from_slice(args);
+    let nodes: [Gateway; N] =
+        std::array::from_fn(|i| Gateway::spawn(&format!("{prefix}{tag:x}-{i}"), &all));
+    for n in &nodes {
+        n.ready().await;
+    }
+    nodes
+}
+
+/// `kill -TERM pid`; whether it succeeded.
+fn sigterm(pid: u32) -> bool {
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// nginx in front of some gateways, from deploy/nginx/roomcast.conf.template.
@@ -523,9 +550,7 @@ impl Nginx {
 impl Drop for Nginx {
     fn drop(&mut self) {
         // SIGTERM, not SIGKILL: the master must take its workers down with it.
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
+        sigterm(self.child.id());
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }

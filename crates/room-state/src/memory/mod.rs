@@ -60,12 +60,6 @@ pub(crate) fn new_epoch() -> String {
     format!("{:012x}", fastrand::u64(..) & 0xffff_ffff_ffff)
 }
 
-fn wall_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 #[async_trait::async_trait]
 impl crate::SessionStore for MemoryState {
     async fn save_session(
@@ -74,7 +68,7 @@ impl crate::SessionStore for MemoryState {
         blob: &str,
         ttl_ms: u64,
     ) -> Result<(), crate::StateError> {
-        let now = wall_ms();
+        let now = protocol::clock::now_ms();
         let mut sessions = self.sessions.lock();
         sessions.retain(|_, (_, expires)| *expires > now);
         sessions.insert(key.to_string(), (blob.to_string(), now + ttl_ms));
@@ -82,7 +76,7 @@ impl crate::SessionStore for MemoryState {
     }
 
     async fn take_session(&self, key: &str) -> Result<Option<String>, crate::StateError> {
-        let now = wall_ms();
+        let now = protocol::clock::now_ms();
         Ok(self
             .sessions
             .lock()

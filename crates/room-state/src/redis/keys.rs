@@ -1,6 +1,8 @@
 //! The key layout. Every key and the channel of one room share the hash tag `{r:<room>}`, so a
 //! room lives in one slot and one Lua script can touch all of it. Room names cannot contain
-//! `{` or `}` (see `protocol::room_name`), so a name never breaks out of its tag.
+//! `{` or `}` (see `protocol::room_name`), so a name never breaks out of its tag. The channel
+//! is named by `protocol::channel`, which the subscribing side uses too; the test below holds
+//! it to the keys' slot.
 //!
 //! | key | type | holds |
 //! |---|---|---|
@@ -8,7 +10,7 @@
 //! | `rc:{r:ROOM}:mem` | sorted set | member conn ids, scored by join order |
 //! | `rc:{r:ROOM}:who` | hash | conn id → `user\nnode` |
 //! | `rc:{r:ROOM}:h` | stream | history; entry id `<offset>-0`, fields `f` (from), `d` (data JSON), `t` (ts) |
-//! | `rc:{r:ROOM}:ch` | shard channel | MessagePack envelopes for the room |
+//! | `rc:{r:ROOM}:ch` | shard channel | MessagePack envelopes for the room (`protocol::channel`) |
 //! | `rc:{rooms:K}` | sorted set | room → expiry ms (`+inf` while occupied); K = 0..15 |
 //! | `rc:{n:NODE}:mem` | set | `room\nconn` of every member held by a node |
 //! | `rc:nodes` | hash | node id → `addr\tconnections\tstarted\texpires` |
@@ -36,7 +38,7 @@ impl RoomKeys {
             members: format!("rc:{{r:{room}}}:mem"),
             who: format!("rc:{{r:{room}}}:who"),
             history: format!("rc:{{r:{room}}}:h"),
-            channel: channel(room),
+            channel: protocol::channel::room(room),
         }
     }
 
@@ -50,24 +52,10 @@ impl RoomKeys {
     }
 }
 
-/// The room's shard channel.
-pub fn channel(room: &str) -> String {
-    format!("rc:{{r:{room}}}:ch")
-}
-
-/// The room a channel belongs to, if it is a room channel.
-pub fn room_of_channel(channel: &str) -> Option<&str> {
-    channel.strip_prefix("rc:{r:")?.strip_suffix("}:ch")
-}
-
-/// FNV-1a, for spreading names over index shards (stable across processes and versions).
+/// Spreads names over index shards; stable across processes and versions, because every node
+/// must find a room in the same shard.
 pub fn shard_of(name: &str, shards: u64) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in name.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h % shards
+    protocol::hash::fnv1a(name.as_bytes()) % shards
 }
 
 pub fn room_index(room: &str) -> String {
@@ -115,7 +103,17 @@ mod tests {
         for key in k.all().iter().chain([&k.channel]) {
             assert_eq!(fred::util::redis_keyslot(key.as_bytes()), slot, "{key}");
         }
-        assert_eq!(room_of_channel(&k.channel), Some("game:42"));
-        assert_eq!(room_of_channel("rc:{probe:x}:ch"), None);
+        assert_eq!(protocol::channel::room_of(&k.channel), Some("game:42"));
+    }
+
+    #[test]
+    fn shards_are_stable() {
+        // Changing these moves rooms between index shards: nodes of two versions would
+        // disagree on where a room is counted.
+        assert_eq!(
+            shard_of("game:42", ROOM_INDEX_SHARDS),
+            0xc7b5_993e_8150_83a1 % 16
+        );
+        assert_eq!(shard_of("", CREATION_SHARDS), 0xcbf2_9ce4_8422_2325 % 8);
     }
 }

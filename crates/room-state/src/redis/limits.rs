@@ -6,6 +6,7 @@ use super::{array, int, RedisState};
 use crate::error::StateError;
 use crate::limits::RateLimits;
 use crate::model::Decision;
+use crate::observer::Command;
 use async_trait::async_trait;
 
 fn decision(reply: Vec<fred::types::Value>) -> Result<Decision, StateError> {
@@ -33,20 +34,14 @@ impl RateLimits for RedisState {
             member,
         ];
         decision(array(
-            self.eval(
-                "window_acquire",
-                &self.scripts.window_acquire,
-                vec![keys::window(key)],
-                args,
-            )
-            .await?,
+            self.eval(Command::WindowAcquire, vec![keys::window(key)], args)
+                .await?,
         ))
     }
 
     async fn window_release(&self, key: &str, now_ms: u64) -> Result<(), StateError> {
         self.eval(
-            "window_release",
-            &self.scripts.window_release,
+            Command::WindowRelease,
             vec![keys::window(key)],
             vec![now_ms.to_string()],
         )
@@ -67,13 +62,8 @@ impl RateLimits for RedisState {
             burst.to_string(),
         ];
         decision(array(
-            self.eval(
-                "bucket_take",
-                &self.scripts.bucket_take,
-                vec![keys::bucket(key)],
-                args,
-            )
-            .await?,
+            self.eval(Command::BucketTake, vec![keys::bucket(key)], args)
+                .await?,
         ))
     }
 }

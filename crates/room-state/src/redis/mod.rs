@@ -1,9 +1,10 @@
-//! The Redis Cluster backend, through fred.
+//! The Redis Cluster backend, through fred. fred stays inside this module: the public surface
+//! is [`RedisSettings`] (plain data) in, and [`RedisState`] with the store traits out.
 //!
 //! fred's defaults do not suit a server (see `docs/architecture.md`, "fred"): no reconnect
 //! policy, no command timeout, no unresponsive-socket detection, and event channels of 32.
-//! [`builder`] sets every one of them explicitly; the fan-out's subscriber uses the same
-//! builder.
+//! `builder` sets every one of them explicitly. The fan-out's own clients (`fan-out`'s
+//! `redis::client`) make the same choices, for the same reasons.
 
 mod keys;
 mod limits;
@@ -12,13 +13,13 @@ mod scripts;
 mod sessions;
 mod traffic;
 
-pub use keys::{channel, room_of_channel, RoomKeys};
-
 use crate::error::StateError;
+use crate::observer::{Command, CommandObserver};
 use fred::prelude::*;
 use fred::types::config::{ReconnectPolicy, UnresponsiveConfig};
 use fred::types::scripts::Script;
 use fred::types::Value;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How to reach and use the cluster.
@@ -40,7 +41,7 @@ pub struct RedisSettings {
 }
 
 /// A fred builder with every setting that matters made explicit.
-pub fn builder(settings: &RedisSettings) -> Result<Builder, StateError> {
+fn builder(settings: &RedisSettings) -> Result<Builder, StateError> {
     let mut hosts = Vec::new();
     for url in &settings.urls {
         let rest = url
@@ -103,69 +104,38 @@ pub(crate) fn fred_error(e: Error) -> StateError {
     }
 }
 
-/// All scripts, loaded on first use by SHA.
-struct Scripts {
-    create: Script,
-    join: Script,
-    leave: Script,
-    publish: Script,
-    members: Script,
-    history: Script,
-    info: Script,
-    close: Script,
-    window_acquire: Script,
-    window_release: Script,
-    bucket_take: Script,
-    record_creation: Script,
-    claim_dead_nodes: Script,
-    heartbeat: Script,
-    reset_epoch: Script,
-}
+/// All scripts, one per [`Command`], loaded on first use by SHA. Looking a script up by its
+/// command is what keeps the name reported to the observer the name of the script that ran.
+struct Scripts([Script; Command::ALL.len()]);
 
 impl Scripts {
     fn new() -> Scripts {
-        Scripts {
-            create: Script::from_lua(scripts::CREATE),
-            join: Script::from_lua(scripts::join()),
-            leave: Script::from_lua(scripts::LEAVE),
-            publish: Script::from_lua(scripts::publish()),
-            members: Script::from_lua(scripts::members()),
-            history: Script::from_lua(scripts::history()),
-            info: Script::from_lua(scripts::info()),
-            close: Script::from_lua(scripts::close()),
-            window_acquire: Script::from_lua(scripts::WINDOW_ACQUIRE),
-            window_release: Script::from_lua(scripts::WINDOW_RELEASE),
-            bucket_take: Script::from_lua(scripts::BUCKET_TAKE),
-            record_creation: Script::from_lua(scripts::RECORD_CREATION),
-            claim_dead_nodes: Script::from_lua(scripts::CLAIM_DEAD_NODES),
-            heartbeat: Script::from_lua(scripts::HEARTBEAT),
-            reset_epoch: Script::from_lua(scripts::RESET_EPOCH),
-        }
+        Scripts(Command::ALL.map(|c| Script::from_lua(lua(c))))
+    }
+
+    fn get(&self, command: Command) -> &Script {
+        &self.0[command as usize]
     }
 }
 
-/// The command names reported to a [`CommandObserver`].
-pub const COMMANDS: [&str; 15] = [
-    "create",
-    "join",
-    "leave",
-    "publish",
-    "members",
-    "history",
-    "info",
-    "close",
-    "window_acquire",
-    "window_release",
-    "bucket_take",
-    "record_creation",
-    "claim_dead_nodes",
-    "heartbeat",
-    "reset_epoch",
-];
-
-/// Told about every Redis command the backend runs (for metrics).
-pub trait CommandObserver: Send + Sync {
-    fn observe(&self, command: &'static str, seconds: f64, failed: bool);
+fn lua(command: Command) -> String {
+    match command {
+        Command::Create => scripts::CREATE.into(),
+        Command::Join => scripts::join(),
+        Command::Leave => scripts::LEAVE.into(),
+        Command::Publish => scripts::publish(),
+        Command::Members => scripts::members(),
+        Command::History => scripts::history(),
+        Command::Info => scripts::info(),
+        Command::Close => scripts::close(),
+        Command::WindowAcquire => scripts::WINDOW_ACQUIRE.into(),
+        Command::WindowRelease => scripts::WINDOW_RELEASE.into(),
+        Command::BucketTake => scripts::BUCKET_TAKE.into(),
+        Command::RecordCreation => scripts::RECORD_CREATION.into(),
+        Command::ClaimDeadNodes => scripts::CLAIM_DEAD_NODES.into(),
+        Command::Heartbeat => scripts::HEARTBEAT.into(),
+        Command::ResetEpoch => scripts::RESET_EPOCH.into(),
+    }
 }
 
 /// Room state, limits and traffic counters in a Redis Cluster.
@@ -173,7 +143,7 @@ pub struct RedisState {
     pool: Pool,
     scripts: Scripts,
     settings: RedisSettings,
-    observer: parking_lot::RwLock<Option<std::sync::Arc<dyn CommandObserver>>>,
+    observer: parking_lot::RwLock<Option<Arc<dyn CommandObserver>>>,
 }
 
 impl RedisState {
@@ -193,14 +163,14 @@ impl RedisState {
     }
 
     /// Reports every command's duration and failures to `observer`.
-    pub fn set_observer(&self, observer: std::sync::Arc<dyn CommandObserver>) {
+    pub fn set_observer(&self, observer: Arc<dyn CommandObserver>) {
         *self.observer.write() = Some(observer);
     }
 
     /// Runs one Redis command (or script) and reports it.
-    pub(crate) async fn timed<T>(
+    async fn timed<T>(
         &self,
-        command: &'static str,
+        command: Command,
         fut: impl std::future::Future<Output = Result<T, Error>>,
     ) -> Result<T, StateError> {
         let start = std::time::Instant::now();
@@ -211,21 +181,28 @@ impl RedisState {
         result.map_err(fred_error)
     }
 
-    /// The command pool, for the fan-out's publishes.
-    pub fn pool(&self) -> &Pool {
-        &self.pool
-    }
-
+    /// Runs a command's script on a client of the pool, and reports it.
     async fn eval(
         &self,
-        command: &'static str,
-        script: &Script,
+        command: Command,
         keys: Vec<String>,
         args: Vec<String>,
     ) -> Result<Value, StateError> {
+        self.eval_on(self.pool.next(), command, keys, args).await
+    }
+
+    /// Runs a command's script on `client`, and reports it.
+    async fn eval_on(
+        &self,
+        client: &Client,
+        command: Command,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<Value, StateError> {
+        let script = self.scripts.get(command);
         self.timed(
             command,
-            script.evalsha_with_reload::<Value, _, _>(self.pool.next(), keys, args),
+            script.evalsha_with_reload::<Value, _, _>(client, keys, args),
         )
         .await
     }

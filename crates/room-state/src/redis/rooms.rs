@@ -5,6 +5,7 @@ use super::{array, fred_error, int, string, RedisState};
 use crate::error::StateError;
 use crate::memory::new_epoch;
 use crate::model::{JoinOutcome, MemberRecord, RoomConfig, RoomInfo};
+use crate::observer::Command;
 use crate::rooms::RoomStore;
 use async_trait::async_trait;
 use fred::prelude::*;
@@ -63,13 +64,8 @@ impl RedisState {
     ) -> Result<Option<MemberRecord>, StateError> {
         let k = RoomKeys::new(room);
         let reply = array(
-            self.eval(
-                "leave",
-                &self.scripts.leave,
-                k.all(),
-                vec![conn_id.to_string()],
-            )
-            .await?,
+            self.eval(Command::Leave, k.all(), vec![conn_id.to_string()])
+                .await?,
         );
         if int(reply.first())? == 0 {
             return Ok(None);
@@ -188,9 +184,7 @@ impl RoomStore for RedisState {
             ttl_ms.to_string(),
             now_ms.to_string(),
         ];
-        let created = self
-            .eval("create", &self.scripts.create, k.all(), args)
-            .await?;
+        let created = self.eval(Command::Create, k.all(), args).await?;
         if created.as_i64() != Some(1) {
             return Err(StateError::RoomExists);
         }
@@ -221,7 +215,7 @@ impl RoomStore for RedisState {
             since.map(|s| s.offset.to_string()).unwrap_or_default(),
             since.map(|s| s.epoch.clone()).unwrap_or_default(),
         ]);
-        let reply = array(self.eval("join", &self.scripts.join, k.all(), args).await?);
+        let reply = array(self.eval(Command::Join, k.all(), args).await?);
         status(&reply)?;
         let offset = int(reply.get(1))? as u64;
         let epoch = string(reply.get(2))?;
@@ -278,15 +272,10 @@ impl RoomStore for RedisState {
         // One pooled client for the script and the WAIT, so WAIT follows the write on the
         // same connection to the room's primary.
         let client = self.pool.next();
-        let reply = self
-            .timed(
-                "publish",
-                self.scripts
-                    .publish
-                    .evalsha_with_reload::<Value, _, _>(client, k.all(), args),
-            )
-            .await?;
-        let reply = array(reply);
+        let reply = array(
+            self.eval_on(client, Command::Publish, k.all(), args)
+                .await?,
+        );
         status(&reply)?;
         let offset = int(reply.get(1))? as u64;
         let epoch = string(reply.get(2))?;
@@ -300,7 +289,8 @@ impl RoomStore for RedisState {
         };
         if self.settings.durable_publish {
             // Only a replicated message is announced. Concurrent durable publishes may be
-            // announced out of order; receivers repair the gap from history.
+            // announced out of order; receivers repair the gap from history. The envelope is
+            // the codec's own here; the script's Lua-built one takes its names from it.
             self.wait_for_replica(client, &k.meta).await?;
             let bytes = Envelope::Message(publication.clone())
                 .encode()
@@ -321,8 +311,7 @@ impl RoomStore for RedisState {
         let k = RoomKeys::new(room);
         let reply = array(
             self.eval(
-                "members",
-                &self.scripts.members,
+                Command::Members,
                 k.all(),
                 vec![requester.unwrap_or_default().to_string()],
             )
@@ -345,10 +334,7 @@ impl RoomStore for RedisState {
             limit.to_string(),
             before.map(|b| b.to_string()).unwrap_or_default(),
         ];
-        let reply = array(
-            self.eval("history", &self.scripts.history, k.all(), args)
-                .await?,
-        );
+        let reply = array(self.eval(Command::History, k.all(), args).await?);
         status(&reply)?;
         let epoch = string(reply.get(1))?;
         Ok((publications(room, &epoch, reply.get(2))?, epoch))
@@ -356,10 +342,7 @@ impl RoomStore for RedisState {
 
     async fn info(&self, room: &str) -> Result<RoomInfo, StateError> {
         let k = RoomKeys::new(room);
-        let reply = array(
-            self.eval("info", &self.scripts.info, k.all(), Vec::new())
-                .await?,
-        );
+        let reply = array(self.eval(Command::Info, k.all(), Vec::new()).await?);
         status(&reply)?;
         let max = int(reply.get(3))?;
         Ok(RoomInfo {
@@ -378,10 +361,7 @@ impl RoomStore for RedisState {
 
     async fn close(&self, room: &str) -> Result<Vec<MemberRecord>, StateError> {
         let k = RoomKeys::new(room);
-        let reply = array(
-            self.eval("close", &self.scripts.close, k.all(), Vec::new())
-                .await?,
-        );
+        let reply = array(self.eval(Command::Close, k.all(), Vec::new()).await?);
         status(&reply)?;
         let former = member_records(reply.get(1));
         let _: Result<Value, _> = self.pool.zrem(keys::room_index(room), room).await;
@@ -392,9 +372,7 @@ impl RoomStore for RedisState {
     }
 
     async fn count(&self) -> Result<u64, StateError> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let now = protocol::clock::now_ms();
         let mut total = 0u64;
         for shard in 0..keys::ROOM_INDEX_SHARDS {
             let n: u64 = self
@@ -417,9 +395,7 @@ impl RoomStore for RedisState {
     ) -> Result<Vec<(String, MemberRecord)>, StateError> {
         let key = keys::node_members(node);
         let entries: Vec<String> = self.pool.smembers(&key).await.map_err(fred_error)?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let now = protocol::clock::now_ms();
         let mut removed = Vec::new();
         for entry in entries {
             let Some((room, conn)) = entry.split_once('\n') else {
@@ -458,8 +434,7 @@ impl RoomStore for RedisState {
         let k = RoomKeys::new(room);
         let reply = array(
             self.eval(
-                "reset_epoch",
-                &self.scripts.reset_epoch,
+                Command::ResetEpoch,
                 k.all(),
                 vec![old_epoch.to_string(), new_epoch()],
             )

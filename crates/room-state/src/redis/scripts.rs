@@ -116,11 +116,10 @@ return {removed, 0, info}
 /// from, data, channel, room, spublish ('1' to publish inside the script, '0' when the caller
 /// publishes after WAIT, for durable publishes).
 /// Returns {1, offset, epoch}, {0} not found, {-2} not a member. The SPUBLISH of the envelope
-/// (a MessagePack map with the same fields as `protocol::envelope::Envelope::Message`) happens
-/// inside the script, so delivery order is offset order.
+/// happens inside the script, so delivery order is offset order.
 pub fn publish() -> String {
     format!(
-        "{ENSURE_META}{}",
+        "{ENSURE_META}{}{}\nend\nreturn {{1, offset, epoch}}\n",
         r#"
 if not ensure_meta(ARGV[1], ARGV[2], ARGV[3], ARGV[4]) then return {0} end
 if ARGV[5] ~= '' and redis.call('ZSCORE', KEYS[2], ARGV[5]) == false then return {-2} end
@@ -138,11 +137,26 @@ if redis.call('ZCARD', KEYS[2]) == 0 then
   end
 end
 if ARGV[10] == '1' then
-  redis.call('SPUBLISH', ARGV[8], cmsgpack.pack({t = 'message', room = ARGV[9], offset = offset,
-    epoch = epoch, from = ARGV[6], data = ARGV[7], ts = tonumber(ARGV[4])}))
-end
-return {1, offset, epoch}
-"#
+  redis.call('SPUBLISH', ARGV[8], "#,
+        message_envelope(),
+    )
+}
+
+/// The Lua expression that packs the `message` envelope for the publish script: the map
+/// `protocol::envelope` decodes, with its names taken from there (a renamed field is renamed
+/// here too). `offset` and `epoch` are the script's locals; `ts` is the publish time.
+fn message_envelope() -> String {
+    use protocol::envelope::{message as m, TAG};
+    format!(
+        "cmsgpack.pack({{{TAG} = '{tag}', {room} = ARGV[9], {offset} = offset, \
+         {epoch} = epoch, {from} = ARGV[6], {data} = ARGV[7], {ts} = tonumber(ARGV[4])}}))",
+        tag = m::TAG_VALUE,
+        room = m::ROOM,
+        offset = m::OFFSET,
+        epoch = m::EPOCH,
+        from = m::FROM,
+        data = m::DATA,
+        ts = m::TS,
     )
 }
 

@@ -8,6 +8,7 @@ use super::keys::{self, CREATION_SHARDS};
 use super::{array, fred_error, RedisState};
 use crate::error::StateError;
 use crate::model::NodeInfo;
+use crate::observer::Command;
 use crate::traffic::{TrafficCounters, BUCKET_MS};
 use async_trait::async_trait;
 use fred::prelude::*;
@@ -27,13 +28,8 @@ impl TrafficCounters for RedisState {
             second.saturating_sub(KEEP_SECS).to_string(),
             cleanup.to_string(),
         ];
-        self.eval(
-            "record_creation",
-            &self.scripts.record_creation,
-            vec![keys::creations(shard)],
-            args,
-        )
-        .await?;
+        self.eval(Command::RecordCreation, vec![keys::creations(shard)], args)
+            .await?;
         Ok(())
     }
 
@@ -77,8 +73,7 @@ impl TrafficCounters for RedisState {
         );
         let reply = self
             .eval(
-                "heartbeat",
-                &self.scripts.heartbeat,
+                Command::Heartbeat,
                 vec![keys::NODES.to_string(), keys::NODES_REAPED.to_string()],
                 vec![node.id.clone(), value],
             )
@@ -112,8 +107,7 @@ impl TrafficCounters for RedisState {
     async fn claim_dead_nodes(&self, now_ms: u64) -> Result<Vec<String>, StateError> {
         let reply = self
             .eval(
-                "claim_dead_nodes",
-                &self.scripts.claim_dead_nodes,
+                Command::ClaimDeadNodes,
                 vec![keys::NODES.to_string(), keys::NODES_REAPED.to_string()],
                 vec![now_ms.to_string()],
             )

@@ -1,0 +1,148 @@
+//! Receiving: the read loop that hands each message to its room's worker, and the manager that
+//! keeps the subscriptions (new ones batched by slot, lazy unsubscribes, the periodic
+//! reconcile).
+
+use super::worker::Job;
+use super::Inner;
+use fred::interfaces::{EventInterface, PubsubInterface};
+use fred::types::Value;
+use protocol::channel;
+use protocol::envelope::Envelope;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// Groups channels by hash slot: Redis refuses an SSUBSCRIBE across slots.
+pub(super) fn by_slot(channels: impl IntoIterator<Item = String>) -> BTreeMap<u16, Vec<String>> {
+    let mut groups: BTreeMap<u16, Vec<String>> = BTreeMap::new();
+    for c in channels {
+        groups
+            .entry(fred::util::redis_keyslot(c.as_bytes()))
+            .or_default()
+            .push(c);
+    }
+    groups
+}
+
+impl Inner {
+    /// SSUBSCRIBEs `channels`, one slot group at a time. Returns how many were subscribed.
+    pub(super) async fn ssubscribe_grouped(&self, channels: Vec<String>) -> usize {
+        let mut done = 0;
+        for (_, group) in by_slot(channels) {
+            let n = group.len();
+            match self.subscriber.ssubscribe(group).await {
+                Ok(()) => done += n,
+                Err(e) => {
+                    tracing::debug!(error = %e, "ssubscribe failed; retrying at the next reconcile")
+                }
+            }
+        }
+        done
+    }
+
+    /// Subscribes again to everything this node wants, and counts it.
+    pub(super) async fn resubscribe_all(&self) {
+        let n = self.ssubscribe_grouped(self.all_channels()).await;
+        self.pubsub.resubscribed(n as u64);
+    }
+}
+
+/// Receives every pub/sub message. Never awaits anything but the next message.
+pub(super) async fn read_loop(inner: Arc<Inner>) {
+    let mut rx = inner.subscriber.message_rx();
+    loop {
+        let msg = match rx.recv().await {
+            Ok(msg) => msg,
+            Err(RecvError::Lagged(n)) => {
+                // Lost inside fred's event channel: counted; the gap repair recovers them.
+                inner.pubsub.pubsub_dropped(n);
+                continue;
+            }
+            Err(RecvError::Closed) => {
+                tracing::error!("pub/sub message channel closed");
+                return;
+            }
+        };
+        let channel: &str = &msg.channel;
+        let bytes: &[u8] = match &msg.value {
+            Value::Bytes(b) => b,
+            Value::String(s) => s.as_bytes(),
+            _ => continue,
+        };
+        let envelope = match Envelope::decode(bytes) {
+            Ok(envelope) => envelope,
+            Err(e) => {
+                tracing::warn!(channel, error = %e, "undecodable envelope dropped");
+                continue;
+            }
+        };
+        if let Envelope::Probe { node, .. } = &envelope {
+            if *node == inner.config.node_id {
+                if let Some(seen) = inner.probes.lock().get_mut(channel) {
+                    *seen = Instant::now();
+                }
+            }
+            continue;
+        }
+        let room = envelope
+            .room()
+            .or_else(|| channel::room_of(channel))
+            .unwrap_or("");
+        tracing::debug!(channel, room, "envelope received");
+        if inner
+            .worker_for(room)
+            .try_send(Job::Envelope(envelope))
+            .is_err()
+        {
+            inner.pubsub.pubsub_dropped(1);
+        }
+    }
+}
+
+/// New subscriptions (batched by slot), lazy unsubscribes, and the periodic reconcile.
+pub(super) async fn manager(inner: Arc<Inner>, mut new_subs: mpsc::UnboundedReceiver<String>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut reconcile = tokio::time::interval(inner.config.reconcile_every);
+    reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            Some(first) = new_subs.recv() => {
+                let mut batch = vec![channel::room(&first)];
+                while let Ok(room) = new_subs.try_recv() {
+                    batch.push(channel::room(&room));
+                }
+                inner.ssubscribe_grouped(batch).await;
+            }
+            _ = tick.tick() => unsubscribe_due(&inner).await,
+            _ = reconcile.tick() => inner.resubscribe_all().await,
+        }
+    }
+}
+
+/// Lets go of the rooms whose unsubscribe delay has passed with no local member back.
+async fn unsubscribe_due(inner: &Inner) {
+    let now = Instant::now();
+    let due: Vec<String> = {
+        let mut wanted = inner.wanted.lock();
+        let due: Vec<String> = wanted
+            .iter()
+            .filter(|(room, at)| at.is_some_and(|t| t <= now) && !inner.registry.has_room(room))
+            .map(|(room, _)| room.clone())
+            .collect();
+        for room in &due {
+            wanted.remove(room);
+        }
+        due
+    };
+    for room in &due {
+        let _ = inner.worker_for(room).send(Job::Forget(room.clone())).await;
+    }
+    for (_, group) in by_slot(due.iter().map(|r| channel::room(r))) {
+        if let Err(e) = inner.subscriber.sunsubscribe(group).await {
+            tracing::debug!(error = %e, "sunsubscribe failed");
+        }
+    }
+}

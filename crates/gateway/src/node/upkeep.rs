@@ -1,0 +1,212 @@
+//! A node's upkeep, every `--traffic-interval` (and at once after a room creation), in four
+//! concerns: its heartbeat (and whether its peers declared it dead), the cluster counters
+//! behind the traffic level, the reaping of dead nodes, and readiness.
+
+use super::Node;
+use crate::clock::now_ms;
+use crate::presence::announce;
+use crate::reconnect::send_reconnect;
+use crate::traffic::WINDOW_MS;
+use protocol::frame::{Event, PresenceAction};
+use room_state::NodeInfo;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// The cluster-wide counters the traffic level is computed from.
+struct Counters {
+    /// Room creations per second over the window.
+    buckets: Vec<(u64, u64)>,
+    rooms: u64,
+    /// Connections of every live node.
+    connections: u64,
+    live_nodes: usize,
+}
+
+impl Node {
+    /// One upkeep round: heartbeat, counters, reaping, readiness, then the traffic status,
+    /// pushed as `traffic_status` to every local client when the level changed.
+    pub async fn refresh_traffic(&self) {
+        let now = now_ms();
+        let heartbeat_ok = self.heartbeat(now).await;
+        let counters = self.counters(now).await;
+        let (true, Some(counters)) = (heartbeat_ok, counters) else {
+            self.backend_ok.store(false, Ordering::Release);
+            self.metrics.ready.set(0);
+            self.metrics
+                .backend_errors
+                .with_label_values(&["traffic"])
+                .inc();
+            return;
+        };
+        let ttl = self.config.node_ttl.as_millis() as u64;
+        let streak = self.heartbeat_streak_since_ms.load(Ordering::Acquire);
+        if streak != 0 && now.saturating_sub(streak) >= ttl {
+            self.reap_dead_nodes(now).await;
+        }
+        self.check_readiness().await;
+        self.update_traffic(&counters, now);
+    }
+
+    /// Heartbeats this node into the registry of nodes. Tracks how long heartbeats have
+    /// succeeded without a break, and notices a claim of this node's death.
+    async fn heartbeat(&self, now: u64) -> bool {
+        let me = NodeInfo {
+            id: self.id.clone(),
+            addr: self.addr.to_string(),
+            connections: self.registry.connection_count() as u64,
+            started_at: self.started_at,
+        };
+        let ttl = self.config.node_ttl.as_millis() as u64;
+        let claimed_at = match self.backends.traffic.heartbeat(&me, now, ttl).await {
+            Ok(claimed_at) => claimed_at,
+            Err(_) => {
+                self.heartbeat_streak_since_ms.store(0, Ordering::Release);
+                return false;
+            }
+        };
+        if self.heartbeat_streak_since_ms.load(Ordering::Acquire) == 0 {
+            self.heartbeat_streak_since_ms.store(now, Ordering::Release);
+        }
+        // A claim seen by the first heartbeat is an earlier incarnation's.
+        let before = self.heartbeated.swap(true, Ordering::AcqRel);
+        let claim = claimed_at.unwrap_or(0);
+        let seen = self.claim_seen_ms.fetch_max(claim, Ordering::AcqRel);
+        if before && claim > seen {
+            self.reset_after_reap();
+        }
+        true
+    }
+
+    /// Reads the shared counters and runs the rooms' expiry; `None` if any of it failed.
+    async fn counters(&self, now: u64) -> Option<Counters> {
+        let b = &self.backends;
+        let (buckets, rooms, nodes, maintained) = (
+            b.traffic.creation_buckets(now, WINDOW_MS).await,
+            b.rooms.count().await,
+            b.traffic.live_nodes(now).await,
+            b.rooms.maintain(now).await,
+        );
+        let (Ok(buckets), Ok(rooms), Ok(nodes), Ok(_)) = (buckets, rooms, nodes, maintained) else {
+            return None;
+        };
+        Some(Counters {
+            buckets,
+            rooms,
+            connections: nodes.iter().map(|n| n.connections).sum(),
+            live_nodes: nodes.len(),
+        })
+    }
+
+    /// Whether the backend answers; a good answer refreshes the time readiness checks.
+    async fn check_readiness(&self) {
+        let healthy = self.backends.rooms.health().await.is_ok();
+        self.backend_ok.store(healthy, Ordering::Release);
+        if healthy {
+            self.last_backend_ok_ms.store(now_ms(), Ordering::Release);
+        }
+    }
+
+    /// Computes the traffic status, sets the gauges, and tells the clients of a new level.
+    fn update_traffic(&self, c: &Counters, now: u64) {
+        let status = self
+            .traffic
+            .compute(&c.buckets, c.rooms, c.connections, now);
+        let m = &self.metrics;
+        m.traffic_level.set(status.level.as_number());
+        m.cluster_rooms.set(c.rooms as i64);
+        m.cluster_connections.set(c.connections as i64);
+        m.live_nodes.set(c.live_nodes as i64);
+        m.creations_per_minute
+            .set(c.buckets.iter().map(|(_, n)| n).sum::<u64>() as i64);
+        m.local_rooms.set(self.registry.room_count() as i64);
+        m.ready.set(i64::from(self.is_ready()));
+        m.subscribed_channels
+            .set(self.backends.fanout.subscribed() as i64);
+        if self.traffic.update(status.clone()) {
+            tracing::info!(
+                level = status.level.as_str(),
+                creation = status.room_creation_enabled,
+                "traffic level changed"
+            );
+            self.broadcast(&Event::TrafficStatus(&status));
+        }
+    }
+
+    /// A peer claimed this node as dead (it was cut off from the
+    /// backend for longer than `--node-ttl`) and removed its members from their rooms. The
+    /// sockets are still open but no longer in any room, so every client is told to
+    /// `reconnect` and rejoin with `since`, which restores its rooms and what it missed.
+    fn reset_after_reap(&self) {
+        let clients = self.registry.connection_count();
+        tracing::warn!(
+            clients,
+            "this node was declared dead by its peers; its clients must reconnect"
+        );
+        self.metrics.node_resets.inc();
+        if clients == 0 {
+            return;
+        }
+        let registry = self.registry.clone();
+        let window = self.config.drain_window;
+        tokio::spawn(async move {
+            send_reconnect(&registry, window, "node_reset", None).await;
+        });
+    }
+
+    /// Removes the members of nodes whose heartbeat expired, and tells their rooms. Each dead
+    /// node is claimed by exactly one live node.
+    async fn reap_dead_nodes(&self, now: u64) {
+        let dead = match self.backends.traffic.claim_dead_nodes(now).await {
+            Ok(dead) => dead,
+            Err(e) => {
+                tracing::warn!(error = %e, "dead-node check failed");
+                return;
+            }
+        };
+        for node in dead.into_iter().filter(|n| *n != self.id) {
+            let removed = match self.backends.rooms.remove_node_members(&node).await {
+                Ok(removed) => removed,
+                Err(e) => {
+                    tracing::warn!(%node, error = %e, "could not remove a dead node's members");
+                    continue;
+                }
+            };
+            tracing::info!(%node, members = removed.len(), "dead node reaped");
+            self.metrics.dead_nodes_reaped.inc();
+            for (room, member) in removed {
+                let leave = PresenceAction::Leave;
+                announce(
+                    &*self.backends.fanout,
+                    room,
+                    leave,
+                    member.user,
+                    member.conn_id,
+                )
+                .await;
+            }
+        }
+    }
+
+    /// The background upkeep: traffic, heartbeat, room expiry. Runs until the process ends.
+    pub async fn run_upkeep(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.config.traffic_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.traffic_nudge.notified() => {}
+            }
+            // A round that hangs (a cut-off backend drops packets) ends here, unready.
+            let limit = self.config.traffic_interval + 3 * self.config.redis_command_timeout;
+            if tokio::time::timeout(limit, self.refresh_traffic())
+                .await
+                .is_err()
+            {
+                self.backend_ok.store(false, Ordering::Release);
+                self.metrics.ready.set(0);
+                self.heartbeat_streak_since_ms.store(0, Ordering::Release);
+                tracing::warn!(?limit, "backend round timed out");
+            }
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! What a client can do, independent of its wire protocol: one function per op, from a
+//! decoded request to a reply body. The native and the Socket.IO drivers both call
+//! [`handle`], then [`after_reply`] once the reply is queued.
+//!
+//! - [`create`]: `create_room` and its gates.
+//! - [`membership`]: `join`, `leave`, and the cleanup of a closing connection.
+//! - [`messages`]: `publish`, `presence`, `history`.
+
+mod create;
+mod membership;
+mod messages;
+
+pub use membership::{abandon, cleanup, leave_room};
+
+use crate::auth::Identity;
+use crate::clock::now_ms;
+use crate::node::Node;
+use fan_out::{deliver_held, Outbound};
+use protocol::frame::{ErrorBody, OkBody, Op};
+use protocol::ErrorCode;
+use room_state::StateError;
+use std::sync::Arc;
+
+/// One client connection as the ops see it.
+#[derive(Debug)]
+pub struct Session {
+    pub conn_id: Arc<str>,
+    pub identity: Identity,
+    pub outbound: Arc<Outbound>,
+    /// Put before every room name this session uses: `""` for native clients and Socket.IO's
+    /// `/`, `admin/` for the namespace `/admin` (see `socketio::namespace`).
+    pub room_prefix: String,
+}
+
+/// Work to do once the reply is queued.
+#[derive(Debug, PartialEq, Eq)]
+pub enum After {
+    Nothing,
+    /// Release live messages held during a join (see `Registry::activate`).
+    Activate {
+        room: String,
+        epoch: String,
+        offset: u64,
+    },
+}
+
+pub type OpResult = Result<OkBody, ErrorBody>;
+
+fn state_error(node: &Node, op: &str, e: StateError) -> ErrorBody {
+    match e {
+        StateError::NotFound => ErrorBody::new(ErrorCode::NotFound, "room not found"),
+        StateError::RoomExists => ErrorBody::new(ErrorCode::RoomExists, "room already exists"),
+        StateError::RoomFull => ErrorBody::new(ErrorCode::RoomFull, "room is full"),
+        StateError::NotMember => ErrorBody::new(ErrorCode::NotMember, "not a member of this room"),
+        // Internals stay in the log and the metrics, not in the client's error.
+        StateError::Unavailable(detail) => {
+            node.metrics.backend_errors.with_label_values(&[op]).inc();
+            tracing::warn!(op, %detail, "backend unavailable");
+            ErrorBody::new(ErrorCode::Unavailable, "service temporarily unavailable")
+                .retry_after(1000)
+        }
+        StateError::Internal(detail) => {
+            node.metrics.backend_errors.with_label_values(&[op]).inc();
+            tracing::error!(op, %detail, "backend error");
+            ErrorBody::new(ErrorCode::Internal, "internal error")
+        }
+    }
+}
+
+fn forbidden(room: &str) -> ErrorBody {
+    ErrorBody::new(
+        ErrorCode::Forbidden,
+        format!("your token does not allow room '{room}'"),
+    )
+}
+
+/// Runs one op.
+pub async fn handle(node: &Node, s: &Session, op: Op) -> (OpResult, After) {
+    let name = op.name();
+    let timer = node
+        .metrics
+        .command_duration
+        .with_label_values(&[name])
+        .start_timer();
+    let result = match op {
+        Op::CreateRoom { room, options } => create::create_room(node, s, room, options).await,
+        Op::Join { room, since } => membership::join(node, s, &room, since.as_ref()).await,
+        Op::Leave { room } => (membership::leave(node, s, &room).await, After::Nothing),
+        Op::Publish { room, data } => (
+            messages::publish(node, s, &room, data).await,
+            After::Nothing,
+        ),
+        Op::Presence { room } => (messages::presence(node, s, &room).await, After::Nothing),
+        Op::History {
+            room,
+            limit,
+            before,
+        } => (
+            messages::history(node, s, &room, limit, before).await,
+            After::Nothing,
+        ),
+        Op::Ping => (Ok(OkBody::Pong { pong: now_ms() }), After::Nothing),
+    };
+    timer.observe_duration();
+    result
+}
+
+/// Queues what a join held back, after its reply went out.
+pub fn after_reply(node: &Node, s: &Session, after: After) {
+    if let After::Activate {
+        room,
+        epoch,
+        offset,
+    } = after
+    {
+        let (conn, held) = node.registry.activate(&room, &s.conn_id, &epoch, offset);
+        if let Some(conn) = conn {
+            node.backends.fanout.track(&room, &epoch, offset);
+            deliver_held(&conn, &held, &*node.metrics);
+        }
+    }
+}

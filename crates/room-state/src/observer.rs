@@ -1,0 +1,88 @@
+//! What a backend tells its observer (the gateway's metrics) about the remote commands it
+//! runs. The set of commands is closed and known up front, so an observer can create its
+//! series at zero and keep one child per command instead of looking labels up per call.
+//!
+//! Only the Redis Cluster backend runs commands; the embedded one never reports any.
+
+/// A command a backend runs against its store: each is one Lua script of the Redis backend.
+///
+/// The discriminants are the positions in [`Command::ALL`], so `command as usize` indexes an
+/// array built from it (the test below holds them to that).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Command {
+    Create,
+    Join,
+    Leave,
+    Publish,
+    Members,
+    History,
+    Info,
+    Close,
+    WindowAcquire,
+    WindowRelease,
+    BucketTake,
+    RecordCreation,
+    ClaimDeadNodes,
+    Heartbeat,
+    ResetEpoch,
+}
+
+impl Command {
+    /// Every command, in discriminant order.
+    pub const ALL: [Command; 15] = [
+        Command::Create,
+        Command::Join,
+        Command::Leave,
+        Command::Publish,
+        Command::Members,
+        Command::History,
+        Command::Info,
+        Command::Close,
+        Command::WindowAcquire,
+        Command::WindowRelease,
+        Command::BucketTake,
+        Command::RecordCreation,
+        Command::ClaimDeadNodes,
+        Command::Heartbeat,
+        Command::ResetEpoch,
+    ];
+
+    /// The command's name: the `command` label of the Redis metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Command::Create => "create",
+            Command::Join => "join",
+            Command::Leave => "leave",
+            Command::Publish => "publish",
+            Command::Members => "members",
+            Command::History => "history",
+            Command::Info => "info",
+            Command::Close => "close",
+            Command::WindowAcquire => "window_acquire",
+            Command::WindowRelease => "window_release",
+            Command::BucketTake => "bucket_take",
+            Command::RecordCreation => "record_creation",
+            Command::ClaimDeadNodes => "claim_dead_nodes",
+            Command::Heartbeat => "heartbeat",
+            Command::ResetEpoch => "reset_epoch",
+        }
+    }
+}
+
+/// Told about every command a backend runs (for metrics). Called on the hot path: keep
+/// implementations to a histogram observation and a counter increment.
+pub trait CommandObserver: Send + Sync {
+    fn observe(&self, command: Command, seconds: f64, failed: bool);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn discriminants_are_positions() {
+        for (i, c) in Command::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i, "{}", c.as_str());
+        }
+    }
+}
