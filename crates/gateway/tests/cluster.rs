@@ -222,7 +222,6 @@ async fn a_killed_gateway_leaves_no_ghosts_and_its_clients_lose_nothing() {
     pubr.ok(json!({"op": "publish", "room": room, "data": 10}))
         .await;
     assert_eq!(back.event("message").await["offset"], 11);
-    let _: Value = Value::Null;
 }
 
 #[tokio::test]

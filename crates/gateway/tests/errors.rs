@@ -6,8 +6,7 @@ mod support;
 
 use async_trait::async_trait;
 use fan_out::{MemoryFanOut, Registry};
-use gateway::Metrics;
-use gateway::{Backends, Node};
+use gateway::{Backends, Metrics, Node};
 use protocol::envelope::Envelope;
 use protocol::frame::{Member, Publication, Since};
 use protocol::Data;

@@ -2,7 +2,7 @@
 //! per user. Every admitted connection holds guards that give its places back when dropped,
 //! so no code path has to remember to release them.
 
-use super::Rejection;
+use super::rejection::Rejection;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::hash::Hash;

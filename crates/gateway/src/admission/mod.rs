@@ -13,67 +13,19 @@
 //! connection that ends any way at all, a panic included, gives them back.
 
 pub mod gate;
+mod rejection;
+
+pub use rejection::Rejection;
 
 use crate::auth::{AuthError, Identity};
 use crate::client_ip::client_ip;
 use crate::http::response::{error, Body};
-use crate::metrics::Metrics;
 use crate::node::Node;
 use gate::{IpSlot, Slot, UserSlot};
 use hyper::header::RETRY_AFTER;
 use hyper::{HeaderMap, Response, StatusCode};
 use protocol::CloseCode;
 use std::net::{IpAddr, SocketAddr};
-
-/// Why a client was turned away: the `reason` label of `roomcast_connections_rejected_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rejection {
-    /// `Origin` not in `--allowed-origins`.
-    Origin,
-    /// The node holds `--max-connections` already.
-    Capacity,
-    /// Over `--max-handshake-rate`.
-    HandshakeRate,
-    /// Over `--max-conns-per-ip`.
-    IpLimit,
-    /// No valid token.
-    Auth,
-    /// Over `--max-conns-per-user`.
-    UserLimit,
-    /// `accept` failed (out of descriptors).
-    AcceptError,
-}
-
-impl Rejection {
-    pub const ALL: [Rejection; 7] = [
-        Rejection::IpLimit,
-        Rejection::UserLimit,
-        Rejection::Auth,
-        Rejection::Origin,
-        Rejection::Capacity,
-        Rejection::HandshakeRate,
-        Rejection::AcceptError,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Rejection::Origin => "origin",
-            Rejection::Capacity => "capacity",
-            Rejection::HandshakeRate => "handshake_rate",
-            Rejection::IpLimit => "ip_limit",
-            Rejection::Auth => "auth",
-            Rejection::UserLimit => "user_limit",
-            Rejection::AcceptError => "accept_error",
-        }
-    }
-
-    pub fn count(self, metrics: &Metrics) {
-        metrics
-            .connections_rejected
-            .with_label_values(&[self.as_str()])
-            .inc();
-    }
-}
 
 /// A refusal after the upgrade: the close code and reason the client sees.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -120,23 +120,39 @@ async fn try_restore(
     pid: &str,
     auth: Option<&Value>,
 ) -> Option<Restored> {
+    let saved = load(node, session, namespace, pid).await?;
+    let positions = locate(&saved, auth)?;
+    let joined = rejoin_all(node, session, &saved.rooms, &positions).await?;
+    replay(node, session, joined, &positions);
+    Some(Restored {
+        sid: saved.sid,
+        pid: pid.to_string(),
+    })
+}
+
+/// Takes the saved state (single use): only the same user, in the same namespace, gets it.
+async fn load(node: &Node, session: &Session, namespace: &str, pid: &str) -> Option<Saved> {
     let blob = node.backends.sessions.take_session(pid).await.ok()??;
     let saved: Saved = serde_json::from_str(&blob).ok()?;
     // A pid is a bearer secret, but a stolen one is still not another user's socket.
-    if saved.user != session.identity.user || saved.namespace != namespace {
-        return None;
-    }
+    (saved.user == session.identity.user && saved.namespace == namespace).then_some(saved)
+}
+
+/// Turns the client's one recovery offset into a position in every saved room.
+fn locate(saved: &Saved, auth: Option<&Value>) -> Option<HashMap<Arc<str>, Position>> {
     let mut journal = Journal {
         cap: JOURNAL_LEN,
         ..Journal::default()
     };
-    for (room, epoch, offset) in saved.entries {
+    for (room, epoch, offset) in &saved.entries {
         journal
             .entries
-            .push_back((Arc::from(room), (epoch, offset)));
+            .push_back((Arc::from(room.as_str()), (epoch.clone(), *offset)));
     }
-    for (room, epoch, offset) in saved.base {
-        journal.base.insert(Arc::from(room), (epoch, offset));
+    for (room, epoch, offset) in &saved.base {
+        journal
+            .base
+            .insert(Arc::from(room.as_str()), (epoch.clone(), *offset));
     }
     // A missing offset means the client received no message at all; a malformed one fails.
     let last = match auth.and_then(|a| a.get("offset")) {
@@ -147,53 +163,78 @@ async fn try_restore(
         }
         Some(_) => return None,
     };
-    let positions: HashMap<Arc<str>, Position> =
-        journal.positions_at(last.as_ref().map(|(r, p)| (r.as_str(), p)))?;
+    journal.positions_at(last.as_ref().map(|(r, p)| (r.as_str(), p)))
+}
 
-    // Join every room first; only when all of them replay in full is anything sent.
-    let mut joined: Vec<(String, Vec<Publication>, After)> = Vec::new();
-    let mut complete = true;
-    for room in &saved.rooms {
-        let Some((epoch, offset)) = positions.get(room.as_str()) else {
-            complete = false;
-            break;
-        };
-        let op = Op::Join {
-            room: room.clone(),
-            since: Some(Since {
-                epoch: epoch.clone(),
-                offset: *offset,
-            }),
-        };
-        let (result, after) = session::handle(node, session, op).await;
-        match result {
-            Ok(OkBody::Joined {
-                recovered: Some(true),
-                missed,
-                ..
-            }) => joined.push((room.clone(), missed.unwrap_or_default(), after)),
-            _ => {
-                // Joined but not replayable, or refused: release and give up.
-                session::after_reply(node, session, after);
-                complete = false;
-                if node.registry.is_in(room, &session.conn_id) {
-                    let _ =
-                        session::leave_room(node, &session.conn_id, &session.identity.user, room)
-                            .await;
+/// A room rejoined with its missed messages, its live ones held until `after_reply`.
+type Rejoined = (String, Vec<Publication>, After);
+
+/// Joins every room from its position; only when all of them replay in full is anything
+/// kept. Otherwise every room joined so far is left again and `None` returned.
+async fn rejoin_all(
+    node: &Node,
+    session: &Session,
+    rooms: &[String],
+    positions: &HashMap<Arc<str>, Position>,
+) -> Option<Vec<Rejoined>> {
+    let mut joined: Vec<Rejoined> = Vec::new();
+    for room in rooms {
+        match rejoin(node, session, room, positions).await {
+            Some(rejoined) => joined.push(rejoined),
+            None => {
+                for (room, _, after) in joined {
+                    session::after_reply(node, session, after);
+                    let user = &session.identity.user;
+                    let _ = session::leave_room(node, &session.conn_id, user, &room).await;
                 }
-                break;
+                return None;
             }
         }
     }
-    if !complete {
-        for (room, _, after) in joined {
-            session::after_reply(node, session, after);
-            let _ =
-                session::leave_room(node, &session.conn_id, &session.identity.user, &room).await;
-        }
-        return None;
+    Some(joined)
+}
+
+/// Rejoins one room with `since`; `None` (and not a member) unless it replays in full.
+async fn rejoin(
+    node: &Node,
+    session: &Session,
+    room: &str,
+    positions: &HashMap<Arc<str>, Position>,
+) -> Option<Rejoined> {
+    let (epoch, offset) = positions.get(room)?;
+    let op = Op::Join {
+        room: room.to_string(),
+        since: Some(Since {
+            epoch: epoch.clone(),
+            offset: *offset,
+        }),
+    };
+    let (result, after) = session::handle(node, session, op).await;
+    if let Ok(OkBody::Joined {
+        recovered: Some(true),
+        missed,
+        ..
+    }) = result
+    {
+        return Some((room.to_string(), missed.unwrap_or_default(), after));
     }
-    // The replay goes out before any live message: live ones are held until `after_reply`.
+    // Joined but not replayable, or refused: release and give up.
+    session::after_reply(node, session, after);
+    if node.registry.is_in(room, &session.conn_id) {
+        let user = &session.identity.user;
+        let _ = session::leave_room(node, &session.conn_id, user, room).await;
+    }
+    None
+}
+
+/// Sends what each room missed. The replay goes out before any live message: live ones are
+/// held until `after_reply`.
+fn replay(
+    node: &Node,
+    session: &Session,
+    joined: Vec<Rejoined>,
+    positions: &HashMap<Arc<str>, Position>,
+) {
     for (room, missed, after) in joined {
         if let Some((epoch, offset)) = positions.get(room.as_str()) {
             session.outbound.journal_base(&room, epoch, *offset);
@@ -205,8 +246,4 @@ async fn try_restore(
         }
         session::after_reply(node, session, after);
     }
-    Some(Restored {
-        sid: saved.sid,
-        pid: pid.to_string(),
-    })
 }

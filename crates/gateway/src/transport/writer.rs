@@ -104,6 +104,55 @@ fn put_close(buf: &mut Vec<u8>, code: u16, reason: &str) {
     put_frame(buf, OP_CLOSE, &payload);
 }
 
+/// The frames queued at one moment, encoded for one write.
+struct Batch {
+    buf: Vec<u8>,
+    /// Set when the batch ends with our Close.
+    closing: Option<u16>,
+    data_bytes: u64,
+}
+
+/// Encodes `first` and whatever else is queued, up to [`BATCH`] bytes or a Close.
+fn batch(
+    first: OutFrame,
+    rx: &mut UnboundedReceiver<OutFrame>,
+    outbound: &Outbound,
+    data_opcode: u8,
+) -> Batch {
+    let mut b = Batch {
+        buf: Vec::new(),
+        closing: None,
+        data_bytes: 0,
+    };
+    let mut next = Some(first);
+    while let Some(frame) = next.take() {
+        let (opcode, bytes) = match frame {
+            OutFrame::Data(bytes) => (data_opcode, bytes),
+            OutFrame::Message { text, bytes } => (if text { OP_TEXT } else { OP_BINARY }, bytes),
+            OutFrame::Pong(payload) => {
+                put_frame(&mut b.buf, OP_PONG, &payload);
+                next = (b.buf.len() < BATCH).then(|| rx.try_recv().ok()).flatten();
+                continue;
+            }
+            OutFrame::Close(code, reason) => {
+                put_close(&mut b.buf, code, &reason);
+                b.closing = Some(code);
+                break;
+            }
+        };
+        // A slow consumer's backlog is dropped so its Close goes out promptly.
+        if !outbound.is_discarding() {
+            put_frame(&mut b.buf, opcode, &bytes);
+            b.data_bytes += bytes.len() as u64;
+        }
+        outbound.written(bytes.len());
+        if b.buf.len() < BATCH {
+            next = rx.try_recv().ok();
+        }
+    }
+    b
+}
+
 /// Runs the writer until the connection ends, and says how it ended.
 pub(super) async fn run<W: AsyncWrite + Unpin>(
     mut io: W,
@@ -131,38 +180,7 @@ pub(super) async fn run<W: AsyncWrite + Unpin>(
         tokio::select! {
             frame = rx.recv() => {
                 let Some(first) = frame else { return WriterEnd::SocketGone };
-                let mut buf = Vec::new();
-                let mut closing = None;
-                let mut data_bytes = 0u64;
-                let mut next = Some(first);
-                while let Some(frame) = next.take() {
-                    match frame {
-                        OutFrame::Data(bytes) => {
-                            // A slow consumer's backlog is dropped so its Close goes out promptly.
-                            if !outbound.is_discarding() {
-                                put_frame(&mut buf, data_opcode, &bytes);
-                                data_bytes += bytes.len() as u64;
-                            }
-                            outbound.written(bytes.len());
-                        }
-                        OutFrame::Message { text, bytes } => {
-                            if !outbound.is_discarding() {
-                                put_frame(&mut buf, if text { OP_TEXT } else { OP_BINARY }, &bytes);
-                                data_bytes += bytes.len() as u64;
-                            }
-                            outbound.written(bytes.len());
-                        }
-                        OutFrame::Pong(payload) => put_frame(&mut buf, OP_PONG, &payload),
-                        OutFrame::Close(code, reason) => {
-                            put_close(&mut buf, code, &reason);
-                            closing = Some(code);
-                            break;
-                        }
-                    }
-                    if buf.len() < BATCH {
-                        next = rx.try_recv().ok();
-                    }
-                }
+                let Batch { buf, closing, data_bytes } = batch(first, &mut rx, &outbound, data_opcode);
                 if data_bytes > 0 {
                     metrics.outbound_queue_bytes.observe(outbound.queued_bytes() as f64);
                     metrics.bytes_out.inc_by(data_bytes);

@@ -1,0 +1,53 @@
+//! Why a client was turned away, as the metrics count it.
+
+use crate::metrics::Metrics;
+
+/// Why a client was turned away: the `reason` label of `roomcast_connections_rejected_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// `Origin` not in `--allowed-origins`.
+    Origin,
+    /// The node holds `--max-connections` already.
+    Capacity,
+    /// Over `--max-handshake-rate`.
+    HandshakeRate,
+    /// Over `--max-conns-per-ip`.
+    IpLimit,
+    /// No valid token.
+    Auth,
+    /// Over `--max-conns-per-user`.
+    UserLimit,
+    /// `accept` failed (out of descriptors).
+    AcceptError,
+}
+
+impl Rejection {
+    pub const ALL: [Rejection; 7] = [
+        Rejection::IpLimit,
+        Rejection::UserLimit,
+        Rejection::Auth,
+        Rejection::Origin,
+        Rejection::Capacity,
+        Rejection::HandshakeRate,
+        Rejection::AcceptError,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejection::Origin => "origin",
+            Rejection::Capacity => "capacity",
+            Rejection::HandshakeRate => "handshake_rate",
+            Rejection::IpLimit => "ip_limit",
+            Rejection::Auth => "auth",
+            Rejection::UserLimit => "user_limit",
+            Rejection::AcceptError => "accept_error",
+        }
+    }
+
+    pub fn count(self, metrics: &Metrics) {
+        metrics
+            .connections_rejected
+            .with_label_values(&[self.as_str()])
+            .inc();
+    }
+}
