@@ -26,7 +26,7 @@ PY
   echo "ok   loadtest $name"
   passed=$((passed + 1))
 }
-check fanout-json 's["phases"][0]["lost"] == 0 and s["phases"][0]["delivered"] > 0 and s["phases"][0]["duplicates"] == 0' \
+check fanout-json 's["phases"][0]["lost"] == 0 and s["phases"][0]["delivered"] > 0 and s["phases"][0]["duplicates"] == 0 and s["phases"][0]["duplicate_acks"] == 0' \
   fanout --rooms 2 --members 3 --publishers 2 --rate 40 --secs 2
 check fanout-msgpack-2-workers 's["phases"][0]["lost"] == 0 and s["clients"] == 6' \
   fanout --rooms 2 --members 3 --publishers 2 --rate 40 --secs 2 --protocol msgpack --workers 2

@@ -3,9 +3,10 @@
 # (Redis Cluster on 7300-7305, gateways on 8181-8183, nginx on 127.0.0.1:8180, so it never
 # collides with `make cluster-up` or the clusters of `make test`).
 #
-# While `roomcast-checks chaos` keeps rooms × members clients publishing and checking every
-# delivery (they reconnect through nginx and re-join with `since`), this script injects, one at
-# a time, with load before and after each:
+# While `roomcast-checks chaos` keeps rooms × members clients publishing (each message with
+# its own msgId, retried with it on `unavailable`/`timeout`) and checking every delivery (they
+# reconnect through nginx and re-join with `since`), this script injects, one at a time, with
+# load before and after each:
 #   1. kill -9 of gateway 8181, restarted 2 s later
 #   2. SIGTERM of gateway 8182 (a drain), restarted once it exited
 #   3. CLUSTER FAILOVER on the replica of one shard (graceful primary switch)
@@ -13,9 +14,10 @@
 #   5. SIGSTOP of the third shard's primary, longer than cluster-node-timeout, then SIGCONT
 #   6. gateway 8183 cut off from Redis (iptables, see below), then restored
 # and writes every fault's start and end to a log. deploy/local/chaos_report.py then sets the
-# load's record against that log: a table per fault (delivery pause, loss, duplicates,
-# order, reconnects, whether /readyz told the truth), printed and, for the full run, written
-# to docs/reliability.md.
+# load's record against that log: a table per fault (delivery pause, loss silent or behind an
+# epoch change, duplicates, order, divergences, publish answers and retries, reconnects,
+# whether /readyz told the truth), printed and, for the full run, written to
+# docs/reliability.md.
 #
 # The cut: gateway 8183 runs as its own uid (CLUSTER_UID_GATEWAY in cluster.sh). A mangle rule
 # marks every connection that uid opens to a Redis port (CONNMARK); during the cut, filter
@@ -23,13 +25,23 @@
 # nor hears it, while its clients (through nginx) and every other process are untouched. The
 # rules live in chains of their own (ROOMCAST_CHAOS*) that cleanup removes.
 #
-#   CHAOS_QUICK=1     the short version run by `make test` (debug build, ~90 s): fails when an
-#                     acknowledged message is lost or a client does not reconnect
-#   CHAOS_DURABLE=0   run the gateways without --durable-publish
+#   CHAOS_QUICK=1     the short version run by `make test` (debug build, ~90 s, default mode)
+#   CHAOS_DURABLE=0|1 one run, without or with --durable-publish. Unset: the quick run is
+#                     without; the full run runs both, one after the other, each writing its
+#                     own section of docs/reliability.md
+#   CHAOS_SEED=N      0 (default): faults 1-6 in that order, fixed timings; any other N
+#                     shuffles the order, picks the shards of faults 3-5 and moves the pauses
+#                     between faults and the SIGSTOP's length (reproducibly for one N)
 #   CHAOS_PROFILE     release (default for the full run) or debug (default for the quick one)
 #   CHAOS_GATEWAY_BIN a roomcast binary to test instead of building this tree's
 #   CHAOS_ALLOW_STUCK=1  report, but do not fail on, clients left connected yet receiving
 #                     nothing (see docs/reliability.md: a gateway reaped as dead by its peers)
+#
+# Every run fails (exit 1) on an acknowledged message lost without an epoch change that its
+# member saw (with --durable-publish: lost at all), a divergence (two messages at one room,
+# epoch and offset, or an ack at the wrong offset), a duplicate or out-of-order delivery, a
+# publish answered only `unavailable` (not applied) yet delivered, or a client that does not
+# get back in (chaos_report.py).
 #
 # Installs redis-server, nginx and iptables with apt-get when missing. Needs root (iptables,
 # setpriv). Leaves nothing running: every process, rule and temporary file it made goes in
@@ -39,14 +51,23 @@ cd "$(dirname "$0")/../.."
 export PATH="$HOME/.cargo/bin:$PATH"
 
 QUICK=${CHAOS_QUICK:-0}
-DURABLE=${CHAOS_DURABLE:-1}
+if [ "$QUICK" != 1 ] && [ -z "${CHAOS_DURABLE:-}" ]; then
+  # The full run: both modes, each on a cluster of its own.
+  CHAOS_DURABLE=0 deploy/local/chaos.sh; rc0=$?
+  CHAOS_DURABLE=1 deploy/local/chaos.sh; rc1=$?
+  echo "make chaos: default mode $([ $rc0 = 0 ] && echo passed || echo FAILED), --durable-publish $([ $rc1 = 0 ] && echo passed || echo FAILED)" >&2
+  exit $(( rc0 != 0 || rc1 != 0 ))
+fi
+DURABLE=${CHAOS_DURABLE:-0}
+SEED=${CHAOS_SEED:-0}
 if [ "$QUICK" = 1 ]; then PROFILE=${CHAOS_PROFILE:-debug}; else PROFILE=${CHAOS_PROFILE:-release}; fi
+if [ "$DURABLE" = 1 ]; then MODE=durable; else MODE=default; fi
 REDIS_BASE=7300
 GW=(8181 8182 8183)
 LB=127.0.0.1:8180
 CUT_UID=64000
 STATE=${TMPDIR:-/tmp}/roomcast-chaos
-RAW=target/chaos
+RAW=target/chaos/$MODE
 REDIS_DIR=${TMPDIR:-/tmp}/roomcast-redis-$REDIS_BASE
 SECRET=chaos-secret
 
@@ -58,6 +79,24 @@ if [ "$QUICK" = 1 ]; then
 else
   LOAD=(--rooms 20 --members 10 --publishers 40 --rate 200)
   WARM=5 AFTER=12 PAUSE=6 CUT=10 REVIVE=4 TAIL=0
+fi
+
+# The seed: the order of the faults, the shards of faults 3-5, the load between faults and the
+# SIGSTOP's length. Seed 0 is the fixed schedule.
+ORDER=(1 2 3 4 5 6)
+SHARD_SLOT=(0 5461 10923)
+GAPS=("$AFTER" "$AFTER" "$AFTER" "$AFTER" "$AFTER" "$AFTER")
+if [ "$SEED" != 0 ]; then
+  RANDOM=$SEED
+  for ((i = ${#ORDER[@]} - 1; i > 0; i--)); do
+    j=$(( RANDOM % (i + 1) ))
+    tmp=${ORDER[$i]} ORDER[$i]=${ORDER[$j]} ORDER[$j]=$tmp
+  done
+  r=$(( RANDOM % 3 ))
+  SHARD_SLOT=("${SHARD_SLOT[@]:$r}" "${SHARD_SLOT[@]:0:$r}")
+  for i in "${!GAPS[@]}"; do GAPS[$i]=$(( AFTER - 1 + RANDOM % 4 )); done
+  WARM=$(( WARM + RANDOM % 3 ))
+  PAUSE=$(( PAUSE + RANDOM % 3 ))
 fi
 
 . deploy/local/lib.sh
@@ -211,75 +250,103 @@ echo "$(ms) 0 load-start" >>"$FAULTS"
 until_ms $(( $(ms) + (SETUP + WARM) * 1000 ))
 
 # ---- the faults ----------------------------------------------------------------------------
+# Each fault_N injects fault N, waits until it is over, and sets AFTER_FROM: the load then runs
+# $AFTER s more from there before the next fault.
+
 # 1. kill -9 a gateway; a supervisor restarts it 2 s later.
-t=$(ms)
-event 1 kill-gateway "gateway=local-${GW[0]} port=${GW[0]}"
-kill -9 "$(gw_pid "${GW[0]}")"
-sleep 2
-restart_gw 1 "${GW[0]}"
-until_ms $(( t + 2000 + AFTER * 1000 ))
+fault_1() {
+  local t
+  t=$(ms)
+  event 1 kill-gateway "gateway=local-${GW[0]} port=${GW[0]}"
+  kill -9 "$(gw_pid "${GW[0]}")"
+  sleep 2
+  restart_gw 1 "${GW[0]}"
+  AFTER_FROM=$(( t + 2000 ))
+}
 
 # 2. SIGTERM another (a drain); restart it once it has exited.
-t=$(ms)
-pid=$(gw_pid "${GW[1]}")
-event 2 drain-gateway "gateway=local-${GW[1]} port=${GW[1]}"
-kill -TERM "$pid"
-for _ in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-if kill -0 "$pid" 2>/dev/null; then say "gateway ${GW[1]} still running 15 s after SIGTERM"; kill -9 "$pid"; fi
-event 2 exited "port=${GW[1]}"
-restart_gw 2 "${GW[1]}"
-until_ms $(( $(ms) + AFTER * 1000 ))
+fault_2() {
+  local pid
+  pid=$(gw_pid "${GW[1]}")
+  event 2 drain-gateway "gateway=local-${GW[1]} port=${GW[1]}"
+  kill -TERM "$pid"
+  for _ in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  if kill -0 "$pid" 2>/dev/null; then say "gateway ${GW[1]} still running 15 s after SIGTERM"; kill -9 "$pid"; fi
+  event 2 exited "port=${GW[1]}"
+  restart_gw 2 "${GW[1]}"
+  AFTER_FROM=$(ms)
+}
 
-# 3. CLUSTER FAILOVER on the replica of the shard that holds slot 0.
-wait_settled
-read -r primary replica range < <(shard_of_slot 0)
-event 3 cluster-failover "primary=$primary replica=$replica slots=$range"
-out=$(rcli "$replica" cluster failover)
-[ "$out" = OK ] || say "CLUSTER FAILOVER answered: $out"
-for _ in $(seq 1 100); do [ "$(role "$replica")" = master ] && break; sleep 0.1; done
-event 3 promoted "port=$replica role=$(role "$replica")"
-wait_settled && event 3 settled
-until_ms $(( $(ms) + AFTER * 1000 ))
+# 3. CLUSTER FAILOVER on the replica of one shard (slot 0 with seed 0).
+fault_3() {
+  local primary replica range out
+  wait_settled
+  read -r primary replica range < <(shard_of_slot "${SHARD_SLOT[0]}")
+  event 3 cluster-failover "primary=$primary replica=$replica slots=$range"
+  out=$(rcli "$replica" cluster failover)
+  [ "$out" = OK ] || say "CLUSTER FAILOVER answered: $out"
+  for _ in $(seq 1 100); do [ "$(role "$replica")" = master ] && break; sleep 0.1; done
+  event 3 promoted "port=$replica role=$(role "$replica")"
+  wait_settled && event 3 settled
+  AFTER_FROM=$(ms)
+}
 
-# 4. kill -9 the primary of another shard (slot 5461); revive it 4 s later as a supervisor
-#    would: it rejoins as a replica of the node that replaced it.
-wait_settled
-read -r primary replica range < <(shard_of_slot 5461)
-t=$(ms)
-event 4 kill-primary "primary=$primary replica=$replica slots=$range"
-kill -9 "$(cat "$REDIS_DIR/$primary/redis.pid")"
-for _ in $(seq 1 100); do [ "$(role "$replica")" = master ] && { event 4 promoted "port=$replica"; break; }; sleep 0.1; done
-until_ms $(( t + REVIVE * 1000 ))
-deploy/local/redis-cluster.sh revive "$primary" "$REDIS_BASE" "$REDIS_DIR"
-event 4 revived "port=$primary"
-wait_settled && event 4 settled
-until_ms $(( $(ms) + AFTER * 1000 ))
+# 4. kill -9 the primary of another shard (slot 5461 with seed 0); revive it 4 s later as a
+#    supervisor would: it rejoins as a replica of the node that replaced it.
+fault_4() {
+  local primary replica range t
+  wait_settled
+  read -r primary replica range < <(shard_of_slot "${SHARD_SLOT[1]}")
+  t=$(ms)
+  event 4 kill-primary "primary=$primary replica=$replica slots=$range"
+  kill -9 "$(cat "$REDIS_DIR/$primary/redis.pid")"
+  for _ in $(seq 1 100); do [ "$(role "$replica")" = master ] && { event 4 promoted "port=$replica"; break; }; sleep 0.1; done
+  until_ms $(( t + REVIVE * 1000 ))
+  deploy/local/redis-cluster.sh revive "$primary" "$REDIS_BASE" "$REDIS_DIR"
+  event 4 revived "port=$primary"
+  wait_settled && event 4 settled
+  AFTER_FROM=$(ms)
+}
 
-# 5. SIGSTOP the primary of the third shard (slot 10923) for longer than cluster-node-timeout.
-wait_settled
-read -r primary replica range < <(shard_of_slot 10923)
-pid=$(cat "$REDIS_DIR/$primary/redis.pid")
-t=$(ms)
-event 5 pause-primary "primary=$primary replica=$replica slots=$range pause=${PAUSE}s"
-kill -STOP "$pid"
-promoted=0
-while [ "$(ms)" -lt $(( t + PAUSE * 1000 )) ]; do
-  if [ "$promoted" = 0 ] && [ "$(role "$replica")" = master ]; then event 5 promoted "port=$replica"; promoted=1; fi
-  sleep 0.1
-done
-kill -CONT "$pid"
-event 5 resumed "port=$primary"
-wait_settled && event 5 settled
-until_ms $(( $(ms) + AFTER * 1000 ))
+# 5. SIGSTOP the primary of the third shard (slot 10923 with seed 0) for longer than
+#    cluster-node-timeout, then SIGCONT: it wakes up still a primary for a moment.
+fault_5() {
+  local primary replica range pid t promoted=0
+  wait_settled
+  read -r primary replica range < <(shard_of_slot "${SHARD_SLOT[2]}")
+  pid=$(cat "$REDIS_DIR/$primary/redis.pid")
+  t=$(ms)
+  event 5 pause-primary "primary=$primary replica=$replica slots=$range pause=${PAUSE}s"
+  kill -STOP "$pid"
+  while [ "$(ms)" -lt $(( t + PAUSE * 1000 )) ]; do
+    if [ "$promoted" = 0 ] && [ "$(role "$replica")" = master ]; then event 5 promoted "port=$replica"; promoted=1; fi
+    sleep 0.1
+  done
+  kill -CONT "$pid"
+  event 5 resumed "port=$primary"
+  wait_settled && event 5 settled
+  AFTER_FROM=$(ms)
+}
 
 # 6. Cut gateway 8183 off from Redis, then restore it.
-t=$(ms)
-event 6 cut-gateway "gateway=local-${GW[2]} port=${GW[2]} for=${CUT}s"
-cut
-until_ms $(( t + CUT * 1000 ))
-uncut
-event 6 restored "port=${GW[2]}"
-until_ms $(( $(ms) + (AFTER + TAIL) * 1000 ))
+fault_6() {
+  local t
+  t=$(ms)
+  event 6 cut-gateway "gateway=local-${GW[2]} port=${GW[2]} for=${CUT}s"
+  cut
+  until_ms $(( t + CUT * 1000 ))
+  uncut
+  event 6 restored "port=${GW[2]}"
+  AFTER_FROM=$(ms)
+}
+
+say "seed $SEED: faults ${ORDER[*]}, shards of faults 3-5 by slots ${SHARD_SLOT[*]}, pauses between faults ${GAPS[*]} s, SIGSTOP ${PAUSE} s"
+for i in "${!ORDER[@]}"; do
+  "fault_${ORDER[$i]}"
+  after=${GAPS[$i]}
+  [ "$i" = $(( ${#ORDER[@]} - 1 )) ] && after=$(( after + TAIL ))
+  until_ms $(( AFTER_FROM + after * 1000 ))
+done
 
 # ---- the report ----------------------------------------------------------------------------
 echo "$(ms) 0 load-stop" >>"$FAULTS"
@@ -295,7 +362,7 @@ cp "$STATE/load.log" "$RAW/load.log"
 for p in "${GW[@]}"; do cp "$STATE/cluster/gateway-$p.log" "$RAW/gateway-$p.log" 2>/dev/null; done
 elapsed=$(( ($(ms) - T0) / 1000 ))
 report=(python3 deploy/local/chaos_report.py --load "$RAW/chaos.json" --faults "$FAULTS"
-  --elapsed "$elapsed" --durable "$DURABLE" --command "${LOAD_CMD[*]}" --gateway-args "$GATEWAY_ARGS"
+  --elapsed "$elapsed" --durable "$DURABLE" --seed "$SEED" --command "${LOAD_CMD[*]}" --gateway-args "$GATEWAY_ARGS"
   --gateway "${CHAOS_GATEWAY_BIN:-target/$PROFILE/roomcast built from $(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet HEAD -- crates 2>/dev/null || echo ' plus uncommitted changes')}")
 if [ "$QUICK" = 1 ]; then
   "${report[@]}" --quick

@@ -462,9 +462,12 @@ fn request_to_value(r: &Request) -> Value {
             }
         }
         Op::Leave { room } | Op::Presence { room } => put("room", Value::from(room.as_str())),
-        Op::Publish { room, data } => {
+        Op::Publish { room, data, msg_id } => {
             put("room", Value::from(room.as_str()));
             put("data", data.to_value());
+            if let Some(key) = msg_id {
+                put("msgId", Value::from(key.as_str()));
+            }
         }
         Op::History {
             room,

@@ -5,6 +5,10 @@
 //! earlier ones were answered, and stamps it with that *intended* time. A server that falls
 //! behind therefore shows up as latency instead of as a slower send rate (no coordinated
 //! omission).
+//!
+//! With `msg_ids`, each publish carries an idempotency key `msgId` = `p<publisher>-<seq>`
+//! (publishes are never retried here, so an `ok` with `duplicate: true` means a server took
+//! two messages for one). Receivers count a (publisher, seq) delivered twice as a duplicate.
 
 use crate::stats::{histogram, Hist, Phase, Report};
 use anyhow::Result;
@@ -41,6 +45,8 @@ pub struct Plan {
     pub start_at_us: u64,
     /// Keep the per-message last-member latency (broadcast).
     pub track_last: bool,
+    /// Send a `msgId` with every publish.
+    pub msg_ids: bool,
 }
 
 impl Plan {
@@ -81,6 +87,13 @@ impl Plan {
         let dial = Dial::from(self.source_for(g));
         Ok(ws::connect(self.url_for(g), self.protocol, token.as_deref(), &dial).await?)
     }
+}
+
+/// What a receiver counts of the replies to its own publishes.
+#[derive(Default)]
+struct Replies {
+    errors: u64,
+    duplicate_acks: u64,
 }
 
 /// Per-receiver bookkeeping.
@@ -218,8 +231,8 @@ pub async fn run(plan: Arc<Plan>) -> Report {
         .collect();
     let mut timeline: Vec<(Histogram<u64>, u64)> = Vec::new();
     for r in readers {
-        if let Ok((rx, errs)) = r.await {
-            merge_receiver(&mut phases, &mut timeline, rx, errs, plan.track_last);
+        if let Ok((rx, replies)) = r.await {
+            merge_receiver(&mut phases, &mut timeline, rx, replies, plan.track_last);
         }
     }
     report.timeline_delivered = timeline.iter().map(|(_, n)| *n).collect();
@@ -257,16 +270,16 @@ async fn connect_all(plan: &Arc<Plan>, report: &mut Report) -> Vec<(u64, Conn)> 
 }
 
 /// One client's receiving side until 3 s after the last phase: checks every delivery and
-/// counts error replies (to its publishes); answers pings.
+/// counts error and `duplicate: true` replies (to its publishes); answers pings.
 async fn receive(
     plan: Arc<Plan>,
     mut stream: ws::Stream,
     sink: Arc<Mutex<Sink>>,
     end_us: u64,
-) -> (Receiver, u64) {
+) -> (Receiver, Replies) {
     let protocol = plan.protocol;
     let mut rx = Receiver::new(plan.phases.len(), plan.start_at_us, plan.track_last);
-    let mut errors = 0;
+    let mut replies = Replies::default();
     let stop = tokio::time::Instant::now()
         + Duration::from_micros(end_us.saturating_sub(now_us()))
         + Duration::from_secs(3);
@@ -275,7 +288,10 @@ async fn receive(
         let Ok(Some(Ok(msg))) = next else { break };
         match protocol.decode(&msg) {
             Incoming::Message(data) => rx.on_message(&data),
-            Incoming::Reply { reply: Err(_), .. } => errors += 1,
+            Incoming::Reply { reply: Err(_), .. } => replies.errors += 1,
+            Incoming::Reply { reply: Ok(ok), .. } if ok["duplicate"] == true => {
+                replies.duplicate_acks += 1
+            }
             Incoming::Ping => {
                 if let Some(pong) = protocol.pong() {
                     let _ = sink.lock().await.send(pong).await;
@@ -285,20 +301,21 @@ async fn receive(
         }
     }
     let _ = sink.lock().await.close().await;
-    (rx, errors)
+    (rx, replies)
 }
 
-/// Adds one receiver's deliveries to the phases and the timeline (publish errors all count
-/// in the first phase).
+/// Adds one receiver's deliveries to the phases and the timeline (publish errors and
+/// duplicate acks all count in the first phase).
 fn merge_receiver(
     phases: &mut [Phase],
     timeline: &mut Vec<(Histogram<u64>, u64)>,
     rx: Receiver,
-    errors: u64,
+    replies: Replies,
     track_last: bool,
 ) {
     if let Some(first) = phases.first_mut() {
-        first.publish_errors += errors;
+        first.publish_errors += replies.errors;
+        first.duplicate_acks += replies.duplicate_acks;
     }
     for (i, (h, d, dup, ooo)) in rx.phases.into_iter().enumerate() {
         let ph = &mut phases[i];
@@ -354,9 +371,11 @@ async fn publisher(plan: Arc<Plan>, p: u64, sink: Arc<Mutex<Sink>>) -> Vec<u64> 
             seq += 1;
             id += 1;
             let data = json!({ "p": p, "s": seq, "t": intended, "ph": ph, "x": pad });
-            let msg = plan
-                .protocol
-                .request(id, "publish", json!({ "room": room, "data": data }));
+            let mut args = json!({ "room": room, "data": data });
+            if plan.msg_ids {
+                args["msgId"] = json!(format!("p{p}-{seq}"));
+            }
+            let msg = plan.protocol.request(id, "publish", args);
             if sink.lock().await.send(msg).await.is_err() {
                 return sent;
             }

@@ -42,6 +42,15 @@ enum Scenario {
     Max,
 }
 
+/// `--msg-id`: whether publishes carry an idempotency key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum MsgIds {
+    /// On for the native protocols (json, msgpack), off for Socket.IO.
+    Auto,
+    On,
+    Off,
+}
+
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "roomcast-loadtest",
@@ -97,6 +106,9 @@ struct Args {
     /// Padding bytes in each published payload.
     #[arg(long, default_value_t = 64)]
     payload: usize,
+    /// Give every publish an idempotency key `msgId` (`p<publisher>-<seq>`).
+    #[arg(long, value_enum, default_value = "auto")]
+    msg_id: MsgIds,
     /// max: first rate, growth factor, steps, seconds per step, p99 bound.
     #[arg(long, default_value_t = 1000.0)]
     start_rate: f64,
@@ -179,6 +191,11 @@ impl Args {
             workers: self.workers.max(1),
             start_at_us,
             track_last: broadcast,
+            msg_ids: match self.msg_id {
+                MsgIds::Auto => self.protocol != Protocol::Socketio,
+                MsgIds::On => true,
+                MsgIds::Off => false,
+            },
         })
     }
 

@@ -43,9 +43,14 @@ pub struct Phase {
     pub sent: u64,
     pub expected: u64,
     pub delivered: u64,
+    /// A (publisher, seq) delivered more than once to one receiver.
     pub duplicates: u64,
     pub out_of_order: u64,
     pub publish_errors: u64,
+    /// Publish replies `ok` with `duplicate: true` (publishes with a `msgId` are never
+    /// retried, so any is a server taking two messages for one).
+    #[serde(default)]
+    pub duplicate_acks: u64,
     /// Publish-to-receive latency over every delivery.
     pub latency: Hist,
     /// Per message (publisher, seq): the latency to its last receiver, in µs (broadcast).
@@ -62,6 +67,7 @@ impl Phase {
         self.duplicates += o.duplicates;
         self.out_of_order += o.out_of_order;
         self.publish_errors += o.publish_errors;
+        self.duplicate_acks += o.duplicate_acks;
         self.latency.merge(&o.latency);
         if !o.last_member.is_empty() {
             self.merge_last_member(o.last_member.iter().copied());

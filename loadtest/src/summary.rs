@@ -60,6 +60,7 @@ struct PhaseSummary {
     duplicates: u64,
     out_of_order: u64,
     publish_errors: u64,
+    duplicate_acks: u64,
     latency_ms: Percentiles,
 }
 
@@ -75,6 +76,7 @@ impl PhaseSummary {
             duplicates: p.duplicates,
             out_of_order: p.out_of_order,
             publish_errors: p.publish_errors,
+            duplicate_acks: p.duplicate_acks,
             latency_ms: Percentiles::of(&p.latency.to_histogram()),
         }
     }
@@ -168,8 +170,8 @@ pub fn print(s: &Summary) {
     for p in &s.phases {
         let l = &p.latency_ms;
         println!(
-            "  rate {:>8.0}/s: sent {} delivered {} ({:.0}/s) lost {} dup {} ooo {} errors {} | latency ms p50 {:.2} p90 {:.2} p99 {:.2} p99.9 {:.2} max {:.2}",
-            p.rate, p.sent, p.delivered, p.delivered_per_sec, p.lost, p.duplicates, p.out_of_order, p.publish_errors, l.p50, l.p90, l.p99, l.p999, l.max
+            "  rate {:>8.0}/s: sent {} delivered {} ({:.0}/s) lost {} dup delivered {} ooo {} errors {} dup acks {} | latency ms p50 {:.2} p90 {:.2} p99 {:.2} p99.9 {:.2} max {:.2}",
+            p.rate, p.sent, p.delivered, p.delivered_per_sec, p.lost, p.duplicates, p.out_of_order, p.publish_errors, p.duplicate_acks, l.p50, l.p90, l.p99, l.p999, l.max
         );
     }
     if let Some(r) = s.max_sustainable_rate {

@@ -99,6 +99,11 @@ pub struct Config {
     #[arg(long, env = "ROOMCAST_MAX_DATA_BYTES", default_value_t = 64 * 1024)]
     pub max_data_bytes: usize,
 
+    /// How long a publish's `msgId` is remembered: a retry with the same key within it is
+    /// acknowledged with the first offset and not delivered again.
+    #[arg(long, env = "ROOMCAST_IDEMPOTENCY_WINDOW", default_value = "2m", value_parser = duration)]
+    pub idempotency_window: Duration,
+
     /// Outbound queue limit per connection, in bytes (close 4009 above it).
     #[arg(long, env = "ROOMCAST_OUTBOUND_QUEUE_BYTES", default_value_t = 1024 * 1024)]
     pub outbound_queue_bytes: usize,

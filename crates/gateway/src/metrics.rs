@@ -8,6 +8,7 @@
 //! behind [`CommandObserver`]. The other labelled series are looked up where they are used, on
 //! per-connection or error paths.
 
+use crate::admission::Rejection;
 use fan_out::{DeliveryHooks, PubSubHooks};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -349,16 +350,8 @@ impl ConnectionSeries {
             "Connections refused, by reason.",
             &["reason"],
         )?;
-        for reason in [
-            "ip_limit",
-            "user_limit",
-            "auth",
-            "origin",
-            "capacity",
-            "handshake_rate",
-            "accept_error",
-        ] {
-            connections_rejected.with_label_values(&[reason]);
+        for reason in Rejection::ALL {
+            connections_rejected.with_label_values(&[reason.as_str()]);
         }
         let disconnects = r.counter_vec(
             "disconnects_total",

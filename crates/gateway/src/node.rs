@@ -25,6 +25,9 @@ pub struct Node {
     pub id: String,
     pub addr: SocketAddr,
     pub started_at: u64,
+    /// This process's incarnation of the node id, in every connection id it issues, so that
+    /// a node restarted under the same `--node-id` never issues an id again.
+    pub incarnation: String,
     pub backends: Backends,
     pub registry: Arc<Registry>,
     pub metrics: Arc<Metrics>,
@@ -100,10 +103,12 @@ impl Node {
             max_per_ip: config.max_conns_per_ip,
             max_per_user: config.max_conns_per_user,
         });
+        let started_at = now_ms();
         Ok(Arc::new(Node {
             id,
             addr,
-            started_at: now_ms(),
+            started_at,
+            incarnation: base36(started_at),
             backends,
             registry,
             metrics,
@@ -125,7 +130,12 @@ impl Node {
     /// A cluster-unique connection id: `<node>.<sequence>`.
     pub fn next_conn_id(&self) -> String {
         let n = self.conn_seq.fetch_add(1, Ordering::Relaxed) + 1;
-        format!("{}.{n:x}", self.id)
+        format!("{}.{n:x}", self.conn_id_prefix())
+    }
+
+    /// What every connection id of this incarnation starts with: `<node>.<incarnation>`.
+    pub fn conn_id_prefix(&self) -> String {
+        format!("{}.{}", self.id, self.incarnation)
     }
 
     pub fn is_draining(&self) -> bool {
@@ -170,6 +180,22 @@ fn random_node_id() -> String {
         .map(|_| fastrand::alphanumeric().to_ascii_lowercase())
         .collect();
     format!("n-{suffix}")
+}
+
+/// Lower-case base 36: an incarnation from the start time in milliseconds (8 characters
+/// until the year 5188), which restarts more than a millisecond apart never repeat.
+fn base36(mut n: u64) -> String {
+    const DIGITS: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut out = Vec::new();
+    loop {
+        out.push(DIGITS[(n % 36) as usize]);
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    out.reverse();
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// The soft open-file limit, from `/proc/self/limits` (Linux); `None` elsewhere or unlimited.

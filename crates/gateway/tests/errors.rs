@@ -11,7 +11,8 @@ use protocol::envelope::Envelope;
 use protocol::frame::{Member, Publication, Since};
 use protocol::Data;
 use room_state::{
-    JoinOutcome, MemberRecord, MemoryState, RoomConfig, RoomInfo, RoomStore, StateError,
+    Idempotency, JoinOutcome, MemberRecord, MemoryState, Published, RoomConfig, RoomInfo,
+    RoomStore, StateError,
 };
 use serde_json::json;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -184,10 +185,13 @@ impl RoomStore for Faulty {
         conn_id: Option<&str>,
         from: &str,
         data: Data,
+        idempotency: Option<Idempotency<'_>>,
         now_ms: u64,
-    ) -> Result<Publication, StateError> {
+    ) -> Result<Published, StateError> {
         self.check()?;
-        self.inner.publish(room, conn_id, from, data, now_ms).await
+        self.inner
+            .publish(room, conn_id, from, data, idempotency, now_ms)
+            .await
     }
     async fn members(
         &self,

@@ -199,6 +199,56 @@ async fn json_and_msgpack_clients_share_a_room() {
 }
 
 #[tokio::test]
+async fn publish_with_a_msg_id_is_delivered_once() {
+    let server = start(&[]).await;
+    let addr = server.addr;
+    let mut alice = Client::connect(addr, "alice", Fmt::Json).await;
+    let mut bob = Client::connect(addr, "bob", Fmt::MsgPack).await;
+    let room = alice.ok(json!({"op": "create_room"})).await["room"].clone();
+    bob.ok(json!({"op": "join", "room": room})).await;
+
+    let publish =
+        |key: &str, n: u64| json!({"op": "publish", "room": room, "data": {"n": n}, "msgId": key});
+    let first = alice.ok(publish("a-1", 1)).await;
+    assert_eq!(
+        first,
+        json!({"offset": 1}),
+        "no duplicate flag on a first publish"
+    );
+    let retry = alice.ok(publish("a-1", 1)).await;
+    assert_eq!(retry, json!({"offset": 1, "duplicate": true}));
+    // The same key from another user is another message.
+    let bobs = bob.ok(publish("a-1", 2)).await;
+    assert_eq!(bobs, json!({"offset": 2}));
+    assert_eq!(alice.ok(publish("a-2", 3)).await, json!({"offset": 3}));
+
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(bob.event("message").await["offset"].as_u64().unwrap());
+    }
+    assert_eq!(got, vec![1, 2, 3]);
+    bob.quiet(200).await;
+
+    let bad = alice
+        .err(json!({"op": "publish", "room": room, "data": 1, "msgId": "has space"}))
+        .await;
+    assert_eq!(bad["code"], "bad_request");
+
+    // The server API takes the key as a header.
+    let path = format!("/api/rooms/{}/publish", room.as_str().unwrap());
+    let key = [("Idempotency-Key", "srv-1")];
+    for duplicate in [None, Some(true)] {
+        let (status, body) = http_with(addr, "POST", &path, Some(API_KEY), &key, "{\"x\":1}").await;
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            (body["offset"].as_u64(), body["duplicate"].as_bool()),
+            (Some(4), duplicate)
+        );
+    }
+}
+
+#[tokio::test]
 async fn server_api() {
     let server = start(&[]).await;
     let addr = server.addr;

@@ -179,7 +179,7 @@ pub fn encode<T: Serialize + ?Sized>(value: &T, format: Format) -> Result<Bytes,
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frame::{Event, OkBody, Reply, Since};
+    use crate::frame::{Event, MsgId, OkBody, Reply, Since};
     use crate::{Data, ErrorCode};
     use serde_json::json;
 
@@ -223,6 +223,19 @@ mod tests {
             panic!("wrong op")
         };
         assert_eq!(data.as_json(), r#"{"x":[1]}"#);
+        let r =
+            json_req(json!({"id": 5, "op": "publish", "room": "a", "data": 1, "msgId": "p1-42"}))
+                .expect("ok");
+        let Op::Publish { msg_id, .. } = r.op else {
+            panic!("wrong op")
+        };
+        assert_eq!(msg_id.as_ref().map(MsgId::as_str), Some("p1-42"));
+        for bad in [json!(""), json!("a b"), json!("x".repeat(65)), json!(7)] {
+            let e =
+                json_req(json!({"id": 5, "op": "publish", "room": "a", "data": 1, "msgId": bad}))
+                    .expect_err("bad msgId");
+            assert_eq!(e.id, Some(5));
+        }
         let r = json_req(json!({"id": 6, "op": "history", "room": "a", "limit": 500, "before": 9}))
             .expect("ok");
         assert_eq!(
@@ -346,7 +359,13 @@ mod tests {
 
     #[test]
     fn replies_and_events_encode_as_documented() {
-        let reply = Reply::ok(3, OkBody::Published { offset: 7 });
+        let reply = Reply::ok(
+            3,
+            OkBody::Published {
+                offset: 7,
+                duplicate: false,
+            },
+        );
         assert_eq!(
             encode(&reply, Format::Json).expect("json").as_ref(),
             br#"{"id":3,"ok":{"offset":7}}"#

@@ -16,12 +16,16 @@ pub enum ErrorCode {
     RateLimited,
     CreationPaused,
     PayloadTooLarge,
+    /// Not applied: the backend refused or could not be reached. Safe to retry.
     Unavailable,
+    /// The outcome is unknown (the backend did not answer in time): retry with the same
+    /// `msgId`, which can never apply twice.
+    Timeout,
     Internal,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 12] = [
+    pub const ALL: [ErrorCode; 13] = [
         ErrorCode::BadRequest,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
@@ -33,6 +37,7 @@ impl ErrorCode {
         ErrorCode::CreationPaused,
         ErrorCode::PayloadTooLarge,
         ErrorCode::Unavailable,
+        ErrorCode::Timeout,
         ErrorCode::Internal,
     ];
 
@@ -49,6 +54,7 @@ impl ErrorCode {
             ErrorCode::CreationPaused => "creation_paused",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Timeout => "timeout",
             ErrorCode::Internal => "internal",
         }
     }

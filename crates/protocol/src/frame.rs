@@ -30,6 +30,39 @@ pub struct RoomOptions {
     pub ttl_secs: Option<u64>,
 }
 
+/// A publish's idempotency key: 1 to [`MsgId::MAX_LEN`] characters of `A-Z a-z 0-9 _ . : -`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct MsgId(String);
+
+impl MsgId {
+    pub const MAX_LEN: usize = 64;
+
+    /// Checks a key against the grammar.
+    pub fn new(key: &str) -> Option<MsgId> {
+        let ok = (1..=Self::MAX_LEN).contains(&key.len())
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'));
+        ok.then(|| MsgId(key.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for MsgId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<MsgId, D::Error> {
+        let key = String::deserialize(d)?;
+        MsgId::new(&key).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "msgId must be 1 to {} characters of A-Z a-z 0-9 _ . : -",
+                MsgId::MAX_LEN
+            ))
+        })
+    }
+}
+
 /// A recovery position: the last offset seen in a given epoch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Since {
@@ -58,6 +91,10 @@ pub enum Op {
     Publish {
         room: String,
         data: Data,
+        /// The client's idempotency key: a retry with the same key is acknowledged with the
+        /// first offset and never delivered twice.
+        #[serde(default, rename = "msgId")]
+        msg_id: Option<MsgId>,
     },
     Presence {
         room: String,
@@ -169,6 +206,10 @@ pub enum OkBody {
     },
     Published {
         offset: u64,
+        /// This publish repeated an earlier one's `msgId`: nothing new was published, and
+        /// `offset` is the earlier one's.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        duplicate: bool,
     },
     Presence {
         members: Vec<Member>,

@@ -37,7 +37,9 @@ pub mod traffic;
 pub use error::StateError;
 pub use limits::RateLimits;
 pub use memory::MemoryState;
-pub use model::{Decision, JoinOutcome, MemberRecord, NodeInfo, RoomConfig, RoomInfo};
+pub use model::{
+    Decision, Idempotency, JoinOutcome, MemberRecord, NodeInfo, Published, RoomConfig, RoomInfo,
+};
 pub use observer::{Command, CommandObserver};
 pub use redis::{RedisSettings, RedisState};
 pub use rooms::{PublishSink, RoomStore};

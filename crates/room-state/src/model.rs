@@ -31,6 +31,23 @@ impl MemberRecord {
     }
 }
 
+/// A publish's idempotency key, scoped by the caller (the gateway prefixes the user), and
+/// how long a repeat of it is recognised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Idempotency<'a> {
+    pub key: &'a str,
+    pub window_ms: u64,
+}
+
+/// What a publish did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Published {
+    /// The message as sequenced. For a duplicate: the first publish's offset and epoch.
+    pub publication: Publication,
+    /// The key was seen within its window in the current epoch: nothing was published.
+    pub duplicate: bool,
+}
+
 /// What a room looks like right now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoomInfo {

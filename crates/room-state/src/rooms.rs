@@ -1,7 +1,7 @@
 //! The room store: rooms, members, offsets and history.
 
 use crate::error::StateError;
-use crate::model::{JoinOutcome, MemberRecord, RoomConfig, RoomInfo};
+use crate::model::{Idempotency, JoinOutcome, MemberRecord, Published, RoomConfig, RoomInfo};
 use async_trait::async_trait;
 use protocol::frame::{Member, Publication, Since};
 use protocol::Data;
@@ -39,14 +39,17 @@ pub trait RoomStore: Send + Sync {
 
     /// Assigns the next offset, appends to history and hands the publication to the fan-out,
     /// atomically. `conn_id` must be a member; `None` is the server API, which needs none.
+    /// With `idempotency`, a key already published in the room's current epoch within its
+    /// window is answered with the first offset (`duplicate`) and nothing is published.
     async fn publish(
         &self,
         room: &str,
         conn_id: Option<&str>,
         from: &str,
         data: Data,
+        idempotency: Option<Idempotency<'_>>,
         now_ms: u64,
-    ) -> Result<Publication, StateError>;
+    ) -> Result<Published, StateError>;
 
     /// The members. `requester`, when given, must be one (`NotMember`).
     async fn members(&self, room: &str, requester: Option<&str>)

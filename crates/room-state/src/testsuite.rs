@@ -9,7 +9,7 @@
 #![allow(clippy::unwrap_used)]
 
 use crate::limits::RateLimits;
-use crate::model::{MemberRecord, NodeInfo, RoomConfig};
+use crate::model::{Idempotency, MemberRecord, NodeInfo, RoomConfig};
 use crate::rooms::RoomStore;
 use crate::traffic::TrafficCounters;
 use crate::StateError;
@@ -88,7 +88,7 @@ pub async fn rooms(store: &dyn RoomStore, prefix: &str) {
     // Membership gates publish, presence and history.
     assert_eq!(
         store
-            .publish(&room, Some(&c.conn_id), "carol", data(0), now)
+            .publish(&room, Some(&c.conn_id), "carol", data(0), None, now)
             .await
             .unwrap_err(),
         StateError::NotMember
@@ -108,17 +108,19 @@ pub async fn rooms(store: &dyn RoomStore, prefix: &str) {
     // Offsets are gapless; history is capped at history_size and newest last.
     for n in 1..=5 {
         let p = store
-            .publish(&room, Some(&a.conn_id), "alice", data(n), now + n)
+            .publish(&room, Some(&a.conn_id), "alice", data(n), None, now + n)
             .await
-            .unwrap();
+            .unwrap()
+            .publication;
         assert_eq!(p.offset, n);
         assert_eq!(p.epoch, created.epoch);
         assert_eq!(p.ts, now + n);
     }
     let server = store
-        .publish(&room, None, "server", data(6), now)
+        .publish(&room, None, "server", data(6), None, now)
         .await
-        .unwrap();
+        .unwrap()
+        .publication;
     assert_eq!((server.offset, server.from.as_str()), (6, "server"));
     let (history, epoch) = store
         .history(&room, Some(&b.conn_id), 100, None)
@@ -189,9 +191,10 @@ pub async fn rooms(store: &dyn RoomStore, prefix: &str) {
         (fresh.clone(), false)
     );
     let p = store
-        .publish(&room, None, "server", data(7), now)
+        .publish(&room, None, "server", data(7), None, now)
         .await
-        .unwrap();
+        .unwrap()
+        .publication;
     assert_eq!((p.offset, p.epoch.as_str()), (1, fresh.as_str()));
     let (h, _) = store.history(&room, None, 100, None).await.unwrap();
     assert_eq!(h.iter().map(|p| p.offset).collect::<Vec<_>>(), vec![1]);
@@ -209,6 +212,55 @@ pub async fn rooms(store: &dyn RoomStore, prefix: &str) {
 
 /// Empty rooms expire after their TTL; rooms with members do not. Real time (about 3 s),
 /// because Redis expires keys on its own clock.
+/// Idempotent publishes: a key repeated within its window gets the first offset and publishes
+/// nothing; after the window, or in a new epoch, it publishes again.
+pub async fn idempotency(store: &dyn RoomStore, prefix: &str) {
+    let room = format!("{prefix}idem");
+    let now = 1_700_000_000_000u64;
+    let created = store.create(&room, &config(None, 10), now).await.unwrap();
+    let key = |k| {
+        Some(Idempotency {
+            key: k,
+            window_ms: 1_000,
+        })
+    };
+    let first = store
+        .publish(&room, None, "server", data(1), key("u\nm1"), now)
+        .await
+        .unwrap();
+    assert!(!first.duplicate);
+    assert_eq!(first.publication.offset, 1);
+    let again = store
+        .publish(&room, None, "server", data(1), key("u\nm1"), now + 10)
+        .await
+        .unwrap();
+    assert!(again.duplicate, "a retry within the window is a duplicate");
+    assert_eq!(
+        (again.publication.offset, again.publication.epoch.as_str()),
+        (1, created.epoch.as_str())
+    );
+    let other = store
+        .publish(&room, None, "server", data(2), key("v\nm1"), now + 20)
+        .await
+        .unwrap();
+    assert_eq!((other.publication.offset, other.duplicate), (2, false));
+    let (history, _) = store.history(&room, None, 100, None).await.unwrap();
+    assert_eq!(history.len(), 2, "the duplicate was not published");
+
+    // A new epoch forgets the keys: their offsets named messages of the old one.
+    let (fresh, _) = store.reset_epoch(&room, &created.epoch).await.unwrap();
+    let after_reset = store
+        .publish(&room, None, "server", data(1), key("u\nm1"), now + 30)
+        .await
+        .unwrap();
+    assert_eq!(
+        (after_reset.publication.offset, after_reset.duplicate),
+        (1, false)
+    );
+    assert_eq!(after_reset.publication.epoch, fresh);
+    store.close(&room).await.unwrap();
+}
+
 pub async fn expiry(store: &dyn RoomStore, prefix: &str) {
     let now = protocol::clock::now_ms;
     let room = format!("{prefix}ttl");

@@ -8,6 +8,11 @@ async fn rooms() {
 }
 
 #[tokio::test]
+async fn idempotency() {
+    testsuite::idempotency(&MemoryState::new(), "t:").await;
+}
+
+#[tokio::test]
 async fn expiry() {
     testsuite::expiry(&MemoryState::new(), "t:").await;
 }

@@ -46,6 +46,11 @@ async fn rooms() {
 }
 
 #[tokio::test]
+async fn idempotency() {
+    testsuite::idempotency(&state().await, &prefix("idem")).await;
+}
+
+#[tokio::test]
 async fn expiry() {
     testsuite::expiry(&state().await, &prefix("ttl")).await;
 }
@@ -106,9 +111,10 @@ async fn published_envelopes_decode_with_the_protocol() {
         store.create(&room, &config, now).await.unwrap();
         let data = Data::from_value(&serde_json::json!({"a": [1, "x", null], "b": "é"})).unwrap();
         let publication = store
-            .publish(&room, None, "server", data, now)
+            .publish(&room, None, "server", data, None, now)
             .await
-            .unwrap();
+            .unwrap()
+            .publication;
         let msg = tokio::time::timeout(Duration::from_secs(5), messages.recv())
             .await
             .expect("nothing published within 5 s")

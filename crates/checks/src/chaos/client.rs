@@ -1,9 +1,11 @@
 //! One `chaos` client through its whole life: connect, join (with `since` on a re-join),
-//! publish on schedule if it is a publisher, check every delivery, and reconnect whenever its
-//! socket ends, until the run is over.
+//! publish on schedule if it is a publisher (retrying as publish.rs says), check every
+//! delivery, and reconnect whenever its socket ends, until the run is over.
 
+use super::positions::Positions;
+use super::publish::{Outbox, View};
 use super::record::{ClientLog, EpochChange, OffsetAnomaly, PublisherLog, Session};
-use super::{at_ms, now_ms, Ctx, END, GAP_MS, HISTORY, RUN};
+use super::{at_ms, now_ms, Ctx, DRAIN, END, GAP_MS, HISTORY, RUN};
 use anyhow::{bail, Result};
 use futures_util::{SinkExt, StreamExt};
 use roomcast_loadtest::ws::{self, Conn, Dial, Sink};
@@ -21,6 +23,8 @@ pub struct Check {
     offset: u64,
     pub seen: Seen,
     last_seq: HashMap<u64, u64>,
+    /// What was delivered at each (epoch, offset), for the divergence check.
+    pub positions: Positions,
 }
 
 pub struct Client {
@@ -28,8 +32,8 @@ pub struct Client {
     pub log: ClientLog,
     pub publog: Option<PublisherLog>,
     pub check: Check,
-    /// Publish request id → (seq, sent ms), for the current connection.
-    pending: HashMap<u64, (u64, u64)>,
+    /// A publisher's messages whose fate is not known yet.
+    outbox: Outbox,
     seq: u64,
     /// Next schedule slot of a publisher.
     slot: u64,
@@ -50,6 +54,7 @@ impl Client {
             publisher: p,
             room,
             client: g,
+            start_ms: ctx.start_ms,
             ..PublisherLog::default()
         });
         Client {
@@ -62,7 +67,7 @@ impl Client {
             publog,
             ctx,
             check: Check::default(),
-            pending: HashMap::new(),
+            outbox: Outbox::default(),
             seq: 0,
             slot: 0,
         }
@@ -112,6 +117,9 @@ impl Client {
                     wait = Some((100u64 << attempt.min(5)).min(2000) + fastrand::u64(0..250));
                 }
             }
+        }
+        if let Some(pl) = self.publog.as_mut() {
+            self.outbox.finish(pl);
         }
         self
     }
@@ -255,6 +263,10 @@ impl Client {
             return;
         };
         let sent = data["t"].as_u64().unwrap_or(0);
+        let (epoch, offset) = (m["epoch"].as_str().unwrap_or(""), m["offset"].as_u64());
+        self.check
+            .positions
+            .record(epoch, offset.unwrap_or(0), (p, s, sent));
         if !self.check.seen.insert(p, s) {
             self.log.duplicates.push((p, s, sent, now));
             return;
@@ -319,10 +331,17 @@ impl Client {
                 .log
                 .publisher
                 .map_or(u64::MAX, |pb| self.ctx.slot_ms(pb, self.slot));
+            let retry = self.outbox.next_due().filter(|_| p == RUN || p == DRAIN);
             tokio::select! {
                 _ = phase.changed() => {}
                 _ = tokio::time::sleep_until(at_ms(next_slot)), if publishing => {
                     if let Err(e) = self.publish(&mut conn.sink, &pad).await {
+                        self.end_session(&format!("error: {e}"));
+                        break Ended::Dropped(None);
+                    }
+                }
+                _ = tokio::time::sleep_until(at_ms(retry.unwrap_or(u64::MAX))), if retry.is_some() => {
+                    if let Err(e) = self.send_due(&mut conn.sink).await {
                         self.end_session(&format!("error: {e}"));
                         break Ended::Dropped(None);
                     }
@@ -342,7 +361,7 @@ impl Client {
         ended
     }
 
-    /// Sends the publish of the current slot.
+    /// Sends the publish of the current slot: a new message with its own `msgId`.
     async fn publish(&mut self, sink: &mut Sink, pad: &str) -> Result<()> {
         let Some(pb) = self.log.publisher else {
             return Ok(());
@@ -351,19 +370,30 @@ impl Client {
         self.seq += 1;
         let sent = now_ms();
         let data = json!({ "p": pb, "s": self.seq, "t": sent, "x": pad });
-        // Publish ids are the schedule's own: one per slot, never reused by a client.
-        let id = 1_000_000 + self.seq;
-        let msg = self.ctx.s.protocol.request(
-            id,
-            "publish",
-            json!({ "room": self.room_name(), "data": data }),
-        );
-        self.pending.insert(id, (self.seq, sent));
-        if let Some(pl) = self.publog.as_mut() {
-            pl.sent += 1;
+        let view = self.view();
+        (self.outbox).add(self.seq, data, format!("p{pb}-{}", self.seq), sent, view);
+        self.send_due(sink).await
+    }
+
+    /// Sends every message that is due: a new one, or a retry.
+    async fn send_due(&mut self, sink: &mut Sink) -> Result<()> {
+        let Some(pl) = self.publog.as_mut() else {
+            return Ok(());
+        };
+        let now = now_ms();
+        let room = self.ctx.room(self.log.room);
+        for seq in self.outbox.due(now) {
+            if let Some((id, args)) = self.outbox.attempt(seq, &room, now, pl) {
+                sink.send(self.ctx.s.protocol.request(id, "publish", args))
+                    .await?;
+            }
         }
-        sink.send(msg).await?;
         Ok(())
+    }
+
+    /// The publisher's view of its room: the epoch and last offset it has seen.
+    fn view(&self) -> View {
+        (self.check.epoch.clone()).map(|e| (e, self.check.offset))
     }
 
     /// One frame of a session; `Some(how)` when the socket ended.
@@ -401,27 +431,11 @@ impl Client {
         None
     }
 
-    /// The answer to a publish: acknowledged, or failed with a code.
+    /// The answer to a publish: acknowledged, or an error (retried or given up).
     fn answered(&mut self, id: u64, v: &Value) {
-        let Some((seq, sent)) = self.pending.remove(&id) else {
-            return;
-        };
-        let now = now_ms();
-        let start = self.ctx.start_ms;
-        let Some(pl) = self.publog.as_mut() else {
-            return;
-        };
-        if let Some(e) = v.get("error") {
-            let code = e["code"].as_str().unwrap_or("error").to_string();
-            pl.failed.push((seq, sent, now, code));
-        } else {
-            pl.acked += 1;
-            pl.acked_seqs.push((seq, sent));
-            let second = (now.saturating_sub(start) / 1000) as usize;
-            if pl.acked_per_sec.len() <= second {
-                pl.acked_per_sec.resize(second + 1, 0);
-            }
-            pl.acked_per_sec[second] += 1;
+        let view = self.view();
+        if let Some(pl) = self.publog.as_mut() {
+            self.outbox.answered(id, v, now_ms(), &view, pl);
         }
     }
 
@@ -433,9 +447,7 @@ impl Client {
             }
         }
         if let Some(pl) = self.publog.as_mut() {
-            let mut left: Vec<(u64, u64)> = self.pending.drain().map(|(_, v)| v).collect();
-            left.sort_unstable();
-            pl.unanswered.extend(left);
+            self.outbox.connection_lost(now_ms(), pl);
         }
     }
 }

@@ -7,7 +7,10 @@
 //! (a killed node, a drain's `reconnect` event and close 1012, an error), it reconnects through
 //! `--url` with a backoff and re-joins its room with `since` = the last offset and epoch it saw,
 //! then goes on checking. Publishers reconnect too and keep their schedule; slots that fall in a
-//! disconnection are skipped, not sent late.
+//! disconnection are skipped, not sent late. Each message carries its own `msgId`; one answered
+//! `unavailable` or `timeout`, or left unanswered by a connection that ended, is sent again
+//! with the same `msgId` (bounded, publish.rs), so an acknowledged message (a first `ok` or a
+//! `duplicate: true` one) has a single identity and offset.
 //!
 //! Every client checks every delivery two ways:
 //! - offsets: within an epoch, each `message` (live or recovered through `missed`) must carry the
@@ -18,7 +21,9 @@
 //!
 //! At the end, a message is *lost* for a client when its publish got an `ok` reply, it was sent
 //! after the client first joined, and the client never got it. Loss behind an epoch change the
-//! client saw is reported apart from silent loss.
+//! client saw is reported apart from silent loss. A *divergence* is a position (room, epoch,
+//! offset) that two members, or a member and an acknowledgement, fill with different messages,
+//! or an acknowledged offset where members did not get the message (diverge.rs).
 //!
 //! `--readyz URL,…` polls `GET /readyz` of each gateway every 150 ms and records each change of
 //! answer. The run publishes until `--stop-file` exists (or `--secs` passed), waits
@@ -26,12 +31,16 @@
 //! `--json`, for `deploy/local/chaos_report.py` to set against the injected faults.
 
 mod client;
+mod diverge;
+mod positions;
+mod publish;
 mod readyz;
 mod record;
 mod settle;
 
 use anyhow::{bail, Result};
 use client::Client;
+use diverge::Divergence;
 use readyz::{ReadyzLog, READYZ_EVERY};
 use roomcast_loadtest::now_us;
 use roomcast_loadtest::proto::Protocol;
@@ -167,6 +176,14 @@ struct Times {
     end_ms: u64,
 }
 
+/// What the run found, besides each client's own log.
+struct Record {
+    times: Times,
+    summary: Summary,
+    divergences: Vec<Divergence>,
+    readyz: BTreeMap<String, ReadyzLog>,
+}
+
 /// Runs the load, prints a summary and writes `--json`.
 pub async fn run(args: Args) -> Result<()> {
     if args.protocol == Protocol::Socketio {
@@ -205,10 +222,17 @@ pub async fn run(args: Args) -> Result<()> {
     for (u, t) in pollers {
         readyz.insert(u, t.await?);
     }
-    let summary = settle::settle(&mut clients);
+    let (summary, mut divergences) = settle::settle(&mut clients);
     print(&summary, &readyz, start_ms);
+    divergences.truncate(LIST_CAP);
+    let record = Record {
+        times,
+        summary,
+        divergences,
+        readyz,
+    };
     match &ctx.s.json {
-        Some(path) => write_json(path, &ctx, &times, &summary, clients, &readyz),
+        Some(path) => write_json(path, &ctx, record, clients),
         None => Ok(()),
     }
 }
@@ -251,17 +275,18 @@ async fn clock(ctx: &Ctx, phase: &watch::Sender<u8>) -> Times {
 }
 
 fn print(summary: &Summary, readyz: &BTreeMap<String, ReadyzLog>, start_ms: u64) {
+    let s = summary;
     println!(
         "chaos: {} clients ({} joined at start), {} reconnects, {} failed attempts, failed to reconnect {:?}",
-        summary.clients, summary.joined_at_start, summary.reconnects, summary.failed_attempts, summary.failed_to_reconnect
+        s.clients, s.joined_at_start, s.reconnects, s.failed_attempts, s.failed_to_reconnect
     );
     println!(
-        "  publishes: sent {} acked {} failed {} (delivered anyway {}) unanswered {} (delivered anyway {})",
-        summary.sent, summary.acked, summary.failed, summary.failed_but_delivered, summary.unanswered, summary.unanswered_but_delivered
+        "  publishes: sent {} (attempts {}, retries {}) acked {} (duplicate acks {}) answers timeout {} unavailable {}; failed {} (delivered anyway {}, of them answered only \"not applied\" {}) unanswered {} (delivered anyway {})",
+        s.sent, s.attempts, s.retries, s.acked, s.duplicate_acks, s.timeouts, s.unavailable, s.failed, s.failed_but_delivered, s.not_applied_but_delivered, s.unanswered, s.unanswered_but_delivered
     );
     println!(
-        "  deliveries {}: lost {} (behind an epoch change {}; acked but reached no member {}) dup {} ooo {} offset anomalies {} epoch changes {}",
-        summary.delivered, summary.lost, summary.lost_behind_epoch_change, summary.lost_everywhere, summary.duplicates, summary.out_of_order, summary.offset_anomalies, summary.epoch_changes
+        "  deliveries {}: lost {} (silently {}, behind an epoch change {}; acked but reached no member {}) duplicates delivered {} out of order {} (retries landing after newer messages {}) divergences {} offset anomalies {} epoch changes {}",
+        s.delivered, s.lost, s.lost_silently, s.lost_behind_epoch_change, s.lost_everywhere, s.duplicates, s.out_of_order, s.reordered_by_retry, s.divergences, s.offset_anomalies, s.epoch_changes
     );
     for (u, r) in readyz {
         let changes: Vec<String> = r
@@ -279,14 +304,7 @@ fn print(summary: &Summary, readyz: &BTreeMap<String, ReadyzLog>, start_ms: u64)
 }
 
 /// The record for deploy/local/chaos_report.py.
-fn write_json(
-    path: &str,
-    ctx: &Ctx,
-    times: &Times,
-    summary: &Summary,
-    clients: Vec<Client>,
-    readyz: &BTreeMap<String, ReadyzLog>,
-) -> Result<()> {
+fn write_json(path: &str, ctx: &Ctx, record: Record, clients: Vec<Client>) -> Result<()> {
     let s = &ctx.s;
     let (logs, pubs): (Vec<_>, Vec<_>) = clients.into_iter().map(|c| (c.log, c.publog)).unzip();
     let pubs: Vec<_> = pubs.into_iter().flatten().collect();
@@ -297,16 +315,18 @@ fn write_json(
             "rooms": s.rooms, "members": s.members, "publishers": s.publishers,
             "rate": s.rate, "payload": s.payload, "history": HISTORY, "gap_ms": GAP_MS,
             "readyz_every_ms": READYZ_EVERY.as_millis() as u64, "grace_secs": GRACE_SECS,
+            "max_tries": publish::MAX_TRIES, "retry_within_ms": publish::RETRY_WITHIN_MS,
         },
         "run_id": ctx.run_id,
         "rooms": (0..s.rooms).map(|r| ctx.room(r)).collect::<Vec<_>>(),
         "start_ms": ctx.start_ms,
-        "publish_end_ms": times.publish_end_ms,
-        "end_ms": times.end_ms,
-        "summary": summary,
+        "publish_end_ms": record.times.publish_end_ms,
+        "end_ms": record.times.end_ms,
+        "summary": record.summary,
+        "divergences": record.divergences,
         "clients": logs,
         "publishers": pubs,
-        "readyz": readyz,
+        "readyz": record.readyz,
     });
     std::fs::write(path, serde_json::to_string(&doc)?)?;
     Ok(())

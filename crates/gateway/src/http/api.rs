@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use protocol::envelope::Envelope;
 use protocol::{room_name, Data};
-use room_state::StateError;
+use room_state::{Idempotency, StateError};
 
 /// Compares without an early exit, so response timing does not reveal how much of a guessed
 /// key was right.
@@ -55,6 +55,14 @@ fn state_error(e: StateError) -> Response<Body> {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 "service temporarily unavailable",
+            )
+        }
+        StateError::Timeout(detail) => {
+            tracing::warn!(%detail, "backend timeout (api): outcome unknown");
+            error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+                "no answer in time: the outcome is unknown; retry with the same Idempotency-Key",
             )
         }
         other => {
@@ -109,6 +117,10 @@ async fn publish(node: &Node, room: &str, req: Request<Incoming>) -> Response<Bo
     if let Err(r) = check_room(room) {
         return *r;
     }
+    let idempotency_key = req
+        .headers()
+        .get("idempotency-key")
+        .map(|v| v.to_str().ok().and_then(protocol::frame::MsgId::new));
     let limit = node.config.max_data_bytes;
     let body = match Limited::new(req.into_body(), limit).collect().await {
         Ok(collected) => collected.to_bytes(),
@@ -128,18 +140,38 @@ async fn publish(node: &Node, room: &str, req: Request<Incoming>) -> Response<Bo
         Ok(d) => d,
         Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()),
     };
+    // `Idempotency-Key` plays the part of a client's `msgId`, for the server's own retries.
+    let key = match idempotency_key {
+        None => None,
+        Some(None) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "Idempotency-Key must be 1 to 64 characters of A-Z a-z 0-9 _ . : -",
+            )
+        }
+        Some(Some(m)) => Some(format!("server\n{}", m.as_str())),
+    };
+    let idempotency = key.as_deref().map(|key| Idempotency {
+        key,
+        window_ms: node.config.idempotency_window.as_millis() as u64,
+    });
     match node
         .backends
         .rooms
-        .publish(room, None, "server", data, now_ms())
+        .publish(room, None, "server", data, idempotency, now_ms())
         .await
     {
         Ok(p) => {
-            node.metrics.messages_published.inc();
-            json(
-                StatusCode::OK,
-                &serde_json::json!({"offset": p.offset, "epoch": p.epoch}),
-            )
+            if !p.duplicate {
+                node.metrics.messages_published.inc();
+            }
+            let (offset, epoch) = (p.publication.offset, p.publication.epoch);
+            let mut body = serde_json::json!({"offset": offset, "epoch": epoch});
+            if p.duplicate {
+                body["duplicate"] = true.into();
+            }
+            json(StatusCode::OK, &body)
         }
         Err(e) => state_error(e),
     }

@@ -3,10 +3,17 @@
 use super::{forbidden, state_error, OpResult, Session};
 use crate::clock::now_ms;
 use crate::node::Node;
-use protocol::frame::{ErrorBody, OkBody, MAX_HISTORY_LIMIT};
+use protocol::frame::{ErrorBody, MsgId, OkBody, MAX_HISTORY_LIMIT};
 use protocol::{Data, ErrorCode};
+use room_state::Idempotency;
 
-pub(super) async fn publish(node: &Node, s: &Session, room: &str, data: Data) -> OpResult {
+pub(super) async fn publish(
+    node: &Node,
+    s: &Session,
+    room: &str,
+    data: Data,
+    msg_id: Option<&MsgId>,
+) -> OpResult {
     if !s.identity.may_use(room) {
         return Err(forbidden(room));
     }
@@ -42,14 +49,32 @@ pub(super) async fn publish(node: &Node, s: &Session, room: &str, data: Data) ->
         }
         Err(e) => return Err(state_error(node, "publish", e)),
     }
+    // Keys are the user's own: another user's identical msgId is another message.
+    let key = msg_id.map(|m| format!("{}\n{}", s.identity.user, m.as_str()));
+    let idempotency = key.as_deref().map(|key| Idempotency {
+        key,
+        window_ms: node.config.idempotency_window.as_millis() as u64,
+    });
     match b
         .rooms
-        .publish(room, Some(&s.conn_id), &s.identity.user, data, now)
+        .publish(
+            room,
+            Some(&s.conn_id),
+            &s.identity.user,
+            data,
+            idempotency,
+            now,
+        )
         .await
     {
         Ok(p) => {
-            node.metrics.messages_published.inc();
-            Ok(OkBody::Published { offset: p.offset })
+            if !p.duplicate {
+                node.metrics.messages_published.inc();
+            }
+            Ok(OkBody::Published {
+                offset: p.publication.offset,
+                duplicate: p.duplicate,
+            })
         }
         Err(e) => Err(state_error(node, "publish", e)),
     }

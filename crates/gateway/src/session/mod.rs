@@ -59,6 +59,14 @@ fn state_error(node: &Node, op: &str, e: StateError) -> ErrorBody {
             ErrorBody::new(ErrorCode::Unavailable, "service temporarily unavailable")
                 .retry_after(1000)
         }
+        StateError::Timeout(detail) => {
+            node.metrics.backend_errors.with_label_values(&[op]).inc();
+            tracing::warn!(op, %detail, "backend timeout: outcome unknown");
+            ErrorBody::new(
+                ErrorCode::Timeout,
+                "no answer in time: the outcome is unknown; retry with the same msgId",
+            )
+        }
         StateError::Internal(detail) => {
             node.metrics.backend_errors.with_label_values(&[op]).inc();
             tracing::error!(op, %detail, "backend error");
@@ -77,17 +85,13 @@ fn forbidden(room: &str) -> ErrorBody {
 /// Runs one op.
 pub async fn handle(node: &Node, s: &Session, op: Op) -> (OpResult, After) {
     let name = op.name();
-    let timer = node
-        .metrics
-        .command_duration
-        .with_label_values(&[name])
-        .start_timer();
+    let timer = node.metrics.op_duration(name).start_timer();
     let result = match op {
         Op::CreateRoom { room, options } => create::create_room(node, s, room, options).await,
         Op::Join { room, since } => membership::join(node, s, &room, since.as_ref()).await,
         Op::Leave { room } => (membership::leave(node, s, &room).await, After::Nothing),
-        Op::Publish { room, data } => (
-            messages::publish(node, s, &room, data).await,
+        Op::Publish { room, data, msg_id } => (
+            messages::publish(node, s, &room, data, msg_id.as_ref()).await,
             After::Nothing,
         ),
         Op::Presence { room } => (messages::presence(node, s, &room).await, After::Nothing),

@@ -2,14 +2,14 @@
 
 use super::{new_epoch, MemoryState};
 use crate::error::StateError;
-use crate::model::{JoinOutcome, MemberRecord, RoomConfig, RoomInfo};
+use crate::model::{Idempotency, JoinOutcome, MemberRecord, Published, RoomConfig, RoomInfo};
 use crate::recovery::recover;
 use crate::rooms::RoomStore;
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use protocol::frame::{Member, Publication, Since};
 use protocol::Data;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 pub(crate) struct Room {
@@ -25,6 +25,38 @@ pub(crate) struct Room {
     expires_at: Option<u64>,
     /// Set when the room was removed from the map, for holders of a stale `Arc`.
     closed: bool,
+    /// Idempotency keys published in this epoch, and when each is forgotten.
+    seen: Seen,
+}
+
+/// Idempotency keys → offset, forgotten in expiry order.
+#[derive(Debug, Default)]
+struct Seen {
+    offsets: HashMap<String, (u64, u64)>,
+    by_expiry: VecDeque<(u64, String)>,
+}
+
+impl Seen {
+    /// The offset a live key was published at.
+    fn get(&mut self, key: &str, now_ms: u64) -> Option<u64> {
+        while let Some((expiry, _)) = self.by_expiry.front() {
+            if *expiry > now_ms {
+                break;
+            }
+            if let Some((_, k)) = self.by_expiry.pop_front() {
+                // A key recorded again later has a later expiry of its own.
+                if self.offsets.get(&k).is_some_and(|(_, e)| *e <= now_ms) {
+                    self.offsets.remove(&k);
+                }
+            }
+        }
+        self.offsets.get(key).map(|(offset, _)| *offset)
+    }
+
+    fn record(&mut self, key: &str, offset: u64, expiry: u64) {
+        self.offsets.insert(key.to_string(), (offset, expiry));
+        self.by_expiry.push_back((expiry, key.to_string()));
+    }
 }
 
 impl Room {
@@ -109,6 +141,7 @@ impl RoomStore for MemoryState {
             created_at: now_ms,
             expires_at: Some(now_ms + config.ttl_secs * 1000),
             closed: false,
+            seen: Seen::default(),
         };
         let info = new.info();
         rooms.insert(room.to_string(), Arc::new(Mutex::new(new)));
@@ -172,12 +205,30 @@ impl RoomStore for MemoryState {
         conn_id: Option<&str>,
         from: &str,
         data: Data,
+        idempotency: Option<Idempotency<'_>>,
         now_ms: u64,
-    ) -> Result<Publication, StateError> {
+    ) -> Result<Published, StateError> {
         let sink = self.sink.read().clone();
         self.with_room(room, Some(now_ms), |r| {
             r.check_member(conn_id)?;
+            if let Some(offset) = idempotency.and_then(|i| r.seen.get(i.key, now_ms)) {
+                let publication = Publication {
+                    room: r.name.clone(),
+                    offset,
+                    epoch: r.epoch.clone(),
+                    from: from.to_string(),
+                    data,
+                    ts: now_ms,
+                };
+                return Ok(Published {
+                    publication,
+                    duplicate: true,
+                });
+            }
             r.offset += 1;
+            if let Some(i) = idempotency {
+                r.seen.record(i.key, r.offset, now_ms + i.window_ms);
+            }
             let publication = Publication {
                 room: r.name.clone(),
                 offset: r.offset,
@@ -194,7 +245,10 @@ impl RoomStore for MemoryState {
             if let Some(sink) = &sink {
                 sink(&publication);
             }
-            Ok(publication)
+            Ok(Published {
+                publication,
+                duplicate: false,
+            })
         })
     }
 
@@ -296,6 +350,8 @@ impl RoomStore for MemoryState {
             r.epoch = new_epoch();
             r.offset = 0;
             r.history.clear();
+            // The keys named offsets of the old epoch.
+            r.seen = Seen::default();
             Ok((r.epoch.clone(), true))
         })
     }

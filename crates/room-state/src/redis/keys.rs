@@ -10,6 +10,7 @@
 //! | `rc:{r:ROOM}:mem` | sorted set | member conn ids, scored by join order |
 //! | `rc:{r:ROOM}:who` | hash | conn id → `user\nnode` |
 //! | `rc:{r:ROOM}:h` | stream | history; entry id `<offset>-0`, fields `f` (from), `d` (data JSON), `t` (ts) |
+//! | `rc:{r:ROOM}:id:KEY` | string, PX = idempotency window | `epoch\toffset` of a publish's key |
 //! | `rc:{r:ROOM}:ch` | shard channel | MessagePack envelopes for the room (`protocol::channel`) |
 //! | `rc:{rooms:K}` | sorted set | room → expiry ms (`+inf` while occupied); K = 0..15 |
 //! | `rc:{n:NODE}:mem` | set | `room\nconn` of every member held by a node |
@@ -40,6 +41,12 @@ impl RoomKeys {
             history: format!("rc:{{r:{room}}}:h"),
             channel: protocol::channel::room(room),
         }
+    }
+
+    /// Where a publish's idempotency key is remembered: in the room's slot, so the publish
+    /// script reads and writes it atomically with the offset.
+    pub fn idempotency(&self, room: &str, key: &str) -> String {
+        format!("rc:{{r:{room}}}:id:{key}")
     }
 
     pub fn all(&self) -> Vec<String> {

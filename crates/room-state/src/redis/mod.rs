@@ -92,16 +92,39 @@ fn builder(settings: &RedisSettings) -> Result<Builder, StateError> {
     Ok(builder)
 }
 
+/// Sorts a fred error by what the caller can know of the command's fate.
+///
+/// - Not applied (`Unavailable`): fred refused to send it (backpressure, no route, a cluster
+///   error before sending), or Redis answered with an error that means it refused the write:
+///   a cluster that is down or moving, a replica, too few replicas (`min-replicas-to-write`).
+/// - Unknown (`Timeout`): it may have been written and not answered (a timeout, a connection
+///   lost or a command canceled in flight). fred may even send a queued command after the
+///   caller gave up on it, which is how a publish once answered `unavailable` was delivered
+///   seconds later.
 pub(crate) fn fred_error(e: Error) -> StateError {
     match e.kind() {
-        ErrorKind::IO
-        | ErrorKind::Timeout
-        | ErrorKind::Canceled
-        | ErrorKind::Cluster
-        | ErrorKind::Backpressure
-        | ErrorKind::Routing => StateError::Unavailable(e.to_string()),
+        ErrorKind::Cluster | ErrorKind::Backpressure | ErrorKind::Routing => {
+            StateError::Unavailable(e.to_string())
+        }
+        ErrorKind::IO | ErrorKind::Timeout | ErrorKind::Canceled => {
+            StateError::Timeout(e.to_string())
+        }
+        _ if is_refusal(e.details()) => StateError::Unavailable(e.to_string()),
         _ => StateError::Internal(e.to_string()),
     }
+}
+
+/// Redis error replies that mean the command was not applied.
+fn is_refusal(details: &str) -> bool {
+    const REFUSALS: [&str; 6] = [
+        "NOREPLICAS",
+        "CLUSTERDOWN",
+        "TRYAGAIN",
+        "READONLY",
+        "MASTERDOWN",
+        "LOADING",
+    ];
+    REFUSALS.iter().any(|r| details.trim_start().starts_with(r))
 }
 
 /// All scripts, one per [`Command`], loaded on first use by SHA. Looking a script up by its

@@ -4,7 +4,7 @@ use super::keys::{self, RoomKeys};
 use super::{array, fred_error, int, string, RedisState};
 use crate::error::StateError;
 use crate::memory::new_epoch;
-use crate::model::{JoinOutcome, MemberRecord, RoomConfig, RoomInfo};
+use crate::model::{Idempotency, JoinOutcome, MemberRecord, Published, RoomConfig, RoomInfo};
 use crate::observer::Command;
 use crate::rooms::RoomStore;
 use async_trait::async_trait;
@@ -158,7 +158,8 @@ fn publications(
 
 fn status(reply: &[Value]) -> Result<(), StateError> {
     match int(reply.first())? {
-        1 => Ok(()),
+        // 2: a publish's idempotency key was seen (see `scripts::publish`).
+        1 | 2 => Ok(()),
         0 => Err(StateError::NotFound),
         -1 => Err(StateError::RoomFull),
         -2 => Err(StateError::NotMember),
@@ -252,9 +253,14 @@ impl RoomStore for RedisState {
         conn_id: Option<&str>,
         from: &str,
         data: Data,
+        idempotency: Option<Idempotency<'_>>,
         now_ms: u64,
-    ) -> Result<Publication, StateError> {
+    ) -> Result<Published, StateError> {
         let k = RoomKeys::new(room);
+        let mut keys = k.all();
+        if let Some(i) = idempotency {
+            keys.push(k.idempotency(room, i.key));
+        }
         let mut args = self.common_args(now_ms);
         args.extend([
             conn_id.unwrap_or_default().to_string(),
@@ -268,15 +274,14 @@ impl RoomStore for RedisState {
                 "1"
             }
             .to_string(),
+            idempotency.map_or(String::new(), |i| i.window_ms.to_string()),
         ]);
         // One pooled client for the script and the WAIT, so WAIT follows the write on the
         // same connection to the room's primary.
         let client = self.pool.next();
-        let reply = array(
-            self.eval_on(client, Command::Publish, k.all(), args)
-                .await?,
-        );
+        let reply = array(self.eval_on(client, Command::Publish, keys, args).await?);
         status(&reply)?;
+        let duplicate = int(reply.first())? == 2;
         let offset = int(reply.get(1))? as u64;
         let epoch = string(reply.get(2))?;
         let publication = Publication {
@@ -290,7 +295,9 @@ impl RoomStore for RedisState {
         if self.settings.durable_publish {
             // Only a replicated message is announced. Concurrent durable publishes may be
             // announced out of order; receivers repair the gap from history. The envelope is
-            // the codec's own here; the script's Lua-built one takes its names from it.
+            // the codec's own here; the script's Lua-built one takes its names from it. A
+            // duplicate is waited for and announced again too: its first attempt may have
+            // ended before either (receivers drop an offset they already delivered).
             self.wait_for_replica(client, &k.meta).await?;
             let bytes = Envelope::Message(publication.clone())
                 .encode()
@@ -300,7 +307,10 @@ impl RoomStore for RedisState {
                 .await
                 .map_err(fred_error)?;
         }
-        Ok(publication)
+        Ok(Published {
+            publication,
+            duplicate,
+        })
     }
 
     async fn members(
@@ -477,7 +487,8 @@ impl RedisState {
             tracing::warn!(%server, acks, attempt, "WAIT: no replica yet");
             last_server = Some(server);
         }
-        Err(StateError::Unavailable(
+        // The write is on the primary, not known to be on a replica: the outcome is unknown.
+        Err(StateError::Timeout(
             "no replica acknowledged the publish".into(),
         ))
     }

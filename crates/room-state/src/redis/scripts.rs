@@ -112,19 +112,31 @@ end
 return {removed, 0, info}
 "#;
 
-/// KEYS: meta, members, who, history. ARGV: new epoch, dhist, dttl, now, conn ('' = server),
-/// from, data, channel, room, spublish ('1' to publish inside the script, '0' when the caller
-/// publishes after WAIT, for durable publishes).
-/// Returns {1, offset, epoch}, {0} not found, {-2} not a member. The SPUBLISH of the envelope
-/// happens inside the script, so delivery order is offset order.
+/// KEYS: meta, members, who, history, and the idempotency key's record when there is one.
+/// ARGV: new epoch, dhist, dttl, now, conn ('' = server), from, data, channel, room, spublish
+/// ('1' to publish inside the script, '0' when the caller publishes after WAIT, for durable
+/// publishes), idempotency window in ms ('' = no key).
+/// Returns {1, offset, epoch}, {2, offset, epoch} for a key already published in this epoch
+/// (nothing published), {0} not found, {-2} not a member. The SPUBLISH of the envelope happens
+/// inside the script, so delivery order is offset order.
 pub fn publish() -> String {
     format!(
         "{ENSURE_META}{}{}\nend\nreturn {{1, offset, epoch}}\n",
         r#"
 if not ensure_meta(ARGV[1], ARGV[2], ARGV[3], ARGV[4]) then return {0} end
 if ARGV[5] ~= '' and redis.call('ZSCORE', KEYS[2], ARGV[5]) == false then return {-2} end
+if ARGV[11] ~= '' then
+  local seen = redis.call('GET', KEYS[5])
+  if seen then
+    local e, o = string.match(seen, '^(.*)\t(%d+)$')
+    if e == redis.call('HGET', KEYS[1], 'epoch') then return {2, tonumber(o), e} end
+  end
+end
 local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if ARGV[11] ~= '' then
+  redis.call('SET', KEYS[5], epoch .. '\t' .. offset, 'PX', tonumber(ARGV[11]))
+end
 local hist = tonumber(redis.call('HGET', KEYS[1], 'hist') or '0')
 if hist > 0 then
   redis.call('XADD', KEYS[4], 'MAXLEN', hist, offset .. '-0', 'f', ARGV[6], 'd', ARGV[7], 't', ARGV[4])
