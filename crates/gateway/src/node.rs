@@ -48,6 +48,8 @@ pub struct Node {
     /// The latest claim of this node's death that it has seen (ms; 0: none).
     claim_seen_ms: AtomicU64,
     conn_seq: AtomicU64,
+    /// Whether what earlier incarnations of this node id left is cleared (see `upkeep`).
+    earlier_cleared: AtomicBool,
     /// Connection cap, handshake rate, connections per address and per user.
     pub gate: Gate,
 }
@@ -122,6 +124,7 @@ impl Node {
             heartbeated: AtomicBool::new(false),
             claim_seen_ms: AtomicU64::new(0),
             conn_seq: AtomicU64::new(0),
+            earlier_cleared: AtomicBool::new(false),
             gate,
             config,
         }))

@@ -343,3 +343,52 @@ async fn a_draining_node_hands_its_clients_over_without_loss() {
     assert!(status.success());
     assert!(term_at.elapsed() < Duration::from_secs(12));
 }
+
+#[tokio::test]
+async fn a_node_restarted_under_its_id_issues_new_ids_and_leaves_no_ghosts() {
+    let urls = redis_urls(VAR);
+    // A long node TTL: the restart itself must clear the old members, not the reaper.
+    let args = [
+        "--redis-cluster",
+        urls.as_str(),
+        "--traffic-interval",
+        "250ms",
+        "--node-ttl",
+        "60s",
+    ];
+    let id = unique("idc");
+    let mut a = Gateway::spawn(&id, &args);
+    let b = Gateway::spawn(&unique("idc-b"), &args);
+    a.ready().await;
+    b.ready().await;
+    let room = unique("secret");
+    let mut owner = Client::connect(a.addr, "owner", Fmt::Json).await;
+    let old_conn = owner.conn_id();
+    owner.ok(json!({"op": "create_room", "room": room})).await;
+    let mut watcher = Client::connect(b.addr, "watcher", Fmt::Json).await;
+    watcher.ok(json!({"op": "join", "room": room})).await;
+
+    // kill -9, and the same node id again.
+    a.kill9();
+    let a = Gateway::spawn(&id, &args);
+    a.ready().await;
+    let mut fresh = Client::connect(a.addr, "owner", Fmt::Json).await;
+    let new_conn = fresh.conn_id();
+    assert_ne!(new_conn, old_conn, "a connection id was issued twice");
+    assert!(new_conn.starts_with(&format!("{id}.")), "{new_conn}");
+    // The fresh connection never joined: no membership inherited.
+    let publish = json!({"op": "publish", "room": room, "data": "x"});
+    assert_eq!(fresh.err(publish).await["code"], "not_member");
+    let history = json!({"op": "history", "room": room});
+    assert_eq!(fresh.err(history).await["code"], "not_member");
+
+    // The old connection leaves presence: announced, and gone from the list.
+    loop {
+        let p = watcher.event("presence").await;
+        if p["action"] == "leave" && p["connId"] == json!(old_conn) {
+            break;
+        }
+    }
+    let members = watcher.ok(json!({"op": "presence", "room": room})).await;
+    assert!(!members.to_string().contains(&old_conn), "{members}");
+}

@@ -223,8 +223,9 @@ impl RoomStore for Faulty {
     async fn remove_node_members(
         &self,
         node: &str,
+        keep_prefix: Option<&str>,
     ) -> Result<Vec<(String, MemberRecord)>, StateError> {
-        self.inner.remove_node_members(node).await
+        self.inner.remove_node_members(node, keep_prefix).await
     }
     async fn maintain(&self, now_ms: u64) -> Result<Vec<String>, StateError> {
         self.inner.maintain(now_ms).await

@@ -74,10 +74,13 @@ pub trait RoomStore: Send + Sync {
     /// How many rooms exist (the traffic monitor's active rooms).
     async fn count(&self) -> Result<u64, StateError>;
 
-    /// Removes every member held by `node` (a dead node) and returns them with their rooms.
+    /// Removes every member held by `node` and returns them with their rooms: all of them for
+    /// a dead node; for a node restarted under the same id, those of its earlier incarnations,
+    /// i.e. all but the connection ids that start with `keep_prefix`.
     async fn remove_node_members(
         &self,
         node: &str,
+        keep_prefix: Option<&str>,
     ) -> Result<Vec<(String, MemberRecord)>, StateError>;
 
     /// Periodic upkeep, such as expiring empty rooms. Returns the rooms that expired.

@@ -172,7 +172,7 @@ pub async fn rooms(store: &dyn RoomStore, prefix: &str) {
     let d = member(&format!("{prefix}c4"), "dave", &format!("{prefix}dead"));
     store.join(&room, &d, None, now).await.unwrap();
     let swept = store
-        .remove_node_members(&format!("{prefix}dead"))
+        .remove_node_members(&format!("{prefix}dead"), None)
         .await
         .unwrap();
     assert_eq!(swept.len(), 1);
@@ -181,6 +181,35 @@ pub async fn rooms(store: &dyn RoomStore, prefix: &str) {
         (room.as_str(), "dave")
     );
     assert_eq!(store.info(&room).await.unwrap().members.len(), 1);
+
+    // A node restarted under the same id sweeps its earlier incarnations' members only.
+    let node = format!("{prefix}again");
+    let restart = format!("{prefix}restart");
+    store.create(&restart, &config(None, 3), now).await.unwrap();
+    let old = member(&format!("{node}.inc1.1"), "erin", &node);
+    let new = member(&format!("{node}.inc2.1"), "fred", &node);
+    store.join(&restart, &old, None, now).await.unwrap();
+    store.join(&restart, &new, None, now).await.unwrap();
+    let keep = format!("{node}.inc2.");
+    let swept = store.remove_node_members(&node, Some(&keep)).await.unwrap();
+    assert_eq!(
+        swept
+            .iter()
+            .map(|(_, m)| m.user.as_str())
+            .collect::<Vec<_>>(),
+        vec!["erin"]
+    );
+    let users: Vec<String> = store
+        .info(&restart)
+        .await
+        .unwrap()
+        .members
+        .into_iter()
+        .map(|m| m.user)
+        .collect();
+    assert!(users.contains(&"fred".to_string()) && !users.contains(&"erin".to_string()));
+    assert!(store.leave(&restart, &new.conn_id, now).await.unwrap());
+    store.close(&restart).await.unwrap();
 
     // Retiring an epoch restarts offsets and history, once.
     let (fresh, changed) = store.reset_epoch(&room, &created.epoch).await.unwrap();

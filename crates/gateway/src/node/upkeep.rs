@@ -38,6 +38,7 @@ impl Node {
                 .inc();
             return;
         };
+        self.clear_earlier_incarnations().await;
         let ttl = self.config.node_ttl.as_millis() as u64;
         let streak = self.heartbeat_streak_since_ms.load(Ordering::Acquire);
         if streak != 0 && now.saturating_sub(streak) >= ttl {
@@ -164,7 +165,7 @@ impl Node {
             }
         };
         for node in dead.into_iter().filter(|n| *n != self.id) {
-            let removed = match self.backends.rooms.remove_node_members(&node).await {
+            let removed = match self.backends.rooms.remove_node_members(&node, None).await {
                 Ok(removed) => removed,
                 Err(e) => {
                     tracing::warn!(%node, error = %e, "could not remove a dead node's members");
@@ -173,17 +174,44 @@ impl Node {
             };
             tracing::info!(%node, members = removed.len(), "dead node reaped");
             self.metrics.dead_nodes_reaped.inc();
-            for (room, member) in removed {
-                let leave = PresenceAction::Leave;
-                announce(
-                    &*self.backends.fanout,
-                    room,
-                    leave,
-                    member.user,
-                    member.conn_id,
-                )
-                .await;
+            self.announce_leaves(removed).await;
+        }
+    }
+
+    /// Once per process, at the first good backend round: removes what earlier incarnations
+    /// of this node id left behind (a restart under a fixed `--node-id`, a StatefulSet), so
+    /// presence holds no ghost of a connection that is gone.
+    async fn clear_earlier_incarnations(&self) {
+        if self.earlier_cleared.load(Ordering::Acquire) {
+            return;
+        }
+        let keep = format!("{}.", self.conn_id_prefix());
+        match self
+            .backends
+            .rooms
+            .remove_node_members(&self.id, Some(&keep))
+            .await
+        {
+            Ok(removed) => {
+                self.earlier_cleared.store(true, Ordering::Release);
+                if !removed.is_empty() {
+                    tracing::info!(
+                        members = removed.len(),
+                        "removed the members of an earlier incarnation of this node"
+                    );
+                }
+                self.announce_leaves(removed).await;
             }
+            Err(e) => tracing::warn!(error = %e, "earlier incarnation not cleared yet"),
+        }
+    }
+
+    /// Tells the rooms of removed members that they left.
+    async fn announce_leaves(&self, removed: Vec<(String, room_state::MemberRecord)>) {
+        for (room, member) in removed {
+            let leave = PresenceAction::Leave;
+            let fanout = &*self.backends.fanout;
+            announce(fanout, room, leave, member.user, member.conn_id).await;
         }
     }
 

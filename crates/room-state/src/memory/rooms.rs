@@ -308,14 +308,16 @@ impl RoomStore for MemoryState {
     async fn remove_node_members(
         &self,
         node: &str,
+        keep_prefix: Option<&str>,
     ) -> Result<Vec<(String, MemberRecord)>, StateError> {
         let rooms: Vec<Arc<Mutex<Room>>> = self.rooms.read().values().cloned().collect();
         let mut removed = Vec::new();
+        let kept = |m: &MemberRecord| keep_prefix.is_some_and(|p| m.conn_id.starts_with(p));
         for room in rooms {
             let mut r = room.lock();
             let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut r.members)
                 .into_iter()
-                .partition(|m| m.node == node);
+                .partition(|m| m.node == node && !kept(m));
             r.members = kept;
             removed.extend(gone.into_iter().map(|m| (r.name.clone(), m)));
         }

@@ -402,6 +402,7 @@ impl RoomStore for RedisState {
     async fn remove_node_members(
         &self,
         node: &str,
+        keep_prefix: Option<&str>,
     ) -> Result<Vec<(String, MemberRecord)>, StateError> {
         let key = keys::node_members(node);
         let entries: Vec<String> = self.pool.smembers(&key).await.map_err(fred_error)?;
@@ -411,11 +412,15 @@ impl RoomStore for RedisState {
             let Some((room, conn)) = entry.split_once('\n') else {
                 continue;
             };
+            if keep_prefix.is_some_and(|p| conn.starts_with(p)) {
+                continue;
+            }
             if let Some(record) = self.leave_inner(room, conn, now).await? {
                 removed.push((room.to_string(), record));
             }
+            // Entry by entry: the set may hold members of the node's current incarnation.
+            let _: Result<Value, _> = self.pool.srem(&key, entry.as_str()).await;
         }
-        let _: Result<Value, _> = self.pool.del(&key).await;
         Ok(removed)
     }
 
