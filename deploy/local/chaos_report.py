@@ -135,6 +135,7 @@ class Run:
         self.readyz = doc["readyz"]
         self.gw_url = {u.rsplit(":", 1)[1].strip("/"): u for u in self.readyz}
         self.divergences = doc.get("divergences", [])
+        self.div_behind = doc.get("divergences_behind_epoch_change", [])
 
     def affected(self, f):
         """For a gateway fault, the clients connected to it; for a Redis fault, the members of
@@ -200,10 +201,17 @@ def delivery_counts(f, run):
     behind = per("lost_list", lambda x: len(x) >= 4 and x[3])
     dup, ooo = per("duplicates"), per("out_of_order")
     div = [d for d in run.divergences if w0 <= d["sent_ms"] < w1]
-    out = {"divergences": div, "n_div": len(div)}
+    behind_div = [d for d in run.div_behind if w0 <= d["sent_ms"] < w1]
+    examples = sorted({f"room {c['room']}: {x[0]}:{x[1]} at {x[4]}" for c in run.clients for x in c["duplicates"] if w0 <= x[2] < w1 and len(x) > 4})
+    out = {"divergences": div, "n_div": len(div), "div_behind": behind_div, "dup_examples": examples[:5],
+           "div": f"{len(div)}" + (f" ({len(behind_div)})" if behind_div else "")}
     for name, d in (("silent", silent), ("behind", behind), ("dup", dup), ("ooo", ooo)):
         out[name + "_n"] = sum(d.values())
         out[name] = fmt_count(out[name + "_n"], d)
+    # Duplicates whose copies were got in different epochs (x[4]: "epoch:offset ...").
+    across = sum(1 for c in run.clients for x in c["duplicates"] if w0 <= x[2] < w1 and len(x) > 4 and len({p.split(":")[0] for p in x[4].split()}) > 1)
+    if across:
+        out["dup"] += f"; {across} across an epoch change"
     out["epochs"] = len([e for c in run.clients for e in c["epoch_changes"] if e["from"] and w0 <= e["ms"] < w1])
     out["anomalies"] = len([x for c in run.clients for x in c["offset_anomalies"] if w0 <= x["ms"] < w1])
     return out
@@ -318,7 +326,7 @@ def fault_row(f, run):
 
 
 HEADER = [
-    "| # | fault | affected clients | longest delivery gap (s) | resumed (s after fault) | gap at other clients (s) | lost silently | lost behind an epoch change | dup delivered | out of order | divergences | epoch changes | publishes acked / failed / unanswered | answers timeout / unavailable | retries | dup acks | reconnects (slowest, s) | failed to reconnect | stuck (connected, receiving nothing) | /readyz truthful |",
+    "| # | fault | affected clients | longest delivery gap (s) | resumed (s after fault) | gap at other clients (s) | lost silently | lost behind an epoch change | dup delivered | out of order | divergences (acked behind an epoch change) | epoch changes | publishes acked / failed / unanswered | answers timeout / unavailable | retries | dup acks | reconnects (slowest, s) | failed to reconnect | stuck (connected, receiving nothing) | /readyz truthful |",
     "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
 ]
 
@@ -328,7 +336,7 @@ def table(rows):
     for r in rows:
         out.append(
             f"| {r['n']} | {r['fault']} | {r['affected']} | {gap(r['pause']) if r['n_aff'] else 'n/a'} | {gap(r['resumed']) if r['pause'] else '-'} | {gap(r['elsewhere'])} | "
-            f"{r['silent']} | {r['behind']} | {r['dup']} | {r['ooo']} | {r['n_div']} | {r['epochs']} | "
+            f"{r['silent']} | {r['behind']} | {r['dup']} | {r['ooo']} | {r['div']} | {r['epochs']} | "
             f"{r['acked']} / {r['failed']} / {r['unanswered']} | {r['timeouts']} / {r['unavailable']} | {r['retries']} | {r['dup_acks']} | "
             f"{r['reconnected']} ({fmt_s(r['back_max'])}) | {len(r['failed_reconnect'])} | {len(r['stuck'])} | {r['readyz']} |"
         )
@@ -340,7 +348,8 @@ def fmt_divergence(d):
     if d["kind"] == "ack_offset":
         got = ", ".join(f"{e[:8]}:{o}" for e, o in d["delivered_at"])
         return f"room {d['room']}: {what} acknowledged at offset {d['offset']} (epoch {d['epoch'][:8]}) but delivered at {got}"
-    return f"room {d['room']} epoch {d['epoch'][:8]} offset {d['offset']}: {what}{' (one acknowledged there)' if d['acked'] else ''}"
+    acked = ", ".join(f"{p}:{s}" for p, s in d.get("acked_here", []))
+    return f"room {d['room']} epoch {d['epoch'][:8]} offset {d['offset']}: {what}{f' (acknowledged there: {acked})' if acked else ''}"
 
 
 def details(rows):
@@ -351,8 +360,12 @@ def details(rows):
         out += [f"  - readyz {n}" for n in r["notes"]]
         out += [f"  - **readyz wrong**: {l}" for l in r["lies"]]
         out += [f"  - **divergence**: {fmt_divergence(d)}" for d in r["divergences"][:5]]
+        out += [f"  - **delivered twice**: {x}" for x in r["dup_examples"]]
         if r["n_div"] > 5:
             out.append(f"  - ... {r['n_div'] - 5} more divergences")
+        out += [f"  - acknowledged where members hold another message, behind an epoch change they saw: {fmt_divergence(d)}" for d in r["div_behind"][:3]]
+        if len(r["div_behind"]) > 3:
+            out.append(f"  - ... {len(r['div_behind']) - 3} more acknowledged behind an epoch change")
         if r["failed_reconnect"]:
             out.append(f"  - clients that did not get back in: {r['failed_reconnect']}")
         if r["stuck"]:
@@ -372,7 +385,8 @@ def totals(summ):
         f"lost {g('lost')} (silently {g('lost_silently')}, behind an epoch change {g('lost_behind_epoch_change')}, "
         f"acked but reached no member {g('lost_everywhere')}); duplicates delivered {g('duplicates')}; out of order {g('out_of_order')} "
         f"(retries landing after newer messages, not counted: {g('reordered_by_retry')}); "
-        f"divergences {g('divergences')}; offset anomalies {g('offset_anomalies')}; epoch changes {g('epoch_changes')}"
+        f"divergences {g('divergences')} (acked where members hold another message, behind an epoch change they saw: "
+        f"{g('divergences_behind_epoch_change')}); offset anomalies {g('offset_anomalies')}; epoch changes {g('epoch_changes')}"
     )
 
 
@@ -556,13 +570,16 @@ counts should not.
   behind an epoch change**: the member saw its room start a new epoch after the message was sent
   (the room told it history was lost); **lost silently**: it did not, which is a failure in
   either mode (with `--durable-publish`, any loss is). Per client: total (clients, max per client).
-- **dup delivered**: a (publisher, seq) delivered twice to one client; **out of order**: a
+- **dup delivered**: a (publisher, seq) delivered twice to one client (`across an epoch
+  change`: the copies came in different epochs); **out of order**: a
   publisher's seq lower than one already delivered (a retried message is not counted: its retry
   goes out after newer messages, which keep the schedule). **divergences**: a room, epoch and offset at
-  which two members, or a member and an acknowledgement, hold different messages, or a message
-  acknowledged at an offset other than the one members got it at; any is a failure. An
-  acknowledgement carries no epoch: it is placed where members got the message, else in the
-  publisher's own epoch when that is unambiguous. **epoch changes**: a client saw its room start
+  which two members hold different messages, or a member and an acknowledgement do (unless
+  every member holding it then saw that epoch replaced: in brackets, not a failure, the
+  acknowledged message is lost behind the epoch change), or a message acknowledged at an offset
+  other than the one members got it at; any is a failure. An acknowledgement carries no epoch:
+  it is placed where members got the message, else in the publisher's own epoch when that is
+  unambiguous. **epoch changes**: a client saw its room start
   a new epoch, live or as `recovered: false`.
 - **publishes acked / failed / unanswered**: messages acknowledged, given up after an error
   answer, and given up with their last attempt unanswered (the connection or the run ended).

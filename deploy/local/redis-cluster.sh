@@ -13,6 +13,15 @@ cmd=${1:-}
 base=${2:-7000}
 dir=${3:-${TMPDIR:-/tmp}/roomcast-redis-$base}
 node_timeout=${REDIS_NODE_TIMEOUT:-2000}
+# A primary refuses writes (NOREPLICAS) unless a replica acknowledged within this many seconds.
+# A primary cut off from its replica (paused, partitioned) thus stops accepting writes that the
+# promoted replica would never have: replicas acknowledge every second, the failover takes
+# cluster-node-timeout (2 s) plus the election, so 3 s stops a cut-off primary about when its
+# replica takes over, and a primary paused longer (a 6 s SIGSTOP) refuses from its first command
+# after SIGCONT, while one late acknowledgement under load does not refuse healthy writes.
+# The cost: after a primary dies its shard refuses writes until the promoted replica has a
+# replica again (`revive` brings the old primary back as one).
+min_replicas_max_lag=${REDIS_MIN_REPLICAS_MAX_LAG:-3}
 ports=$(seq "$base" $((base + 5)))
 
 need_redis() {
@@ -40,7 +49,8 @@ exec redis-server --port "$p" --bind 127.0.0.1 --daemonize yes \\
   --dir "$dir/$p" --pidfile "$dir/$p/redis.pid" --logfile "$dir/$p/redis.log" \\
   --cluster-enabled yes --cluster-config-file "$dir/$p/nodes.conf" \\
   --cluster-node-timeout "$node_timeout" --cluster-replica-validity-factor 0 \\
-  --appendonly no --save "" --protected-mode no --repl-diskless-sync-delay 0
+  --appendonly no --save "" --protected-mode no --repl-diskless-sync-delay 0 \\
+  --min-replicas-to-write 1 --min-replicas-max-lag "$min_replicas_max_lag"
 START
     bash "$dir/$p/start.sh"
   done

@@ -72,6 +72,17 @@ impl<'a> Encoded<'a> {
     }
 }
 
+/// Sends one event to every local connection (a traffic level change), encoded at most once
+/// per format. Never waits.
+pub fn broadcast(registry: &Registry, event: Event<'_>) {
+    let mut encoded = Encoded::new(event);
+    for conn in registry.all() {
+        if let Some(bytes) = encoded.get(conn.outbound.format()) {
+            let _ = conn.outbound.push(bytes);
+        }
+    }
+}
+
 /// Delivers an envelope to local connections. Never waits.
 pub fn deliver(registry: &Registry, envelope: &Envelope, hooks: &dyn DeliveryHooks, now_ms: u64) {
     match envelope {

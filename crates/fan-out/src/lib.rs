@@ -32,8 +32,8 @@ pub mod sequencer;
 pub mod testsuite;
 
 pub use adapter::{FanOut, FanOutError};
-pub use dispatch::{deliver, deliver_held, DeliveryHooks, NoHooks, PubSubHooks};
-pub use history::HistorySource;
+pub use dispatch::{broadcast, deliver, deliver_held, DeliveryHooks, NoHooks, PubSubHooks};
+pub use history::{HistorySource, Tail};
 pub use memory::MemoryFanOut;
 pub use outbound::{Journal, OutFrame, Outbound, Position, PushError};
 pub use redis::{RedisFanOut, RedisFanOutConfig};

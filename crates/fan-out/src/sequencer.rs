@@ -1,9 +1,11 @@
 //! Per-room offset continuity for adapters whose transport may lose or repeat messages
 //! (Redis pub/sub is at-most-once). Pure bookkeeping; the adapter does the I/O.
 
+use crate::history::Tail;
 use protocol::frame::Publication;
 use protocol::hash::Fnv1a;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::time::Instant;
 
 /// What to do with an incoming message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,15 +23,35 @@ pub enum Verdict {
     Conflict,
 }
 
+/// What reconciling a room with its owner's tail ([`Sequencer::reconcile`]) calls for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reconciled {
+    /// What the node delivered matches the owner (or the room is not followed).
+    InSync,
+    /// The owner holds messages the node has not delivered: deliver them, in this order.
+    Missing(Vec<Publication>),
+    /// The owner lacks an offset the node delivered, or holds other content at it: the
+    /// shard lost or rewrote acknowledged history, and `epoch` must be retired.
+    Diverged { epoch: String },
+}
+
 /// How many recent offsets per room keep a fingerprint, to tell a duplicate from a reuse.
 const FINGERPRINTS: usize = 256;
+
+/// One recent delivery.
+#[derive(Debug, Clone, Copy)]
+struct Sent {
+    offset: u64,
+    fingerprint: u64,
+    at: Instant,
+}
 
 #[derive(Debug, Default)]
 struct RoomSeq {
     epoch: String,
     last: u64,
-    /// (offset, fingerprint) of recent deliveries, oldest first.
-    recent: std::collections::VecDeque<(u64, u64)>,
+    /// Recent deliveries, oldest first.
+    recent: VecDeque<Sent>,
 }
 
 #[derive(Debug, Default)]
@@ -65,9 +87,9 @@ impl Sequencer {
             return Verdict::Deliver;
         }
         if p.offset <= room.last {
-            let seen = room.recent.iter().find(|(o, _)| *o == p.offset);
+            let seen = room.recent.iter().find(|s| s.offset == p.offset);
             return match seen {
-                Some((_, f)) if *f != fingerprint(p) => Verdict::Conflict,
+                Some(s) if s.fingerprint != fingerprint(p) => Verdict::Conflict,
                 _ => Verdict::Duplicate,
             };
         }
@@ -90,7 +112,11 @@ impl Sequencer {
         } else {
             room.last = room.last.max(p.offset);
         }
-        room.recent.push_back((p.offset, fingerprint(p)));
+        room.recent.push_back(Sent {
+            offset: p.offset,
+            fingerprint: fingerprint(p),
+            at: Instant::now(),
+        });
         while room.recent.len() > FINGERPRINTS {
             room.recent.pop_front();
         }
@@ -111,6 +137,70 @@ impl Sequencer {
                     },
                 );
             }
+        }
+    }
+
+    /// Compares what `room` delivered with `tail`, the newest messages of the room as its
+    /// shard's owner holds them, read starting at `read_at`. Only deliveries made before
+    /// `read_at` are judged: the read cannot know what came after it.
+    ///
+    /// - Same epoch: an offset the node delivered that the owner lacks (beyond its last
+    ///   offset, or missing inside the span its tail covers), or holds with other content,
+    ///   is [`Reconciled::Diverged`]. Otherwise the owner's messages past the node's last
+    ///   offset are [`Reconciled::Missing`].
+    /// - Another epoch: the node cannot tell which is newer, and retiring the owner's epoch
+    ///   would be wrong if it is. When the tail holds that epoch from its first offset, the
+    ///   node delivers it (members move to the new epoch with nothing skipped); otherwise the
+    ///   next live message shows members the new epoch.
+    pub fn reconcile(&self, room: &str, tail: &Tail, read_at: Instant) -> Reconciled {
+        let Some(r) = self.rooms.get(room) else {
+            return Reconciled::InSync;
+        };
+        if r.epoch != tail.epoch {
+            let fresh: Vec<Publication> = tail
+                .messages
+                .iter()
+                .filter(|m| m.epoch == tail.epoch)
+                .cloned()
+                .collect();
+            let complete = fresh
+                .iter()
+                .enumerate()
+                .all(|(i, m)| m.offset == i as u64 + 1);
+            return if complete && !fresh.is_empty() {
+                Reconciled::Missing(fresh)
+            } else {
+                Reconciled::InSync
+            };
+        }
+        let first = tail.messages.first().map(|m| m.offset);
+        for sent in r.recent.iter().filter(|s| s.at < read_at) {
+            let diverged = if sent.offset > tail.offset {
+                true
+            } else if first.is_some_and(|f| sent.offset >= f) {
+                tail.messages
+                    .iter()
+                    .find(|m| m.offset == sent.offset)
+                    .is_none_or(|m| fingerprint(m) != sent.fingerprint)
+            } else {
+                false
+            };
+            if diverged {
+                return Reconciled::Diverged {
+                    epoch: r.epoch.clone(),
+                };
+            }
+        }
+        let missing: Vec<Publication> = tail
+            .messages
+            .iter()
+            .filter(|m| m.epoch == r.epoch && m.offset > r.last)
+            .cloned()
+            .collect();
+        if missing.is_empty() {
+            Reconciled::InSync
+        } else {
+            Reconciled::Missing(missing)
         }
     }
 
@@ -159,6 +249,94 @@ mod tests {
         );
         s.delivered(&p(1, "f"));
         assert_eq!(s.last("r"), Some(("f", 1)));
+    }
+
+    fn with_data(offset: u64, data: &str) -> Publication {
+        Publication {
+            data: Data::from_value(&serde_json::json!(data)).expect("data"),
+            ..p(offset, "e")
+        }
+    }
+
+    fn tail(epoch: &str, offset: u64, messages: Vec<Publication>) -> Tail {
+        Tail {
+            epoch: epoch.into(),
+            offset,
+            messages,
+        }
+    }
+
+    #[test]
+    fn reconcile_delivers_what_the_owner_has_and_the_node_missed() {
+        let mut s = Sequencer::new();
+        for o in 1..=3 {
+            s.delivered(&p(o, "e"));
+        }
+        let now = Instant::now();
+        let owner = tail("e", 5, (1..=5).map(|o| p(o, "e")).collect());
+        assert_eq!(
+            s.reconcile("r", &owner, now),
+            Reconciled::Missing(vec![p(4, "e"), p(5, "e")])
+        );
+        let same = tail("e", 3, (2..=3).map(|o| p(o, "e")).collect());
+        assert_eq!(s.reconcile("r", &same, now), Reconciled::InSync);
+        assert_eq!(
+            s.reconcile("other", &owner, now),
+            Reconciled::InSync,
+            "a room the node does not follow"
+        );
+    }
+
+    #[test]
+    fn reconcile_retires_when_the_owner_lacks_or_rewrote_a_delivered_offset() {
+        let mut s = Sequencer::new();
+        for o in 1..=3 {
+            s.delivered(&p(o, "e"));
+        }
+        let now = Instant::now();
+        let shorter = tail("e", 2, (1..=2).map(|o| p(o, "e")).collect());
+        let diverged = Reconciled::Diverged { epoch: "e".into() };
+        assert_eq!(s.reconcile("r", &shorter, now), diverged);
+        let rewritten = tail("e", 4, vec![p(2, "e"), with_data(3, "other"), p(4, "e")]);
+        assert_eq!(s.reconcile("r", &rewritten, now), diverged);
+        let empty = tail("e", 1, Vec::new());
+        assert_eq!(s.reconcile("r", &empty, now), diverged, "history off");
+        // Offsets older than the owner's tail are not judged.
+        let newer = tail("e", 4, vec![p(3, "e"), p(4, "e")]);
+        assert_eq!(
+            s.reconcile("r", &newer, now),
+            Reconciled::Missing(vec![p(4, "e")])
+        );
+    }
+
+    #[test]
+    fn reconcile_judges_only_deliveries_before_the_read() {
+        let mut s = Sequencer::new();
+        s.delivered(&p(1, "e"));
+        let read_at = Instant::now();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        // Delivered after the owner was read: the tail cannot hold it yet.
+        s.delivered(&p(2, "e"));
+        let before = tail("e", 1, vec![p(1, "e")]);
+        assert_eq!(s.reconcile("r", &before, read_at), Reconciled::InSync);
+        assert_eq!(
+            s.reconcile("r", &before, Instant::now()),
+            Reconciled::Diverged { epoch: "e".into() }
+        );
+    }
+
+    #[test]
+    fn reconcile_across_epochs_delivers_only_a_complete_new_epoch() {
+        let mut s = Sequencer::new();
+        s.delivered(&p(7, "e"));
+        let now = Instant::now();
+        let complete = tail("f", 2, vec![p(1, "f"), p(2, "f")]);
+        assert_eq!(
+            s.reconcile("r", &complete, now),
+            Reconciled::Missing(vec![p(1, "f"), p(2, "f")])
+        );
+        let partial = tail("f", 3, vec![p(2, "f"), p(3, "f")]);
+        assert_eq!(s.reconcile("r", &partial, now), Reconciled::InSync);
     }
 
     #[test]

@@ -29,6 +29,10 @@ impl HistorySource for NoHistory {
     async fn retire_epoch(&self, _: &str, _: &str) -> Result<(), String> {
         Ok(())
     }
+
+    async fn tail(&self, _: &str, _: usize) -> Result<Option<fan_out::Tail>, String> {
+        Ok(None)
+    }
 }
 
 #[tokio::test]

@@ -9,11 +9,14 @@
 use crate::config::Config;
 use crate::metrics::Metrics;
 use async_trait::async_trait;
-use fan_out::{FanOut, HistorySource, MemoryFanOut, RedisFanOut, RedisFanOutConfig, Registry};
+use fan_out::{
+    FanOut, HistorySource, MemoryFanOut, RedisFanOut, RedisFanOutConfig, Registry, Tail,
+};
 use protocol::envelope::Envelope;
 use protocol::frame::Publication;
 use room_state::{
-    MemoryState, RateLimits, RedisSettings, RedisState, RoomStore, SessionStore, TrafficCounters,
+    MemoryState, RateLimits, RedisSettings, RedisState, RoomStore, SessionStore, StateError,
+    TrafficCounters,
 };
 use std::sync::Arc;
 
@@ -118,5 +121,29 @@ impl HistorySource for StoreHistory {
             .await
             .map(|_| ())
             .map_err(|e| e.to_string())
+    }
+
+    async fn tail(&self, room: &str, limit: usize) -> Result<Option<Tail>, String> {
+        let (messages, epoch) = match self.0.history(room, None, limit, None).await {
+            Ok(read) => read,
+            Err(StateError::NotFound) => return Ok(None),
+            Err(e) => return Err(e.to_string()),
+        };
+        // The newest entry of the stream is the room's last offset, unless history is off
+        // or empty: then ask the room itself.
+        let offset = match messages.last() {
+            Some(last) if last.epoch == epoch => last.offset,
+            _ => match self.0.info(room).await {
+                Ok(info) if info.epoch == epoch => info.offset,
+                Ok(_) => return Err("the room changed epoch while it was read".into()),
+                Err(StateError::NotFound) => return Ok(None),
+                Err(e) => return Err(e.to_string()),
+            },
+        };
+        Ok(Some(Tail {
+            epoch,
+            offset,
+            messages,
+        }))
     }
 }

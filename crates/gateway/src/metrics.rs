@@ -58,17 +58,8 @@ impl DisconnectReason {
     }
 }
 
-/// The client ops (`protocol::frame::Op::name`): the `op` label of op durations and backend
-/// errors.
-const OPS: [&str; 7] = [
-    "create_room",
-    "join",
-    "leave",
-    "publish",
-    "presence",
-    "history",
-    "ping",
-];
+/// The client ops: the `op` label of op durations and backend errors.
+const OPS: [&str; 7] = protocol::frame::Op::NAMES;
 
 /// Buckets of every latency histogram, in seconds.
 const LATENCY_BUCKETS: [f64; 13] = [

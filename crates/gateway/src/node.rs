@@ -10,9 +10,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::traffic::TrafficMonitor;
 use fan_out::Registry;
-use protocol::codec::encode;
 use protocol::frame::Event;
-use protocol::Format;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -167,14 +165,8 @@ impl Node {
     }
 
     /// Sends an event to every local connection, encoded once per format.
-    pub fn broadcast(&self, event: &Event<'_>) {
-        let encoded: Vec<Option<bytes::Bytes>> =
-            Format::ALL.iter().map(|f| encode(event, *f).ok()).collect();
-        for conn in self.registry.all() {
-            if let Some(bytes) = &encoded[conn.outbound.format().index()] {
-                let _ = conn.outbound.push(bytes.clone());
-            }
-        }
+    pub fn broadcast(&self, event: Event<'_>) {
+        fan_out::broadcast(&self.registry, event);
     }
 }
 

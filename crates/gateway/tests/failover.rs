@@ -499,3 +499,153 @@ async fn serial_lost_room_state_starts_a_new_epoch() {
     );
     assert_eq!(j["epoch"], m["epoch"]);
 }
+
+/// `redis-cli -c` against the cluster (follows MOVED to the slot's owner).
+fn redis_cluster_cli(args: &[&str]) -> String {
+    let mut all = vec!["-c"];
+    all.extend_from_slice(args);
+    redis_cli(base_port(), &all)
+}
+
+/// A room with a member on a second gateway that has received offsets 1..=3. Returns the
+/// gateways (kept alive), the publisher, the member and the room.
+async fn room_with_three(prefix: &str) -> ([Gateway; 2], Client, Client, String) {
+    cluster_settled().await;
+    let gateways = cluster_gateways(VAR, prefix, &[]).await;
+    let room = unique("owner");
+    // A user of its own: room creations are rate limited per user.
+    let user = unique("creator");
+    let mut publisher = Client::connect(gateways[0].addr, &user, Fmt::Json).await;
+    publisher
+        .ok(json!({"op": "create_room", "room": room}))
+        .await;
+    let mut member = Client::connect(gateways[1].addr, "member", Fmt::Json).await;
+    member.ok(json!({"op": "join", "room": room})).await;
+    for i in 1..=3 {
+        publisher
+            .ok(json!({"op": "publish", "room": room, "data": i}))
+            .await;
+    }
+    for offset in 1..=3u64 {
+        let m = member.event("message").await;
+        assert_eq!(m["offset"], json!(offset), "{m}");
+    }
+    (gateways, publisher, member, room)
+}
+
+/// A graceful failover of the room's shard; waits until the cluster has settled.
+async fn fail_over(room: &str) {
+    let (_, replica) = shard_of(&format!("rc:{{r:{room}}}:m"));
+    let out = redis_cli(replica, &["cluster", "failover"]);
+    assert!(out.contains("OK"), "{out}");
+    cluster_settled().await;
+}
+
+/// The next `message` event within `within`, if any. Waits in short steps: `Client::recv`
+/// gives up (panics) after 5 s of silence.
+async fn next_message(c: &mut Client, within: Duration) -> Option<Value> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        let step = tokio::time::timeout(Duration::from_millis(500), c.event("message"));
+        if let Ok(m) = step.await {
+            return Some(m);
+        }
+    }
+    None
+}
+
+/// A message the node never received over pub/sub (written straight into the room's
+/// history) reaches the member once the shard changes owner, without any later publish.
+#[tokio::test]
+async fn serial_owner_change_delivers_what_the_node_missed() {
+    let (_gateways, mut publisher, mut member, room) = room_with_three("o").await;
+    let meta = format!("rc:{{r:{room}}}:m");
+    let hist = format!("rc:{{r:{room}}}:h");
+    assert_eq!(
+        redis_cluster_cli(&["hincrby", &meta, "offset", "1"]).trim(),
+        "4"
+    );
+    let ts = protocol::clock::now_ms().to_string();
+    let id = redis_cluster_cli(&["xadd", &hist, "4-0", "f", "ghost", "d", "4000", "t", &ts]);
+    assert_eq!(id.trim(), "4-0");
+    fail_over(&room).await;
+    let m = next_message(&mut member, Duration::from_secs(10))
+        .await
+        .expect("offset 4 never reached the member after the owner changed");
+    assert_eq!(
+        (m["offset"].clone(), m["data"].clone()),
+        (json!(4), json!(4000)),
+        "{m}"
+    );
+    // Live delivery goes on in the same epoch, with no duplicate.
+    publisher
+        .ok(json!({"op": "publish", "room": room, "data": 5}))
+        .await;
+    let sent = Instant::now();
+    let m5 = next_message(&mut member, Duration::from_secs(20))
+        .await
+        .expect("offset 5 never arrived");
+    eprintln!("offset 5 arrived after {:?}", sent.elapsed());
+    assert_eq!(
+        (m5["offset"].clone(), m5["epoch"].clone()),
+        (json!(5), m["epoch"].clone())
+    );
+}
+
+/// The new owner holds other content at an offset the node delivered, or lacks it: the
+/// epoch is retired, so the member's next message comes in a new epoch.
+#[tokio::test]
+async fn serial_owner_change_with_rewritten_history_retires_the_epoch() {
+    for lacks in [false, true] {
+        let (_gateways, mut publisher, mut member, room) = room_with_three("w").await;
+        let meta = format!("rc:{{r:{room}}}:m");
+        let hist = format!("rc:{{r:{room}}}:h");
+        let epoch = redis_cluster_cli(&["hget", &meta, "epoch"])
+            .trim()
+            .to_string();
+        redis_cluster_cli(&["del", &hist]);
+        if lacks {
+            // The owner's history ends at offset 2: offset 3 was never replicated.
+            redis_cluster_cli(&["hset", &meta, "offset", "2"]);
+            for o in 1..=2 {
+                let id = format!("{o}-0");
+                redis_cluster_cli(&["xadd", &hist, &id, "f", "publisher", "d", "0", "t", "1"]);
+            }
+        } else {
+            let ts = protocol::clock::now_ms().to_string();
+            redis_cluster_cli(&[
+                "xadd",
+                &hist,
+                "3-0",
+                "f",
+                "ghost",
+                "d",
+                "\"other\"",
+                "t",
+                &ts,
+            ]);
+        }
+        fail_over(&room).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let now = redis_cluster_cli(&["hget", &meta, "epoch"])
+                .trim()
+                .to_string();
+            if !now.is_empty() && now != epoch {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "lacks={lacks}: epoch {epoch} never retired after the owner changed"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        publisher
+            .ok(json!({"op": "publish", "room": room, "data": "after"}))
+            .await;
+        let m = member.event("message").await;
+        assert_eq!(m["data"], json!("after"), "lacks={lacks}: {m}");
+        assert_ne!(m["epoch"], json!(epoch), "lacks={lacks}: {m}");
+        assert_eq!(m["offset"], json!(1), "lacks={lacks}: {m}");
+    }
+}

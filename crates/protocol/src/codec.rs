@@ -253,6 +253,14 @@ mod tests {
     }
 
     #[test]
+    fn every_op_name_is_listed() {
+        for name in Op::NAMES {
+            let r = json_req(json!({"id": 1, "op": name, "room": "a", "data": 1})).expect(name);
+            assert_eq!(r.op.name(), name);
+        }
+    }
+
+    #[test]
     fn msgpack_uses_the_same_names() {
         let bytes =
             rmp_serde::to_vec_named(&json!({"id": 9, "op": "join", "room": "r"})).expect("encode");

@@ -110,6 +110,17 @@ pub enum Op {
 }
 
 impl Op {
+    /// Every op's name, as [`Op::name`] gives it.
+    pub const NAMES: [&'static str; 7] = [
+        "create_room",
+        "join",
+        "leave",
+        "publish",
+        "presence",
+        "history",
+        "ping",
+    ];
+
     /// The op's wire name, used as a metrics label.
     pub fn name(&self) -> &'static str {
         match self {

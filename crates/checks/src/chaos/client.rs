@@ -268,7 +268,8 @@ impl Client {
             .positions
             .record(epoch, offset.unwrap_or(0), (p, s, sent));
         if !self.check.seen.insert(p, s) {
-            self.log.duplicates.push((p, s, sent, now));
+            let places = self.check.positions.places(p, s);
+            self.log.duplicates.push((p, s, sent, now, places));
             return;
         }
         self.log.delivered += 1;

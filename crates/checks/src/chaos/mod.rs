@@ -40,7 +40,6 @@ mod settle;
 
 use anyhow::{bail, Result};
 use client::Client;
-use diverge::Divergence;
 use readyz::{ReadyzLog, READYZ_EVERY};
 use roomcast_loadtest::now_us;
 use roomcast_loadtest::proto::Protocol;
@@ -180,7 +179,7 @@ struct Times {
 struct Record {
     times: Times,
     summary: Summary,
-    divergences: Vec<Divergence>,
+    found: diverge::Found,
     readyz: BTreeMap<String, ReadyzLog>,
 }
 
@@ -222,13 +221,14 @@ pub async fn run(args: Args) -> Result<()> {
     for (u, t) in pollers {
         readyz.insert(u, t.await?);
     }
-    let (summary, mut divergences) = settle::settle(&mut clients);
+    let (summary, mut found) = settle::settle(&mut clients);
     print(&summary, &readyz, start_ms);
-    divergences.truncate(LIST_CAP);
+    found.divergences.truncate(LIST_CAP);
+    found.behind_epoch_change.truncate(LIST_CAP);
     let record = Record {
         times,
         summary,
-        divergences,
+        found,
         readyz,
     };
     match &ctx.s.json {
@@ -285,8 +285,8 @@ fn print(summary: &Summary, readyz: &BTreeMap<String, ReadyzLog>, start_ms: u64)
         s.sent, s.attempts, s.retries, s.acked, s.duplicate_acks, s.timeouts, s.unavailable, s.failed, s.failed_but_delivered, s.not_applied_but_delivered, s.unanswered, s.unanswered_but_delivered
     );
     println!(
-        "  deliveries {}: lost {} (silently {}, behind an epoch change {}; acked but reached no member {}) duplicates delivered {} out of order {} (retries landing after newer messages {}) divergences {} offset anomalies {} epoch changes {}",
-        s.delivered, s.lost, s.lost_silently, s.lost_behind_epoch_change, s.lost_everywhere, s.duplicates, s.out_of_order, s.reordered_by_retry, s.divergences, s.offset_anomalies, s.epoch_changes
+        "  deliveries {}: lost {} (silently {}, behind an epoch change {}; acked but reached no member {}) duplicates delivered {} out of order {} (retries landing after newer messages {}) divergences {} (acked where members hold another message, behind an epoch change they saw: {}) offset anomalies {} epoch changes {}",
+        s.delivered, s.lost, s.lost_silently, s.lost_behind_epoch_change, s.lost_everywhere, s.duplicates, s.out_of_order, s.reordered_by_retry, s.divergences, s.divergences_behind_epoch_change, s.offset_anomalies, s.epoch_changes
     );
     for (u, r) in readyz {
         let changes: Vec<String> = r
@@ -323,7 +323,8 @@ fn write_json(path: &str, ctx: &Ctx, record: Record, clients: Vec<Client>) -> Re
         "publish_end_ms": record.times.publish_end_ms,
         "end_ms": record.times.end_ms,
         "summary": record.summary,
-        "divergences": record.divergences,
+        "divergences": record.found.divergences,
+        "divergences_behind_epoch_change": record.found.behind_epoch_change,
         "clients": logs,
         "publishers": pubs,
         "readyz": record.readyz,

@@ -41,6 +41,19 @@ impl Positions {
         }
     }
 
+    /// Where (publisher `p`, seq `s`) was delivered, as `epoch:offset` (the epoch's first 8
+    /// characters), in order: for the record of a duplicate.
+    pub fn places(&self, p: u64, s: u64) -> String {
+        let mut at: Vec<(&str, u64)> = (self.all())
+            .filter(|(_, _, c)| (c.0, c.1) == (p, s))
+            .map(|(e, o, _)| (e.get(..8).unwrap_or(e), o))
+            .collect();
+        at.sort_unstable();
+        at.dedup();
+        let at: Vec<String> = at.iter().map(|(e, o)| format!("{e}:{o}")).collect();
+        at.join(" ")
+    }
+
     /// Every position held, with the first message delivered there, then the conflicts.
     pub fn all(&self) -> impl Iterator<Item = (&str, u64, Content)> + '_ {
         let held =

@@ -66,8 +66,8 @@ pub struct ClientLog {
     pub gaps: Vec<(u64, u64)>,
     pub last_delivery_ms: u64,
     pub delivered: u64,
-    /// (publisher, seq, sent ms, delivered ms)
-    pub duplicates: Vec<(u64, u64, u64, u64)>,
+    /// (publisher, seq, sent ms, delivered ms, where it was got: `epoch:offset …`)
+    pub duplicates: Vec<(u64, u64, u64, u64, String)>,
     /// A seq lower than one already delivered from its publisher; at the end, the ones of
     /// messages that were retried move to `reordered_by_retry` (a retry goes out after newer
     /// messages, which keep the schedule).

@@ -1,7 +1,7 @@
 //! The reckoning at the end of a `chaos` run: who lost what, what diverged, and the totals.
 
 use super::client::Client;
-use super::diverge::{self, Divergence};
+use super::diverge::{self, Found, Member};
 use super::record::{ClientLog, PublisherLog};
 use super::LIST_CAP;
 use serde::Serialize;
@@ -49,6 +49,9 @@ pub struct Summary {
     /// Positions holding two messages, and acknowledged offsets where members did not get the
     /// message (diverge.rs).
     pub divergences: u64,
+    /// Acknowledged at a position that members hold with another message, in an epoch every
+    /// holder then saw replaced (the acknowledged message is lost behind the epoch change).
+    pub divergences_behind_epoch_change: u64,
 }
 
 /// Acknowledged publishes, (publisher, seq, sent ms), per room.
@@ -56,7 +59,7 @@ type Acked = HashMap<u64, Vec<(u64, u64, u64)>>;
 
 /// Compares every member's deliveries with its room's acknowledged publishes, fills in the
 /// losses of every client and publisher, finds the divergences, and sums up.
-pub fn settle(clients: &mut [Client]) -> (Summary, Vec<Divergence>) {
+pub fn settle(clients: &mut [Client]) -> (Summary, Found) {
     let acked = acked_by_room(clients);
     excuse_retried(clients);
     let reached = count_lost(clients, &acked);
@@ -66,14 +69,25 @@ pub fn settle(clients: &mut [Client]) -> (Summary, Vec<Divergence>) {
         .flatten()
         .filter(|(p, seq, _)| !reached.contains_key(&(*p, *seq)))
         .count() as u64;
-    let divergences = diverge::find(
-        clients.iter().map(|c| (c.log.room, &c.check.positions)),
+    let members: Vec<Member> = (clients.iter())
+        .map(|c| Member {
+            room: c.log.room,
+            got: &c.check.positions,
+            left: (c.log.epoch_changes.iter())
+                .filter(|e| !e.from.is_empty())
+                .map(|e| e.from.as_str())
+                .collect(),
+        })
+        .collect();
+    let found = diverge::find(
+        &members,
         (clients.iter().filter_map(|c| c.publog.as_ref()))
             .map(|pl| (pl.room, pl.publisher, pl.acked_msgs.as_slice())),
     );
     let mut summary = summarize(clients, lost_everywhere);
-    summary.divergences = divergences.len() as u64;
-    (summary, divergences)
+    summary.divergences = found.divergences.len() as u64;
+    summary.divergences_behind_epoch_change = found.behind_epoch_change.len() as u64;
+    (summary, found)
 }
 
 fn acked_by_room(clients: &[Client]) -> Acked {
@@ -215,6 +229,7 @@ fn summarize(clients: &[Client], lost_everywhere: u64) -> Summary {
                 .count() as u64
         }),
         divergences: 0,
+        divergences_behind_epoch_change: 0,
     }
 }
 

@@ -105,6 +105,7 @@ pub(super) async fn watch_topology(
             Ok(_) | Err(RecvError::Lagged(_)) => {
                 tracing::info!("cluster topology changed; resubscribing");
                 inner.resubscribe_all().await;
+                inner.reconcile_owner_changes().await;
             }
             Err(RecvError::Closed) => return,
         }

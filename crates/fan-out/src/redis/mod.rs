@@ -12,12 +12,17 @@
 //!   recovers from the silent loss fred 10.1 suffers after a failover (Redis pushes an
 //!   unrequested `sunsubscribe` that fred drops). A self-probe per shard detects a
 //!   subscription that went silent anyway and feeds readiness.
+//! - After a change of a shard's owner, the tail of every local room on that shard is
+//!   compared with the new owner's history: missed offsets are delivered, a divergence
+//!   retires the epoch (`reconcile`).
 //!
 //! Files: `client` builds the fred clients; `subscriptions` receives and keeps the
-//! subscriptions; `worker` sequences and delivers; `liveness` probes and watches topology.
+//! subscriptions; `worker` sequences and delivers; `liveness` probes and watches topology;
+//! `reconcile` compares local rooms with a new owner's history.
 
 mod client;
 mod liveness;
+mod reconcile;
 mod subscriptions;
 mod worker;
 
@@ -94,6 +99,9 @@ struct Inner {
     probes: Mutex<HashMap<String, Instant>>,
     healthy: AtomicBool,
     probe_seq: AtomicU64,
+    reconcile_tx: mpsc::UnboundedSender<reconcile::Request>,
+    /// Slot ranges and their primaries, as last seen (owner changes trigger a reconcile).
+    owners: Mutex<reconcile::Owners>,
 }
 
 #[derive(Clone)]
@@ -113,10 +121,11 @@ impl RedisFanOut {
         history: Arc<dyn HistorySource>,
     ) -> Result<RedisFanOut, FanOutError> {
         let (subscriber, publisher) = client::connect(&config).await?;
-        // Resubscribes after a hard failure (a reconnect). Soft failures are the reconcile's job.
-        // The returned handle is only for joining; dropping it leaves the task running.
-        drop(subscriber.manage_subscriptions());
+        // Not fred's `manage_subscriptions`: its `resubscribe_all` sends SUBSCRIBE with no
+        // channels first ("ERR wrong number of arguments for 'subscribe'") and stops there,
+        // so it never resubscribed a shard channel. `subscriptions::on_reconnect` does it.
         let (new_subs, new_subs_rx) = mpsc::unbounded_channel();
+        let (reconcile_tx, reconcile_rx) = mpsc::unbounded_channel();
         let mut worker_rxs = Vec::new();
         let mut workers = Vec::new();
         for _ in 0..config.workers.max(1) {
@@ -138,12 +147,20 @@ impl RedisFanOut {
             probes: Mutex::new(HashMap::new()),
             healthy: AtomicBool::new(false),
             probe_seq: AtomicU64::new(0),
+            reconcile_tx,
+            owners: Mutex::new(Vec::new()),
         });
         for rx in worker_rxs {
             tokio::spawn(worker::run(inner.clone(), rx));
         }
         tokio::spawn(subscriptions::read_loop(inner.clone()));
         tokio::spawn(subscriptions::manager(inner.clone(), new_subs_rx));
+        tokio::spawn(subscriptions::on_reconnect(
+            inner.clone(),
+            inner.subscriber.reconnect_rx(),
+        ));
+        tokio::spawn(reconcile::run(inner.clone(), reconcile_rx));
+        tokio::spawn(reconcile::watch_owners(inner.clone()));
         tokio::spawn(liveness::probe_loop(inner.clone()));
         for client in inner.publisher.clients() {
             tokio::spawn(liveness::watch_topology(

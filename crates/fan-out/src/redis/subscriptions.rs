@@ -5,13 +5,14 @@
 use super::worker::Job;
 use super::Inner;
 use fred::interfaces::{EventInterface, PubsubInterface};
+use fred::types::config::Server;
 use fred::types::Value;
 use protocol::channel;
 use protocol::envelope::Envelope;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -81,8 +82,21 @@ pub(super) async fn read_loop(inner: Arc<Inner>) {
         };
         if let Envelope::Probe { node, .. } = &envelope {
             if *node == inner.config.node_id {
-                if let Some(seen) = inner.probes.lock().get_mut(channel) {
-                    *seen = Instant::now();
+                let now = Instant::now();
+                let was_overdue = inner.probes.lock().get_mut(channel).is_some_and(|seen| {
+                    let overdue = now.duration_since(*seen) > inner.config.probe_timeout;
+                    *seen = now;
+                    overdue
+                });
+                if was_overdue {
+                    // A shard that went silent and came back (a paused primary looks like
+                    // this): what its owner holds now may differ from what was delivered.
+                    let slot = fred::util::redis_keyslot(channel.as_bytes());
+                    tracing::info!(
+                        channel,
+                        "self-probe back after being overdue; reconciling its shard"
+                    );
+                    inner.reconcile(inner.shard_of_slot(slot));
                 }
             }
             continue;
@@ -98,6 +112,26 @@ pub(super) async fn read_loop(inner: Arc<Inner>) {
             .is_err()
         {
             inner.pubsub.pubsub_dropped(1);
+        }
+    }
+}
+
+/// After the subscriber reconnected to a node: subscribe again at once (the periodic
+/// reconcile would within `reconcile_every`), and reconcile the rooms of the node's shard,
+/// whose messages during the outage were lost on the way.
+pub(super) async fn on_reconnect(inner: Arc<Inner>, mut rx: broadcast::Receiver<Server>) {
+    loop {
+        match rx.recv().await {
+            Ok(server) => {
+                tracing::info!(%server, "subscriber reconnected; resubscribing");
+                inner.resubscribe_all().await;
+                inner.reconcile(inner.slots_of_server(&server.to_string()));
+            }
+            Err(RecvError::Lagged(_)) => {
+                inner.resubscribe_all().await;
+                inner.reconcile(vec![(0, 16383)]);
+            }
+            Err(RecvError::Closed) => return,
         }
     }
 }

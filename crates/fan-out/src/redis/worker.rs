@@ -3,12 +3,14 @@
 
 use super::Inner;
 use crate::dispatch::deliver;
-use crate::sequencer::{Sequencer, Verdict};
+use crate::history::Tail;
+use crate::sequencer::{Reconciled, Sequencer, Verdict};
 use protocol::clock::now_ms;
 use protocol::envelope::Envelope;
 use protocol::frame::Publication;
 use std::sync::Arc;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 /// What a worker is given, in order, for the rooms it owns.
 pub(super) enum Job {
@@ -22,6 +24,13 @@ pub(super) enum Job {
     },
     /// The node no longer follows the room.
     Forget(String),
+    /// The room's newest messages as its shard's (new) owner holds them, read at `read_at`:
+    /// deliver what the node missed, or retire the epoch if the owner diverged.
+    Reconcile {
+        room: String,
+        tail: Tail,
+        read_at: Instant,
+    },
 }
 
 /// Runs one worker until the adapter is dropped.
@@ -35,6 +44,11 @@ pub(super) async fn run(inner: Arc<Inner>, mut rx: mpsc::Receiver<Job>) {
                 offset,
             } => seq.hint(&room, &epoch, offset),
             Job::Forget(room) => seq.forget(&room),
+            Job::Reconcile {
+                room,
+                tail,
+                read_at,
+            } => reconcile(&inner, &mut seq, &room, &tail, read_at).await,
             Job::Envelope(Envelope::Message(p)) => on_message(&inner, &mut seq, p).await,
             Job::Envelope(other) => on_other(&inner, &other),
         }
@@ -49,7 +63,10 @@ async fn on_message(inner: &Inner, seq: &mut Sequencer, p: Publication) {
     match seq.check(&p) {
         Verdict::Deliver => deliver_message(inner, seq, p),
         Verdict::Duplicate => inner.pubsub.duplicate(),
-        Verdict::Conflict => retire_epoch(inner, &p).await,
+        Verdict::Conflict => {
+            tracing::warn!(room = %p.room, epoch = %p.epoch, offset = p.offset, "offset reused after state loss; retiring the epoch");
+            retire_epoch(inner, &p.room, &p.epoch).await
+        }
         Verdict::Gap { after } => {
             repair_gap(inner, seq, &p, after).await;
             // Delivered even when the repair failed or came back short (history trimmed past
@@ -82,13 +99,39 @@ async fn repair_gap(inner: &Inner, seq: &mut Sequencer, p: &Publication, after: 
     inner.pubsub.repaired(n);
 }
 
-/// An offset came again with other content: the room's state was rolled back. The message is
-/// not delivered under a reused offset; the epoch is retired so members see a new one.
-async fn retire_epoch(inner: &Inner, p: &Publication) {
-    tracing::warn!(room = %p.room, epoch = %p.epoch, offset = p.offset, "offset reused after state loss; retiring the epoch");
+/// The room's state was rolled back: an offset came again with other content, or the shard's
+/// new owner lacks or rewrote what the node delivered. Nothing goes out under a reused offset;
+/// the epoch is retired so members see a new one.
+async fn retire_epoch(inner: &Inner, room: &str, epoch: &str) {
     inner.pubsub.conflict();
-    if let Err(e) = inner.history.retire_epoch(&p.room, &p.epoch).await {
-        tracing::warn!(room = %p.room, error = %e, "could not retire the epoch");
+    if let Err(e) = inner.history.retire_epoch(room, epoch).await {
+        tracing::warn!(room, error = %e, "could not retire the epoch");
+    }
+}
+
+/// After a change of the shard's owner: what the node delivered against what the owner holds.
+async fn reconcile(inner: &Inner, seq: &mut Sequencer, room: &str, tail: &Tail, read_at: Instant) {
+    if !inner.registry.has_room(room) {
+        return;
+    }
+    match seq.reconcile(room, tail, read_at.into_std()) {
+        Reconciled::InSync => {}
+        Reconciled::Missing(missing) => {
+            tracing::info!(
+                room,
+                n = missing.len(),
+                "delivering what the shard's new owner holds and this node missed"
+            );
+            let n = missing.len() as u64;
+            for m in missing {
+                deliver_message(inner, seq, m);
+            }
+            inner.pubsub.repaired(n);
+        }
+        Reconciled::Diverged { epoch } => {
+            tracing::warn!(room, %epoch, "the shard's new owner lacks or rewrote delivered offsets; retiring the epoch");
+            retire_epoch(inner, room, &epoch).await;
+        }
     }
 }
 

@@ -129,7 +129,7 @@ impl Node {
                 creation = status.room_creation_enabled,
                 "traffic level changed"
             );
-            self.broadcast(&Event::TrafficStatus(&status));
+            self.broadcast(Event::TrafficStatus(&status));
         }
     }
 

@@ -24,15 +24,11 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-/// The events that map onto protocol ops, each with one object argument.
-const OPS: [&str; 6] = [
-    "create_room",
-    "join",
-    "leave",
-    "publish",
-    "presence",
-    "history",
-];
+/// The events that map onto protocol ops, each with one object argument: every op but `ping`
+/// (Engine.IO has its own heartbeat).
+fn is_op_event(name: &str) -> bool {
+    name != "ping" && Op::NAMES.contains(&name)
+}
 
 /// What a packet asks of the connection.
 pub enum Next {
@@ -382,7 +378,7 @@ impl<'a> Sockets<'a> {
                 push(outbound, sio::ack(&ns, id, &json!([body])));
             }
         };
-        if !OPS.contains(&name) {
+        if !is_op_event(name) {
             reply(
                 json!({ "error": ErrorBody::new(ErrorCode::BadRequest, format!("unknown event '{name}'")) }),
             );
