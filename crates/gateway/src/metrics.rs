@@ -8,7 +8,7 @@
 //! behind [`CommandObserver`]. The other labelled series are looked up where they are used, on
 //! per-connection or error paths.
 
-use crate::admission::Rejection;
+use crate::admission::rejection::Rejection;
 use fan_out::{DeliveryHooks, PubSubHooks};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -225,6 +225,13 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+
+    /// Counts a refused connection.
+    pub fn rejected(&self, why: Rejection) {
+        self.connections_rejected
+            .with_label_values(&[why.as_str()])
+            .inc();
     }
 
     pub fn disconnect(&self, reason: DisconnectReason) {

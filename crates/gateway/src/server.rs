@@ -26,7 +26,7 @@ pub async fn accept_loop(node: Arc<Node>, listener: TcpListener, mut stop: watch
             Err(e) => {
                 // Out of descriptors or similar: back off instead of spinning.
                 tracing::warn!(error = %e, "accept failed");
-                Rejection::AcceptError.count(&node.metrics);
+                node.metrics.rejected(Rejection::AcceptError);
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }

@@ -13,7 +13,7 @@
 //! connection that ends any way at all, a panic included, gives them back.
 
 pub mod gate;
-mod rejection;
+pub mod rejection;
 
 pub use rejection::Rejection;
 
@@ -81,7 +81,7 @@ pub fn admit(
     headers: &HeaderMap,
 ) -> Result<Ticket, Box<Response<Body>>> {
     if !origin_allowed(&node.config.allowed_origins, headers) {
-        Rejection::Origin.count(&node.metrics);
+        node.metrics.rejected(Rejection::Origin);
         return Err(Box::new(error(
             StatusCode::FORBIDDEN,
             "forbidden",
@@ -89,7 +89,7 @@ pub fn admit(
         )));
     }
     let slot = node.gate.admit().map_err(|rejection| {
-        rejection.count(&node.metrics);
+        node.metrics.rejected(rejection);
         let (message, retry_after_secs) = match rejection {
             Rejection::Capacity => ("this node is full, try again later", 5u64),
             _ => ("too many connection attempts, try again later", 1),

@@ -1,6 +1,5 @@
-//! Why a client was turned away, as the metrics count it.
-
-use crate::metrics::Metrics;
+//! Why a client was turned away, as the metrics count it (a leaf: both admission and the
+//! metrics name it).
 
 /// Why a client was turned away: the `reason` label of `roomcast_connections_rejected_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,12 +41,5 @@ impl Rejection {
             Rejection::UserLimit => "user_limit",
             Rejection::AcceptError => "accept_error",
         }
-    }
-
-    pub fn count(self, metrics: &Metrics) {
-        metrics
-            .connections_rejected
-            .with_label_values(&[self.as_str()])
-            .inc();
     }
 }

@@ -191,7 +191,7 @@ impl<'a> Sockets<'a> {
         let (identity, user_slot) = match self.admit(auth) {
             Ok(admitted) => admitted,
             Err((refusal, code)) => {
-                refusal.rejection.count(&self.node.metrics);
+                self.node.metrics.rejected(refusal.rejection);
                 let data = Some(json!({ "code": code }));
                 push(
                     &self.outbound,

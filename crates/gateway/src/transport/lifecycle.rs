@@ -82,7 +82,7 @@ pub async fn run<D: Driver>(
         }
     };
     if let Err(refusal) = ticket.admit_ip(&node).and_then(|()| driver.admit(&node)) {
-        refusal.rejection.count(&node.metrics);
+        node.metrics.rejected(refusal.rejection);
         if refusal.rejection == Rejection::Auth {
             node.metrics.disconnect(DisconnectReason::Auth);
         }
