@@ -21,6 +21,8 @@ node_timeout=${REDIS_NODE_TIMEOUT:-2000}
 # after SIGCONT, while one late acknowledgement under load does not refuse healthy writes.
 # The cost: after a primary dies its shard refuses writes until the promoted replica has a
 # replica again (`revive` brings the old primary back as one).
+# cluster-require-full-coverage no: while a failed primary's slots have no owner yet, the
+# other shards keep serving (by default every node answers CLUSTERDOWN until the promotion).
 min_replicas_max_lag=${REDIS_MIN_REPLICAS_MAX_LAG:-3}
 ports=$(seq "$base" $((base + 5)))
 
@@ -50,7 +52,8 @@ exec redis-server --port "$p" --bind 127.0.0.1 --daemonize yes \\
   --cluster-enabled yes --cluster-config-file "$dir/$p/nodes.conf" \\
   --cluster-node-timeout "$node_timeout" --cluster-replica-validity-factor 0 \\
   --appendonly no --save "" --protected-mode no --repl-diskless-sync-delay 0 \\
-  --min-replicas-to-write 1 --min-replicas-max-lag "$min_replicas_max_lag"
+  --min-replicas-to-write 1 --min-replicas-max-lag "$min_replicas_max_lag" \\
+  --cluster-require-full-coverage no
 START
     bash "$dir/$p/start.sh"
   done

@@ -372,6 +372,7 @@ mod tests {
             OkBody::Published {
                 offset: 7,
                 duplicate: false,
+                epoch: None,
             },
         );
         assert_eq!(

@@ -221,6 +221,9 @@ pub enum OkBody {
         /// `offset` is the earlier one's.
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         duplicate: bool,
+        /// For a duplicate: the epoch of the first publish (the room may be in a newer one).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        epoch: Option<String>,
     },
     Presence {
         members: Vec<Member>,

@@ -241,8 +241,8 @@ pub async fn rooms(store: &dyn RoomStore, prefix: &str) {
 
 /// Empty rooms expire after their TTL; rooms with members do not. Real time (about 3 s),
 /// because Redis expires keys on its own clock.
-/// Idempotent publishes: a key repeated within its window gets the first offset and publishes
-/// nothing; after the window, or in a new epoch, it publishes again.
+/// Idempotent publishes: a key repeated within its window gets the first offset (and epoch) and
+/// publishes nothing, also after the room moved to a new epoch.
 pub async fn idempotency(store: &dyn RoomStore, prefix: &str) {
     let room = format!("{prefix}idem");
     let now = 1_700_000_000_000u64;
@@ -276,17 +276,32 @@ pub async fn idempotency(store: &dyn RoomStore, prefix: &str) {
     let (history, _) = store.history(&room, None, 100, None).await.unwrap();
     assert_eq!(history.len(), 2, "the duplicate was not published");
 
-    // A new epoch forgets the keys: their offsets named messages of the old one.
+    // A new epoch does not forget the keys: the first publish was delivered in the old one.
     let (fresh, _) = store.reset_epoch(&room, &created.epoch).await.unwrap();
     let after_reset = store
         .publish(&room, None, "server", data(1), key("u\nm1"), now + 30)
         .await
         .unwrap();
+    assert!(after_reset.duplicate);
     assert_eq!(
-        (after_reset.publication.offset, after_reset.duplicate),
-        (1, false)
+        (
+            after_reset.publication.offset,
+            after_reset.publication.epoch.as_str()
+        ),
+        (1, created.epoch.as_str())
     );
-    assert_eq!(after_reset.publication.epoch, fresh);
+    let new_key = store
+        .publish(&room, None, "server", data(3), key("u\nm3"), now + 40)
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            new_key.publication.offset,
+            new_key.publication.epoch,
+            new_key.duplicate
+        ),
+        (1, fresh, false)
+    );
     store.close(&room).await.unwrap();
 }
 

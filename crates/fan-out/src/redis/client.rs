@@ -1,24 +1,23 @@
-//! The adapter's own fred clients: one subscriber, and a small pool for its publishes and for
-//! watching the cluster's topology. fred stays inside this crate; the gateway hands over plain
-//! settings ([`super::RedisFanOutConfig`]).
+//! The adapter's own fred clients: one subscriber, a small clustered pool for watching the
+//! cluster's topology, and a router (one client per primary) for its publishes, so a failing
+//! primary delays only the publishes to its own shard. fred stays inside this crate and
+//! `redis-cluster`; the gateway hands over plain settings ([`super::RedisFanOutConfig`]).
 //!
-//! fred's defaults do not suit a server (see `docs/architecture.md`, "fred"): no reconnect
-//! policy, no command timeout, no unresponsive-socket detection, and event channels of 32,
-//! which drop pub/sub messages (`Lagged`) under any burst. Every one is set here. The room
-//! store's clients (room-state) make the same choices, for the same reasons.
+//! Every client takes its fred settings from `redis_cluster::configure`, shared with the room
+//! store's (room-state): reconnect policy, timeouts, unresponsive-socket detection, and event
+//! channels of 16k instead of 32.
 
 use super::RedisFanOutConfig;
 use crate::adapter::FanOutError;
 use fred::clients::{Pool, SubscriberClient};
-use fred::prelude::{Builder, ClientLike, Config, ServerConfig};
-use fred::types::config::{ReconnectPolicy, UnresponsiveConfig};
-use std::time::Duration;
+use fred::prelude::{Builder, ClientLike};
+use redis_cluster::Router;
 
-/// The subscriber and the publishing pool, connected (or connecting: a node may start
-/// before Redis, and stays unready until the cluster answers).
+/// The subscriber, the topology pool and the publishing router, connected (or connecting: a
+/// node may start before Redis, and stays unready until the cluster answers).
 pub(super) async fn connect(
     config: &RedisFanOutConfig,
-) -> Result<(SubscriberClient, Pool), FanOutError> {
+) -> Result<(SubscriberClient, Pool, Router), FanOutError> {
     let unavailable = |e: fred::error::Error| FanOutError::Unavailable(e.to_string());
     let subscriber = builder(config)?
         .build_subscriber_client()
@@ -28,65 +27,16 @@ pub(super) async fn connect(
         .map_err(unavailable)?;
     subscriber.init().await.map_err(unavailable)?;
     publisher.init().await.map_err(unavailable)?;
-    Ok((subscriber, publisher))
+    let router = Router::connect(&config.urls, config.command_timeout)
+        .await
+        .map_err(FanOutError::Config)?;
+    Ok((subscriber, publisher, router))
 }
 
-/// A fred builder with every setting that matters made explicit.
+/// A clustered fred builder with the settings every roomcast client uses
+/// (`redis_cluster::configure`).
 fn builder(config: &RedisFanOutConfig) -> Result<Builder, FanOutError> {
-    let bad = |what: String| FanOutError::Config(what);
-    let mut hosts = Vec::new();
-    for url in &config.urls {
-        let rest = url
-            .trim()
-            .strip_prefix("redis://")
-            .ok_or_else(|| bad(format!("not a redis:// URL: {url}")))?;
-        let (host, port) = rest
-            .trim_end_matches('/')
-            .rsplit_once(':')
-            .ok_or_else(|| bad(format!("no port in {url}")))?;
-        let port: u16 = port
-            .parse()
-            .map_err(|_| bad(format!("bad port in {url}")))?;
-        hosts.push((host.to_string(), port));
-    }
-    if hosts.is_empty() {
-        return Err(bad("no Redis Cluster seed nodes".into()));
-    }
-    let fred_config = Config {
-        server: ServerConfig::new_clustered(hosts),
-        // A node may start before Redis; it reports unready until the cluster answers.
-        fail_fast: false,
-        ..Config::default()
-    };
-    let timeout = config.command_timeout;
-    let mut builder = Builder::from_config(fred_config);
-    builder
-        .with_performance_config(|p| {
-            p.default_command_timeout = timeout;
-            // fred's event channels drop messages past this (Lagged); the default is 32.
-            p.broadcast_channel_capacity = 16 * 1024;
-        })
-        .with_connection_config(|c| {
-            c.connection_timeout = Duration::from_secs(2);
-            c.internal_command_timeout = Duration::from_secs(2);
-            c.max_command_attempts = 3;
-            c.max_redirections = 5;
-            c.cluster_cache_update_delay = Duration::from_millis(100);
-            c.unresponsive = UnresponsiveConfig {
-                max_timeout: Some(Duration::from_secs(5)),
-                interval: Duration::from_secs(1),
-            };
-            // Bounded: past it commands fail with Backpressure instead of queueing forever.
-            c.max_command_buffer_len = 100_000;
-        })
-        // Retry forever, 50 ms doubling to 250 ms, with jitter. Short on purpose: fred 10.1
-        // runs one routing task per client, and while it reconnects (a primary died and is
-        // still listed in CLUSTER SLOTS until its replica is promoted) every command of the
-        // client waits, whatever its shard. With a 2 s cap the retry after the promotion came
-        // up to 2 s late, so healthy shards stalled ~5.5 s; now they resume within 250 ms of
-        // the promotion (cluster-node-timeout plus the election).
-        .set_policy(ReconnectPolicy::new_exponential(0, 50, 250, 2));
-    Ok(builder)
+    redis_cluster::builder(&config.urls, config.command_timeout).map_err(FanOutError::Config)
 }
 
 #[cfg(test)]

@@ -84,9 +84,11 @@ async fn publish_probes(inner: &Inner, channels: &[String], bytes: Vec<u8>) -> b
     let mut published_all = !channels.is_empty();
     for c in channels {
         let r: Result<Value, _> = inner
-            .publisher
-            .next()
-            .spublish(c.as_str(), bytes.clone())
+            .router
+            .run(c, |client| {
+                let bytes = bytes.clone();
+                async move { client.spublish(c.as_str(), bytes).await }
+            })
             .await;
         if r.is_err() {
             published_all = false;
@@ -109,5 +111,18 @@ pub(super) async fn watch_topology(
             }
             Err(RecvError::Closed) => return,
         }
+    }
+}
+
+/// On a slot owner change seen by the publishing router (its clients are per primary, so
+/// fred's cluster-change events do not come from them), resubscribe everything at once.
+pub(super) async fn watch_router(
+    inner: Arc<Inner>,
+    mut changes: tokio::sync::watch::Receiver<u64>,
+) {
+    while changes.changed().await.is_ok() {
+        tracing::info!("slot owners changed; resubscribing");
+        inner.resubscribe_all().await;
+        inner.reconcile_owner_changes().await;
     }
 }

@@ -85,7 +85,10 @@ impl RedisFanOutConfig {
 /// What the tasks of one adapter share.
 struct Inner {
     subscriber: SubscriberClient,
+    /// Watches the topology (cluster-change events, `CLUSTER SLOTS`, fred's cached routing).
     publisher: Pool,
+    /// Publishes: one client per primary.
+    router: redis_cluster::Router,
     registry: Arc<Registry>,
     delivery: Arc<dyn DeliveryHooks>,
     pubsub: Arc<dyn PubSubHooks>,
@@ -120,7 +123,7 @@ impl RedisFanOut {
         pubsub: Arc<dyn PubSubHooks>,
         history: Arc<dyn HistorySource>,
     ) -> Result<RedisFanOut, FanOutError> {
-        let (subscriber, publisher) = client::connect(&config).await?;
+        let (subscriber, publisher, router) = client::connect(&config).await?;
         // Not fred's `manage_subscriptions`: its `resubscribe_all` sends SUBSCRIBE with no
         // channels first ("ERR wrong number of arguments for 'subscribe'") and stops there,
         // so it never resubscribed a shard channel. `subscriptions::on_reconnect` does it.
@@ -136,6 +139,7 @@ impl RedisFanOut {
         let inner = Arc::new(Inner {
             subscriber,
             publisher,
+            router,
             registry,
             delivery,
             pubsub,
@@ -162,6 +166,10 @@ impl RedisFanOut {
         tokio::spawn(reconcile::run(inner.clone(), reconcile_rx));
         tokio::spawn(reconcile::watch_owners(inner.clone()));
         tokio::spawn(liveness::probe_loop(inner.clone()));
+        tokio::spawn(liveness::watch_router(
+            inner.clone(),
+            inner.router.changes(),
+        ));
         for client in inner.publisher.clients() {
             tokio::spawn(liveness::watch_topology(
                 inner.clone(),
@@ -216,9 +224,12 @@ impl FanOut for RedisFanOut {
             .map_err(|e| FanOutError::Unavailable(e.to_string()))?;
         let receivers: i64 = self
             .inner
-            .publisher
-            .next()
-            .spublish(channel.as_str(), bytes)
+            .router
+            .run(&channel, |client| {
+                let channel = channel.clone();
+                let bytes = bytes.clone();
+                async move { client.spublish(channel, bytes).await }
+            })
             .await
             .map_err(|e| FanOutError::Unavailable(e.to_string()))?;
         tracing::debug!(channel, receivers, "envelope published");

@@ -122,9 +122,12 @@ async fn reconcile(inner: &Inner, seq: &mut Sequencer, room: &str, tail: &Tail, 
                 n = missing.len(),
                 "delivering what the shard's new owner holds and this node missed"
             );
+            // Through the ordinary path: the tail holds only the newest offsets, so when the
+            // node missed more than it, the first of them reveals a gap that is filled from
+            // history before anything else goes out.
             let n = missing.len() as u64;
             for m in missing {
-                deliver_message(inner, seq, m);
+                Box::pin(on_message(inner, seq, m)).await;
             }
             inner.pubsub.repaired(n);
         }

@@ -74,6 +74,7 @@ pub(super) async fn publish(
             Ok(OkBody::Published {
                 offset: p.publication.offset,
                 duplicate: p.duplicate,
+                epoch: p.duplicate.then_some(p.publication.epoch),
             })
         }
         Err(e) => Err(state_error(node, "publish", e)),

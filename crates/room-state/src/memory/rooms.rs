@@ -25,36 +25,39 @@ pub(crate) struct Room {
     expires_at: Option<u64>,
     /// Set when the room was removed from the map, for holders of a stale `Arc`.
     closed: bool,
-    /// Idempotency keys published in this epoch, and when each is forgotten.
+    /// Idempotency keys published, and when each is forgotten.
     seen: Seen,
 }
 
-/// Idempotency keys → offset, forgotten in expiry order.
+/// Idempotency keys → (epoch, offset), forgotten in expiry order.
 #[derive(Debug, Default)]
 struct Seen {
-    offsets: HashMap<String, (u64, u64)>,
+    offsets: HashMap<String, (String, u64, u64)>,
     by_expiry: VecDeque<(u64, String)>,
 }
 
 impl Seen {
-    /// The offset a live key was published at.
-    fn get(&mut self, key: &str, now_ms: u64) -> Option<u64> {
+    /// Where a live key was published.
+    fn get(&mut self, key: &str, now_ms: u64) -> Option<(String, u64)> {
         while let Some((expiry, _)) = self.by_expiry.front() {
             if *expiry > now_ms {
                 break;
             }
             if let Some((_, k)) = self.by_expiry.pop_front() {
                 // A key recorded again later has a later expiry of its own.
-                if self.offsets.get(&k).is_some_and(|(_, e)| *e <= now_ms) {
+                if self.offsets.get(&k).is_some_and(|(_, _, e)| *e <= now_ms) {
                     self.offsets.remove(&k);
                 }
             }
         }
-        self.offsets.get(key).map(|(offset, _)| *offset)
+        self.offsets
+            .get(key)
+            .map(|(epoch, offset, _)| (epoch.clone(), *offset))
     }
 
-    fn record(&mut self, key: &str, offset: u64, expiry: u64) {
-        self.offsets.insert(key.to_string(), (offset, expiry));
+    fn record(&mut self, key: &str, epoch: &str, offset: u64, expiry: u64) {
+        self.offsets
+            .insert(key.to_string(), (epoch.to_string(), offset, expiry));
         self.by_expiry.push_back((expiry, key.to_string()));
     }
 }
@@ -211,11 +214,11 @@ impl RoomStore for MemoryState {
         let sink = self.sink.read().clone();
         self.with_room(room, Some(now_ms), |r| {
             r.check_member(conn_id)?;
-            if let Some(offset) = idempotency.and_then(|i| r.seen.get(i.key, now_ms)) {
+            if let Some((epoch, offset)) = idempotency.and_then(|i| r.seen.get(i.key, now_ms)) {
                 let publication = Publication {
                     room: r.name.clone(),
                     offset,
-                    epoch: r.epoch.clone(),
+                    epoch,
                     from: from.to_string(),
                     data,
                     ts: now_ms,
@@ -227,7 +230,8 @@ impl RoomStore for MemoryState {
             }
             r.offset += 1;
             if let Some(i) = idempotency {
-                r.seen.record(i.key, r.offset, now_ms + i.window_ms);
+                let (epoch, offset) = (r.epoch.clone(), r.offset);
+                r.seen.record(i.key, &epoch, offset, now_ms + i.window_ms);
             }
             let publication = Publication {
                 room: r.name.clone(),
@@ -352,8 +356,6 @@ impl RoomStore for MemoryState {
             r.epoch = new_epoch();
             r.offset = 0;
             r.history.clear();
-            // The keys named offsets of the old epoch.
-            r.seen = Seen::default();
             Ok((r.epoch.clone(), true))
         })
     }

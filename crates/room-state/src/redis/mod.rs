@@ -1,10 +1,9 @@
 //! The Redis Cluster backend, through fred. fred stays inside this module: the public surface
 //! is [`RedisSettings`] (plain data) in, and [`RedisState`] with the store traits out.
 //!
-//! fred's defaults do not suit a server (see `docs/architecture.md`, "fred"): no reconnect
-//! policy, no command timeout, no unresponsive-socket detection, and event channels of 32.
-//! `builder` sets every one of them explicitly. The fan-out's own clients (`fan-out`'s
-//! `redis::client`) make the same choices, for the same reasons.
+//! Commands go through a [`redis_cluster::Router`]: one client per primary, so a failing
+//! primary stalls only the rooms (and keys) of its own shard. Its fred settings are the ones
+//! `redis_cluster::configure` makes explicit, shared with the fan-out's clients.
 
 mod keys;
 mod limits;
@@ -16,7 +15,6 @@ mod traffic;
 use crate::error::StateError;
 use crate::observer::{Command, CommandObserver};
 use fred::prelude::*;
-use fred::types::config::{ReconnectPolicy, UnresponsiveConfig};
 use fred::types::scripts::Script;
 use fred::types::Value;
 use std::sync::Arc;
@@ -27,7 +25,8 @@ use std::time::Duration;
 pub struct RedisSettings {
     /// Seed nodes, `redis://host:port`.
     pub urls: Vec<String>,
-    /// Clients in the command pool (each holds a connection to every primary).
+    /// Unused since commands go through one client per primary; kept for the settings'
+    /// shape (`--redis-pool-size`).
     pub pool_size: usize,
     /// A command that takes longer fails with `unavailable`.
     pub command_timeout: Duration,
@@ -38,63 +37,6 @@ pub struct RedisSettings {
     /// Defaults used when a room's meta is rebuilt after loss.
     pub default_history: u32,
     pub default_ttl_ms: u64,
-}
-
-/// A fred builder with every setting that matters made explicit.
-fn builder(settings: &RedisSettings) -> Result<Builder, StateError> {
-    let mut hosts = Vec::new();
-    for url in &settings.urls {
-        let rest = url
-            .trim()
-            .strip_prefix("redis://")
-            .ok_or_else(|| StateError::Internal(format!("not a redis:// URL: {url}")))?;
-        let (host, port) = rest
-            .trim_end_matches('/')
-            .rsplit_once(':')
-            .ok_or_else(|| StateError::Internal(format!("no port in {url}")))?;
-        let port: u16 = port
-            .parse()
-            .map_err(|_| StateError::Internal(format!("bad port in {url}")))?;
-        hosts.push((host.to_string(), port));
-    }
-    if hosts.is_empty() {
-        return Err(StateError::Internal("no Redis Cluster seed nodes".into()));
-    }
-    let config = Config {
-        server: ServerConfig::new_clustered(hosts),
-        // A node may start before Redis; it reports unready until the cluster answers.
-        fail_fast: false,
-        ..Config::default()
-    };
-    let timeout = settings.command_timeout;
-    let mut builder = Builder::from_config(config);
-    builder
-        .with_performance_config(|p| {
-            p.default_command_timeout = timeout;
-            // fred's event channels drop messages past this (Lagged); the default is 32.
-            p.broadcast_channel_capacity = 16 * 1024;
-        })
-        .with_connection_config(|c| {
-            c.connection_timeout = Duration::from_secs(2);
-            c.internal_command_timeout = Duration::from_secs(2);
-            c.max_command_attempts = 3;
-            c.max_redirections = 5;
-            c.cluster_cache_update_delay = Duration::from_millis(100);
-            c.unresponsive = UnresponsiveConfig {
-                max_timeout: Some(Duration::from_secs(5)),
-                interval: Duration::from_secs(1),
-            };
-            // Bounded: past it commands fail with Backpressure instead of queueing forever.
-            c.max_command_buffer_len = 100_000;
-        })
-        // Retry forever, 50 ms doubling to 250 ms, with jitter. Short on purpose: fred 10.1
-        // runs one routing task per client, and while it reconnects (a primary died and is
-        // still listed in CLUSTER SLOTS until its replica is promoted) every command of the
-        // client waits, whatever its shard. With a 2 s cap the retry after the promotion came
-        // up to 2 s late, so healthy shards stalled ~5.5 s; now they resume within 250 ms of
-        // the promotion (cluster-node-timeout plus the election).
-        .set_policy(ReconnectPolicy::new_exponential(0, 50, 250, 2));
-    Ok(builder)
 }
 
 /// Sorts a fred error by what the caller can know of the command's fate.
@@ -168,25 +110,28 @@ fn lua(command: Command) -> String {
 
 /// Room state, limits and traffic counters in a Redis Cluster.
 pub struct RedisState {
-    pool: Pool,
+    router: redis_cluster::Router,
     scripts: Scripts,
     settings: RedisSettings,
     observer: parking_lot::RwLock<Option<Arc<dyn CommandObserver>>>,
+    /// Redis's clock minus ours, in ms, from the last health check: a publish's deadline is
+    /// given in Redis's time.
+    clock_skew_ms: std::sync::atomic::AtomicI64,
 }
 
 impl RedisState {
-    /// Connects the command pool. Does not fail when the cluster is down: commands then answer
-    /// `unavailable` until it is reachable.
+    /// Connects a client per primary. Does not fail when the cluster is down: commands then
+    /// answer `unavailable` or `timeout` until it is reachable.
     pub async fn connect(settings: RedisSettings) -> Result<RedisState, StateError> {
-        let pool = builder(&settings)?
-            .build_pool(settings.pool_size.max(1))
-            .map_err(fred_error)?;
-        pool.init().await.map_err(fred_error)?;
+        let router = redis_cluster::Router::connect(&settings.urls, settings.command_timeout)
+            .await
+            .map_err(StateError::Internal)?;
         Ok(RedisState {
-            pool,
+            router,
             scripts: Scripts::new(),
             settings,
             observer: parking_lot::RwLock::new(None),
+            clock_skew_ms: std::sync::atomic::AtomicI64::new(0),
         })
     }
 
@@ -209,30 +154,52 @@ impl RedisState {
         result.map_err(fred_error)
     }
 
-    /// Runs a command's script on a client of the pool, and reports it.
+    /// Runs a command's script on its first key's primary, and reports it.
     async fn eval(
         &self,
         command: Command,
         keys: Vec<String>,
         args: Vec<String>,
     ) -> Result<Value, StateError> {
-        self.eval_on(self.pool.next(), command, keys, args).await
+        Ok(self.eval_routed(command, keys, args).await?.0)
     }
 
-    /// Runs a command's script on `client`, and reports it.
-    async fn eval_on(
+    /// Runs a command's script on its first key's primary (once more on the new owner after
+    /// a MOVED), and reports it. Returns the client that ran it: the connection that wrote.
+    async fn eval_routed(
         &self,
-        client: &Client,
         command: Command,
         keys: Vec<String>,
         args: Vec<String>,
-    ) -> Result<Value, StateError> {
+    ) -> Result<(Value, Client), StateError> {
         let script = self.scripts.get(command);
+        let route = keys.first().cloned().unwrap_or_default();
         self.timed(
             command,
-            script.evalsha_with_reload::<Value, _, _>(client, keys, args),
+            self.router.run(&route, |client| {
+                let keys = keys.clone();
+                let args = args.clone();
+                async move {
+                    let v = script
+                        .evalsha_with_reload::<Value, _, _>(&client, keys, args)
+                        .await?;
+                    Ok((v, client))
+                }
+            }),
         )
         .await
+    }
+
+    /// The client of `key`'s primary, for a plain keyed command.
+    fn on(&self, key: &str) -> Client {
+        self.router.client_for_key(key)
+    }
+
+    /// Maps a plain command's error, asking the router to read the slot map again (the
+    /// error may be a MOVED, or a primary gone).
+    fn failed(&self, e: Error) -> StateError {
+        self.router.refresh_soon();
+        fred_error(e)
     }
 }
 

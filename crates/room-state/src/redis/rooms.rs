@@ -27,16 +27,10 @@ impl RedisState {
     /// Marks a room occupied (`+inf`) or empty (expiring) in the active-rooms index.
     async fn index(&self, room: &str, expires_at: Option<u64>) {
         let score = expires_at.map_or(f64::INFINITY, |t| t as f64);
+        let key = keys::room_index(room);
         let r: Result<Value, _> = self
-            .pool
-            .zadd(
-                keys::room_index(room),
-                None,
-                None,
-                false,
-                false,
-                (score, room),
-            )
+            .on(&key)
+            .zadd(&key, None, None, false, false, (score, room))
             .await;
         if let Err(e) = r {
             tracing::warn!(error = %e, room, "room index update failed");
@@ -47,9 +41,9 @@ impl RedisState {
         let key = keys::node_members(node);
         let entry = format!("{room}\n{conn}");
         let r: Result<Value, _> = if add {
-            self.pool.sadd(key, entry).await
+            self.on(&key).sadd(&key, entry).await
         } else {
-            self.pool.srem(key, entry).await
+            self.on(&key).srem(&key, entry).await
         };
         if let Err(e) = r {
             tracing::warn!(error = %e, node, "node member index update failed");
@@ -91,7 +85,8 @@ impl RedisState {
     }
 
     async fn room_ttl(&self, room: &str) -> Option<u64> {
-        let v: Option<String> = self.pool.hget(RoomKeys::new(room).meta, "ttl").await.ok()?;
+        let meta = RoomKeys::new(room).meta;
+        let v: Option<String> = self.on(&meta).hget(&meta, "ttl").await.ok()?;
         v?.parse().ok()
     }
 }
@@ -163,7 +158,47 @@ fn status(reply: &[Value]) -> Result<(), StateError> {
         0 => Err(StateError::NotFound),
         -1 => Err(StateError::RoomFull),
         -2 => Err(StateError::NotMember),
+        -3 => Err(StateError::Unavailable(
+            "the publish reached Redis after its deadline and was not applied".into(),
+        )),
         _ => Err(StateError::Internal("unexpected script status".into())),
+    }
+}
+
+impl RedisState {
+    /// When a publish sent now must be applied by, in Redis's clock: the command timeout,
+    /// after which the caller answers `timeout`, less a margin for the reply's way back.
+    fn publish_deadline(&self) -> i64 {
+        let skew = self
+            .clock_skew_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let timeout = self.settings.command_timeout.as_millis() as i64;
+        protocol::clock::now_ms() as i64 + skew + timeout * 3 / 4
+    }
+
+    /// Reads Redis's clock (`TIME`) and keeps its difference from ours, taken at the middle
+    /// of the round trip. A failure keeps the last value.
+    async fn measure_clock_skew(&self) {
+        let before = protocol::clock::now_ms() as i64;
+        let time_cmd =
+            fred::types::CustomCommand::new_static("TIME", fred::types::ClusterHash::Random, false);
+        let time: Result<Vec<String>, _> = self
+            .router
+            .any()
+            .custom(time_cmd, Vec::<String>::new())
+            .await;
+        let after = protocol::clock::now_ms() as i64;
+        let Ok(time) = time else { return };
+        let (Some(secs), Some(micros)) = (
+            time.first().and_then(|s| s.parse::<i64>().ok()),
+            time.get(1).and_then(|s| s.parse::<i64>().ok()),
+        ) else {
+            return;
+        };
+        let server = secs * 1000 + micros / 1000;
+        let skew = server - (before + after) / 2;
+        self.clock_skew_ms
+            .store(skew, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -275,11 +310,12 @@ impl RoomStore for RedisState {
             }
             .to_string(),
             idempotency.map_or(String::new(), |i| i.window_ms.to_string()),
+            self.publish_deadline().to_string(),
         ]);
-        // One pooled client for the script and the WAIT, so WAIT follows the write on the
-        // same connection to the room's primary.
-        let client = self.pool.next();
-        let reply = array(self.eval_on(client, Command::Publish, keys, args).await?);
+        // The script and the WAIT on one client, the room's primary's: WAIT follows the
+        // write on the connection that carried it.
+        let (reply, client) = self.eval_routed(Command::Publish, keys, args).await?;
+        let reply = array(reply);
         status(&reply)?;
         let duplicate = int(reply.first())? == 2;
         let offset = int(reply.get(1))? as u64;
@@ -298,7 +334,7 @@ impl RoomStore for RedisState {
             // the codec's own here; the script's Lua-built one takes its names from it. A
             // duplicate is waited for and announced again too: its first attempt may have
             // ended before either (receivers drop an offset they already delivered).
-            self.wait_for_replica(client, &k.meta).await?;
+            self.wait_for_replica(&client).await?;
             let bytes = Envelope::Message(publication.clone())
                 .encode()
                 .map_err(|e| StateError::Internal(e.to_string()))?;
@@ -374,7 +410,8 @@ impl RoomStore for RedisState {
         let reply = array(self.eval(Command::Close, k.all(), Vec::new()).await?);
         status(&reply)?;
         let former = member_records(reply.get(1));
-        let _: Result<Value, _> = self.pool.zrem(keys::room_index(room), room).await;
+        let index = keys::room_index(room);
+        let _: Result<Value, _> = self.on(&index).zrem(&index, room).await;
         for m in &former {
             self.track_member(&m.node, room, &m.conn_id, false).await;
         }
@@ -385,15 +422,12 @@ impl RoomStore for RedisState {
         let now = protocol::clock::now_ms();
         let mut total = 0u64;
         for shard in 0..keys::ROOM_INDEX_SHARDS {
+            let key = keys::room_index_shard(shard);
             let n: u64 = self
-                .pool
-                .zcount(
-                    keys::room_index_shard(shard),
-                    (now + 1) as f64,
-                    f64::INFINITY,
-                )
+                .on(&key)
+                .zcount(&key, (now + 1) as f64, f64::INFINITY)
                 .await
-                .map_err(fred_error)?;
+                .map_err(|e| self.failed(e))?;
             total += n;
         }
         Ok(total)
@@ -405,7 +439,11 @@ impl RoomStore for RedisState {
         keep_prefix: Option<&str>,
     ) -> Result<Vec<(String, MemberRecord)>, StateError> {
         let key = keys::node_members(node);
-        let entries: Vec<String> = self.pool.smembers(&key).await.map_err(fred_error)?;
+        let entries: Vec<String> = self
+            .on(&key)
+            .smembers(&key)
+            .await
+            .map_err(|e| self.failed(e))?;
         let now = protocol::clock::now_ms();
         let mut removed = Vec::new();
         for entry in entries {
@@ -419,7 +457,7 @@ impl RoomStore for RedisState {
                 removed.push((room.to_string(), record));
             }
             // Entry by entry: the set may hold members of the node's current incarnation.
-            let _: Result<Value, _> = self.pool.srem(&key, entry.as_str()).await;
+            let _: Result<Value, _> = self.on(&key).srem(&key, entry.as_str()).await;
         }
         Ok(removed)
     }
@@ -427,21 +465,24 @@ impl RoomStore for RedisState {
     async fn maintain(&self, now_ms: u64) -> Result<Vec<String>, StateError> {
         // Redis expires the rooms themselves; this trims the index of expired ones.
         for shard in 0..keys::ROOM_INDEX_SHARDS {
+            let key = keys::room_index_shard(shard);
             let _: Value = self
-                .pool
-                .zremrangebyscore(
-                    keys::room_index_shard(shard),
-                    f64::NEG_INFINITY,
-                    now_ms as f64,
-                )
+                .on(&key)
+                .zremrangebyscore(&key, f64::NEG_INFINITY, now_ms as f64)
                 .await
-                .map_err(fred_error)?;
+                .map_err(|e| self.failed(e))?;
         }
         Ok(Vec::new())
     }
 
     async fn health(&self) -> Result<(), StateError> {
-        let _: Value = self.pool.next().ping(None).await.map_err(fred_error)?;
+        let _: Value = self
+            .router
+            .any()
+            .ping(None)
+            .await
+            .map_err(|e| self.failed(e))?;
+        self.measure_clock_skew().await;
         Ok(())
     }
 
@@ -463,35 +504,15 @@ impl RoomStore for RedisState {
 impl RedisState {
     /// `WAIT 1` on the connection that wrote `key`, so the publish is on a replica before it is
     /// acknowledged.
-    async fn wait_for_replica(&self, client: &Client, key: &str) -> Result<(), StateError> {
-        let slot = fred::util::redis_keyslot(key.as_bytes());
+    async fn wait_for_replica(&self, client: &Client) -> Result<(), StateError> {
         let timeout = self.settings.durable_timeout.as_millis() as i64;
-        let mut last_server = None;
-        // Twice at most: after a failover fred's cached routing can still name the old
-        // primary (now a replica, whose WAIT answers 0 at once). Then resync and wait on the
-        // node that owns the slot now, whose connection carried the write.
-        for attempt in 0..2 {
-            if attempt > 0 {
-                client.sync_cluster().await.map_err(fred_error)?;
-            }
-            let server = client
-                .cached_cluster_state()
-                .and_then(|state| state.get_server(slot).cloned())
-                .ok_or_else(|| StateError::Unavailable("no route for slot".into()))?;
-            if last_server.as_ref() == Some(&server) {
-                break;
-            }
-            let acks: i64 = client
-                .with_cluster_node(server.clone())
-                .wait(1, timeout)
-                .await
-                .map_err(fred_error)?;
-            if acks >= 1 {
-                return Ok(());
-            }
-            tracing::warn!(%server, acks, attempt, "WAIT: no replica yet");
-            last_server = Some(server);
+        // `client` is the room's primary's own client, whose connection carried the write
+        // (a replica or a former primary would have answered the script with MOVED).
+        let acks: i64 = client.wait(1, timeout).await.map_err(|e| self.failed(e))?;
+        if acks >= 1 {
+            return Ok(());
         }
+        tracing::warn!(acks, "WAIT: no replica acknowledged");
         // The write is on the primary, not known to be on a replica: the outcome is unknown.
         Err(StateError::Timeout(
             "no replica acknowledged the publish".into(),

@@ -116,20 +116,28 @@ return {removed, 0, info}
 /// ARGV: new epoch, dhist, dttl, now, conn ('' = server), from, data, channel, room, spublish
 /// ('1' to publish inside the script, '0' when the caller publishes after WAIT, for durable
 /// publishes), idempotency window in ms ('' = no key).
-/// Returns {1, offset, epoch}, {2, offset, epoch} for a key already published in this epoch
-/// (nothing published), {0} not found, {-2} not a member. The SPUBLISH of the envelope happens
-/// inside the script, so delivery order is offset order.
+/// ARGV[12]: the deadline, in Redis server milliseconds ('' = none): a script that starts after
+/// it does nothing, because its caller has given up on it (answered `timeout`); a command that
+/// waited in a paused primary, or that fred re-sent after a reconnect, must not apply late.
+/// Returns {1, offset, epoch}, {2, offset, epoch} for a key already published (in whatever
+/// epoch: its record replicates with the write, so a surviving record means a surviving
+/// message; nothing is published), {0} not found, {-2} not a member, {-3} past the deadline.
+/// The SPUBLISH of the envelope happens inside the script, so delivery order is offset order.
 pub fn publish() -> String {
     format!(
         "{ENSURE_META}{}{}\nend\nreturn {{1, offset, epoch}}\n",
         r#"
+if ARGV[12] ~= '' then
+  local t = redis.call('TIME')
+  if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > tonumber(ARGV[12]) then return {-3} end
+end
 if not ensure_meta(ARGV[1], ARGV[2], ARGV[3], ARGV[4]) then return {0} end
 if ARGV[5] ~= '' and redis.call('ZSCORE', KEYS[2], ARGV[5]) == false then return {-2} end
 if ARGV[11] ~= '' then
   local seen = redis.call('GET', KEYS[5])
   if seen then
     local e, o = string.match(seen, '^(.*)\t(%d+)$')
-    if e == redis.call('HGET', KEYS[1], 'epoch') then return {2, tonumber(o), e} end
+    if e and o then return {2, tonumber(o), e} end
   end
 end
 local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)

@@ -1,6 +1,6 @@
 //! Saved Socket.IO socket state: `SET … PX` and `GETDEL` on `rc:{s:KEY}`.
 
-use super::{fred_error, keys, RedisState};
+use super::{keys, RedisState};
 use crate::error::StateError;
 use crate::sessions::SessionStore;
 use async_trait::async_trait;
@@ -10,24 +10,23 @@ use fred::types::Expiration;
 #[async_trait]
 impl SessionStore for RedisState {
     async fn save_session(&self, key: &str, blob: &str, ttl_ms: u64) -> Result<(), StateError> {
+        let key = keys::session(key);
         let _: Option<String> = self
-            .pool
+            .on(&key)
             .set(
-                keys::session(key),
+                &key,
                 blob,
                 Some(Expiration::PX(ttl_ms.max(1) as i64)),
                 None,
                 false,
             )
             .await
-            .map_err(fred_error)?;
+            .map_err(|e| self.failed(e))?;
         Ok(())
     }
 
     async fn take_session(&self, key: &str) -> Result<Option<String>, StateError> {
-        self.pool
-            .getdel(keys::session(key))
-            .await
-            .map_err(fred_error)
+        let key = keys::session(key);
+        self.on(&key).getdel(&key).await.map_err(|e| self.failed(e))
     }
 }

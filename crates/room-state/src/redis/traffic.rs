@@ -5,7 +5,7 @@
 //! sampling); the sharding only spreads the writes. Nodes heartbeat into one small hash.
 
 use super::keys::{self, CREATION_SHARDS};
-use super::{array, fred_error, RedisState};
+use super::{array, RedisState};
 use crate::error::StateError;
 use crate::model::NodeInfo;
 use crate::observer::Command;
@@ -40,11 +40,12 @@ impl TrafficCounters for RedisState {
     ) -> Result<Vec<(u64, u64)>, StateError> {
         let mut sums: BTreeMap<u64, u64> = BTreeMap::new();
         for shard in 0..CREATION_SHARDS {
+            let key = keys::creations(shard);
             let fields: HashMap<String, u64> = self
-                .pool
-                .hgetall(keys::creations(shard))
+                .on(&key)
+                .hgetall(&key)
                 .await
-                .map_err(fred_error)?;
+                .map_err(|e| self.failed(e))?;
             for (second, count) in fields {
                 let Ok(second) = second.parse::<u64>() else {
                     continue;
@@ -82,8 +83,11 @@ impl TrafficCounters for RedisState {
     }
 
     async fn live_nodes(&self, now_ms: u64) -> Result<Vec<NodeInfo>, StateError> {
-        let all: HashMap<String, String> =
-            self.pool.hgetall(keys::NODES).await.map_err(fred_error)?;
+        let all: HashMap<String, String> = self
+            .on(keys::NODES)
+            .hgetall(keys::NODES)
+            .await
+            .map_err(|e| self.failed(e))?;
         let mut live: Vec<NodeInfo> = all
             .into_iter()
             .filter_map(|(id, v)| {
