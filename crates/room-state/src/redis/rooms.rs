@@ -332,9 +332,18 @@ impl RoomStore for RedisState {
             // Only a replicated message is announced. Concurrent durable publishes may be
             // announced out of order; receivers repair the gap from history. The envelope is
             // the codec's own here; the script's Lua-built one takes its names from it. A
-            // duplicate is waited for and announced again too: its first attempt may have
-            // ended before either (receivers drop an offset they already delivered).
+            // duplicate is waited for (its first attempt may have ended before the WAIT) but
+            // not announced again: this envelope would carry the retry's time, which receivers
+            // would take for other content at a delivered offset and retire the epoch. If the
+            // first attempt was never announced, the room's next message reveals the gap and
+            // it is repaired from history.
             self.wait_for_replica(&client).await?;
+            if duplicate {
+                return Ok(Published {
+                    publication,
+                    duplicate,
+                });
+            }
             let bytes = Envelope::Message(publication.clone())
                 .encode()
                 .map_err(|e| StateError::Internal(e.to_string()))?;
