@@ -14,22 +14,6 @@ use tokio::time::Instant;
 
 const VAR: &str = "ROOMCAST_TEST_FAILOVER_CLUSTER";
 
-/// The port of `host:port`, of a URL, or of a `cluster nodes` address (`host:port@bus`).
-fn port(addr: &str) -> u16 {
-    addr.split('@')
-        .next()
-        .unwrap()
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
-fn base_port() -> u16 {
-    port(redis_urls(VAR).split(',').next().unwrap())
-}
-
 /// The (primary, replica) ports that serve a key's slot right now.
 fn shard_of(key: &str) -> (u16, u16) {
     let base = base_port();
@@ -61,29 +45,6 @@ fn shard_of(key: &str) -> (u16, u16) {
         .map(|f| port(f[1]))
         .expect("no replica");
     (pport, replica)
-}
-
-/// Waits until every node agrees that the cluster is healthy and fully replicated again.
-async fn cluster_settled() {
-    let base = base_port();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let ok = (base..base + 6)
-            .all(|p| redis_cli(p, &["cluster", "info"]).contains("cluster_state:ok"));
-        let nodes = redis_cli(base, &["cluster", "nodes"]);
-        let replicas = nodes
-            .lines()
-            .filter(|l| l.contains("slave") && !l.contains("fail"))
-            .count();
-        if ok && replicas == 3 {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "cluster did not settle:\n{nodes}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 struct Received {

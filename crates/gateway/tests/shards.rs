@@ -12,22 +12,6 @@ use tokio::time::Instant;
 
 const VAR: &str = "ROOMCAST_TEST_FAILOVER_CLUSTER";
 
-/// The port of `host:port`, of a URL, or of a `cluster nodes` address (`host:port@bus`).
-fn port(addr: &str) -> u16 {
-    addr.split('@')
-        .next()
-        .unwrap()
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
-fn base_port() -> u16 {
-    port(redis_urls(VAR).split(',').next().unwrap())
-}
-
 /// Slot ranges → primary port, from `cluster nodes`.
 fn primaries() -> Vec<(u16, u16, u16)> {
     let nodes = redis_cli(base_port(), &["cluster", "nodes"]);
@@ -58,29 +42,6 @@ fn primary_of(key: &str, ranges: &[(u16, u16, u16)]) -> u16 {
         .find(|(a, b, _)| (*a..=*b).contains(&slot))
         .map(|r| r.2)
         .expect("no primary for slot")
-}
-
-/// Waits until every node agrees that the cluster is healthy and fully replicated again.
-async fn cluster_settled() {
-    let base = base_port();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let ok = (base..base + 6)
-            .all(|p| redis_cli(p, &["cluster", "info"]).contains("cluster_state:ok"));
-        let nodes = redis_cli(base, &["cluster", "nodes"]);
-        let replicas = nodes
-            .lines()
-            .filter(|l| l.contains("slave") && !l.contains("fail"))
-            .count();
-        if ok && replicas == 3 {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "cluster did not settle:\n{nodes}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 fn revive(port: u16) {

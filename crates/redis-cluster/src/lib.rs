@@ -11,7 +11,7 @@
 
 mod router;
 
-pub use router::Router;
+pub use router::{parse_slots, Router};
 
 use fred::prelude::{Builder, Config, ServerConfig};
 use fred::types::config::{ReconnectPolicy, UnresponsiveConfig};

@@ -365,7 +365,7 @@ fn redirect(e: &Error) -> Option<(String, u16)> {
 
 /// `CLUSTER SLOTS` as `(start, end, host, port)` of each range's primary. An empty host means
 /// the node that answered.
-fn parse_slots(reply: Value, asked_host: &str) -> Option<Vec<(u16, u16, String, u16)>> {
+pub fn parse_slots(reply: Value, asked_host: &str) -> Option<Vec<(u16, u16, String, u16)>> {
     let Value::Array(ranges) = reply else {
         return None;
     };

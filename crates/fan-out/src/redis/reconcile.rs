@@ -51,25 +51,13 @@ pub(super) struct Request {
 /// A slot range and the primary that owns it, as the publishing clients last saw it.
 pub(super) type Owners = Vec<(u16, u16, String)>;
 
-/// The owners as a `CLUSTER SLOTS` reply lists them. `None` on a reply of another shape.
+/// The owners as a `CLUSTER SLOTS` reply lists them (parsed by `redis_cluster`). `None` on a
+/// reply of another shape.
 fn parse_slots(reply: Value) -> Option<Owners> {
-    let Value::Array(ranges) = reply else {
-        return None;
-    };
-    let mut owners = Vec::new();
-    for range in ranges {
-        let Value::Array(fields) = range else {
-            return None;
-        };
-        let start = u16::try_from(fields.first()?.as_i64()?).ok()?;
-        let end = u16::try_from(fields.get(1)?.as_i64()?).ok()?;
-        let Value::Array(primary) = fields.get(2)? else {
-            return None;
-        };
-        let host = primary.first()?.as_string()?;
-        let port = primary.get(1)?.as_i64()?;
-        owners.push((start, end, format!("{host}:{port}")));
-    }
+    let mut owners: Owners = redis_cluster::parse_slots(reply, "")?
+        .into_iter()
+        .map(|(start, end, host, port)| (start, end, format!("{host}:{port}")))
+        .collect();
     owners.sort();
     Some(owners)
 }

@@ -575,3 +575,50 @@ impl Drop for Nginx {
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{:08x}", fastrand::u32(..))
 }
+
+// --- The failover cluster: ports and health -----------------------------------------
+
+/// The port of `host:port`, of a URL, or of a `cluster nodes` address (`host:port@bus`).
+pub fn port(addr: &str) -> u16 {
+    addr.split('@')
+        .next()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// The first port of the failover cluster (`ROOMCAST_TEST_FAILOVER_CLUSTER`).
+pub fn base_port() -> u16 {
+    port(
+        redis_urls("ROOMCAST_TEST_FAILOVER_CLUSTER")
+            .split(',')
+            .next()
+            .unwrap(),
+    )
+}
+
+/// Waits until every node agrees that the cluster is healthy and fully replicated again.
+pub async fn cluster_settled() {
+    let base = base_port();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let ok = (base..base + 6)
+            .all(|p| redis_cli(p, &["cluster", "info"]).contains("cluster_state:ok"));
+        let nodes = redis_cli(base, &["cluster", "nodes"]);
+        let replicas = nodes
+            .lines()
+            .filter(|l| l.contains("slave") && !l.contains("fail"))
+            .count();
+        if ok && replicas == 3 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "cluster did not settle:\n{nodes}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
