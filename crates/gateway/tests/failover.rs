@@ -265,21 +265,7 @@ fn kill_primary(key: &str) {
 fn revive_killed() {
     let dir = std::env::var("ROOMCAST_TEST_FAILOVER_DIR").unwrap();
     let port = std::fs::read_to_string(format!("{dir}/killed")).unwrap();
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../deploy/local/redis-cluster.sh"
-    );
-    let status = std::process::Command::new("bash")
-        .args([
-            script,
-            "revive",
-            port.trim(),
-            &base_port().to_string(),
-            &dir,
-        ])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    revive(port.trim().parse().unwrap());
 }
 
 #[tokio::test]

@@ -44,25 +44,6 @@ fn primary_of(key: &str, ranges: &[(u16, u16, u16)]) -> u16 {
         .expect("no primary for slot")
 }
 
-fn revive(port: u16) {
-    let dir = std::env::var("ROOMCAST_TEST_FAILOVER_DIR").unwrap();
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../deploy/local/redis-cluster.sh"
-    );
-    let status = std::process::Command::new("bash")
-        .args([
-            script,
-            "revive",
-            &port.to_string(),
-            &base_port().to_string(),
-            &dir,
-        ])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;

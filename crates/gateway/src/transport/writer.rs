@@ -112,6 +112,17 @@ struct Batch {
     data_bytes: u64,
 }
 
+impl Batch {
+    /// One data frame. A slow consumer's backlog is dropped so its Close goes out promptly.
+    fn data(&mut self, outbound: &Outbound, opcode: u8, bytes: &[u8]) {
+        if !outbound.is_discarding() {
+            put_frame(&mut self.buf, opcode, bytes);
+            self.data_bytes += bytes.len() as u64;
+        }
+        outbound.written(bytes.len());
+    }
+}
+
 /// Encodes `first` and whatever else is queued, up to [`BATCH`] bytes or a Close.
 fn batch(
     first: OutFrame,
@@ -126,26 +137,18 @@ fn batch(
     };
     let mut next = Some(first);
     while let Some(frame) = next.take() {
-        let (opcode, bytes) = match frame {
-            OutFrame::Data(bytes) => (data_opcode, bytes),
-            OutFrame::Message { text, bytes } => (if text { OP_TEXT } else { OP_BINARY }, bytes),
-            OutFrame::Pong(payload) => {
-                put_frame(&mut b.buf, OP_PONG, &payload);
-                next = (b.buf.len() < BATCH).then(|| rx.try_recv().ok()).flatten();
-                continue;
+        match frame {
+            OutFrame::Data(bytes) => b.data(outbound, data_opcode, &bytes),
+            OutFrame::Message { text, bytes } => {
+                b.data(outbound, if text { OP_TEXT } else { OP_BINARY }, &bytes)
             }
+            OutFrame::Pong(payload) => put_frame(&mut b.buf, OP_PONG, &payload),
             OutFrame::Close(code, reason) => {
                 put_close(&mut b.buf, code, &reason);
                 b.closing = Some(code);
                 break;
             }
-        };
-        // A slow consumer's backlog is dropped so its Close goes out promptly.
-        if !outbound.is_discarding() {
-            put_frame(&mut b.buf, opcode, &bytes);
-            b.data_bytes += bytes.len() as u64;
         }
-        outbound.written(bytes.len());
         if b.buf.len() < BATCH {
             next = rx.try_recv().ok();
         }

@@ -622,3 +622,24 @@ pub async fn cluster_settled() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Restarts a killed node of the failover cluster with its old config
+/// (`deploy/local/redis-cluster.sh revive`); it rejoins as a replica.
+pub fn revive(port: u16) {
+    let dir = std::env::var("ROOMCAST_TEST_FAILOVER_DIR").unwrap();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/local/redis-cluster.sh"
+    );
+    let status = std::process::Command::new("bash")
+        .args([
+            script,
+            "revive",
+            &port.to_string(),
+            &base_port().to_string(),
+            &dir,
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
