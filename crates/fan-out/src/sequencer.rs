@@ -3,7 +3,6 @@
 
 use crate::history::Tail;
 use protocol::frame::Publication;
-use protocol::hash::Fnv1a;
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
@@ -59,20 +58,6 @@ pub struct Sequencer {
     rooms: HashMap<String, RoomSeq>,
 }
 
-/// Identifies a message's content: who, when, what. A separator between the parts keeps
-/// `("ab", "c")` apart from `("a", "bc")`.
-fn fingerprint(p: &Publication) -> u64 {
-    let mut h = Fnv1a::new();
-    for part in [
-        p.from.as_bytes(),
-        &p.ts.to_le_bytes(),
-        p.data.as_json().as_bytes(),
-    ] {
-        h.write(part).write(&[0xff]);
-    }
-    h.finish()
-}
-
 impl Sequencer {
     pub fn new() -> Sequencer {
         Sequencer::default()
@@ -89,7 +74,7 @@ impl Sequencer {
         if p.offset <= room.last {
             let seen = room.recent.iter().find(|s| s.offset == p.offset);
             return match seen {
-                Some(s) if s.fingerprint != fingerprint(p) => Verdict::Conflict,
+                Some(s) if s.fingerprint != p.fingerprint() => Verdict::Conflict,
                 _ => Verdict::Duplicate,
             };
         }
@@ -114,7 +99,7 @@ impl Sequencer {
         }
         room.recent.push_back(Sent {
             offset: p.offset,
-            fingerprint: fingerprint(p),
+            fingerprint: p.fingerprint(),
             at: Instant::now(),
         });
         while room.recent.len() > FINGERPRINTS {
@@ -181,7 +166,7 @@ impl Sequencer {
                 tail.messages
                     .iter()
                     .find(|m| m.offset == sent.offset)
-                    .is_none_or(|m| fingerprint(m) != sent.fingerprint)
+                    .is_none_or(|m| m.fingerprint() != sent.fingerprint)
             } else {
                 false
             };

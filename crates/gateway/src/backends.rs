@@ -61,18 +61,16 @@ impl Backends {
         registry: &Arc<Registry>,
         metrics: &Arc<Metrics>,
     ) -> anyhow::Result<Backends> {
-        let state = Arc::new(
-            RedisState::connect(RedisSettings {
-                urls: config.redis_cluster.clone(),
-                pool_size: config.redis_pool_size,
-                command_timeout: config.redis_command_timeout,
-                durable_publish: config.durable_publish,
-                durable_timeout: config.durable_timeout,
-                default_history: config.history_size,
-                default_ttl_ms: config.room_ttl.as_millis() as u64,
-            })
-            .await?,
-        );
+        let state = RedisState::connect(RedisSettings {
+            urls: config.redis_cluster.clone(),
+            pool_size: config.redis_pool_size,
+            command_timeout: config.redis_command_timeout,
+            durable_publish: config.durable_publish,
+            durable_timeout: config.durable_timeout,
+            default_history: config.history_size,
+            default_ttl_ms: config.room_ttl.as_millis() as u64,
+        })
+        .await?;
         state.set_observer(metrics.clone());
         let fanout = RedisFanOut::connect(
             RedisFanOutConfig {

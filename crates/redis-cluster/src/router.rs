@@ -44,7 +44,7 @@ struct State {
     /// whose node is gone keeps reconnecting on its own, with nothing waiting on it.
     clients: HashMap<String, Client>,
     /// The primaries, as last read from `CLUSTER SLOTS`, in the order they were listed.
-    primaries: Vec<String>,
+    primaries: Vec<Arc<str>>,
     /// Slot → index into `primaries` (`u16::MAX` while unknown).
     owner: Vec<u16>,
 }
@@ -85,24 +85,40 @@ impl Router {
 
     /// The client of the primary that owns `slot`.
     pub fn client_for_slot(&self, slot: u16) -> Client {
+        self.routed(slot).0
+    }
+
+    /// The client for `slot`, with the address of the primary it reaches (`None` while the
+    /// slot's owner is unknown and any client stands in).
+    fn routed(&self, slot: u16) -> (Client, Option<Arc<str>>) {
         {
             let state = self.inner.state.read();
             let owner = state.owner.get(slot as usize).copied().unwrap_or(u16::MAX);
-            if let Some(client) = state
+            if let Some((addr, client)) = state
                 .primaries
                 .get(owner as usize)
-                .and_then(|addr| state.clients.get(addr))
+                .and_then(|addr| state.clients.get(&**addr).map(|c| (addr, c)))
             {
-                return client.clone();
+                return (client.clone(), Some(addr.clone()));
             }
         }
-        self.any()
+        (self.any(), None)
+    }
+
+    /// The address (`host:port`) of the primary that owns `slot` in the map, if known.
+    pub fn owner_of(&self, slot: u16) -> Option<Arc<str>> {
+        let state = self.inner.state.read();
+        let owner = state.owner.get(slot as usize).copied()?;
+        state.primaries.get(owner as usize).cloned()
     }
 
     /// A client for a command without a key: a connected primary if there is one.
     pub fn any(&self) -> Client {
         let state = self.inner.state.read();
-        let primaries = state.primaries.iter().filter_map(|a| state.clients.get(a));
+        let primaries = state
+            .primaries
+            .iter()
+            .filter_map(|a| state.clients.get(&**a));
         let mut first = None;
         for client in primaries {
             if client.is_connected() {
@@ -141,19 +157,36 @@ impl Router {
 
     /// The primaries' addresses (`host:port`) as last read.
     pub fn primaries(&self) -> Vec<String> {
-        self.inner.state.read().primaries.clone()
+        let state = self.inner.state.read();
+        state.primaries.iter().map(|a| a.to_string()).collect()
     }
 
     /// Runs `f` on the client of `key`'s primary. On a MOVED or ASK reply, routes the slot to
     /// the node named, refreshes the map, and runs `f` once more on the new owner (a
     /// redirected command was not applied). Any other error asks for a refresh soon.
-    pub async fn run<T, F, Fut>(&self, key: &str, mut f: F) -> Result<T, Error>
+    pub async fn run<T, F, Fut>(&self, key: &str, f: F) -> Result<T, Error>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<T, Error>>,
+    {
+        Ok(self.run_at(key, f).await?.0)
+    }
+
+    /// [`Router::run`], also telling which primary (`host:port`) gave the answer, as the map
+    /// stood when the command was sent: what a caller keeps to check, after the slot changes
+    /// owner, that the new owner holds what the old one acknowledged.
+    pub async fn run_at<T, F, Fut>(
+        &self,
+        key: &str,
+        mut f: F,
+    ) -> Result<(T, Option<Arc<str>>), Error>
     where
         F: FnMut(Client) -> Fut,
         Fut: Future<Output = Result<T, Error>>,
     {
         let slot = fred::util::redis_keyslot(key.as_bytes());
-        match f(self.client_for_slot(slot)).await {
+        let (client, addr) = self.routed(slot);
+        match f(client).await {
             Err(e) if redirect(&e).is_some() => {
                 if let Some((host, port)) = redirect(&e) {
                     tracing::debug!(slot, host, port, "redirected; retrying on the new owner");
@@ -162,17 +195,18 @@ impl Router {
                 if let Err(e) = self.refresh().await {
                     tracing::debug!(error = %e, "slot map refresh after a redirection failed");
                 }
-                let result = f(self.client_for_slot(slot)).await;
+                let (client, addr) = self.routed(slot);
+                let result = f(client).await;
                 if result.is_err() {
                     self.refresh_soon();
                 }
-                result
+                Ok((result?, addr))
             }
             Err(e) => {
                 self.refresh_soon();
                 Err(e)
             }
-            ok => ok,
+            Ok(v) => Ok((v, addr)),
         }
     }
 
@@ -189,13 +223,15 @@ impl Router {
             let mut c: Vec<(String, Client)> = state
                 .primaries
                 .iter()
+                .map(|a| &**a)
                 .chain(
                     state
                         .clients
                         .keys()
-                        .filter(|a| !state.primaries.contains(a)),
+                        .map(String::as_str)
+                        .filter(|a| !state.primaries.iter().any(|p| **p == **a)),
                 )
-                .filter_map(|a| state.clients.get(a).map(|c| (a.clone(), c.clone())))
+                .filter_map(|a| state.clients.get(a).map(|c| (a.to_string(), c.clone())))
                 .collect();
             // Connected ones first: a dead node would hold the refresh for a command timeout.
             c.sort_by_key(|(_, c)| !c.is_connected());
@@ -236,17 +272,17 @@ impl Router {
 
     /// Installs a slot map: `(start, end, host, port)` per range.
     fn install(&self, ranges: Vec<(u16, u16, String, u16)>) {
-        let mut primaries: Vec<String> = Vec::new();
+        let mut primaries: Vec<Arc<str>> = Vec::new();
         let mut owner = vec![u16::MAX; SLOTS];
         for (start, end, host, port) in ranges {
             if self.client_at(&host, port).is_err() {
                 continue;
             }
             let addr = format!("{host}:{port}");
-            let index = match primaries.iter().position(|a| *a == addr) {
+            let index = match primaries.iter().position(|a| **a == *addr) {
                 Some(i) => i,
                 None => {
-                    primaries.push(addr);
+                    primaries.push(addr.into());
                     primaries.len() - 1
                 }
             };
@@ -256,7 +292,7 @@ impl Router {
         }
         let changed = {
             let mut state = self.inner.state.write();
-            let owners_before: Vec<Option<&String>> = state
+            let owners_before: Vec<Option<&Arc<str>>> = state
                 .owner
                 .iter()
                 .map(|i| state.primaries.get(*i as usize))
@@ -284,10 +320,10 @@ impl Router {
         }
         let addr = format!("{host}:{port}");
         let mut state = self.inner.state.write();
-        let index = match state.primaries.iter().position(|a| *a == addr) {
+        let index = match state.primaries.iter().position(|a| **a == *addr) {
             Some(i) => i,
             None => {
-                state.primaries.push(addr);
+                state.primaries.push(addr.into());
                 state.primaries.len() - 1
             }
         };

@@ -8,6 +8,7 @@
 use protocol::envelope::Envelope;
 use protocol::Data;
 use room_state::{testsuite, RedisSettings, RedisState, RoomConfig, RoomStore};
+use std::sync::Arc;
 use std::time::Duration;
 
 fn urls() -> Vec<String> {
@@ -18,11 +19,11 @@ fn urls() -> Vec<String> {
     urls.split(',').map(str::to_string).collect()
 }
 
-async fn state() -> RedisState {
+async fn state() -> Arc<RedisState> {
     state_with(false).await
 }
 
-async fn state_with(durable_publish: bool) -> RedisState {
+async fn state_with(durable_publish: bool) -> Arc<RedisState> {
     RedisState::connect(RedisSettings {
         urls: urls(),
         pool_size: 2,
@@ -42,32 +43,32 @@ fn prefix(name: &str) -> String {
 
 #[tokio::test]
 async fn rooms() {
-    testsuite::rooms(&state().await, &prefix("rooms")).await;
+    testsuite::rooms(&*state().await, &prefix("rooms")).await;
 }
 
 #[tokio::test]
 async fn idempotency() {
-    testsuite::idempotency(&state().await, &prefix("idem")).await;
+    testsuite::idempotency(&*state().await, &prefix("idem")).await;
 }
 
 #[tokio::test]
 async fn expiry() {
-    testsuite::expiry(&state().await, &prefix("ttl")).await;
+    testsuite::expiry(&*state().await, &prefix("ttl")).await;
 }
 
 #[tokio::test]
 async fn limits() {
-    testsuite::limits(&state().await, &prefix("limits")).await;
+    testsuite::limits(&*state().await, &prefix("limits")).await;
 }
 
 #[tokio::test]
 async fn traffic() {
-    testsuite::traffic(&state().await, &prefix("traffic")).await;
+    testsuite::traffic(&*state().await, &prefix("traffic")).await;
 }
 
 #[tokio::test]
 async fn sessions() {
-    testsuite::sessions(&state().await, &prefix("sessions")).await;
+    testsuite::sessions(&*state().await, &prefix("sessions")).await;
 }
 
 /// The cross-node contract, end to end: what a publish puts on the room's channel (as named by

@@ -5,6 +5,7 @@
 //! primary stalls only the rooms (and keys) of its own shard. Its fred settings are the ones
 //! `redis_cluster::configure` makes explicit, shared with the fan-out's clients.
 
+mod audit;
 mod keys;
 mod limits;
 mod rooms;
@@ -117,22 +118,28 @@ pub struct RedisState {
     /// Redis's clock minus ours, in ms, from the last health check: a publish's deadline is
     /// given in Redis's time.
     clock_skew_ms: std::sync::atomic::AtomicI64,
+    /// Recent acknowledgements, checked against a slot's new owner (`audit`).
+    audit: audit::Audit,
 }
 
 impl RedisState {
-    /// Connects a client per primary. Does not fail when the cluster is down: commands then
-    /// answer `unavailable` or `timeout` until it is reachable.
-    pub async fn connect(settings: RedisSettings) -> Result<RedisState, StateError> {
+    /// Connects a client per primary, and starts the acknowledgement audit. Does not fail
+    /// when the cluster is down: commands then answer `unavailable` or `timeout` until it is
+    /// reachable.
+    pub async fn connect(settings: RedisSettings) -> Result<Arc<RedisState>, StateError> {
         let router = redis_cluster::Router::connect(&settings.urls, settings.command_timeout)
             .await
             .map_err(StateError::Internal)?;
-        Ok(RedisState {
+        let state = Arc::new(RedisState {
             router,
             scripts: Scripts::new(),
             settings,
             observer: parking_lot::RwLock::new(None),
             clock_skew_ms: std::sync::atomic::AtomicI64::new(0),
-        })
+            audit: audit::Audit::default(),
+        });
+        audit::start(&state);
+        Ok(state)
     }
 
     /// Reports every command's duration and failures to `observer`.
@@ -161,22 +168,23 @@ impl RedisState {
         keys: Vec<String>,
         args: Vec<String>,
     ) -> Result<Value, StateError> {
-        Ok(self.eval_routed(command, keys, args).await?.0)
+        Ok(self.eval_routed(command, keys, args).await?.0 .0)
     }
 
     /// Runs a command's script on its first key's primary (once more on the new owner after
-    /// a MOVED), and reports it. Returns the client that ran it: the connection that wrote.
+    /// a MOVED), and reports it. Returns the client that ran it (the connection that wrote),
+    /// and the address of the primary it reaches, when the slot's owner was known.
     async fn eval_routed(
         &self,
         command: Command,
         keys: Vec<String>,
         args: Vec<String>,
-    ) -> Result<(Value, Client), StateError> {
+    ) -> Result<((Value, Client), Option<Arc<str>>), StateError> {
         let script = self.scripts.get(command);
         let route = keys.first().cloned().unwrap_or_default();
         self.timed(
             command,
-            self.router.run(&route, |client| {
+            self.router.run_at(&route, |client| {
                 let keys = keys.clone();
                 let args = args.clone();
                 async move {

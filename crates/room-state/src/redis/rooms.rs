@@ -314,7 +314,7 @@ impl RoomStore for RedisState {
         ]);
         // The script and the WAIT on one client, the room's primary's: WAIT follows the
         // write on the connection that carried it.
-        let (reply, client) = self.eval_routed(Command::Publish, keys, args).await?;
+        let ((reply, client), primary) = self.eval_routed(Command::Publish, keys, args).await?;
         let reply = array(reply);
         status(&reply)?;
         let duplicate = int(reply.first())? == 2;
@@ -328,6 +328,11 @@ impl RoomStore for RedisState {
             data,
             ts: now_ms,
         };
+        if let Some(primary) = primary {
+            // The new owner, should the slot move, must hold this: see `audit`.
+            let slot = fred::util::redis_keyslot(k.meta.as_bytes());
+            self.audit.record(self, primary, slot, &publication);
+        }
         if self.settings.durable_publish {
             // Only a replicated message is announced. Concurrent durable publishes may be
             // announced out of order; receivers repair the gap from history. The envelope is
