@@ -196,6 +196,11 @@ impl Sequencer {
     }
 
     /// The node no longer follows the room.
+    /// Whether the room has a starting point (a join's hint, or a delivery).
+    pub fn knows(&self, room: &str) -> bool {
+        self.rooms.contains_key(room)
+    }
+
     pub fn forget(&mut self, room: &str) {
         self.rooms.remove(room);
     }

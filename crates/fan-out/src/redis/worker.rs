@@ -8,7 +8,9 @@ use crate::sequencer::{Reconciled, Sequencer, Verdict};
 use protocol::clock::now_ms;
 use protocol::envelope::Envelope;
 use protocol::frame::Publication;
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -33,23 +35,108 @@ pub(super) enum Job {
     },
 }
 
+/// How long a message may wait for its room's starting point (see [`Parked`]): longer than a
+/// join's reply takes, even during a failover.
+const PARK_FOR: Duration = Duration::from_secs(3);
+
+/// The most messages one room holds while it waits for its starting point.
+const PARK_MAX: usize = 1024;
+
+/// Messages of rooms that have local members but no starting point yet.
+///
+/// Why: a node's first member of a room subscribes, then joins; the join's reply gives the
+/// offset the member starts after (the hint). The subscription may become active only after a
+/// message or two were published past that offset, and the hint may reach the worker after
+/// the next live message. Delivered at once, that message would start the room's sequence and
+/// hide the ones before it: a silent gap. Held until the hint, it reveals them as a gap that
+/// is filled from history. When no hint comes (it was dropped on a full queue, or the join
+/// failed) the messages go out after [`PARK_FOR`] as before.
+#[derive(Default)]
+struct Parked {
+    rooms: HashMap<String, (Instant, Vec<Publication>)>,
+}
+
+impl Parked {
+    /// The oldest parked room's deadline.
+    fn next_deadline(&self) -> Option<Instant> {
+        self.rooms.values().map(|(at, _)| *at + PARK_FOR).min()
+    }
+
+    /// Rooms whose wait is over.
+    fn due(&mut self, now: Instant) -> Vec<Vec<Publication>> {
+        let due: Vec<String> = self
+            .rooms
+            .iter()
+            .filter(|(_, (at, _))| *at + PARK_FOR <= now)
+            .map(|(room, _)| room.clone())
+            .collect();
+        due.into_iter()
+            .filter_map(|room| self.rooms.remove(&room).map(|(_, m)| m))
+            .collect()
+    }
+}
+
 /// Runs one worker until the adapter is dropped.
 pub(super) async fn run(inner: Arc<Inner>, mut rx: mpsc::Receiver<Job>) {
     let mut seq = Sequencer::new();
-    while let Some(job) = rx.recv().await {
+    let mut parked = Parked::default();
+    loop {
+        let job = match parked.next_deadline() {
+            None => rx.recv().await,
+            Some(deadline) => match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(job) => job,
+                Err(_) => {
+                    for messages in parked.due(Instant::now()) {
+                        for p in messages {
+                            on_message(&inner, &mut seq, p).await;
+                        }
+                    }
+                    continue;
+                }
+            },
+        };
+        let Some(job) = job else { return };
         match job {
             Job::Hint {
                 room,
                 epoch,
                 offset,
-            } => seq.hint(&room, &epoch, offset),
-            Job::Forget(room) => seq.forget(&room),
+            } => {
+                seq.hint(&room, &epoch, offset);
+                if let Some((_, messages)) = parked.rooms.remove(&room) {
+                    for p in messages {
+                        on_message(&inner, &mut seq, p).await;
+                    }
+                }
+            }
+            Job::Forget(room) => {
+                parked.rooms.remove(&room);
+                seq.forget(&room);
+            }
             Job::Reconcile {
                 room,
                 tail,
                 read_at,
             } => reconcile(&inner, &mut seq, &room, &tail, read_at).await,
-            Job::Envelope(Envelope::Message(p)) => on_message(&inner, &mut seq, p).await,
+            Job::Envelope(Envelope::Message(p)) => {
+                if !seq.knows(&p.room) && inner.registry.has_room(&p.room) {
+                    let (_, held) = parked
+                        .rooms
+                        .entry(p.room.clone())
+                        .or_insert_with(|| (Instant::now(), Vec::new()));
+                    if held.len() < PARK_MAX {
+                        held.push(p);
+                        continue;
+                    }
+                    // Full: out in order, the oldest first, and this one after them.
+                    let held = std::mem::take(held);
+                    parked.rooms.remove(&p.room);
+                    for q in held {
+                        on_message(&inner, &mut seq, q).await;
+                    }
+                }
+                on_message(&inner, &mut seq, p).await
+            }
             Job::Envelope(other) => on_other(&inner, &other),
         }
     }

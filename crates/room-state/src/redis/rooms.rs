@@ -328,8 +328,9 @@ impl RoomStore for RedisState {
             data,
             ts: now_ms,
         };
-        if let Some(primary) = primary {
-            // The new owner, should the slot move, must hold this: see `audit`.
+        if let (Some(primary), false) = (primary, duplicate) {
+            // The new owner, should the slot move, must hold this: see `audit`. Not a
+            // duplicate: its publication carries the retry's time, not the stored message's.
             let slot = fred::util::redis_keyslot(k.meta.as_bytes());
             self.audit.record(self, primary, slot, &publication);
         }
