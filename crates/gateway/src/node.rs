@@ -27,6 +27,8 @@ pub struct Node {
     /// a node restarted under the same `--node-id` never issues an id again.
     pub incarnation: String,
     pub backends: Backends,
+    /// This node's slices of the users' shared publish buckets.
+    pub publish_budget: room_state::LeasedBuckets,
     pub registry: Arc<Registry>,
     pub metrics: Arc<Metrics>,
     pub auth: Authenticator,
@@ -109,6 +111,7 @@ impl Node {
             addr,
             started_at,
             incarnation: base36(started_at),
+            publish_budget: room_state::LeasedBuckets::new(backends.limits.clone()),
             backends,
             registry,
             metrics,

@@ -123,6 +123,41 @@ async fn clients_on_three_nodes_share_one_room() {
     assert_eq!(a.closed().await, 4003);
 }
 
+/// A connection's publishes are pipelined (many wait for Redis at once) and keep their order:
+/// the n-th publish sent gets the n-th offset, and members see them in that order.
+#[tokio::test]
+async fn pipelined_publishes_keep_their_order() {
+    let nodes = three(&["--publish-rate", "100000", "--publish-burst", "100000"]).await;
+    let room = unique("pipelined");
+    let mut a = Client::connect(nodes[0].addr, "pipe-a", Fmt::Json).await;
+    let mut b = Client::connect(nodes[1].addr, "pipe-b", Fmt::MsgPack).await;
+    a.ok(json!({"op": "create_room", "room": room})).await;
+    b.ok(json!({"op": "join", "room": room})).await;
+    let n = 400u64;
+    for i in 0..n {
+        a.send(json!({"id": 1000 + i, "op": "publish", "room": room, "data": i}))
+            .await;
+    }
+    let mut answered = 0;
+    while answered < n {
+        let m = a.recv_msg().await;
+        let Some(id) = m["id"].as_u64() else { continue };
+        assert_eq!(
+            m["ok"]["offset"].as_u64(),
+            Some(id - 1000 + 1),
+            "publish {id} answered out of order: {m}"
+        );
+        answered += 1;
+    }
+    for i in 0..n {
+        let m = b.event("message").await;
+        assert_eq!(
+            (m["offset"].as_u64(), m["data"].as_u64()),
+            (Some(i + 1), Some(i))
+        );
+    }
+}
+
 #[tokio::test]
 async fn limits_hold_across_nodes() {
     let nodes = three(&["--publish-rate", "0.2", "--publish-burst", "3"]).await;

@@ -5,6 +5,7 @@
 //! - [`rooms`]: the [`RoomStore`] trait: create, join (with recovery), leave, publish, history,
 //!   presence, close. Publish assigns gapless offsets per epoch.
 //! - [`limits`]: the [`RateLimits`] trait: sliding windows and token buckets keyed by user.
+//! - [`lease`]: [`LeasedBuckets`], a node's slices of the shared publish buckets.
 //! - [`traffic`]: the [`TrafficCounters`] trait: room creations per second, node heartbeats.
 //! - [`sessions`]: the [`SessionStore`] trait: saved Socket.IO socket state, taken once.
 //! - [`recovery`]: the pure rule that decides whether a `since` position can be recovered.
@@ -23,6 +24,7 @@
 //!   `protocol::envelope`, so this crate and the fan-out share only the `protocol` crate.
 
 pub mod error;
+pub mod lease;
 pub mod limits;
 pub mod memory;
 pub mod model;
@@ -35,10 +37,12 @@ pub mod testsuite;
 pub mod traffic;
 
 pub use error::StateError;
+pub use lease::LeasedBuckets;
 pub use limits::RateLimits;
 pub use memory::MemoryState;
 pub use model::{
-    Decision, Idempotency, JoinOutcome, MemberRecord, NodeInfo, Published, RoomConfig, RoomInfo,
+    Decision, Grant, Idempotency, JoinOutcome, MemberRecord, NodeInfo, Published, RoomConfig,
+    RoomInfo,
 };
 pub use observer::{Command, CommandObserver};
 pub use redis::{RedisSettings, RedisState};

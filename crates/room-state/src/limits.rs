@@ -1,7 +1,7 @@
 //! Rate limits keyed by user, shared by every node that uses the same backend.
 
 use crate::error::StateError;
-use crate::model::Decision;
+use crate::model::{Decision, Grant};
 use async_trait::async_trait;
 
 #[async_trait]
@@ -20,12 +20,32 @@ pub trait RateLimits: Send + Sync {
     /// (such as a room name that was taken), so refused attempts never count.
     async fn window_release(&self, key: &str, now_ms: u64) -> Result<(), StateError>;
 
-    /// A token bucket: `rate_per_sec` tokens a second, holding at most `burst`.
+    /// A token bucket: `rate_per_sec` tokens a second, holding at most `burst`. Takes one.
     async fn bucket_take(
         &self,
         key: &str,
         rate_per_sec: f64,
         burst: u32,
         now_ms: u64,
-    ) -> Result<Decision, StateError>;
+    ) -> Result<Decision, StateError> {
+        let grant = self
+            .bucket_take_n(key, rate_per_sec, burst, 1, now_ms)
+            .await?;
+        Ok(if grant.granted > 0 {
+            Decision::ALLOW
+        } else {
+            Decision::deny(grant.retry_after_ms)
+        })
+    }
+
+    /// The same bucket: takes up to `n` whole tokens, as many as it holds (a lease, see
+    /// [`crate::lease`]). None granted comes with how long until one is there.
+    async fn bucket_take_n(
+        &self,
+        key: &str,
+        rate_per_sec: f64,
+        burst: u32,
+        n: u32,
+        now_ms: u64,
+    ) -> Result<Grant, StateError>;
 }

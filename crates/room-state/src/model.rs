@@ -97,6 +97,14 @@ impl Decision {
     }
 }
 
+/// Tokens taken from a bucket: up to the number asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    pub granted: u32,
+    /// When none was granted: how long until one can be.
+    pub retry_after_ms: u64,
+}
+
 /// One gateway node, as it heartbeats into the node registry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeInfo {

@@ -424,6 +424,29 @@ pub async fn limits(limits: &dyn RateLimits, prefix: &str) {
             .unwrap()
             .allowed
     );
+
+    // Several at once (a node's lease): as many as the bucket holds, up to the number asked.
+    let bucket = format!("{prefix}publish:carol");
+    let g = limits
+        .bucket_take_n(&bucket, 2.0, 10, 4, now)
+        .await
+        .unwrap();
+    assert_eq!((g.granted, g.retry_after_ms), (4, 0));
+    let g = limits
+        .bucket_take_n(&bucket, 2.0, 10, 8, now)
+        .await
+        .unwrap();
+    assert_eq!(g.granted, 6, "what is left of the burst");
+    let g = limits
+        .bucket_take_n(&bucket, 2.0, 10, 8, now)
+        .await
+        .unwrap();
+    assert_eq!((g.granted, g.retry_after_ms), (0, 500));
+    let g = limits
+        .bucket_take_n(&bucket, 2.0, 10, 8, now + 1_500)
+        .await
+        .unwrap();
+    assert_eq!(g.granted, 3, "refilled at 2 a second, whole tokens only");
 }
 
 /// Creation buckets and the node registry. Counts are compared as deltas, because a shared

@@ -1,5 +1,12 @@
-//! One native-protocol connection: the welcome, then requests decoded and run one at a time,
-//! in order, each answered on the outbound queue.
+//! One native-protocol connection: the welcome, then requests decoded and run, each answered
+//! on the outbound queue.
+//!
+//! Publishes are pipelined: up to [`MAX_IN_FLIGHT`] of a connection's publishes wait for the
+//! store at once, so an open-loop publisher does not queue behind Redis's round trip. Their
+//! order holds: each publish's checks (and its budget) run in request order in this loop, and
+//! its store command is sent on the first poll, here, before the next request is read. Any
+//! other op is a barrier: the publishes before it are answered first, and it runs alone, as
+//! before, so a `join` or `leave` never races the connection's own publishes.
 
 use crate::admission::{self, gate::UserSlot, Refusal};
 use crate::auth::{AuthError, Identity};
@@ -10,10 +17,13 @@ use crate::transport::{
     disconnect_reason, Driver, Ending, Live, Read, Socket, SocketConfig, WriterConfig, Ws,
 };
 use fan_out::{LocalConn, Outbound};
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use protocol::codec::{decode_request, encode};
-use protocol::frame::{ErrorBody, Event, Reply};
+use protocol::frame::{ErrorBody, Event, Op, Reply};
 use protocol::{CloseCode, DecodeError, ErrorCode, Format};
+use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 
 /// Undecodable or invalid frames in a row that end a connection (close 4000).
 pub const MAX_BAD_FRAMES: u32 = 10;
@@ -118,6 +128,12 @@ fn open_session(node: &Node, identity: Identity, outbound: &Arc<Outbound>, live:
     }
 }
 
+/// The most publishes of one connection waiting for the store at once.
+pub const MAX_IN_FLIGHT: usize = 32;
+
+/// A pipelined publish's answer: the request id, and the reply body or error.
+type Answer = (u64, Result<protocol::frame::OkBody, ErrorBody>);
+
 /// Reads requests until the connection ends; returns why it ended, as far as the reader knows.
 async fn ops_loop(
     node: &Node,
@@ -127,13 +143,36 @@ async fn ops_loop(
 ) -> DisconnectReason {
     let outbound = &session.outbound;
     let mut bad_in_row = 0u32;
+    let mut in_flight = FuturesUnordered::new();
     loop {
-        let (text, payload) = match socket.read().await {
-            Read::Message { text, payload } => (text, payload),
-            Read::Ended(Ending::Violation) => return DisconnectReason::ProtocolError,
-            Read::Ended(_) => return DisconnectReason::Client,
+        let read = socket.read();
+        tokio::pin!(read);
+        // Answers publishes as they complete while waiting for the next request; stops
+        // reading while MAX_IN_FLIGHT are out (back-pressure on the client's socket).
+        let read = loop {
+            tokio::select! {
+                biased;
+                Some(answer) = in_flight.next(), if !in_flight.is_empty() => {
+                    answer_publish(outbound, answer, format);
+                }
+                read = &mut read, if in_flight.len() < MAX_IN_FLIGHT => break read,
+            }
         };
-        match decode(&payload, text, format) {
+        let (text, payload) = match read {
+            Read::Message { text, payload } => (text, payload),
+            Read::Ended(ending) => {
+                // The publishes already sent are answered, should the writer still be up.
+                while let Some(answer) = in_flight.next().await {
+                    answer_publish(outbound, answer, format);
+                }
+                return match ending {
+                    Ending::Violation => DisconnectReason::ProtocolError,
+                    _ => DisconnectReason::Client,
+                };
+            }
+        };
+        let request = match decode(&payload, text, format) {
+            Ok(request) => request,
             Err(e) => {
                 bad_in_row += 1;
                 let reply = Reply::error(e.id, ErrorBody::new(ErrorCode::BadRequest, e.message));
@@ -142,10 +181,38 @@ async fn ops_loop(
                     outbound.close(CloseCode::TOO_MANY_ERRORS, "too many protocol errors");
                     return DisconnectReason::ProtocolError;
                 }
+                continue;
             }
-            Ok(request) => {
-                bad_in_row = 0;
-                let (result, after) = session::handle(node, session, request.op).await;
+        };
+        bad_in_row = 0;
+        match request.op {
+            Op::Publish { room, data, msg_id } => {
+                let id = request.id;
+                let timer = node.metrics.op_duration("publish").start_timer();
+                if let Err(e) = session::admit_publish(node, session, &room, &data).await {
+                    timer.observe_duration();
+                    answer_publish(outbound, (id, Err(e)), format);
+                    continue;
+                }
+                let mut publish = Box::pin(async move {
+                    let result =
+                        session::store_publish(node, session, &room, data, msg_id.as_ref()).await;
+                    timer.observe_duration();
+                    (id, result)
+                });
+                // The first poll sends the store command: before the next request is read.
+                let first = std::future::poll_fn(|cx| Poll::Ready(publish.as_mut().poll(cx)));
+                match first.await {
+                    Poll::Ready(answer) => answer_publish(outbound, answer, format),
+                    Poll::Pending => in_flight.push(publish),
+                }
+            }
+            op => {
+                // A barrier: the publishes before it are answered first.
+                while let Some(answer) = in_flight.next().await {
+                    answer_publish(outbound, answer, format);
+                }
+                let (result, after) = session::handle(node, session, op).await;
                 let reply = match result {
                     Ok(body) => Reply::ok(request.id, body),
                     Err(error) => Reply::error(Some(request.id), error),
@@ -155,6 +222,14 @@ async fn ops_loop(
             }
         }
     }
+}
+
+fn answer_publish(outbound: &Outbound, (id, result): Answer, format: Format) {
+    let reply = match result {
+        Ok(body) => Reply::ok(id, body),
+        Err(error) => Reply::error(Some(id), error),
+    };
+    push(outbound, &reply, format);
 }
 
 /// Decodes one request; a frame of the wrong kind for the format is a bad request.

@@ -1,4 +1,4 @@
-//! Messages: `publish` (the user's token bucket, then the store), `presence` and `history`.
+//! Messages: `publish` (the user's token bucket, leased in slices, then the store), `presence` and `history`.
 
 use super::{forbidden, state_error, OpResult, Session};
 use crate::clock::now_ms;
@@ -14,6 +14,18 @@ pub(super) async fn publish(
     data: Data,
     msg_id: Option<&MsgId>,
 ) -> OpResult {
+    admit_publish(node, s, room, &data).await?;
+    store_publish(node, s, room, data, msg_id).await
+}
+
+/// A publish's checks: the token's rooms, the size, and the user's publish budget. What a
+/// pipelined publish awaits before its store command is sent, in request order.
+pub async fn admit_publish(
+    node: &Node,
+    s: &Session,
+    room: &str,
+    data: &Data,
+) -> Result<(), ErrorBody> {
     if !s.identity.may_use(room) {
         return Err(forbidden(room));
     }
@@ -23,39 +35,48 @@ pub(super) async fn publish(
             format!("data is over {} bytes", node.config.max_data_bytes),
         ));
     }
-    let b = &node.backends;
-    let now = now_ms();
     let key = format!("publish:{}", s.identity.user);
-    match b
-        .limits
-        .bucket_take(
+    let decision = node
+        .publish_budget
+        .take(
             &key,
             node.config.publish_rate,
             node.config.publish_burst,
-            now,
+            now_ms(),
         )
         .await
-    {
-        Ok(d) if d.allowed => {}
-        Ok(d) => {
-            node.metrics
-                .rate_limited
-                .with_label_values(&["publish"])
-                .inc();
-            return Err(
-                ErrorBody::new(ErrorCode::RateLimited, "publishing too fast")
-                    .retry_after(d.retry_after_ms),
-            );
-        }
-        Err(e) => return Err(state_error(node, "publish", e)),
+        .map_err(|e| state_error(node, "publish", e))?;
+    if decision.allowed {
+        return Ok(());
     }
+    node.metrics
+        .rate_limited
+        .with_label_values(&["publish"])
+        .inc();
+    Err(
+        ErrorBody::new(ErrorCode::RateLimited, "publishing too fast")
+            .retry_after(decision.retry_after_ms),
+    )
+}
+
+/// A publish, once admitted: the store sequences it. The store's command goes out on the
+/// future's first poll (the backends send before they first wait), which is what lets a
+/// connection pipeline its publishes and keep their order.
+pub async fn store_publish(
+    node: &Node,
+    s: &Session,
+    room: &str,
+    data: Data,
+    msg_id: Option<&MsgId>,
+) -> OpResult {
     // Keys are the user's own: another user's identical msgId is another message.
     let key = msg_id.map(|m| format!("{}\n{}", s.identity.user, m.as_str()));
     let idempotency = key.as_deref().map(|key| Idempotency {
         key,
         window_ms: node.config.idempotency_window.as_millis() as u64,
     });
-    match b
+    match node
+        .backends
         .rooms
         .publish(
             room,
@@ -63,7 +84,7 @@ pub(super) async fn publish(
             &s.identity.user,
             data,
             idempotency,
-            now,
+            now_ms(),
         )
         .await
     {

@@ -11,6 +11,7 @@ mod membership;
 mod messages;
 
 pub use membership::{abandon, cleanup, leave_room};
+pub use messages::{admit_publish, store_publish};
 
 use crate::auth::Identity;
 use crate::clock::now_ms;

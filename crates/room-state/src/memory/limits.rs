@@ -3,7 +3,7 @@
 use super::MemoryState;
 use crate::error::StateError;
 use crate::limits::RateLimits;
-use crate::model::Decision;
+use crate::model::{Decision, Grant};
 use async_trait::async_trait;
 
 pub(crate) struct Bucket {
@@ -46,13 +46,14 @@ impl RateLimits for MemoryState {
         Ok(())
     }
 
-    async fn bucket_take(
+    async fn bucket_take_n(
         &self,
         key: &str,
         rate_per_sec: f64,
         burst: u32,
+        n: u32,
         now_ms: u64,
-    ) -> Result<Decision, StateError> {
+    ) -> Result<Grant, StateError> {
         let mut buckets = self.buckets.lock();
         let bucket = buckets.entry(key.to_string()).or_insert(Bucket {
             tokens: f64::from(burst),
@@ -61,14 +62,24 @@ impl RateLimits for MemoryState {
         let elapsed = now_ms.saturating_sub(bucket.updated_ms) as f64 / 1000.0;
         bucket.tokens = (bucket.tokens + elapsed * rate_per_sec).min(f64::from(burst));
         bucket.updated_ms = bucket.updated_ms.max(now_ms);
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            Ok(Decision::ALLOW)
+        let granted = bucket.tokens.floor().clamp(0.0, f64::from(n)) as u32;
+        if granted > 0 {
+            bucket.tokens -= f64::from(granted);
+            Ok(Grant {
+                granted,
+                retry_after_ms: 0,
+            })
         } else if rate_per_sec <= 0.0 {
-            Ok(Decision::deny(60_000))
+            Ok(Grant {
+                granted: 0,
+                retry_after_ms: 60_000,
+            })
         } else {
             let wait = ((1.0 - bucket.tokens) / rate_per_sec * 1000.0).ceil() as u64;
-            Ok(Decision::deny(wait))
+            Ok(Grant {
+                granted: 0,
+                retry_after_ms: wait.max(1),
+            })
         }
     }
 }

@@ -5,7 +5,7 @@ use super::keys;
 use super::{array, int, RedisState};
 use crate::error::StateError;
 use crate::limits::RateLimits;
-use crate::model::Decision;
+use crate::model::{Decision, Grant};
 use crate::observer::Command;
 use async_trait::async_trait;
 
@@ -49,21 +49,32 @@ impl RateLimits for RedisState {
         Ok(())
     }
 
-    async fn bucket_take(
+    async fn bucket_take_n(
         &self,
         key: &str,
         rate_per_sec: f64,
         burst: u32,
+        n: u32,
         now_ms: u64,
-    ) -> Result<Decision, StateError> {
+    ) -> Result<Grant, StateError> {
         let args = vec![
             now_ms.to_string(),
             rate_per_sec.to_string(),
             burst.to_string(),
+            n.to_string(),
         ];
-        decision(array(
+        let reply = array(
             self.eval(Command::BucketTake, vec![keys::bucket(key)], args)
                 .await?,
-        ))
+        );
+        let granted = int(reply.first())?.max(0) as u32;
+        Ok(Grant {
+            granted,
+            retry_after_ms: if granted > 0 {
+                0
+            } else {
+                int(reply.get(1))?.max(1) as u64
+            },
+        })
     }
 }

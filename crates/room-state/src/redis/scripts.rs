@@ -274,20 +274,21 @@ if #hit > 0 then redis.call('ZREM', KEYS[1], hit[1]) end
 return #hit
 "#;
 
-/// KEYS: bucket hash. ARGV: now, rate per second, burst. Returns {allowed, retry ms}.
+/// KEYS: bucket hash. ARGV: now, rate per second, burst, tokens wanted (1 if absent).
+/// Returns {tokens granted (as many as held, up to the wanted), retry ms when none}.
 pub const BUCKET_TAKE: &str = r#"
 local now = tonumber(ARGV[1])
 local rate = tonumber(ARGV[2])
 local burst = tonumber(ARGV[3])
+local want = tonumber(ARGV[4]) or 1
 local v = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
 local tokens = tonumber(v[1]) or burst
 local ts = tonumber(v[2]) or now
 tokens = math.min(burst, tokens + math.max(0, now - ts) / 1000 * rate)
 ts = math.max(ts, now)
-local allowed, wait = 0, 0
-if tokens >= 1 then
-  tokens = tokens - 1
-  allowed = 1
+local granted, wait = math.max(0, math.min(want, math.floor(tokens))), 0
+if granted > 0 then
+  tokens = tokens - granted
 elseif rate <= 0 then
   wait = 60000
 else
@@ -297,7 +298,7 @@ redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(ts))
 local keep = 60000
 if rate > 0 then keep = math.ceil(burst / rate * 1000) + 1000 end
 redis.call('PEXPIRE', KEYS[1], keep)
-return {allowed, wait}
+return {granted, wait}
 "#;
 
 /// KEYS: creation counter hash. ARGV: second, oldest second to keep, cleanup (0/1).
