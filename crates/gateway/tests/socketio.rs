@@ -291,3 +291,59 @@ async fn recovery_on_another_node() {
     let v: Value = serde_json::from_str(t.strip_prefix("40").unwrap()).unwrap();
     assert_ne!(v["pid"], pid, "a used pid does not recover twice");
 }
+
+/// Publish events are pipelined (several wait for the store at once) and keep their order: the
+/// n-th `publish` sent gets the n-th offset, and a `history` sent after them sees them all.
+#[tokio::test]
+async fn pipelined_publish_events_keep_their_order() {
+    let node = start(&["--publish-rate", "100000", "--publish-burst", "100000"]).await;
+    let mut ws = open(node.addr).await;
+    text(&mut ws).await.unwrap();
+    let tok = token(&unique("sio-pipe"), json!({}));
+    send(&mut ws, &format!(r#"40{{"token":"{tok}"}}"#)).await;
+    assert!(text(&mut ws).await.unwrap().starts_with("40"));
+    let room = unique("sio-pipe");
+    send(
+        &mut ws,
+        &format!(r#"421["create_room",{{"room":"{room}"}}]"#),
+    )
+    .await;
+    let n = 300u64;
+    for i in 0..n {
+        send(
+            &mut ws,
+            &format!(r#"42{}["publish",{{"room":"{room}","data":{i}}}]"#, 100 + i),
+        )
+        .await;
+    }
+    send(
+        &mut ws,
+        &format!(r#"429["history",{{"room":"{room}","limit":1}}]"#),
+    )
+    .await;
+    let mut acked = 0;
+    loop {
+        let t = text(&mut ws).await.unwrap();
+        let Some(rest) = t.strip_prefix("43") else {
+            continue;
+        };
+        let at = rest.find('[').unwrap();
+        let (id, body) = (rest[..at].parse::<u64>().unwrap(), &rest[at..]);
+        let v: Value = serde_json::from_str(body).unwrap();
+        match id {
+            1 => assert!(v[0].get("ok").is_some(), "{t}"),
+            9 => {
+                assert_eq!(
+                    acked, n,
+                    "history answered before the publishes sent ahead of it"
+                );
+                assert_eq!(v[0]["ok"]["messages"][0]["offset"], json!(n));
+                break;
+            }
+            id => {
+                assert_eq!(v[0]["ok"]["offset"], json!(id - 100 + 1), "{t}");
+                acked += 1;
+            }
+        }
+    }
+}

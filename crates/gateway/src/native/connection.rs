@@ -1,7 +1,7 @@
 //! One native-protocol connection: the welcome, then requests decoded and run, each answered
 //! on the outbound queue.
 //!
-//! Publishes are pipelined: up to [`MAX_IN_FLIGHT`] of a connection's publishes wait for the
+//! Publishes are pipelined: up to [`session::MAX_PUBLISHES_IN_FLIGHT`] of a connection's publishes wait for the
 //! store at once, so an open-loop publisher does not queue behind Redis's round trip. Their
 //! order holds: each publish's checks (and its budget) run in request order in this loop, and
 //! its store command is sent on the first poll, here, before the next request is read. Any
@@ -128,9 +128,6 @@ fn open_session(node: &Node, identity: Identity, outbound: &Arc<Outbound>, live:
     }
 }
 
-/// The most publishes of one connection waiting for the store at once.
-pub const MAX_IN_FLIGHT: usize = 32;
-
 /// A pipelined publish's answer: the request id, and the reply body or error.
 type Answer = (u64, Result<protocol::frame::OkBody, ErrorBody>);
 
@@ -148,14 +145,14 @@ async fn ops_loop(
         let read = socket.read();
         tokio::pin!(read);
         // Answers publishes as they complete while waiting for the next request; stops
-        // reading while MAX_IN_FLIGHT are out (back-pressure on the client's socket).
+        // reading while session::MAX_PUBLISHES_IN_FLIGHT are out (back-pressure on the client's socket).
         let read = loop {
             tokio::select! {
                 biased;
                 Some(answer) = in_flight.next(), if !in_flight.is_empty() => {
                     answer_publish(outbound, answer, format);
                 }
-                read = &mut read, if in_flight.len() < MAX_IN_FLIGHT => break read,
+                read = &mut read, if in_flight.len() < session::MAX_PUBLISHES_IN_FLIGHT => break read,
             }
         };
         let (text, payload) = match read {

@@ -22,6 +22,10 @@ use protocol::ErrorCode;
 use room_state::StateError;
 use std::sync::Arc;
 
+/// The most publishes of one connection waiting for the store at once (native and Socket.IO
+/// connections pipeline them; reading stops while this many are out).
+pub const MAX_PUBLISHES_IN_FLIGHT: usize = 32;
+
 /// One client connection as the ops see it.
 #[derive(Debug)]
 pub struct Session {

@@ -9,15 +9,18 @@ use super::namespace::{push, random_id, Next, Sockets};
 use crate::config::Config;
 use crate::metrics::DisconnectReason;
 use crate::node::Node;
+use crate::session;
 use crate::transport::{
     disconnect_reason, Driver, Ending, Live, Read, Socket, SocketConfig, WriterConfig, Ws,
 };
 use bytes::Bytes;
 use fan_out::Outbound;
-use protocol::socketio::{self as sio, EnginePacket, Packet};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use protocol::socketio::{self as sio, EnginePacket, Kind, Packet};
 use protocol::{CloseCode, Format};
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Notify;
@@ -128,13 +131,20 @@ async fn packet_loop<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     };
     let connect_deadline = sleep(cfg.socketio_connect_timeout);
     tokio::pin!(connect_deadline);
+    // Publishes in flight (see `Next::Publish`); any other packet waits for them.
+    let mut in_flight = FuturesUnordered::new();
     loop {
-        let read = tokio::select! {
-            biased;
-            read = socket.read() => read,
-            _ = &mut connect_deadline, if !sockets.ever_joined && mode == Mode::SocketIo => {
-                outbound.close(CloseCode::NORMAL, "connect timeout");
-                return (DisconnectReason::Timeout, true);
+        let read = socket.read();
+        tokio::pin!(read);
+        let read = loop {
+            tokio::select! {
+                biased;
+                Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+                read = &mut read, if in_flight.len() < session::MAX_PUBLISHES_IN_FLIGHT => break read,
+                _ = &mut connect_deadline, if !sockets.ever_joined && mode == Mode::SocketIo => {
+                    outbound.close(CloseCode::NORMAL, "connect timeout");
+                    return (DisconnectReason::Timeout, true);
+                }
             }
         };
         let step = match read {
@@ -146,22 +156,50 @@ async fn packet_loop<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
                 text: false,
                 payload,
             } => incoming.binary(payload, &outbound),
-            Read::Ended(Ending::Violation) => return (DisconnectReason::ProtocolError, false),
-            Read::Ended(_) => return (DisconnectReason::Client, true),
+            Read::Ended(ending) => {
+                while in_flight.next().await.is_some() {}
+                return match ending {
+                    Ending::Violation => (DisconnectReason::ProtocolError, false),
+                    _ => (DisconnectReason::Client, true),
+                };
+            }
         };
         let next = match step {
             Step::Next(next) => next,
-            Step::Packet(packet, attachments) => sockets.packet(packet, attachments).await,
+            Step::Packet(packet, attachments) => {
+                if !is_publish(&packet) {
+                    // Anything but a publish is a barrier: the publishes before it finish first.
+                    while in_flight.next().await.is_some() {}
+                }
+                sockets.packet(packet, attachments).await
+            }
         };
-        if let Next::Close(code, why) = next {
-            outbound.close(code, why);
-            return if code == CloseCode::NORMAL {
-                (DisconnectReason::Client, true)
-            } else {
-                (DisconnectReason::ProtocolError, false)
-            };
+        match next {
+            Next::Continue => {}
+            Next::Publish(mut publish) => {
+                // The first poll sends the store command: before the next packet is read.
+                let first = std::future::poll_fn(|cx| Poll::Ready(publish.as_mut().poll(cx)));
+                if first.await.is_pending() {
+                    in_flight.push(publish);
+                }
+            }
+            Next::Close(code, why) => {
+                outbound.close(code, why);
+                return if code == CloseCode::NORMAL {
+                    (DisconnectReason::Client, true)
+                } else {
+                    (DisconnectReason::ProtocolError, false)
+                };
+            }
         }
     }
+}
+
+/// Whether a packet is a `publish` event: the only kind that does not wait for the publishes
+/// in flight (the namespace layer pipelines it, or answers it at once).
+fn is_publish(p: &Packet) -> bool {
+    matches!(p.kind, Kind::Event | Kind::BinaryEvent)
+        && p.event().is_some_and(|(name, _)| name == "publish")
 }
 
 /// What one WebSocket message amounts to.

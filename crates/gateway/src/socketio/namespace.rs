@@ -34,7 +34,14 @@ fn is_op_event(name: &str) -> bool {
 pub enum Next {
     Continue,
     Close(u16, &'static str),
+    /// A publish whose checks passed: the connection polls it once (which sends its store
+    /// command) before it reads on, then lets it finish alongside the next packets. It sends
+    /// its own ack.
+    Publish(Pipelined),
 }
+
+/// A publish in flight, answering its ack when done.
+pub type Pipelined = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 pub fn push(outbound: &Outbound, text: String) {
     let _ = outbound.push(Bytes::from(text));
@@ -49,7 +56,7 @@ struct Socket {
     /// The socket id the client was given (kept across a recovery).
     sid: String,
     /// Roomcast mode: the ops' view of this socket. `None` in conformance mode.
-    session: Option<Session>,
+    session: Option<Arc<Session>>,
     /// Its place under `--max-conns-per-user`.
     _user_slot: Option<UserSlot>,
     /// The recovery id handed out in the CONNECT reply (roomcast mode, recovery on).
@@ -225,7 +232,7 @@ impl<'a> Sockets<'a> {
             ns,
             Socket {
                 sid,
-                session: Some(session),
+                session: Some(Arc::new(session)),
                 _user_slot: Some(user_slot),
                 pid,
                 forwarder,
@@ -408,6 +415,27 @@ impl<'a> Sockets<'a> {
         };
         if !prefix.is_empty() {
             prefix_op(&mut op, prefix);
+        }
+        if let Op::Publish { room, data, msg_id } = op {
+            let timer = self.node.metrics.op_duration("publish").start_timer();
+            if let Err(error) = session::admit_publish(self.node, session, &room, &data).await {
+                reply(json!({ "error": error }));
+                return Next::Continue;
+            }
+            let (node, session, outbound) =
+                (self.node.clone(), session.clone(), self.outbound.clone());
+            return Next::Publish(Box::pin(async move {
+                let result =
+                    session::store_publish(&node, &session, &room, data, msg_id.as_ref()).await;
+                timer.observe_duration();
+                if let Some(id) = ack {
+                    let body = match result {
+                        Ok(body) => json!({ "ok": body }),
+                        Err(error) => json!({ "error": error }),
+                    };
+                    push(&outbound, sio::ack(&ns, id, &json!([body])));
+                }
+            }));
         }
         let (result, after) = session::handle(self.node, session, op).await;
         match result {
