@@ -45,13 +45,12 @@ crates/gateway/tests/socketio-protocol/run.sh || rc5=1
 loadtest/smoke.sh ; rc4=$?
 # Deployment artefacts, each checked by a real tool (the shared cluster serves the scrape).
 deploy/check-artifacts.sh ; rc3=$?
-# Fault injection, short, with --durable-publish: its own cluster (Redis 7300, gateways
-# 8181-8183, nginx 8180) under load through six faults, a primary's SIGSTOP among them; fails
-# on any loss, a divergence, a duplicate, or a client left out. The default (non-durable) mode
-# (CHAOS_DURABLE=0) still has one window, a primary resuming from a pause that acknowledges a
-# write before it notices it lost its replica (docs/reliability.md): it fails 1 run in 4 here,
-# so it is not yet a gate.
-CHAOS_QUICK=1 CHAOS_DURABLE=1 deploy/local/chaos.sh ; rc6=$?
+# Fault injection, short, in the default (non-durable) mode: its own cluster (Redis 7300,
+# gateways 8181-8183, nginx 8180) under load through six faults, a primary's SIGSTOP among
+# them; fails on a silent loss, a divergence, a duplicate, or a client left out (a loss behind
+# an announced epoch change is allowed in this mode; docs/reliability.md). The durable mode
+# is covered here by the serial failover and retry tests; `make chaos` runs both modes.
+CHAOS_QUICK=1 CHAOS_DURABLE=0 deploy/local/chaos.sh ; rc6=$?
 # Floods and slow consumers, short: its own cluster (Redis 7400, gateways 8281-8283); a
 # reconnect storm, one user flooding 3 nodes, slow readers, a 2,000-member room. Asserts
 # bounds and correctness, not timing.
