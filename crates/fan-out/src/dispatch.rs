@@ -130,7 +130,9 @@ pub fn deliver(registry: &Registry, envelope: &Envelope, hooks: &dyn DeliveryHoo
 }
 
 /// Queues an event to every local member of a room. A message (`publication`) for a member
-/// whose join is still pending is held for [`Registry::activate`] instead.
+/// whose join is still pending is held for [`Registry::activate`] instead: an ephemeral one
+/// too, so that a joiner's reply still comes before its room's first message (`activate`
+/// releases it: its empty epoch is never the reply's).
 fn push_to_room(
     registry: &Registry,
     room: &str,
@@ -165,8 +167,10 @@ fn push_to_room(
         };
         let len = payload.len() as u64;
         let pushed = match publication {
-            Some(p) => member.outbound.push_publication(payload, p),
-            None => member.outbound.push(payload),
+            // An ephemeral message is not journaled: it has no position a Socket.IO client
+            // could name (no recovery offset), and a recovery could not replay it anyway.
+            Some(p) if !p.is_ephemeral() => member.outbound.push_publication(payload, p),
+            _ => member.outbound.push(payload),
         };
         match pushed {
             Ok(()) => {
@@ -193,10 +197,93 @@ pub fn deliver_held(
             continue;
         };
         let len = bytes.len() as u64;
-        match conn.outbound.push_publication(bytes, publication) {
+        let pushed = if publication.is_ephemeral() {
+            conn.outbound.push(bytes)
+        } else {
+            conn.outbound.push_publication(bytes, publication)
+        };
+        match pushed {
             Ok(()) => hooks.delivered(1, len),
             Err(PushError::SlowConsumer) => hooks.slow_consumer(),
             Err(PushError::Closed) => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbound::{OutFrame, Outbound};
+    use crate::registry::LocalConn;
+    use protocol::Data;
+    use std::sync::Arc;
+    use tokio::sync::mpsc::UnboundedReceiver;
+
+    fn member(
+        registry: &Registry,
+        id: &str,
+        format: Format,
+    ) -> (Arc<Outbound>, UnboundedReceiver<OutFrame>) {
+        let (outbound, rx) = Outbound::new(format, 1 << 20);
+        let outbound = Arc::new(outbound);
+        registry.register(LocalConn {
+            conn_id: id.into(),
+            user: id.into(),
+            outbound: outbound.clone(),
+        });
+        registry.join("r", id);
+        (outbound, rx)
+    }
+
+    fn ephemeral(n: u64) -> Publication {
+        Publication {
+            room: "r".into(),
+            offset: Publication::EPHEMERAL_OFFSET,
+            epoch: String::new(),
+            from: "u".into(),
+            data: Data::from_value(&serde_json::json!(n)).expect("data"),
+            ts: 1,
+        }
+    }
+
+    fn texts(rx: &mut UnboundedReceiver<OutFrame>) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(OutFrame::Data(b)) = rx.try_recv() {
+            out.push(String::from_utf8_lossy(&b).into_owned());
+        }
+        out
+    }
+
+    #[test]
+    fn ephemeral_messages_reach_every_member_in_order_and_are_not_journaled() {
+        let registry = Registry::new();
+        let (_, mut native) = member(&registry, "a", Format::Json);
+        let (sio, mut sio_rx) = member(&registry, "b", Format::SocketIo);
+        sio.start_journal(16);
+        for id in ["a", "b"] {
+            registry.activate("r", id, "e", 0);
+        }
+        // A third joins while messages flow: they wait for its reply, then come in order.
+        let (_, mut late) = member(&registry, "c", Format::Json);
+        for n in 1..=3 {
+            deliver(&registry, &Envelope::Message(ephemeral(n)), &NoHooks, 1);
+        }
+        let expected: Vec<String> = (1..=3)
+            .map(|n| format!(r#"{{"event":"message","room":"r","from":"u","data":{n},"ts":1}}"#))
+            .collect();
+        assert_eq!(texts(&mut native), expected, "no offset, no epoch");
+        let sio_frames = texts(&mut sio_rx);
+        assert_eq!(sio_frames.len(), 3);
+        assert!(
+            sio_frames[0].ends_with(r#""ts":1}]"#),
+            "no recovery offset: {}",
+            sio_frames[0]
+        );
+        let journal = sio.journal().expect("journal");
+        assert!(journal.entries.is_empty(), "{journal:?}");
+        assert!(texts(&mut late).is_empty(), "held until the join reply");
+        let (conn, held) = registry.activate("r", "c", "e", 0);
+        deliver_held(&conn.expect("a member"), &held, &NoHooks);
+        assert_eq!(texts(&mut late), expected);
     }
 }

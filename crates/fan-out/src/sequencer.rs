@@ -63,8 +63,13 @@ impl Sequencer {
         Sequencer::default()
     }
 
-    /// What to do with `p`, given what its room has delivered so far.
+    /// What to do with `p`, given what its room has delivered so far. An ephemeral room's
+    /// message (no offset) is always delivered: the worker does not even ask, this is the
+    /// rule should anyone else.
     pub fn check(&self, p: &Publication) -> Verdict {
+        if p.is_ephemeral() {
+            return Verdict::Deliver;
+        }
         let Some(room) = self.rooms.get(&p.room) else {
             return Verdict::Deliver;
         };
@@ -85,8 +90,12 @@ impl Sequencer {
         }
     }
 
-    /// Records that `p` went out.
+    /// Records that `p` went out. Nothing is kept of an ephemeral message: it has no
+    /// position, and it must not start a sequence (its empty epoch would look like a new one).
     pub fn delivered(&mut self, p: &Publication) {
+        if p.is_ephemeral() {
+            return;
+        }
         let room = self.rooms.entry(p.room.clone()).or_default();
         if room.epoch != p.epoch {
             *room = RoomSeq {
@@ -327,6 +336,27 @@ mod tests {
         );
         let partial = tail("f", 3, vec![p(2, "f"), p(3, "f")]);
         assert_eq!(s.reconcile("r", &partial, now), Reconciled::InSync);
+    }
+
+    #[test]
+    fn ephemeral_messages_are_not_sequenced() {
+        let mut s = Sequencer::new();
+        s.delivered(&p(4, "e"));
+        let ephemeral = p(Publication::EPHEMERAL_OFFSET, "");
+        for _ in 0..3 {
+            assert_eq!(s.check(&ephemeral), Verdict::Deliver, "never a duplicate");
+            s.delivered(&ephemeral);
+        }
+        assert_eq!(
+            s.last("r"),
+            Some(("e", 4)),
+            "the room's sequence is untouched"
+        );
+        assert!(s.rooms.get("r").is_some_and(|r| r.recent.len() == 1));
+        assert!(!Sequencer::new().knows("r"));
+        let mut fresh = Sequencer::new();
+        fresh.delivered(&ephemeral);
+        assert!(!fresh.knows("r"), "no fingerprint, no starting point");
     }
 
     #[test]

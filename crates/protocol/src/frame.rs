@@ -149,10 +149,19 @@ impl Op {
 }
 
 /// One message in a room: what `message` events, `history` and `missed` carry.
+///
+/// A message of an *ephemeral* room (created with `historySize: 0`) is never sequenced: it
+/// has offset [`Publication::EPHEMERAL_OFFSET`] (0, which no sequenced message has: offsets
+/// start at 1) and an empty epoch, and both are left out when it is encoded, so its `message`
+/// event has no `offset` and no `epoch` (and, on Socket.IO, no recovery offset argument,
+/// which the Socket.IO codec derives from those fields). Between nodes the envelope carries
+/// the placeholders as they are (`protocol::envelope` is unchanged).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Publication {
     pub room: String,
+    #[serde(default, skip_serializing_if = "is_ephemeral_offset")]
     pub offset: u64,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub epoch: String,
     pub from: String,
     pub data: Data,
@@ -160,7 +169,19 @@ pub struct Publication {
     pub ts: u64,
 }
 
+fn is_ephemeral_offset(offset: &u64) -> bool {
+    *offset == Publication::EPHEMERAL_OFFSET
+}
+
 impl Publication {
+    /// The offset of a message of an ephemeral room: none (see [`Publication`]).
+    pub const EPHEMERAL_OFFSET: u64 = 0;
+
+    /// Whether this message belongs to an ephemeral room: not sequenced, at most once.
+    pub fn is_ephemeral(&self) -> bool {
+        self.offset == Self::EPHEMERAL_OFFSET
+    }
+
     /// Identifies the content at a position: who, when, what. Two nodes compute the same
     /// value (FNV-1a), so it tells one message from another written at the same offset. A
     /// separator between the parts keeps `("ab", "c")` apart from `("a", "bc")`.
@@ -220,6 +241,9 @@ pub enum OkBody {
         epoch: String,
         offset: u64,
         members: Vec<Member>,
+        /// The room is ephemeral (`historySize: 0`); sent only when true.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        ephemeral: bool,
     },
     #[serde(rename_all = "camelCase")]
     Joined {
@@ -231,6 +255,16 @@ pub enum OkBody {
         recovered: Option<bool>,
         #[serde(skip_serializing_if = "Option::is_none")]
         missed: Option<Vec<Publication>>,
+        /// The room is ephemeral: its messages have no offset, `since` never recovers, and
+        /// history is empty. Sent only when true.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        ephemeral: bool,
+    },
+    /// `publish` to an ephemeral room: `{ephemeral: true}` and nothing else, since nothing
+    /// was sequenced (no offset, no epoch, and no `msgId` deduplication). Use
+    /// [`OkBody::PUBLISHED_EPHEMERAL`].
+    PublishedEphemeral {
+        ephemeral: bool,
     },
     Published {
         offset: u64,
@@ -254,6 +288,11 @@ pub enum OkBody {
     },
     /// `leave`: an empty object.
     Empty {},
+}
+
+impl OkBody {
+    /// The reply to a publish in an ephemeral room: `{"ephemeral":true}`.
+    pub const PUBLISHED_EPHEMERAL: OkBody = OkBody::PublishedEphemeral { ephemeral: true };
 }
 
 /// A reply to one request. `id` is `None` (sent as `null`) when the request's id was unreadable.
@@ -320,4 +359,82 @@ pub enum Event<'a> {
         after_ms: u64,
         reason: &'a str,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::encode;
+    use crate::Format;
+    use serde_json::{json, Value};
+
+    fn ephemeral() -> Publication {
+        Publication {
+            room: "typing".into(),
+            offset: Publication::EPHEMERAL_OFFSET,
+            epoch: String::new(),
+            from: "u".into(),
+            data: crate::Data::from_value(&json!({"t": 1})).expect("data"),
+            ts: 5,
+        }
+    }
+
+    #[test]
+    fn an_ephemeral_message_has_no_offset_and_no_epoch_in_every_format() {
+        let p = ephemeral();
+        assert!(p.is_ephemeral());
+        let expected =
+            json!({"event": "message", "room": "typing", "from": "u", "data": {"t": 1}, "ts": 5});
+        let text = encode(&Event::Message(&p), Format::Json).expect("json");
+        assert_eq!(
+            serde_json::from_slice::<Value>(&text).expect("json"),
+            expected
+        );
+        let mp = encode(&Event::Message(&p), Format::MsgPack).expect("msgpack");
+        assert_eq!(rmp_serde::from_slice::<Value>(&mp).expect("mp"), expected);
+        // Socket.IO: no recovery offset argument, so clients keep their last real one.
+        let sio = encode(&Event::Message(&p), Format::SocketIo).expect("sio");
+        assert_eq!(
+            sio.as_ref(),
+            br#"42["message",{"room":"typing","from":"u","data":{"t":1},"ts":5}]"#
+        );
+        // And it reads back with the placeholders.
+        let back: Publication =
+            serde_json::from_slice(&serde_json::to_vec(&p).expect("json")).expect("a publication");
+        assert_eq!(back, p);
+    }
+
+    #[test]
+    fn ephemeral_replies_have_one_shape() {
+        let ack = Reply::ok(3, OkBody::PUBLISHED_EPHEMERAL);
+        let text = encode(&ack, Format::Json).expect("json");
+        assert_eq!(text.as_ref(), br#"{"id":3,"ok":{"ephemeral":true}}"#);
+        let mp = encode(&ack, Format::MsgPack).expect("msgpack");
+        assert_eq!(
+            rmp_serde::from_slice::<Value>(&mp).expect("mp"),
+            json!({"id": 3, "ok": {"ephemeral": true}})
+        );
+        // Socket.IO acks carry the same body.
+        assert_eq!(
+            serde_json::to_value(OkBody::PUBLISHED_EPHEMERAL).expect("json"),
+            json!({"ephemeral": true})
+        );
+        let joined = |ephemeral| OkBody::Joined {
+            room: "r".into(),
+            offset: 0,
+            epoch: "e".into(),
+            members: Vec::new(),
+            recovered: None,
+            missed: None,
+            ephemeral,
+        };
+        assert_eq!(
+            serde_json::to_value(joined(true)).expect("json"),
+            json!({"room": "r", "offset": 0, "epoch": "e", "members": [], "ephemeral": true})
+        );
+        assert!(serde_json::to_value(joined(false))
+            .expect("json")
+            .get("ephemeral")
+            .is_none());
+    }
 }

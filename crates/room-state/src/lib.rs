@@ -3,7 +3,9 @@
 //!
 //! Map of the crate:
 //! - [`rooms`]: the [`RoomStore`] trait: create, join (with recovery), leave, publish, history,
-//!   presence, close. Publish assigns gapless offsets per epoch.
+//!   presence, close. Publish assigns gapless offsets per epoch, except in an *ephemeral*
+//!   room (`history_size` 0), where it delivers without an offset, at most once
+//!   ([`RoomStore::publish_ephemeral`]; `ephemeral` tracks which rooms a node knows to be).
 //! - [`limits`]: the [`RateLimits`] trait: sliding windows and token buckets keyed by user.
 //! - [`lease`]: [`LeasedBuckets`], a node's slices of the shared publish buckets.
 //! - [`traffic`]: the [`TrafficCounters`] trait: room creations per second, node heartbeats.
@@ -17,12 +19,14 @@
 //! - [`testsuite`]: one conformance suite that every backend must pass.
 //!
 //! Invariants every backend keeps:
-//! - offsets in a room go 1, 2, 3… within one epoch, with no gaps and no reuse;
+//! - offsets in a room go 1, 2, 3… within one epoch, with no gaps and no reuse (an ephemeral
+//!   room assigns none: its messages carry offset 0 and no epoch);
 //! - a room whose state was lost comes back with a new epoch, never with reused offsets;
 //! - a publish is handed to the fan-out in offset order, as part of the same atomic step. On
 //!   Redis that hand-off is an SPUBLISH on the room's `protocol::channel`, of a
 //!   `protocol::envelope`, so this crate and the fan-out share only the `protocol` crate.
 
+mod ephemeral;
 pub mod error;
 pub mod lease;
 pub mod limits;

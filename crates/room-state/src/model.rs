@@ -7,10 +7,21 @@ use protocol::frame::{Member, Publication};
 pub struct RoomConfig {
     /// `None` means unlimited.
     pub max_members: Option<u32>,
-    /// How many recent messages history keeps.
+    /// How many recent messages history keeps. 0 makes the room *ephemeral*: see
+    /// [`RoomConfig::is_ephemeral`].
     pub history_size: u32,
     /// How long an empty room lives.
     pub ttl_secs: u64,
+}
+
+impl RoomConfig {
+    /// A room without history is ephemeral: its publishes are not sequenced (no offset, no
+    /// epoch, no idempotency key), delivered at most once, and `since` never recovers. With
+    /// nothing kept, an offset could not be used for anything: not for history, not for
+    /// recovery, not for gap repair.
+    pub fn is_ephemeral(&self) -> bool {
+        self.history_size == 0
+    }
 }
 
 /// A member as stored: the protocol's member plus the node that holds its connection, so that
@@ -42,7 +53,8 @@ pub struct Idempotency<'a> {
 /// What a publish did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Published {
-    /// The message as sequenced. For a duplicate: the first publish's offset and epoch.
+    /// The message as sequenced. For a duplicate: the first publish's offset and epoch. In
+    /// an ephemeral room: offset [`Publication::EPHEMERAL_OFFSET`] and an empty epoch.
     pub publication: Publication,
     /// The key was seen within its window in the current epoch: nothing was published.
     pub duplicate: bool,
@@ -73,6 +85,9 @@ pub struct JoinOutcome {
     pub recovered: Option<bool>,
     /// With `since`: the messages after it, oldest first; empty when not recovered.
     pub missed: Vec<Publication>,
+    /// The room is ephemeral ([`RoomConfig::is_ephemeral`]). Carried by the join so that the
+    /// gateway knows it without asking again on every publish.
+    pub ephemeral: bool,
 }
 
 /// A rate-limit decision.

@@ -4,7 +4,8 @@
 //!
 //! Only the Redis Cluster backend runs commands; the embedded one never reports any.
 
-/// A command a backend runs against its store: each is one Lua script of the Redis backend.
+/// A command a backend runs against its store: each is one Lua script of the Redis backend,
+/// but for [`Command::EphemeralPublish`], a plain SPUBLISH.
 ///
 /// The discriminants are the positions in [`Command::ALL`], so `command as usize` indexes an
 /// array built from it (the test below holds them to that).
@@ -25,11 +26,13 @@ pub enum Command {
     ClaimDeadNodes,
     Heartbeat,
     ResetEpoch,
+    /// A publish to an ephemeral room: one SPUBLISH, no script.
+    EphemeralPublish,
 }
 
 impl Command {
     /// Every command, in discriminant order.
-    pub const ALL: [Command; 15] = [
+    pub const ALL: [Command; 16] = [
         Command::Create,
         Command::Join,
         Command::Leave,
@@ -45,6 +48,7 @@ impl Command {
         Command::ClaimDeadNodes,
         Command::Heartbeat,
         Command::ResetEpoch,
+        Command::EphemeralPublish,
     ];
 
     /// The command's name: the `command` label of the Redis metrics.
@@ -65,6 +69,7 @@ impl Command {
             Command::ClaimDeadNodes => "claim_dead_nodes",
             Command::Heartbeat => "heartbeat",
             Command::ResetEpoch => "reset_epoch",
+            Command::EphemeralPublish => "ephemeral_publish",
         }
     }
 }

@@ -7,7 +7,8 @@ use protocol::frame::{Member, Publication, Since};
 use protocol::Data;
 use std::sync::Arc;
 
-/// Receives every publication, in offset order, as part of the publish itself.
+/// Receives every publication, in offset order, as part of the publish itself (an ephemeral
+/// room's publications, which have no offset, in the order they came).
 ///
 /// The Redis backend publishes to the room's shard channel inside its Lua script, so the sink
 /// is Redis. The memory backend calls this hook while it still holds the room's lock, which is
@@ -25,7 +26,8 @@ pub trait RoomStore: Send + Sync {
     ) -> Result<RoomInfo, StateError>;
 
     /// Adds a member. `NotFound` if there is no such room, `RoomFull` at `max_members`.
-    /// With `since`, also answers whether the messages after it can be recovered.
+    /// With `since`, also answers whether the messages after it can be recovered (never, in
+    /// an ephemeral room: nothing is kept).
     async fn join(
         &self,
         room: &str,
@@ -41,6 +43,13 @@ pub trait RoomStore: Send + Sync {
     /// atomically. `conn_id` must be a member; `None` is the server API, which needs none.
     /// With `idempotency`, a key already published in the room's current epoch within its
     /// window is answered with the first offset (`duplicate`) and nothing is published.
+    ///
+    /// In an ephemeral room ([`RoomConfig::is_ephemeral`]) membership is checked the same
+    /// way, but nothing is sequenced: the publication has offset
+    /// [`Publication::EPHEMERAL_OFFSET`] and an empty epoch, goes to the fan-out as it is, and
+    /// `idempotency` is ignored (at most once; a retry may be delivered twice). This is the
+    /// path of callers that do not know the room is ephemeral (the server API, a node that
+    /// has not seen the room yet); the gateway's members use [`RoomStore::publish_ephemeral`].
     async fn publish(
         &self,
         room: &str,
@@ -50,6 +59,33 @@ pub trait RoomStore: Send + Sync {
         idempotency: Option<Idempotency<'_>>,
         now_ms: u64,
     ) -> Result<Published, StateError>;
+
+    /// Whether this node knows `room` to be ephemeral, from what the store has answered here
+    /// (a create, a join, an ephemeral publish), without any I/O: what lets the gateway take
+    /// [`RoomStore::publish_ephemeral`] with no extra round trip. `false` when unknown, which
+    /// is always safe: [`RoomStore::publish`] then finds out itself.
+    fn is_ephemeral(&self, _room: &str) -> bool {
+        false
+    }
+
+    /// Publishes to an ephemeral room without sequencing: offset
+    /// [`Publication::EPHEMERAL_OFFSET`], an empty epoch, no history, no idempotency key,
+    /// delivered at most once. On Redis this is one plain SPUBLISH of the envelope on the
+    /// room's channel, no script: so the caller must have checked that `conn_id` is a member
+    /// (the gateway asks its local registry, which knows the rooms its connections joined).
+    /// A backend that can check membership again at no cost (memory) does. The default is
+    /// [`RoomStore::publish`] without a key, which checks everything.
+    async fn publish_ephemeral(
+        &self,
+        room: &str,
+        conn_id: &str,
+        from: &str,
+        data: Data,
+        now_ms: u64,
+    ) -> Result<Published, StateError> {
+        self.publish(room, Some(conn_id), from, data, None, now_ms)
+            .await
+    }
 
     /// The members. `requester`, when given, must be one (`NotMember`).
     async fn members(&self, room: &str, requester: Option<&str>)

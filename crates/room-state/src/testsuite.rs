@@ -237,6 +237,122 @@ pub async fn rooms(store: &dyn RoomStore, prefix: &str) {
     assert_ne!(again.epoch, created.epoch);
     assert_eq!(again.offset, 0);
     store.close(&room).await.unwrap();
+
+    // Part of `rooms`, so that every backend's suite runs it as it stands.
+    ephemeral(store, prefix).await;
+}
+
+/// An ephemeral room (`history_size` 0): publishes are not sequenced (offset 0, no epoch),
+/// keep no history, ignore idempotency keys, and `since` never recovers; membership still
+/// gates `publish`. The store tells which rooms it knows to be ephemeral without I/O.
+pub async fn ephemeral(store: &dyn RoomStore, prefix: &str) {
+    let now = 1_700_000_000_000u64;
+    let room = format!("{prefix}typing");
+    let a = member(&format!("{prefix}e1"), "alice", "n1");
+    let b = member(&format!("{prefix}e2"), "bob", "n1");
+    let c = member(&format!("{prefix}e3"), "carol", "n1");
+    let created = store.create(&room, &config(None, 0), now).await.unwrap();
+    assert!(created.config.is_ephemeral());
+    assert!(store.is_ephemeral(&room), "known from the creation");
+    let j = store.join(&room, &a, None, now).await.unwrap();
+    assert!(j.ephemeral);
+    assert_eq!((j.offset, j.epoch.as_str()), (0, created.epoch.as_str()));
+    store.join(&room, &b, None, now).await.unwrap();
+
+    let unsequenced = |p: &protocol::frame::Publication, from: &str| {
+        assert!(p.is_ephemeral(), "{p:?}");
+        assert_eq!((p.offset, p.epoch.as_str()), (0, ""));
+        assert_eq!((p.room.as_str(), p.from.as_str()), (room.as_str(), from));
+    };
+    // Through `publish` (the server API's path, and a node that has not seen the room yet).
+    for n in 1..=3 {
+        let p = store
+            .publish(&room, Some(&a.conn_id), "alice", data(n), None, now + n)
+            .await
+            .unwrap();
+        assert!(!p.duplicate);
+        unsequenced(&p.publication, "alice");
+        assert_eq!(
+            (p.publication.data.clone(), p.publication.ts),
+            (data(n), now + n)
+        );
+    }
+    let server = store
+        .publish(&room, None, "server", data(4), None, now)
+        .await
+        .unwrap();
+    unsequenced(&server.publication, "server");
+    // Idempotency keys do not apply: at most once, and a retry is another message.
+    let key = Some(Idempotency {
+        key: "alice\nm1",
+        window_ms: 60_000,
+    });
+    for _ in 0..2 {
+        let p = store
+            .publish(&room, Some(&a.conn_id), "alice", data(5), key, now)
+            .await
+            .unwrap();
+        assert!(!p.duplicate, "no key is recorded in an ephemeral room");
+        unsequenced(&p.publication, "alice");
+    }
+    // Membership still gates `publish`.
+    assert_eq!(
+        store
+            .publish(&room, Some(&c.conn_id), "carol", data(6), None, now)
+            .await
+            .unwrap_err(),
+        StateError::NotMember
+    );
+    // The gateway's path, for a member it holds.
+    let p = store
+        .publish_ephemeral(&room, &b.conn_id, "bob", data(7), now)
+        .await
+        .unwrap();
+    unsequenced(&p.publication, "bob");
+
+    // Nothing was sequenced or kept.
+    let info = store.info(&room).await.unwrap();
+    assert_eq!(
+        (info.offset, info.epoch.as_str()),
+        (0, created.epoch.as_str())
+    );
+    let (history, epoch) = store
+        .history(&room, Some(&a.conn_id), 100, None)
+        .await
+        .unwrap();
+    assert!(history.is_empty(), "{history:?}");
+    assert_eq!(epoch, created.epoch);
+    // `since` never recovers, not even from the join point: what was sent meanwhile is gone.
+    for offset in [0, 3] {
+        let since = Since {
+            offset,
+            epoch: created.epoch.clone(),
+        };
+        let j = store.join(&room, &b, Some(&since), now).await.unwrap();
+        assert_eq!(
+            (j.recovered, j.missed.len(), j.ephemeral),
+            (Some(false), 0, true)
+        );
+    }
+
+    // Another room is not ephemeral; a closed one is forgotten, and its name may come back
+    // with history.
+    let plain = format!("{prefix}plain");
+    store.create(&plain, &config(None, 3), now).await.unwrap();
+    assert!(!store.is_ephemeral(&plain));
+    assert!(!store.join(&plain, &a, None, now).await.unwrap().ephemeral);
+    store.close(&plain).await.unwrap();
+    store.close(&room).await.unwrap();
+    assert!(!store.is_ephemeral(&room));
+    store.create(&room, &config(None, 3), now).await.unwrap();
+    assert!(!store.is_ephemeral(&room));
+    store.join(&room, &a, None, now).await.unwrap();
+    let p = store
+        .publish(&room, Some(&a.conn_id), "alice", data(8), None, now)
+        .await
+        .unwrap();
+    assert_eq!(p.publication.offset, 1, "sequenced again");
+    store.close(&room).await.unwrap();
 }
 
 /// Empty rooms expire after their TTL; rooms with members do not. Real time (about 3 s),

@@ -1,5 +1,6 @@
 //! A delivery worker: takes its rooms' envelopes in arrival order, checks each message's
-//! offset against what the room has delivered ([`Sequencer`]), and delivers locally.
+//! offset against what the room has delivered ([`Sequencer`]), and delivers locally. An
+//! ephemeral room's messages have no offset and skip all of that.
 
 use super::Inner;
 use crate::dispatch::deliver;
@@ -118,6 +119,15 @@ pub(super) async fn run(inner: Arc<Inner>, mut rx: mpsc::Receiver<Job>) {
                 tail,
                 read_at,
             } => reconcile(&inner, &mut seq, &room, &tail, read_at).await,
+            // An ephemeral room's message: no offset to check, nothing to repair or park
+            // (its room has no starting point to wait for), no fingerprint to keep. Out at
+            // once, in the order the channel gave it.
+            Job::Envelope(Envelope::Message(p)) if p.is_ephemeral() => deliver(
+                &inner.registry,
+                &Envelope::Message(p),
+                &*inner.delivery,
+                now_ms(),
+            ),
             Job::Envelope(Envelope::Message(p)) => {
                 if !seq.knows(&p.room) && inner.registry.has_room(&p.room) {
                     let (_, held) = parked

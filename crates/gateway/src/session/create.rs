@@ -49,6 +49,7 @@ pub(super) async fn create_room(
                 offset,
                 epoch,
                 members,
+                ephemeral,
                 ..
             }),
             after,
@@ -58,6 +59,7 @@ pub(super) async fn create_room(
                 epoch,
                 offset,
                 members,
+                ephemeral,
             }),
             after,
         ),

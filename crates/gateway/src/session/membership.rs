@@ -65,6 +65,7 @@ pub(super) async fn join(
         room: room.to_string(),
         epoch: outcome.epoch.clone(),
         offset: outcome.offset,
+        ephemeral: outcome.ephemeral,
     };
     let body = OkBody::Joined {
         room: room.to_string(),
@@ -73,6 +74,7 @@ pub(super) async fn join(
         members: outcome.members,
         recovered: outcome.recovered,
         missed: since.map(|_| outcome.missed),
+        ephemeral: outcome.ephemeral,
     };
     (Ok(body), after)
 }

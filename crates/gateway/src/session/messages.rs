@@ -1,4 +1,5 @@
-//! Messages: `publish` (the user's token bucket, leased in slices, then the store), `presence` and `history`.
+//! Messages: `publish` (the user's token bucket, leased in slices, then the store: sequenced,
+//! or in an ephemeral room a plain delivery), `presence` and `history`.
 
 use super::{forbidden, state_error, OpResult, Session};
 use crate::clock::now_ms;
@@ -62,6 +63,18 @@ pub async fn admit_publish(
 /// A publish, once admitted: the store sequences it. The store's command goes out on the
 /// future's first poll (the backends send before they first wait), which is what lets a
 /// connection pipeline its publishes and keep their order.
+///
+/// In an ephemeral room (the store knows it from this node's joins: no I/O to ask) nothing
+/// is sequenced, and on Redis the store sends one plain SPUBLISH instead of the publish
+/// script, which is what would check membership. So membership is checked here, in the
+/// node's own registry: the rooms this connection joined through this node, and receives
+/// (a connection lives on one node, and membership is by connection id). A connection is in
+/// it from its join until its leave, its close, or its room's `room_closed`; a join that
+/// failed takes it out again, and its own publishes cannot overtake its join (a join is a
+/// barrier for the connection's pipelined publishes). It can differ from Redis's member set
+/// only when Redis dropped the member behind the node's back (the node declared dead, a
+/// lost `room_closed`): then the connection may still send where it still receives. The
+/// `msgId` is not used: at most once, a retry may be delivered twice.
 pub async fn store_publish(
     node: &Node,
     s: &Session,
@@ -69,15 +82,32 @@ pub async fn store_publish(
     data: Data,
     msg_id: Option<&MsgId>,
 ) -> OpResult {
+    let rooms = &node.backends.rooms;
+    if rooms.is_ephemeral(room) {
+        if !node.registry.is_in(room, &s.conn_id) {
+            return Err(ErrorBody::new(
+                ErrorCode::NotMember,
+                "not a member of this room",
+            ));
+        }
+        return match rooms
+            .publish_ephemeral(room, &s.conn_id, &s.identity.user, data, now_ms())
+            .await
+        {
+            Ok(_) => {
+                node.metrics.messages_published.inc();
+                Ok(OkBody::PUBLISHED_EPHEMERAL)
+            }
+            Err(e) => Err(state_error(node, "publish", e)),
+        };
+    }
     // Keys are the user's own: another user's identical msgId is another message.
     let key = msg_id.map(|m| format!("{}\n{}", s.identity.user, m.as_str()));
     let idempotency = key.as_deref().map(|key| Idempotency {
         key,
         window_ms: node.config.idempotency_window.as_millis() as u64,
     });
-    match node
-        .backends
-        .rooms
+    match rooms
         .publish(
             room,
             Some(&s.conn_id),
@@ -91,6 +121,10 @@ pub async fn store_publish(
         Ok(p) => {
             if !p.duplicate {
                 node.metrics.messages_published.inc();
+            }
+            if p.publication.is_ephemeral() {
+                // The store found the room ephemeral itself (not known here yet).
+                return Ok(OkBody::PUBLISHED_EPHEMERAL);
             }
             Ok(OkBody::Published {
                 offset: p.publication.offset,

@@ -4,7 +4,8 @@
 //!
 //! - [`create`]: `create_room` and its gates.
 //! - [`membership`]: `join`, `leave`, and the cleanup of a closing connection.
-//! - [`messages`]: `publish`, `presence`, `history`.
+//! - [`messages`]: `publish` (sequenced, or ephemeral: see `messages::store_publish`),
+//!   `presence`, `history`.
 
 mod create;
 mod membership;
@@ -46,6 +47,8 @@ pub enum After {
         room: String,
         epoch: String,
         offset: u64,
+        /// An ephemeral room: the fan-out gets no starting point, it sequences nothing there.
+        ephemeral: bool,
     },
 }
 
@@ -120,11 +123,14 @@ pub fn after_reply(node: &Node, s: &Session, after: After) {
         room,
         epoch,
         offset,
+        ephemeral,
     } = after
     {
         let (conn, held) = node.registry.activate(&room, &s.conn_id, &epoch, offset);
         if let Some(conn) = conn {
-            node.backends.fanout.track(&room, &epoch, offset);
+            if !ephemeral {
+                node.backends.fanout.track(&room, &epoch, offset);
+            }
             deliver_held(&conn, &held, &*node.metrics);
         }
     }

@@ -12,12 +12,16 @@ use rooms::Room;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
+use crate::ephemeral::EphemeralRooms;
 use crate::model::NodeInfo;
 use crate::rooms::PublishSink;
 
 /// All embedded state. Cheap to share through an `Arc`.
 pub struct MemoryState {
     rooms: RwLock<HashMap<String, Arc<Mutex<Room>>>>,
+    /// The ephemeral rooms, kept beside the rooms so that asking (on every publish) never
+    /// waits on a room's lock, which a busy room holds while it delivers.
+    ephemeral: EphemeralRooms,
     sink: RwLock<Option<PublishSink>>,
     windows: Mutex<HashMap<String, VecDeque<u64>>>,
     buckets: Mutex<HashMap<String, limits::Bucket>>,
@@ -39,6 +43,7 @@ impl MemoryState {
     pub fn new() -> MemoryState {
         MemoryState {
             rooms: RwLock::new(HashMap::new()),
+            ephemeral: EphemeralRooms::default(),
             sink: RwLock::new(None),
             windows: Mutex::new(HashMap::new()),
             buckets: Mutex::new(HashMap::new()),

@@ -119,90 +119,9 @@ impl MemoryState {
     }
 }
 
-#[async_trait]
-impl RoomStore for MemoryState {
-    async fn create(
-        &self,
-        room: &str,
-        config: &RoomConfig,
-        now_ms: u64,
-    ) -> Result<RoomInfo, StateError> {
-        let mut rooms = self.rooms.write();
-        if let Some(existing) = rooms.get(room) {
-            let existing = existing.lock();
-            if !existing.closed && !existing.expired(now_ms) {
-                return Err(StateError::RoomExists);
-            }
-        }
-        let new = Room {
-            name: room.to_string(),
-            epoch: new_epoch(),
-            offset: 0,
-            config: config.clone(),
-            members: Vec::new(),
-            history: VecDeque::new(),
-            created_at: now_ms,
-            expires_at: Some(now_ms + config.ttl_secs * 1000),
-            closed: false,
-            seen: Seen::default(),
-        };
-        let info = new.info();
-        rooms.insert(room.to_string(), Arc::new(Mutex::new(new)));
-        Ok(info)
-    }
-
-    async fn join(
-        &self,
-        room: &str,
-        member: &MemberRecord,
-        since: Option<&Since>,
-        now_ms: u64,
-    ) -> Result<JoinOutcome, StateError> {
-        self.with_room(room, Some(now_ms), |r| {
-            let already_member = r.is_member(&member.conn_id);
-            if !already_member {
-                if let Some(max) = r.config.max_members {
-                    if r.members.len() >= max as usize {
-                        return Err(StateError::RoomFull);
-                    }
-                }
-                r.members.push(member.clone());
-                r.expires_at = None;
-            }
-            let (recovered, missed) = match since {
-                Some(since) => {
-                    let history: Vec<Publication> = r.history.iter().cloned().collect();
-                    let (ok, missed) = recover(since, &r.epoch, r.offset, &history);
-                    (Some(ok), missed)
-                }
-                None => (None, Vec::new()),
-            };
-            Ok(JoinOutcome {
-                offset: r.offset,
-                epoch: r.epoch.clone(),
-                members: r.member_list(),
-                already_member,
-                recovered,
-                missed,
-            })
-        })
-    }
-
-    async fn leave(&self, room: &str, conn_id: &str, now_ms: u64) -> Result<bool, StateError> {
-        match self.with_room(room, None, |r| {
-            let before = r.members.len();
-            r.members.retain(|m| m.conn_id != conn_id);
-            if r.members.is_empty() && before > 0 {
-                r.expires_at = Some(now_ms + r.config.ttl_secs * 1000);
-            }
-            Ok(r.members.len() < before)
-        }) {
-            Err(StateError::NotFound) => Ok(false),
-            other => other,
-        }
-    }
-
-    async fn publish(
+impl MemoryState {
+    /// `publish`, which never waits: everything happens under the room's lock.
+    fn publish_now(
         &self,
         room: &str,
         conn_id: Option<&str>,
@@ -214,6 +133,26 @@ impl RoomStore for MemoryState {
         let sink = self.sink.read().clone();
         self.with_room(room, Some(now_ms), |r| {
             r.check_member(conn_id)?;
+            if r.config.is_ephemeral() {
+                // Not sequenced: no offset, no history, no key. Still handed over under the
+                // room's lock, so one connection's messages keep their order.
+                self.ephemeral.learn(&r.name, true);
+                let publication = Publication {
+                    room: r.name.clone(),
+                    offset: Publication::EPHEMERAL_OFFSET,
+                    epoch: String::new(),
+                    from: from.to_string(),
+                    data,
+                    ts: now_ms,
+                };
+                if let Some(sink) = &sink {
+                    sink(&publication);
+                }
+                return Ok(Published {
+                    publication,
+                    duplicate: false,
+                });
+            }
             if let Some((epoch, offset)) = idempotency.and_then(|i| r.seen.get(i.key, now_ms)) {
                 let publication = Publication {
                     room: r.name.clone(),
@@ -254,6 +193,123 @@ impl RoomStore for MemoryState {
                 duplicate: false,
             })
         })
+    }
+}
+
+#[async_trait]
+impl RoomStore for MemoryState {
+    async fn create(
+        &self,
+        room: &str,
+        config: &RoomConfig,
+        now_ms: u64,
+    ) -> Result<RoomInfo, StateError> {
+        let mut rooms = self.rooms.write();
+        if let Some(existing) = rooms.get(room) {
+            let existing = existing.lock();
+            if !existing.closed && !existing.expired(now_ms) {
+                return Err(StateError::RoomExists);
+            }
+        }
+        let new = Room {
+            name: room.to_string(),
+            epoch: new_epoch(),
+            offset: 0,
+            config: config.clone(),
+            members: Vec::new(),
+            history: VecDeque::new(),
+            created_at: now_ms,
+            expires_at: Some(now_ms + config.ttl_secs * 1000),
+            closed: false,
+            seen: Seen::default(),
+        };
+        let info = new.info();
+        rooms.insert(room.to_string(), Arc::new(Mutex::new(new)));
+        self.ephemeral.learn(room, config.is_ephemeral());
+        Ok(info)
+    }
+
+    async fn join(
+        &self,
+        room: &str,
+        member: &MemberRecord,
+        since: Option<&Since>,
+        now_ms: u64,
+    ) -> Result<JoinOutcome, StateError> {
+        self.with_room(room, Some(now_ms), |r| {
+            let already_member = r.is_member(&member.conn_id);
+            if !already_member {
+                if let Some(max) = r.config.max_members {
+                    if r.members.len() >= max as usize {
+                        return Err(StateError::RoomFull);
+                    }
+                }
+                r.members.push(member.clone());
+                r.expires_at = None;
+            }
+            let (recovered, missed) = match since {
+                // Nothing is kept, so nothing can be recovered.
+                Some(_) if r.config.is_ephemeral() => (Some(false), Vec::new()),
+                Some(since) => {
+                    let history: Vec<Publication> = r.history.iter().cloned().collect();
+                    let (ok, missed) = recover(since, &r.epoch, r.offset, &history);
+                    (Some(ok), missed)
+                }
+                None => (None, Vec::new()),
+            };
+            Ok(JoinOutcome {
+                offset: r.offset,
+                epoch: r.epoch.clone(),
+                members: r.member_list(),
+                already_member,
+                recovered,
+                missed,
+                ephemeral: r.config.is_ephemeral(),
+            })
+        })
+    }
+
+    async fn leave(&self, room: &str, conn_id: &str, now_ms: u64) -> Result<bool, StateError> {
+        match self.with_room(room, None, |r| {
+            let before = r.members.len();
+            r.members.retain(|m| m.conn_id != conn_id);
+            if r.members.is_empty() && before > 0 {
+                r.expires_at = Some(now_ms + r.config.ttl_secs * 1000);
+            }
+            Ok(r.members.len() < before)
+        }) {
+            Err(StateError::NotFound) => Ok(false),
+            other => other,
+        }
+    }
+
+    async fn publish(
+        &self,
+        room: &str,
+        conn_id: Option<&str>,
+        from: &str,
+        data: Data,
+        idempotency: Option<Idempotency<'_>>,
+        now_ms: u64,
+    ) -> Result<Published, StateError> {
+        self.publish_now(room, conn_id, from, data, idempotency, now_ms)
+    }
+
+    /// The same as `publish` (which handles ephemeral rooms), membership checked under the
+    /// room's lock: in one process that costs no round trip.
+    async fn publish_ephemeral(
+        &self,
+        room: &str,
+        conn_id: &str,
+        from: &str,
+        data: Data,
+        now_ms: u64,
+    ) -> Result<Published, StateError> {
+        self.publish_now(room, Some(conn_id), from, data, None, now_ms)
+    }
+
+    fn is_ephemeral(&self, room: &str) -> bool {
+        self.ephemeral.contains(room)
     }
 
     async fn members(
@@ -298,6 +354,7 @@ impl RoomStore for MemoryState {
             .remove(room)
             .ok_or(StateError::NotFound)?;
         let mut removed = removed.lock();
+        self.ephemeral.learn(room, false);
         if removed.closed {
             return Err(StateError::NotFound);
         }
@@ -335,6 +392,7 @@ impl RoomStore for MemoryState {
             let mut r = room.lock();
             if r.expired(now_ms) && r.members.is_empty() {
                 r.closed = true;
+                self.ephemeral.learn(name, false);
                 expired.push(name.clone());
                 false
             } else {
@@ -358,5 +416,52 @@ impl RoomStore for MemoryState {
             r.history.clear();
             Ok((r.epoch.clone(), true))
         })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn ephemeral_publishes_reach_the_sink_unsequenced_in_order() {
+        let state = MemoryState::new();
+        let seen: Arc<Mutex<Vec<Publication>>> = Arc::default();
+        let sink = seen.clone();
+        state.set_sink(Arc::new(move |p| sink.lock().push(p.clone())));
+        let config = RoomConfig {
+            max_members: None,
+            history_size: 0,
+            ttl_secs: 60,
+        };
+        state.create("r", &config, 1).await.unwrap();
+        let a = MemberRecord {
+            user: "a".into(),
+            conn_id: "c1".into(),
+            node: "n".into(),
+        };
+        state.join("r", &a, None, 1).await.unwrap();
+        for n in 0..5 {
+            let data = Data::from_value(&serde_json::json!(n)).unwrap();
+            state
+                .publish_ephemeral("r", "c1", "a", data, 2)
+                .await
+                .unwrap();
+        }
+        let seen = seen.lock().clone();
+        let data: Vec<&str> = seen.iter().map(|p| p.data.as_json()).collect();
+        assert_eq!(data, ["0", "1", "2", "3", "4"]);
+        assert!(seen.iter().all(|p| p.is_ephemeral() && p.epoch.is_empty()));
+        assert_eq!(state.info("r").await.unwrap().offset, 0);
+        // The in-process store checks membership on this path too: it costs nothing here.
+        let data = Data::from_value(&serde_json::json!(9)).unwrap();
+        assert_eq!(
+            state
+                .publish_ephemeral("r", "stranger", "s", data, 2)
+                .await
+                .unwrap_err(),
+            StateError::NotMember
+        );
     }
 }

@@ -6,12 +6,12 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `rc:{r:ROOM}:m` | hash | `epoch`, `offset`, `max`, `hist`, `ttl` (ms), `created`, `seq` |
+//! | `rc:{r:ROOM}:m` | hash | `epoch`, `offset`, `max`, `hist` (0: ephemeral), `ttl` (ms), `created`, `seq` |
 //! | `rc:{r:ROOM}:mem` | sorted set | member conn ids, scored by join order |
 //! | `rc:{r:ROOM}:who` | hash | conn id → `user\nnode` |
 //! | `rc:{r:ROOM}:h` | stream | history; entry id `<offset>-0`, fields `f` (from), `d` (data JSON), `t` (ts) |
 //! | `rc:{r:ROOM}:id:KEY` | string, PX = idempotency window | `epoch\toffset` of a publish's key |
-//! | `rc:{r:ROOM}:ch` | shard channel | MessagePack envelopes for the room (`protocol::channel`) |
+//! | `rc:{r:ROOM}:ch` | shard channel | MessagePack envelopes for the room (`protocol::channel`); an ephemeral room's messages with offset 0 and epoch `""` |
 //! | `rc:{rooms:K}` | sorted set | room → expiry ms (`+inf` while occupied); K = 0..15 |
 //! | `rc:{n:NODE}:mem` | set | `room\nconn` of every member held by a node |
 //! | `rc:nodes` | hash | node id → `addr\tconnections\tstarted\texpires` |

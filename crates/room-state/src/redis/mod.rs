@@ -13,6 +13,7 @@ mod scripts;
 mod sessions;
 mod traffic;
 
+use crate::ephemeral::EphemeralRooms;
 use crate::error::StateError;
 use crate::observer::{Command, CommandObserver};
 use fred::prelude::*;
@@ -75,22 +76,27 @@ fn is_refusal(details: &str) -> bool {
     REFUSALS.iter().any(|r| details.trim_start().starts_with(r))
 }
 
-/// All scripts, one per [`Command`], loaded on first use by SHA. Looking a script up by its
-/// command is what keeps the name reported to the observer the name of the script that ran.
-struct Scripts([Script; Command::ALL.len()]);
+/// All scripts, one per [`Command`] that is a script, loaded on first use by SHA. Looking a
+/// script up by its command is what keeps the name reported to the observer the name of the
+/// script that ran.
+struct Scripts([Option<Script>; Command::ALL.len()]);
 
 impl Scripts {
     fn new() -> Scripts {
-        Scripts(Command::ALL.map(|c| Script::from_lua(lua(c))))
+        Scripts(Command::ALL.map(|c| lua(c).map(Script::from_lua)))
     }
 
-    fn get(&self, command: Command) -> &Script {
-        &self.0[command as usize]
+    fn get(&self, command: Command) -> Result<&Script, StateError> {
+        self.0
+            .get(command as usize)
+            .and_then(Option::as_ref)
+            .ok_or_else(|| StateError::Internal(format!("{} is not a script", command.as_str())))
     }
 }
 
-fn lua(command: Command) -> String {
-    match command {
+/// A command's script; `None` for a plain command.
+fn lua(command: Command) -> Option<String> {
+    Some(match command {
         Command::Create => scripts::CREATE.into(),
         Command::Join => scripts::join(),
         Command::Leave => scripts::LEAVE.into(),
@@ -106,7 +112,8 @@ fn lua(command: Command) -> String {
         Command::ClaimDeadNodes => scripts::CLAIM_DEAD_NODES.into(),
         Command::Heartbeat => scripts::HEARTBEAT.into(),
         Command::ResetEpoch => scripts::RESET_EPOCH.into(),
-    }
+        Command::EphemeralPublish => return None,
+    })
 }
 
 /// Room state, limits and traffic counters in a Redis Cluster.
@@ -120,6 +127,9 @@ pub struct RedisState {
     clock_skew_ms: std::sync::atomic::AtomicI64,
     /// Recent acknowledgements, checked against a slot's new owner (`audit`).
     audit: audit::Audit,
+    /// The ephemeral rooms this node knows of (`RoomStore::is_ephemeral`), learned from
+    /// create and join replies (and the publish script's ephemeral answer).
+    ephemeral: EphemeralRooms,
 }
 
 impl RedisState {
@@ -137,6 +147,7 @@ impl RedisState {
             observer: parking_lot::RwLock::new(None),
             clock_skew_ms: std::sync::atomic::AtomicI64::new(0),
             audit: audit::Audit::default(),
+            ephemeral: EphemeralRooms::default(),
         });
         audit::start(&state);
         Ok(state)
@@ -180,7 +191,7 @@ impl RedisState {
         keys: Vec<String>,
         args: Vec<String>,
     ) -> Result<((Value, Client), Option<Arc<str>>), StateError> {
-        let script = self.scripts.get(command);
+        let script = self.scripts.get(command)?;
         let route = keys.first().cloned().unwrap_or_default();
         self.timed(
             command,

@@ -72,6 +72,8 @@ impl RedisState {
             node: node.to_string(),
         };
         if int(reply.get(1))? == 1 {
+            // Nobody is left anywhere: the room may expire and come back with other options.
+            self.ephemeral.learn(room, false);
             let ttl = self
                 .room_ttl(room)
                 .await
@@ -151,10 +153,39 @@ fn publications(
         .collect()
 }
 
+/// A publish script's answer for an ephemeral room (see `scripts::publish`).
+const EPHEMERAL: i64 = 4;
+
+/// An ephemeral room's publication: not sequenced, so offset 0 and no epoch (see
+/// `protocol::frame::Publication`).
+fn ephemeral_publication(room: &str, from: &str, data: Data, now_ms: u64) -> Publication {
+    Publication {
+        room: room.to_string(),
+        offset: Publication::EPHEMERAL_OFFSET,
+        epoch: String::new(),
+        from: from.to_string(),
+        data,
+        ts: now_ms,
+    }
+}
+
+/// A publication's `message` envelope, and the publication back, without copying it.
+fn encode_message(p: Publication) -> Result<(bytes::Bytes, Publication), StateError> {
+    let envelope = Envelope::Message(p);
+    let bytes = envelope
+        .encode()
+        .map_err(|e| StateError::Internal(e.to_string()))?;
+    match envelope {
+        Envelope::Message(p) => Ok((bytes.into(), p)),
+        _ => Err(StateError::Internal("not a message envelope".into())),
+    }
+}
+
 fn status(reply: &[Value]) -> Result<(), StateError> {
     match int(reply.first())? {
-        // 2: a publish's idempotency key was seen (see `scripts::publish`).
-        1 | 2 => Ok(()),
+        // 2: a publish's idempotency key was seen; 4: an ephemeral room's publish (see
+        // `scripts::publish`).
+        1 | 2 | EPHEMERAL => Ok(()),
         0 => Err(StateError::NotFound),
         -1 => Err(StateError::RoomFull),
         -2 => Err(StateError::NotMember),
@@ -225,6 +256,7 @@ impl RoomStore for RedisState {
             return Err(StateError::RoomExists);
         }
         self.index(room, Some(now_ms + ttl_ms)).await;
+        self.ephemeral.learn(room, config.is_ephemeral());
         Ok(RoomInfo {
             room: room.to_string(),
             epoch,
@@ -261,6 +293,10 @@ impl RoomStore for RedisState {
             r => Some(r == 1),
         };
         let missed = publications(room, &epoch, reply.get(6))?;
+        // The room's history size: how the gateway learns a room is ephemeral, with the join
+        // it makes anyway.
+        let ephemeral = int(reply.get(8))? == 0;
+        self.ephemeral.learn(room, ephemeral);
         if !already_member {
             if int(reply.get(7))? == 1 {
                 self.index(room, None).await;
@@ -275,6 +311,7 @@ impl RoomStore for RedisState {
             already_member,
             recovered,
             missed,
+            ephemeral,
         })
     }
 
@@ -317,6 +354,15 @@ impl RoomStore for RedisState {
         let ((reply, client), primary) = self.eval_routed(Command::Publish, keys, args).await?;
         let reply = array(reply);
         status(&reply)?;
+        if int(reply.first())? == EPHEMERAL {
+            // Published by the script without an offset: nothing to audit, nothing to wait
+            // for (nothing was written), and the next publish can skip the script.
+            self.ephemeral.learn(room, true);
+            return Ok(Published {
+                publication: ephemeral_publication(room, from, data, now_ms),
+                duplicate: false,
+            });
+        }
         let duplicate = int(reply.first())? == 2;
         let offset = int(reply.get(1))? as u64;
         let epoch = string(reply.get(2))?;
@@ -361,6 +407,44 @@ impl RoomStore for RedisState {
         Ok(Published {
             publication,
             duplicate,
+        })
+    }
+
+    fn is_ephemeral(&self, room: &str) -> bool {
+        self.ephemeral.contains(room)
+    }
+
+    /// One SPUBLISH of the envelope on the room's channel, the very envelope the publish
+    /// script would build, with offset 0 and an empty epoch: no script, no key read or
+    /// written, no WAIT (even with `--durable-publish`: nothing is stored, so there is nothing
+    /// to replicate first), no audit. Membership is the caller's check (the gateway's local
+    /// registry), because checking it here would need the script this path exists to avoid.
+    ///
+    /// Sent on the first poll, on the room's primary's connection, like the script: so one
+    /// connection's pipelined publishes reach Redis, and its subscribers, in order.
+    async fn publish_ephemeral(
+        &self,
+        room: &str,
+        _conn_id: &str,
+        from: &str,
+        data: Data,
+        now_ms: u64,
+    ) -> Result<Published, StateError> {
+        let (bytes, publication) = encode_message(ephemeral_publication(room, from, data, now_ms))?;
+        // Shared buffers: a retry after a MOVED copies nothing.
+        let channel = fred::bytes_utils::Str::from(protocol::channel::room(room));
+        let _: Value = self
+            .timed(
+                Command::EphemeralPublish,
+                self.router.run(&channel, |client| {
+                    let (channel, bytes) = (channel.clone(), bytes.clone());
+                    async move { client.spublish(channel, bytes).await }
+                }),
+            )
+            .await?;
+        Ok(Published {
+            publication,
+            duplicate: false,
         })
     }
 
@@ -423,6 +507,7 @@ impl RoomStore for RedisState {
     async fn close(&self, room: &str) -> Result<Vec<MemberRecord>, StateError> {
         let k = RoomKeys::new(room);
         let reply = array(self.eval(Command::Close, k.all(), Vec::new()).await?);
+        self.ephemeral.learn(room, false);
         status(&reply)?;
         let former = member_records(reply.get(1));
         let index = keys::room_index(room);

@@ -49,8 +49,9 @@ return 1
 
 /// KEYS: meta, members, who, history. ARGV: new epoch, dhist, dttl, now, conn, user, node,
 /// since offset ('' for none), since epoch.
-/// Returns {status, offset, epoch, already, members, recovered, missed, was_empty} where
-/// status 1 = ok, 0 = not found, -1 = full; recovered -1 = not asked.
+/// Returns {status, offset, epoch, already, members, recovered, missed, was_empty, hist} where
+/// status 1 = ok, 0 = not found, -1 = full; recovered -1 = not asked; hist is the room's
+/// history size (0: ephemeral, where `since` never recovers: nothing is kept).
 pub fn join() -> String {
     format!(
         "{ENSURE_META}{}",
@@ -72,11 +73,12 @@ if not already then
 end
 local offset = tonumber(redis.call('HGET', KEYS[1], 'offset'))
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
+local hist = tonumber(redis.call('HGET', KEYS[1], 'hist') or '0')
 local recovered = -1
 local missed = {}
 if ARGV[8] ~= '' then
   local since = tonumber(ARGV[8])
-  if ARGV[9] ~= epoch or since > offset then
+  if hist == 0 or ARGV[9] ~= epoch or since > offset then
     recovered = 0
   elseif since == offset then
     recovered = 1
@@ -90,7 +92,7 @@ if ARGV[8] ~= '' then
     end
   end
 end
-return {1, offset, epoch, already and 1 or 0, member_list(), recovered, missed, was_empty}
+return {1, offset, epoch, already and 1 or 0, member_list(), recovered, missed, was_empty, hist}
 "#
     )
 }
@@ -121,11 +123,18 @@ return {removed, 0, info}
 /// waited in a paused primary, or that fred re-sent after a reconnect, must not apply late.
 /// Returns {1, offset, epoch}, {2, offset, epoch} for a key already published (in whatever
 /// epoch: its record replicates with the write, so a surviving record means a surviving
-/// message; nothing is published), {0} not found, {-2} not a member, {-3} past the deadline.
+/// message; nothing is published), {4} for an ephemeral room (`hist` 0: published without
+/// an offset, see below), {0} not found, {-2} not a member, {-3} past the deadline.
 /// The SPUBLISH of the envelope happens inside the script, so delivery order is offset order.
+///
+/// An ephemeral room (the gateway's members publish through a plain SPUBLISH instead; this
+/// branch serves the server API and a node that has not seen the room yet): membership is
+/// checked as usual, then the envelope goes out with offset 0 and an empty epoch, whatever
+/// ARGV[10] says (there is nothing to replicate first), and nothing is written: no offset,
+/// no history, no idempotency record.
 pub fn publish() -> String {
     format!(
-        "{ENSURE_META}{}{}\nend\nreturn {{1, offset, epoch}}\n",
+        "{ENSURE_META}{}{}\n  return {{4}}\nend\n{}{}\nend\nreturn {{1, offset, epoch}}\n",
         r#"
 if ARGV[12] ~= '' then
   local t = redis.call('TIME')
@@ -133,6 +142,11 @@ if ARGV[12] ~= '' then
 end
 if not ensure_meta(ARGV[1], ARGV[2], ARGV[3], ARGV[4]) then return {0} end
 if ARGV[5] ~= '' and redis.call('ZSCORE', KEYS[2], ARGV[5]) == false then return {-2} end
+local hist = tonumber(redis.call('HGET', KEYS[1], 'hist') or '0')
+if hist == 0 then
+  redis.call('SPUBLISH', ARGV[8], "#,
+        message_envelope("0", "''"),
+        r#"
 if ARGV[11] ~= '' then
   local seen = redis.call('GET', KEYS[5])
   if seen then
@@ -145,7 +159,6 @@ local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if ARGV[11] ~= '' then
   redis.call('SET', KEYS[5], epoch .. '\t' .. offset, 'PX', tonumber(ARGV[11]))
 end
-local hist = tonumber(redis.call('HGET', KEYS[1], 'hist') or '0')
 if hist > 0 then
   redis.call('XADD', KEYS[4], 'MAXLEN', hist, offset .. '-0', 'f', ARGV[6], 'd', ARGV[7], 't', ARGV[4])
 end
@@ -158,22 +171,23 @@ if redis.call('ZCARD', KEYS[2]) == 0 then
 end
 if ARGV[10] == '1' then
   redis.call('SPUBLISH', ARGV[8], "#,
-        message_envelope(),
+        message_envelope("offset", "epoch"),
     )
 }
 
 /// The Lua expression that packs the `message` envelope for the publish script: the map
 /// `protocol::envelope` decodes, with its names taken from there (a renamed field is renamed
-/// here too). `offset` and `epoch` are the script's locals; `ts` is the publish time.
-fn message_envelope() -> String {
+/// here too). `offset` and `epoch` are Lua expressions: the script's locals, or an ephemeral
+/// message's placeholders (`0`, `''`); `ts` is the publish time.
+fn message_envelope(offset: &str, epoch: &str) -> String {
     use protocol::envelope::{message as m, TAG};
     format!(
-        "cmsgpack.pack({{{TAG} = '{tag}', {room} = ARGV[9], {offset} = offset, \
-         {epoch} = epoch, {from} = ARGV[6], {data} = ARGV[7], {ts} = tonumber(ARGV[4])}}))",
+        "cmsgpack.pack({{{TAG} = '{tag}', {room} = ARGV[9], {offset_name} = {offset}, \
+         {epoch_name} = {epoch}, {from} = ARGV[6], {data} = ARGV[7], {ts} = tonumber(ARGV[4])}}))",
         tag = m::TAG_VALUE,
         room = m::ROOM,
-        offset = m::OFFSET,
-        epoch = m::EPOCH,
+        offset_name = m::OFFSET,
+        epoch_name = m::EPOCH,
         from = m::FROM,
         data = m::DATA,
         ts = m::TS,
