@@ -83,6 +83,7 @@ async fn members_non_members_and_history(fmt: Fmt) {
     )
     .await;
     assert_eq!(status, 200, "{body}");
+    assert_eq!(body, json!({"ephemeral": true}));
     for client in [&mut alice, &mut bob] {
         let m = client.event("message").await;
         assert_ephemeral_message(&m, &room, "server");

@@ -166,6 +166,10 @@ async fn publish(node: &Node, room: &str, req: Request<Incoming>) -> Response<Bo
             if !p.duplicate {
                 node.metrics.messages_published.inc();
             }
+            if p.publication.is_ephemeral() {
+                // As the clients' ack says: no offset in an ephemeral room.
+                return json(StatusCode::OK, &serde_json::json!({"ephemeral": true}));
+            }
             let (offset, epoch) = (p.publication.offset, p.publication.epoch);
             let mut body = serde_json::json!({"offset": offset, "epoch": epoch});
             if p.duplicate {
