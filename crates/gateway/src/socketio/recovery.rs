@@ -210,13 +210,18 @@ async fn rejoin(
         }),
     };
     let (result, after) = session::handle(node, session, op).await;
-    if let Ok(OkBody::Joined {
-        recovered: Some(true),
-        missed,
-        ..
-    }) = result
-    {
-        return Some((room.to_string(), missed.unwrap_or_default(), after));
+    match result {
+        Ok(OkBody::Joined {
+            recovered: Some(true),
+            missed,
+            ..
+        }) => return Some((room.to_string(), missed.unwrap_or_default(), after)),
+        // An ephemeral room promises nothing to replay (at most once): rejoined, it does not
+        // stand in the way of recovering the socket's other rooms.
+        Ok(OkBody::Joined {
+            ephemeral: true, ..
+        }) => return Some((room.to_string(), Vec::new(), after)),
+        _ => {}
     }
     // Joined but not replayable, or refused: release and give up.
     session::after_reply(node, session, after);
