@@ -9,24 +9,27 @@
 
 mod engine;
 mod plot;
+mod sampler;
 mod scenarios;
 mod stats;
 mod summary;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
-use engine::Plan;
-use roomcast_loadtest::procs::{self, Sample, Usage};
+use engine::{Judge, Plan};
+use roomcast_loadtest::procs::{self, Usage};
 use roomcast_loadtest::proto::Protocol;
 use roomcast_loadtest::workers::{self, WorkerFlags};
 use roomcast_loadtest::{now_us, parse_sources};
+use sampler::{Held, Sampler};
+use scenarios::Hold;
 use stats::Report;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, ChildStdin};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// `max` starts with this many seconds at its first rate, left out of the report.
-const WARMUP_SECS: f64 = 3.0;
+use tokio::sync::watch;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Scenario {
@@ -85,6 +88,10 @@ struct Args {
     /// Files with pids of the system under test.
     #[arg(long)]
     pidfile: Vec<String>,
+    /// The gateways among `--pids` (the rest being Redis): their CPU and RSS are also
+    /// reported alone.
+    #[arg(long, value_delimiter = ',')]
+    gateway_pids: Vec<String>,
     /// connections, churn: clients.
     #[arg(long, default_value_t = 1000)]
     clients: u64,
@@ -118,11 +125,29 @@ struct Args {
     steps: usize,
     #[arg(long, default_value_t = 6.0)]
     step_secs: f64,
+    /// max: seconds at the first rate before the steps, left out of the report.
+    #[arg(long, default_value_t = 3.0)]
+    warmup_secs: f64,
     #[arg(long, default_value_t = 50.0)]
     p99_bound_ms: f64,
-    /// Seconds allowed to connect everyone before the measured part starts.
+    /// max: a step passes with p99 within the bound and at least this fraction delivered.
+    #[arg(long, default_value_t = 0.999)]
+    min_delivered: f64,
+    /// max: stop once this many steps in a row have surely missed the p99 bound (0: run
+    /// every step). Needs one worker process (`--workers 1`).
+    #[arg(long, default_value_t = 0)]
+    stop_after_failed: usize,
+    /// Seconds allowed to connect everyone before the measured part starts. With one worker
+    /// (and for `connections`) at most this long: it starts once everyone is in.
     #[arg(long)]
     setup_secs: Option<f64>,
+    /// fanout, max, broadcast: create this file when publishing starts (a profiler can wait
+    /// for it).
+    #[arg(long)]
+    ready_file: Option<String>,
+    /// connections: seconds between the last connect and the idle measurement.
+    #[arg(long, default_value_t = 3.0)]
+    settle_secs: f64,
     /// Print only the summary.
     #[arg(long)]
     quiet: bool,
@@ -143,7 +168,7 @@ impl Args {
         match self.scenario {
             Scenario::Fanout | Scenario::Broadcast => vec![(self.rate, self.secs)],
             // A short warm-up at the first rate (scripts loaded, buffers grown), not reported.
-            Scenario::Max => std::iter::once((self.start_rate, WARMUP_SECS))
+            Scenario::Max => std::iter::once((self.start_rate, self.warmup_secs))
                 .chain(
                     (0..self.steps)
                         .map(|k| (self.start_rate * self.factor.powi(k as i32), self.step_secs)),
@@ -155,14 +180,18 @@ impl Args {
 
     fn duration(&self) -> f64 {
         match self.scenario {
-            Scenario::Max => WARMUP_SECS + self.step_secs * self.steps as f64,
+            Scenario::Max => self.warmup_secs + self.step_secs * self.steps as f64,
             _ => self.secs,
         }
     }
 
     fn setup(&self) -> f64 {
-        self.setup_secs
-            .unwrap_or(3.0 + self.total_clients() as f64 / 1500.0)
+        let clients = self.total_clients() as f64;
+        match self.scenario {
+            // A deadline, not a wait: the hold starts as soon as everyone is in.
+            Scenario::Connections => self.setup_secs.unwrap_or(30.0 + clients / 200.0),
+            _ => self.setup_secs.unwrap_or(3.0 + clients / 1500.0),
+        }
     }
 
     fn plan(&self, run_id: &str, worker: u64, start_at_us: u64) -> Result<Plan> {
@@ -196,28 +225,47 @@ impl Args {
                 MsgIds::On => true,
                 MsgIds::Off => false,
             },
+            // A worker sees only its own publishers' sends: judging needs them all.
+            judge: (self.scenario == Scenario::Max
+                && self.stop_after_failed > 0
+                && self.workers <= 1)
+                .then_some(Judge {
+                    bound_us: (self.p99_bound_ms * 1000.0) as u64,
+                    stop_after: self.stop_after_failed,
+                    skip: 1,
+                }),
+            // Tens of thousands of sockets per process: 8 KiB read buffers, not 128 KiB.
+            small_buffers: self.scenario == Scenario::Connections
+                || self.total_clients() / self.workers.max(1) > 2000,
+            ready_file: self.ready_file.clone(),
         })
     }
 
-    /// The pids of `--pids` and `--pidfile`.
-    fn system_pids(&self) -> Result<Vec<u32>> {
-        let listed: Vec<u32> = self
-            .pids
-            .iter()
-            .filter(|p| !p.is_empty())
-            .map(|p| p.parse())
-            .collect::<Result<_, _>>()
-            .context("--pids")?;
-        Ok(procs::collect(&listed, &self.pidfile))
+    /// The pids of `--pids` and `--pidfile`, and of `--gateway-pids`.
+    fn system_pids(&self) -> Result<(Vec<u32>, Vec<u32>)> {
+        let parse = |list: &[String], what: &str| -> Result<Vec<u32>> {
+            list.iter()
+                .filter(|p| !p.is_empty())
+                .map(|p| p.parse())
+                .collect::<Result<_, _>>()
+                .with_context(|| what.to_string())
+        };
+        let gateways = procs::collect(&parse(&self.gateway_pids, "--gateway-pids")?, &[]);
+        let mut all = procs::collect(&parse(&self.pids, "--pids")?, &self.pidfile);
+        all.extend(&gateways);
+        all.sort_unstable();
+        all.dedup();
+        Ok((all, gateways))
     }
 }
 
-/// This process's share of the clients (all of them with one worker).
-async fn run_worker(args: &Args, plan: Plan) -> Report {
+/// This process's share of the clients (all of them with one worker). `hold` is how a
+/// `connections` worker reports and is released.
+async fn run_worker(args: &Args, plan: Plan, hold: Hold) -> Report {
     let plan = Arc::new(plan);
     let end = plan.start_at_us + (args.duration() * 1e6) as u64;
     let mut report = match args.scenario {
-        Scenario::Connections => scenarios::connections(plan, args.clients, end).await,
+        Scenario::Connections => scenarios::connections(plan, args.clients, hold).await,
         Scenario::Churn => scenarios::churn(plan, args.clients, args.rate, end).await,
         _ => engine::run(plan).await,
     };
@@ -225,44 +273,151 @@ async fn run_worker(args: &Args, plan: Plan) -> Report {
     report
 }
 
-/// Where the clients run: in this process, or in child processes that print `REPORT {json}`.
-enum Workers {
-    Inline(tokio::task::JoinHandle<Report>),
-    Children(Vec<std::process::Child>),
+/// A child worker: `CONNECTED n` on stdout once its clients are in (`connections`), and
+/// released when stdin closes; its report as `REPORT {json}`.
+async fn child_worker(args: &Args, worker: u64, start_at: u64, run_id: &str) -> Result<()> {
+    let (tx, release) = watch::channel(false);
+    std::thread::spawn(move || {
+        let _ = std::io::stdin().read_to_end(&mut Vec::new());
+        let _ = tx.send(true);
+    });
+    let hold = Hold {
+        connected: Box::new(|n| {
+            println!("CONNECTED {n}");
+            let _ = std::io::stdout().flush();
+        }),
+        release,
+    };
+    let report = run_worker(args, args.plan(run_id, worker, start_at)?, hold).await;
+    println!("REPORT {}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
+/// Where the clients run: in this process, or in child processes of this program.
+struct Workers {
+    kind: Kind,
+    /// Workers whose clients are all in (`connections`).
+    connected: Arc<AtomicU64>,
+    count: u64,
+}
+
+enum Kind {
+    Inline {
+        task: tokio::task::JoinHandle<Report>,
+        release: watch::Sender<bool>,
+    },
+    Children {
+        children: Vec<Child>,
+        /// Closed to release a `connections` worker.
+        stdins: Vec<ChildStdin>,
+        /// One thread per child reading its stdout: `CONNECTED n`, then `REPORT {json}`.
+        readers: Vec<std::thread::JoinHandle<Option<Report>>>,
+    },
 }
 
 impl Workers {
     fn start(args: &Args, run_id: &str, start_at: u64) -> Result<Workers> {
-        if args.workers <= 1 {
+        let connected = Arc::new(AtomicU64::new(0));
+        let count = args.workers.max(1);
+        if count == 1 {
             let (args2, plan) = (args.clone(), args.plan(run_id, 0, start_at)?);
-            return Ok(Workers::Inline(tokio::spawn(async move {
-                run_worker(&args2, plan).await
-            })));
+            let (release, rx) = watch::channel(false);
+            let told = connected.clone();
+            let hold = Hold {
+                connected: Box::new(move |_| {
+                    told.fetch_add(1, Ordering::AcqRel);
+                }),
+                release: rx,
+            };
+            let task = tokio::spawn(async move { run_worker(&args2, plan, hold).await });
+            return Ok(Workers {
+                kind: Kind::Inline { task, release },
+                connected,
+                count,
+            });
         }
-        let children = (0..args.workers)
-            .map(|w| workers::spawn(w, start_at, run_id, false))
-            .collect::<Result<_>>()?;
-        Ok(Workers::Children(children))
+        let stdin = args.scenario == Scenario::Connections;
+        let (mut children, mut stdins, mut readers) = (Vec::new(), Vec::new(), Vec::new());
+        for w in 0..count {
+            let mut child = workers::spawn(w, start_at, run_id, stdin)?;
+            stdins.extend(child.stdin.take());
+            let out = child.stdout.take().context("a worker's stdout")?;
+            let told = connected.clone();
+            readers.push(std::thread::spawn(move || {
+                let mut report = None;
+                for line in BufReader::new(out).lines().map_while(|l| l.ok()) {
+                    if line.starts_with("CONNECTED ") {
+                        told.fetch_add(1, Ordering::AcqRel);
+                    } else if let Some(json) = line.strip_prefix("REPORT ") {
+                        report = serde_json::from_str(json).ok();
+                    }
+                }
+                report
+            }));
+            children.push(child);
+        }
+        Ok(Workers {
+            kind: Kind::Children {
+                children,
+                stdins,
+                readers,
+            },
+            connected,
+            count,
+        })
+    }
+
+    /// The load generator's processes: this one and the workers.
+    fn pids(&self) -> Vec<u32> {
+        let mut pids = vec![std::process::id()];
+        if let Kind::Children { children, .. } = &self.kind {
+            pids.extend(children.iter().map(Child::id));
+        }
+        pids
+    }
+
+    fn all_connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire) >= self.count
+    }
+
+    fn finished(&self) -> bool {
+        match &self.kind {
+            Kind::Inline { task, .. } => task.is_finished(),
+            Kind::Children { readers, .. } => readers.iter().all(|r| r.is_finished()),
+        }
+    }
+
+    /// Lets `connections` clients go.
+    fn release(&mut self) {
+        match &mut self.kind {
+            Kind::Inline { release, .. } => {
+                let _ = release.send(true);
+            }
+            Kind::Children { stdins, .. } => stdins.clear(),
+        }
     }
 
     /// Every worker's report, merged.
-    async fn report(self) -> Result<Report> {
+    async fn report(mut self) -> Result<Report> {
+        self.release();
         let mut report = Report::default();
-        match self {
-            Workers::Inline(task) => report.merge(&task.await?),
-            Workers::Children(children) => {
-                for child in children {
-                    let mut found = false;
-                    let lines = child.stdout.map(|out| BufReader::new(out).lines());
-                    for line in lines.into_iter().flatten().map_while(|l| l.ok()) {
-                        if let Some(json) = line.strip_prefix("REPORT ") {
-                            report.merge(&serde_json::from_str(json)?);
-                            found = true;
-                        }
+        match self.kind {
+            Kind::Inline { task, .. } => report.merge(&task.await?),
+            Kind::Children {
+                mut children,
+                readers,
+                ..
+            } => {
+                for reader in readers {
+                    let got =
+                        tokio::task::spawn_blocking(move || reader.join().ok().flatten()).await?;
+                    match got {
+                        Some(r) => report.merge(&r),
+                        None => bail!("a worker ended without a report"),
                     }
-                    if !found {
-                        bail!("a worker ended without a report");
-                    }
+                }
+                for child in &mut children {
+                    let _ = child.wait();
                 }
             }
         }
@@ -284,40 +439,53 @@ fn progress_bar(args: &Args, total_secs: f64) -> indicatif::ProgressBar {
     bar
 }
 
-/// Shows progress and samples the system under test every 100 ms until the run is over;
-/// for `connections`, also two samples inside the held part.
-async fn sample_until_done(
-    args: &Args,
-    pids: &[u32],
-    start_at: u64,
-    usage: &mut Usage,
-) -> Option<summary::Held> {
-    let total = args.setup() + args.duration();
-    let hold = args.duration();
-    let margin = 1.0_f64.min(hold / 4.0);
+/// Samples every 100 ms until the run is over (or its workers are done, after an early
+/// stop).
+async fn sample_run(args: &Args, sampler: &mut Sampler, workers: &Workers) {
+    let total = args.setup() + args.duration() + 4.0;
     let bar = progress_bar(args, total);
     let began = Instant::now();
-    let (mut mid_a, mut mid_b): (Option<Sample>, Option<Sample>) = (None, None);
-    while began.elapsed().as_secs_f64() < total {
+    while began.elapsed().as_secs_f64() < total && !workers.finished() {
         tokio::time::sleep(Duration::from_millis(100)).await;
         bar.set_position((began.elapsed().as_secs_f64() * 10.0) as u64);
-        let s = procs::sample(pids);
-        usage.peak_rss_bytes = usage.peak_rss_bytes.max(s.rss_bytes);
-        let into_hold = now_us().saturating_sub(start_at) as f64 / 1e6;
-        if mid_a.is_none() && now_us() > start_at && into_hold > margin {
-            mid_a = Some(s);
-        }
-        if mid_b.is_none() && into_hold > hold - margin {
-            mid_b = Some(s);
-        }
+        sampler.tick();
     }
     bar.finish_and_clear();
-    match (mid_a, mid_b) {
-        (Some(a), Some(b)) if args.scenario == Scenario::Connections => {
-            Some((a, b, (hold - 2.0 * margin).max(1e-3)))
+}
+
+/// `connections`: waits until every worker has its clients in (at most `--setup-secs`), lets
+/// the system settle, then samples the held part: `--secs` between two samples.
+async fn sample_held(args: &Args, sampler: &mut Sampler, workers: &Workers) -> Option<Held> {
+    let bar = progress_bar(args, args.setup() + args.settle_secs + args.secs);
+    let began = Instant::now();
+    let tick = Duration::from_millis(100);
+    while !workers.all_connected() && !workers.finished() {
+        if began.elapsed().as_secs_f64() > args.setup() {
+            eprintln!(
+                "not every client was in after {:.0} s (--setup-secs); measuring anyway",
+                args.setup()
+            );
+            break;
         }
-        _ => None,
+        tokio::time::sleep(tick).await;
+        bar.set_position((began.elapsed().as_secs_f64() * 10.0) as u64);
+        sampler.tick();
     }
+    let settle = Instant::now();
+    while settle.elapsed().as_secs_f64() < args.settle_secs {
+        tokio::time::sleep(tick).await;
+        sampler.tick();
+    }
+    let a = sampler.tick();
+    let hold = Instant::now();
+    while hold.elapsed().as_secs_f64() < args.secs && !workers.finished() {
+        tokio::time::sleep(tick).await;
+        bar.set_position((began.elapsed().as_secs_f64() * 10.0) as u64);
+        sampler.tick();
+    }
+    let b = sampler.tick();
+    bar.finish_and_clear();
+    Some(Held { a, b })
 }
 
 /// `--json` (the summary, the usage samples and the whole report) and `--plot`.
@@ -325,10 +493,16 @@ fn write_outputs(
     args: &Args,
     summary: &summary::Summary,
     usage: &Usage,
+    sampler: &Sampler,
     report: &Report,
 ) -> Result<()> {
     if let Some(path) = &args.json {
-        let doc = serde_json::json!({ "summary": summary, "usage": usage, "report": report });
+        let doc = serde_json::json!({
+            "summary": summary,
+            "usage": usage,
+            "samples": sampler.ticks(),
+            "report": report,
+        });
         let text = serde_json::to_string_pretty(&doc)?;
         if path == "-" {
             println!("{text}");
@@ -350,24 +524,42 @@ fn write_outputs(
 async fn main() -> Result<()> {
     let args = Args::parse();
     if let Some((worker, start_at, run_id)) = args.worker.get() {
-        let report = run_worker(&args, args.plan(run_id, worker, start_at)?).await;
-        println!("REPORT {}", serde_json::to_string(&report)?);
-        return Ok(());
+        return child_worker(&args, worker, start_at, run_id).await;
     }
     let run_id = format!("{:08x}", fastrand::u32(..));
     let start_at = now_us() + (args.setup() * 1e6) as u64;
-    let pids = args.system_pids()?;
-    let mut usage = Usage {
-        pids: pids.clone(),
-        start: procs::sample(&pids),
-        ..Default::default()
+    let (pids, gateways) = args.system_pids()?;
+    let mut sampler = Sampler::new(pids.clone(), gateways);
+    let first = sampler.tick();
+    let mut workers = Workers::start(&args, &run_id, start_at)?;
+    sampler.set_generator(workers.pids());
+    let held = if args.scenario == Scenario::Connections {
+        let held = sample_held(&args, &mut sampler, &workers).await;
+        workers.release();
+        held
+    } else {
+        sample_run(&args, &mut sampler, &workers).await;
+        None
     };
-    usage.peak_rss_bytes = usage.start.rss_bytes;
-    let workers = Workers::start(&args, &run_id, start_at)?;
-    let held = sample_until_done(&args, &pids, start_at, &mut usage).await;
     let report = workers.report().await?;
-    usage.end = procs::sample(&pids);
-    let summary = summary::summarize(&args, &report, (!pids.is_empty()).then_some(&usage), held);
+    let last = sampler.tick();
+    let usage = Usage {
+        pids: pids.clone(),
+        start: first.sut,
+        end: last.sut,
+        peak_rss_bytes: sampler.peak_rss(),
+    };
+    let started = match report.started_at_us {
+        0 => start_at,
+        t => t,
+    };
+    let summary = summary::summarize(
+        &args,
+        &report,
+        (!pids.is_empty()).then_some(&sampler),
+        started,
+        held,
+    );
     summary::print(&summary);
-    write_outputs(&args, &summary, &usage, &report)
+    write_outputs(&args, &summary, &usage, &sampler, &report)
 }

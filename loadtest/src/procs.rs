@@ -1,4 +1,5 @@
-//! Sampling the system under test from /proc: CPU seconds and resident memory of given pids.
+//! Sampling the system under test from /proc: CPU seconds and resident memory of given pids,
+//! their threads and the CPUs they may run on.
 
 use serde::{Deserialize, Serialize};
 
@@ -60,4 +61,18 @@ pub struct Usage {
     pub start: Sample,
     pub end: Sample,
     pub peak_rss_bytes: u64,
+}
+
+/// Threads of `pid` (entries of /proc/<pid>/task).
+pub fn threads(pid: u32) -> Option<u64> {
+    Some(std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.count() as u64)
+}
+
+/// The CPUs `pid` may run on, as /proc shows them (`0`, `0-1`…).
+pub fn affinity(pid: u32) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .map(|v| v.trim().to_string())
 }

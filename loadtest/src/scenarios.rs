@@ -1,5 +1,6 @@
-//! The scenarios that are not publishing runs: `connections` (idle clients held open) and
-//! `churn` (create, join, publish, leave, reconnect at a rate).
+//! The scenarios that are not publishing runs: `connections` (idle clients held open until
+//! the parent has measured them) and `churn` (create, join, publish, leave, reconnect at a
+//! rate).
 
 use crate::engine::{join_room, Plan};
 use crate::stats::Report;
@@ -9,12 +10,25 @@ use roomcast_loadtest::now_us;
 use roomcast_loadtest::proto::Incoming;
 use roomcast_loadtest::ws::Conn;
 use serde_json::json;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::{watch, Notify};
 
-/// Opens this worker's share of `clients`, each in room `g % rooms`, and holds them until
-/// `hold_until_us`, answering pings.
-pub async fn connections(plan: Arc<Plan>, clients: u64, hold_until_us: u64) -> Report {
+/// Attempts per `connections` client.
+const CONNECT_TRIES: usize = 3;
+
+/// How a `connections` worker tells that its clients are in, and learns when to let go.
+pub struct Hold {
+    /// Called once every client of this worker has connected or failed, with how many are in.
+    pub connected: Box<dyn FnOnce(u64) + Send>,
+    /// Turns true (or its sender goes) when the clients may close.
+    pub release: watch::Receiver<bool>,
+}
+
+/// Opens this worker's share of `clients`, each in room `g % rooms`, tells `hold.connected`,
+/// and holds them (reading everything, answering pings) until `hold.release`.
+pub async fn connections(plan: Arc<Plan>, clients: u64, hold: Hold) -> Report {
     let mut report = Report {
         scenario: "connections".into(),
         protocol: format!("{:?}", plan.protocol).to_lowercase(),
@@ -22,30 +36,57 @@ pub async fn connections(plan: Arc<Plan>, clients: u64, hold_until_us: u64) -> R
     };
     let started = Instant::now();
     let sem = Arc::new(tokio::sync::Semaphore::new(256));
+    let mine: Vec<u64> = (0..clients)
+        .filter(|g| g % plan.workers == plan.worker)
+        .collect();
+    let total = mine.len() as u64;
+    let (done, ok) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let all_done = Arc::new(Notify::new());
     let mut tasks = Vec::new();
-    for g in (0..clients).filter(|g| g % plan.workers == plan.worker) {
+    for g in mine {
         let plan = plan.clone();
         let sem = sem.clone();
+        let (done, ok, all_done) = (done.clone(), ok.clone(), all_done.clone());
+        let release = hold.release.clone();
         tasks.push(tokio::spawn(async move {
-            let conn = {
-                let _permit = sem.acquire().await.ok()?;
-                let mut conn = plan.connect(g).await.ok()?;
-                // The first `rooms` clients create the rooms that the others join.
-                join_room(&mut conn, &plan.room(g % plan.rooms), g < plan.rooms)
-                    .await
-                    .ok()?;
-                conn
-            };
+            let mut conn = None;
+            // A server slow to accept (thousands of handshakes at once) gets two more tries.
+            for _ in 0..CONNECT_TRIES {
+                conn = async {
+                    let _permit = sem.acquire().await.ok()?;
+                    let mut conn = plan.connect(g).await.ok()?;
+                    // The first `rooms` clients create the rooms that the others join.
+                    join_room(&mut conn, &plan.room(g % plan.rooms), g < plan.rooms)
+                        .await
+                        .ok()?;
+                    Some(conn)
+                }
+                .await;
+                if conn.is_some() {
+                    break;
+                }
+            }
             let connected = Instant::now();
-            hold(conn, hold_until_us).await;
-            Some(connected)
+            if conn.is_some() {
+                ok.fetch_add(1, Ordering::Relaxed);
+            }
+            if done.fetch_add(1, Ordering::AcqRel) + 1 == total {
+                all_done.notify_one();
+            }
+            let released = hold_open(conn?, release).await;
+            Some((connected, released))
         }));
     }
+    if total > 0 {
+        all_done.notified().await;
+    }
+    (hold.connected)(ok.load(Ordering::Relaxed));
     let mut last_connect = started;
     for t in tasks {
         match t.await {
-            Ok(Some(at)) => {
+            Ok(Some((at, released))) => {
                 report.clients += 1;
+                report.dropped_while_held += u64::from(!released);
                 last_connect = last_connect.max(at);
             }
             _ => report.connect_failures += 1,
@@ -55,18 +96,30 @@ pub async fn connections(plan: Arc<Plan>, clients: u64, hold_until_us: u64) -> R
     report
 }
 
-/// Keeps `conn` open until `until_us`, reading everything and answering pings; then closes it.
-async fn hold(mut conn: Conn, until_us: u64) {
-    let stop =
-        tokio::time::Instant::now() + Duration::from_micros(until_us.saturating_sub(now_us()));
-    while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(stop, conn.stream.next()).await {
-        if let Incoming::Ping = conn.protocol.decode(&msg) {
-            if let Some(pong) = conn.protocol.pong() {
-                let _ = conn.sink.send(pong).await;
+/// Keeps `conn` open until `release`, reading everything and answering pings; then closes
+/// it. False if the server closed it first.
+async fn hold_open(mut conn: Conn, mut release: watch::Receiver<bool>) -> bool {
+    let released = loop {
+        tokio::select! {
+            msg = conn.stream.next() => match msg {
+                Some(Ok(msg)) => {
+                    if let Incoming::Ping = conn.protocol.decode(&msg) {
+                        if let Some(pong) = conn.protocol.pong() {
+                            let _ = conn.sink.send(pong).await;
+                        }
+                    }
+                }
+                _ => break false,
+            },
+            changed = release.changed() => {
+                if changed.is_err() || *release.borrow() {
+                    break true;
+                }
             }
         }
-    }
+    };
     let _ = conn.sink.close().await;
+    released
 }
 
 /// Clients that keep creating, joining, publishing, leaving and reconnecting, at `rate` ops

@@ -55,6 +55,9 @@ pub struct Phase {
     pub latency: Hist,
     /// Per message (publisher, seq): the latency to its last receiver, in µs (broadcast).
     pub last_member: Vec<(u64, u64)>,
+    /// Not run in full: `max` stopped early, before or during this step.
+    #[serde(default)]
+    pub cut: bool,
 }
 
 impl Phase {
@@ -68,6 +71,7 @@ impl Phase {
         self.out_of_order += o.out_of_order;
         self.publish_errors += o.publish_errors;
         self.duplicate_acks += o.duplicate_acks;
+        self.cut |= o.cut;
         self.latency.merge(&o.latency);
         if !o.last_member.is_empty() {
             self.merge_last_member(o.last_member.iter().copied());
@@ -93,6 +97,9 @@ pub struct Report {
     pub clients: u64,
     pub connect_failures: u64,
     pub connect_seconds: f64,
+    /// `connections`: clients the server closed before they were released.
+    #[serde(default)]
+    pub dropped_while_held: u64,
     pub phases: Vec<Phase>,
     /// Deliveries per second of the run (index = second since start).
     pub timeline_delivered: Vec<u64>,
@@ -103,6 +110,9 @@ pub struct Report {
     pub errors: BTreeMap<String, u64>,
     pub levels_seen: Vec<String>,
     pub elapsed_seconds: f64,
+    /// When publishing started (Unix µs; 0: not a publishing run).
+    #[serde(default)]
+    pub started_at_us: u64,
 }
 
 impl Report {
@@ -113,8 +123,10 @@ impl Report {
         }
         self.clients += o.clients;
         self.connect_failures += o.connect_failures;
+        self.dropped_while_held += o.dropped_while_held;
         self.connect_seconds = self.connect_seconds.max(o.connect_seconds);
         self.elapsed_seconds = self.elapsed_seconds.max(o.elapsed_seconds);
+        self.started_at_us = self.started_at_us.max(o.started_at_us);
         if self.phases.len() < o.phases.len() {
             self.phases.resize(o.phases.len(), Phase::default());
         }
