@@ -565,7 +565,14 @@ def main():
         rate, note = common_rate(raw, records(raw), shape)
         print(f"{rate:g} {note}")
     elif cmd == "page":
-        print(main_page(sys.argv[2], sys.argv[3]))
+        page = main_page(sys.argv[2], sys.argv[3])
+        # The profile findings are kept by hand (what the numbers meant, what was done about
+        # them) and carried into every generated page as they are.
+        findings = os.path.join(sys.argv[3], "findings.md")
+        if os.path.exists(findings):
+            with open(findings) as f:
+                page = page.rstrip("\n") + "\n\n" + f.read()
+        print(page)
     else:
         sys.exit(__doc__)
 
