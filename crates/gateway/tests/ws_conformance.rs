@@ -87,27 +87,45 @@ fn bytes_of(frames: &[Frame]) -> Vec<u8> {
 async fn run_case(addr: SocketAddr, case: &Case) -> Result<(), String> {
     let mut ws = echo(addr).await?;
     for (i, step) in case.steps.iter().enumerate() {
-        let want = match step {
-            Step::Send(frames) => {
-                ws.write(&bytes_of(frames)).await?;
-                continue;
-            }
+        let sent = match step {
+            Step::Send(frames) => ws.write(&bytes_of(frames)).await,
             Step::Each(frames) => {
+                let mut sent = Ok(());
                 for f in frames {
-                    ws.write(&f.encode()).await?;
+                    sent = ws.write(&f.encode()).await;
+                    if sent.is_err() {
+                        break;
+                    }
                 }
-                continue;
+                sent
             }
             Step::Chop(frames, n) => {
+                let mut sent = Ok(());
                 for chunk in bytes_of(frames).chunks(*n) {
-                    ws.write(chunk).await?;
+                    sent = ws.write(chunk).await;
+                    if sent.is_err() {
+                        break;
+                    }
                 }
-                continue;
+                sent
             }
-            Step::Raw(bytes) => {
-                ws.write(bytes).await?;
-                continue;
+            Step::Raw(bytes) => ws.write(bytes).await,
+            _ => Ok(()),
+        };
+        match (sent, &case.end) {
+            (Ok(()), _) => {}
+            // A case that must fail the connection: the server may fail it (send its Close and
+            // drop the TCP connection) while the client is still sending the rest of the
+            // case, byte by byte on a loaded machine. A write that then fails is the server
+            // having failed the connection; its Close may already be lost to the reset.
+            (Err(_), End::Fail(code)) => {
+                let _ = ws.expect_close(&[*code]).await;
+                return Ok(());
             }
+            (Err(e), _) => return Err(e),
+        }
+        let want = match step {
+            Step::Send(_) | Step::Each(_) | Step::Chop(..) | Step::Raw(_) => continue,
             Step::Sleep(ms) => {
                 tokio::time::sleep(Duration::from_millis(*ms)).await;
                 continue;
