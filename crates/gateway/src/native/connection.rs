@@ -1,12 +1,11 @@
 //! One native-protocol connection: the welcome, then requests decoded and run, each answered
 //! on the outbound queue.
 //!
-//! Publishes are pipelined: up to [`session::MAX_PUBLISHES_IN_FLIGHT`] of a connection's publishes wait for the
-//! store at once, so an open-loop publisher does not queue behind Redis's round trip. Their
-//! order holds: each publish's checks (and its budget) run in request order in this loop, and
-//! its store command is sent on the first poll, here, before the next request is read. Any
-//! other op is a barrier: the publishes before it are answered first, and it runs alone, as
-//! before, so a `join` or `leave` never races the connection's own publishes.
+//! Publishes can be pipelined: up to [`session::MAX_PUBLISHES_IN_FLIGHT`] of a connection's
+//! publishes wait for the store at once (one for now: see there why). Each publish's checks
+//! (and its budget) run in request order in this loop, and its store command is sent on the
+//! first poll, here, before the next request is read. Any other op is a barrier: the
+//! publishes before it are answered first, and it runs alone.
 
 use crate::admission::{self, gate::UserSlot, Refusal};
 use crate::auth::{AuthError, Identity};

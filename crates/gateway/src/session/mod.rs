@@ -23,9 +23,16 @@ use protocol::ErrorCode;
 use room_state::StateError;
 use std::sync::Arc;
 
-/// The most publishes of one connection waiting for the store at once (native and Socket.IO
-/// connections pipeline them; reading stops while this many are out).
-pub const MAX_PUBLISHES_IN_FLIGHT: usize = 32;
+/// The most publishes of one connection waiting for the store at once (reading stops while
+/// this many are out).
+///
+/// One, for now: with more, a connection's publishes lost their order across a primary's
+/// failure (the short chaos run saw 72 out-of-order deliveries at a primary kill and pause). A
+/// publish sent to the failing primary was re-sent by the client library to the new owner
+/// after the next one had been sent there directly. Pipelining needs the store to keep a
+/// connection's order itself (a per-connection sequence checked by the publish script) before
+/// this goes up again.
+pub const MAX_PUBLISHES_IN_FLIGHT: usize = 1;
 
 /// One client connection as the ops see it.
 #[derive(Debug)]
