@@ -38,13 +38,41 @@ pub fn seed_hosts(urls: &[String]) -> Result<Vec<(String, u16)>, String> {
     Ok(hosts)
 }
 
+/// How many events (pub/sub messages, reconnects, topology changes) a client's broadcast
+/// channels hold before a slow reader misses some (`Lagged`).
+///
+/// Tokio's broadcast channel allocates every slot up front, and a fred client has eight of
+/// them: at 16k slots that is about 20 MB per client, whether or not anything listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Events {
+    /// A subscriber: pub/sub messages arrive in bursts and must not be dropped (16k).
+    Messages,
+    /// A command client: only topology changes and reconnects are read, if anything (fred's
+    /// default of 32).
+    Few,
+}
+
+impl Events {
+    fn capacity(self) -> usize {
+        match self {
+            Events::Messages => 16 * 1024,
+            Events::Few => 32,
+        }
+    }
+}
+
 /// A fred builder for a clustered client on `urls`, with every setting that matters made
 /// explicit (see [`configure`]).
-pub fn builder(urls: &[String], command_timeout: Duration) -> Result<Builder, String> {
+pub fn builder(
+    urls: &[String],
+    command_timeout: Duration,
+    events: Events,
+) -> Result<Builder, String> {
     let hosts = seed_hosts(urls)?;
     Ok(configure(
         ServerConfig::new_clustered(hosts),
         command_timeout,
+        events,
     ))
 }
 
@@ -52,8 +80,9 @@ pub fn builder(urls: &[String], command_timeout: Duration) -> Result<Builder, St
 ///
 /// fred's defaults do not suit a server (see `docs/architecture.md`, "fred"): no reconnect
 /// policy, no command timeout, no unresponsive-socket detection, and event channels of 32,
-/// which drop pub/sub messages (`Lagged`) under any burst. Every one is set here.
-pub fn configure(server: ServerConfig, command_timeout: Duration) -> Builder {
+/// which drop pub/sub messages (`Lagged`) under any burst. Every one is set here; the event
+/// channels only as large as the client needs ([`Events`]).
+pub fn configure(server: ServerConfig, command_timeout: Duration, events: Events) -> Builder {
     let config = Config {
         server,
         // A node may start before Redis; it reports unready until the cluster answers.
@@ -64,8 +93,8 @@ pub fn configure(server: ServerConfig, command_timeout: Duration) -> Builder {
     builder
         .with_performance_config(|p| {
             p.default_command_timeout = command_timeout;
-            // fred's event channels drop messages past this (Lagged); the default is 32.
-            p.broadcast_channel_capacity = 16 * 1024;
+            // fred's event channels drop messages past this (Lagged).
+            p.broadcast_channel_capacity = events.capacity();
         })
         .with_connection_config(|c| {
             c.connection_timeout = Duration::from_secs(2);

@@ -9,13 +9,17 @@ use parking_lot::RwLock;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 const SLOTS: usize = 16384;
 
 /// How often the slot map is read again when nothing asked for it sooner.
 const REFRESH_EVERY: Duration = Duration::from_secs(2);
+
+/// How long the client of a node that is no longer a primary is kept: long enough for the
+/// commands routed to it before the failover to finish or be redirected.
+const RETIRE_AFTER: Duration = Duration::from_secs(60);
 
 /// The shortest pause between two refreshes asked for by errors.
 const REFRESH_GAP: Duration = Duration::from_millis(100);
@@ -40,9 +44,14 @@ struct Inner {
 
 #[derive(Default)]
 struct State {
-    /// Every client made so far, by `host:port` (seeds, primaries, past primaries). A client
-    /// whose node is gone keeps reconnecting on its own, with nothing waiting on it.
+    /// The clients of the seeds, the primaries, and past primaries for [`RETIRE_AFTER`], by
+    /// `host:port`. A client whose node is down keeps reconnecting on its own, with nothing
+    /// waiting on it.
     clients: HashMap<String, Client>,
+    /// Clients of nodes that are neither seeds nor primaries now, and since when: a demoted
+    /// or removed node's client is closed after [`RETIRE_AFTER`] (a node that comes back
+    /// as a primary gets a new one).
+    retiring: HashMap<String, Instant>,
     /// The primaries, as last read from `CLUSTER SLOTS`, in the order they were listed.
     primaries: Vec<Arc<str>>,
     /// Slot → index into `primaries` (`u16::MAX` while unknown).
@@ -143,6 +152,7 @@ impl Router {
                 crate::configure(
                     ServerConfig::new_centralized(host.clone(), *port),
                     self.inner.command_timeout,
+                    crate::Events::Few,
                 )
                 .build()
                 .unwrap_or_default()
@@ -306,10 +316,52 @@ impl Router {
             }
             state.primaries = primaries;
             state.owner = owner;
+            self.retire_unused(&mut state);
             changed
         };
         if changed {
             self.inner.changed.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// Closes the clients of nodes that have been neither a seed nor a primary for
+    /// [`RETIRE_AFTER`]. Without this a long-lived gateway keeps a client (and its
+    /// reconnect loop) for every node that ever was a primary.
+    fn retire_unused(&self, state: &mut State) {
+        let now = Instant::now();
+        let State {
+            clients,
+            retiring,
+            primaries,
+            ..
+        } = state;
+        let in_use = |addr: &str| {
+            primaries.iter().any(|p| **p == *addr)
+                || self
+                    .inner
+                    .seeds
+                    .iter()
+                    .any(|(h, p)| format!("{h}:{p}") == addr)
+        };
+        retiring.retain(|addr, _| clients.contains_key(addr) && !in_use(addr));
+        for addr in clients.keys() {
+            if !in_use(addr) {
+                retiring.entry(addr.clone()).or_insert(now);
+            }
+        }
+        let due: Vec<String> = retiring
+            .iter()
+            .filter(|(_, since)| now.duration_since(**since) >= RETIRE_AFTER)
+            .map(|(addr, _)| addr.clone())
+            .collect();
+        for addr in due {
+            retiring.remove(&addr);
+            if let Some(client) = clients.remove(&addr) {
+                tracing::info!(node = %addr, "closing the client of a node that is no longer a primary");
+                tokio::spawn(async move {
+                    let _ = client.quit().await;
+                });
+            }
         }
     }
 
@@ -349,6 +401,7 @@ impl Router {
         let client = crate::configure(
             ServerConfig::new_centralized(host.to_string(), port),
             self.inner.command_timeout,
+            crate::Events::Few,
         )
         .build()?;
         let mut state = self.inner.state.write();

@@ -5,7 +5,8 @@
 //!
 //! Every client takes its fred settings from `redis_cluster::configure`, shared with the room
 //! store's (room-state): reconnect policy, timeouts, unresponsive-socket detection, and event
-//! channels of 16k instead of 32.
+//! channels sized to what each client
+//! reads (`redis_cluster::Events`).
 
 use super::RedisFanOutConfig;
 use crate::adapter::FanOutError;
@@ -19,10 +20,11 @@ pub(super) async fn connect(
     config: &RedisFanOutConfig,
 ) -> Result<(SubscriberClient, Pool, Router), FanOutError> {
     let unavailable = |e: fred::error::Error| FanOutError::Unavailable(e.to_string());
-    let subscriber = builder(config)?
+    let subscriber = builder(config, redis_cluster::Events::Messages)?
         .build_subscriber_client()
         .map_err(unavailable)?;
-    let publisher = builder(config)?
+    // The pool only watches the topology: few events.
+    let publisher = builder(config, redis_cluster::Events::Few)?
         .build_pool(config.pool_size.max(1))
         .map_err(unavailable)?;
     subscriber.init().await.map_err(unavailable)?;
@@ -35,8 +37,12 @@ pub(super) async fn connect(
 
 /// A clustered fred builder with the settings every roomcast client uses
 /// (`redis_cluster::configure`).
-fn builder(config: &RedisFanOutConfig) -> Result<Builder, FanOutError> {
-    redis_cluster::builder(&config.urls, config.command_timeout).map_err(FanOutError::Config)
+fn builder(
+    config: &RedisFanOutConfig,
+    events: redis_cluster::Events,
+) -> Result<Builder, FanOutError> {
+    redis_cluster::builder(&config.urls, config.command_timeout, events)
+        .map_err(FanOutError::Config)
 }
 
 #[cfg(test)]
@@ -46,15 +52,21 @@ mod tests {
     #[test]
     fn seed_urls_must_be_redis_urls_with_ports() {
         let mut config = RedisFanOutConfig::new("n", vec!["redis://127.0.0.1:7000/".into()]);
-        assert!(builder(&config).is_ok());
+        assert!(builder(&config, redis_cluster::Events::Few).is_ok());
         for bad in ["127.0.0.1:7000", "redis://127.0.0.1", "redis://h:port"] {
             config.urls = vec![bad.into()];
             assert!(
-                matches!(builder(&config), Err(FanOutError::Config(_))),
+                matches!(
+                    builder(&config, redis_cluster::Events::Few),
+                    Err(FanOutError::Config(_))
+                ),
                 "{bad}"
             );
         }
         config.urls.clear();
-        assert!(matches!(builder(&config), Err(FanOutError::Config(_))));
+        assert!(matches!(
+            builder(&config, redis_cluster::Events::Few),
+            Err(FanOutError::Config(_))
+        ));
     }
 }

@@ -8,10 +8,11 @@
 //!   workers, picked by room, which keeps per-room order. A full queue drops and counts.
 //! - Workers check offset continuity per room ([`crate::sequencer::Sequencer`]): duplicates
 //!   are dropped and a gap is repaired from the room's history before the next message goes out.
-//! - Liveness: every `reconcile_every` the node re-SSUBSCRIBEs every channel it wants, which
-//!   recovers from the silent loss fred 10.1 suffers after a failover (Redis pushes an
-//!   unrequested `sunsubscribe` that fred drops). A self-probe per shard detects a
-//!   subscription that went silent anyway and feeds readiness.
+//! - Liveness: the node re-SSUBSCRIBEs every channel it wants whenever a subscription may have
+//!   been lost: the subscriber reconnected, a slot changed owner (fred 10.1 drops the
+//!   unrequested `sunsubscribe` Redis pushes after a failover), or a shard's self-probe is
+//!   overdue; and every `resubscribe_every` as a backstop. The self-probe per shard also
+//!   feeds readiness.
 //! - After a change of a shard's owner, the tail of every local room on that shard is
 //!   compared with the new owner's history: missed offsets are delivered, a divergence
 //!   retires the epoch (`reconcile`).
@@ -60,7 +61,8 @@ pub struct RedisFanOutConfig {
     /// Messages each worker may have waiting before new ones are dropped (and counted).
     pub queue: usize,
     pub unsubscribe_delay: Duration,
-    pub reconcile_every: Duration,
+    /// The backstop resubscribe of every channel; the real triggers are events (see above).
+    pub resubscribe_every: Duration,
     pub probe_every: Duration,
     pub probe_timeout: Duration,
 }
@@ -75,7 +77,7 @@ impl RedisFanOutConfig {
             workers: 4,
             queue: 4096,
             unsubscribe_delay: Duration::from_secs(1),
-            reconcile_every: Duration::from_secs(2),
+            resubscribe_every: Duration::from_secs(30),
             probe_every: Duration::from_secs(1),
             probe_timeout: Duration::from_secs(3),
         }
@@ -97,6 +99,8 @@ struct Inner {
     /// Rooms this node follows → when to unsubscribe (`None` while it has members).
     wanted: Mutex<HashMap<String, Option<Instant>>>,
     new_subs: mpsc::UnboundedSender<String>,
+    /// Channels whose SSUBSCRIBE failed: the manager retries them on its next tick.
+    failed_subs: Mutex<Vec<String>>,
     workers: Vec<mpsc::Sender<Job>>,
     /// Probe channel → when a probe last came back.
     probes: Mutex<HashMap<String, Instant>>,
@@ -147,6 +151,7 @@ impl RedisFanOut {
             config,
             wanted: Mutex::new(HashMap::new()),
             new_subs,
+            failed_subs: Mutex::new(Vec::new()),
             workers,
             probes: Mutex::new(HashMap::new()),
             healthy: AtomicBool::new(false),

@@ -38,6 +38,9 @@ const RETRY_EVERY: Duration = Duration::from_secs(1);
 const ATTEMPTS: u32 = 10;
 /// Triggers within this window make one pass (a failover raises several events).
 const SETTLE: Duration = Duration::from_millis(200);
+/// When the second reconcile pass after an owner change runs (plus the probe timeout): by
+/// then a failover has settled and what was published during the move is in the history.
+const SECOND_PASS_AFTER: Duration = Duration::from_secs(2);
 
 /// Slots to reconcile: inclusive ranges.
 pub(super) type Slots = Vec<(u16, u16)>;
@@ -101,11 +104,11 @@ impl Inner {
         if !changed.is_empty() {
             tracing::info!(?changed, "shard owners changed; reconciling local rooms");
             self.reconcile(changed.clone());
-            // Once more after the periodic resubscribe has certainly run: a message published
+            // Once more, later (the pass resubscribes first, then reads): a message published
             // while the subscription was moving to the new owner, and not followed by another
             // (nothing reveals that gap), is in the owner's history by then.
             let tx = self.reconcile_tx.clone();
-            let later = self.config.reconcile_every + self.config.probe_timeout;
+            let later = SECOND_PASS_AFTER + self.config.probe_timeout;
             tokio::spawn(async move {
                 tokio::time::sleep(later).await;
                 let _ = tx.send(Request {

@@ -1,6 +1,6 @@
 //! Receiving: the read loop that hands each message to its room's worker, and the manager that
-//! keeps the subscriptions (new ones batched by slot, lazy unsubscribes, the periodic
-//! reconcile).
+//! keeps the subscriptions (new ones batched by slot, retries, lazy unsubscribes, the
+//! backstop resubscribe).
 
 use super::worker::Job;
 use super::Inner;
@@ -28,26 +28,59 @@ pub(super) fn by_slot(channels: impl IntoIterator<Item = String>) -> BTreeMap<u1
     groups
 }
 
+/// Slot groups subscribed at once. fred pipelines concurrent commands on the connection, so a
+/// resubscribe of thousands of rooms costs a few round trips rather than one per group.
+const GROUPS_IN_FLIGHT: usize = 64;
+
 impl Inner {
-    /// SSUBSCRIBEs `channels`, one slot group at a time. Returns how many were subscribed.
+    /// SSUBSCRIBEs `channels`, by slot group, `GROUPS_IN_FLIGHT` groups at a time. A group
+    /// that fails is kept for the manager's next tick (not the next backstop resubscribe,
+    /// which is far away). Returns how many channels were subscribed.
     pub(super) async fn ssubscribe_grouped(&self, channels: Vec<String>) -> usize {
         let mut done = 0;
-        for (_, group) in by_slot(channels) {
-            let n = group.len();
-            match self.subscriber.ssubscribe(group).await {
-                Ok(()) => done += n,
-                Err(e) => {
-                    tracing::debug!(error = %e, "ssubscribe failed; retrying at the next reconcile")
+        let mut groups = by_slot(channels).into_values();
+        loop {
+            let mut set = tokio::task::JoinSet::new();
+            for group in groups.by_ref().take(GROUPS_IN_FLIGHT) {
+                let subscriber = self.subscriber.clone();
+                set.spawn(async move {
+                    let r = subscriber.ssubscribe(group.clone()).await;
+                    (group, r)
+                });
+            }
+            if set.is_empty() {
+                return done;
+            }
+            while let Some(joined) = set.join_next().await {
+                let Ok((group, r)) = joined else { continue };
+                match r {
+                    Ok(()) => done += group.len(),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "ssubscribe failed; retrying shortly");
+                        self.failed_subs.lock().extend(group);
+                    }
                 }
             }
         }
-        done
     }
 
     /// Subscribes again to everything this node wants, and counts it.
     pub(super) async fn resubscribe_all(&self) {
         let n = self.ssubscribe_grouped(self.all_channels()).await;
         self.pubsub.resubscribed(n as u64);
+    }
+
+    /// Subscribes again to the channels whose SSUBSCRIBE failed, if still wanted.
+    async fn retry_failed(&self) {
+        let failed: Vec<String> = std::mem::take(&mut *self.failed_subs.lock());
+        if failed.is_empty() {
+            return;
+        }
+        let wanted: std::collections::HashSet<String> = self.all_channels().into_iter().collect();
+        let mut retry: Vec<String> = failed.into_iter().filter(|c| wanted.contains(c)).collect();
+        retry.sort();
+        retry.dedup();
+        self.ssubscribe_grouped(retry).await;
     }
 }
 
@@ -116,8 +149,7 @@ pub(super) async fn read_loop(inner: Arc<Inner>) {
     }
 }
 
-/// After the subscriber reconnected to a node: subscribe again at once (the periodic
-/// reconcile would within `reconcile_every`), and reconcile the rooms of the node's shard,
+/// After the subscriber reconnected to a node: subscribe again at once, and reconcile the rooms of the node's shard,
 /// whose messages during the outage were lost on the way.
 pub(super) async fn on_reconnect(inner: Arc<Inner>, mut rx: broadcast::Receiver<Server>) {
     loop {
@@ -136,11 +168,18 @@ pub(super) async fn on_reconnect(inner: Arc<Inner>, mut rx: broadcast::Receiver<
     }
 }
 
-/// New subscriptions (batched by slot), lazy unsubscribes, and the periodic reconcile.
+/// New subscriptions (batched by slot), retries of failed ones, lazy unsubscribes, and the
+/// backstop resubscribe.
+///
+/// Resubscribing is driven by what can lose a subscription: a reconnect
+/// ([`on_reconnect`]), a change of slot owners (`liveness::watch_router`,
+/// `reconcile::watch_owners`) and an overdue self-probe (`liveness::probe_loop`). The
+/// periodic pass here is only a backstop: re-sending every channel every 2 s was about 75 % of
+/// an idle gateway's CPU with 3,000 rooms (docs/bench/findings.md).
 pub(super) async fn manager(inner: Arc<Inner>, mut new_subs: mpsc::UnboundedReceiver<String>) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
-    let mut reconcile = tokio::time::interval(inner.config.reconcile_every);
-    reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut backstop = tokio::time::interval(inner.config.resubscribe_every);
+    backstop.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             Some(first) = new_subs.recv() => {
@@ -150,8 +189,11 @@ pub(super) async fn manager(inner: Arc<Inner>, mut new_subs: mpsc::UnboundedRece
                 }
                 inner.ssubscribe_grouped(batch).await;
             }
-            _ = tick.tick() => unsubscribe_due(&inner).await,
-            _ = reconcile.tick() => inner.resubscribe_all().await,
+            _ = tick.tick() => {
+                inner.retry_failed().await;
+                unsubscribe_due(&inner).await;
+            }
+            _ = backstop.tick() => inner.resubscribe_all().await,
         }
     }
 }
