@@ -142,7 +142,8 @@ if ARGV[12] ~= '' then
 end
 if not ensure_meta(ARGV[1], ARGV[2], ARGV[3], ARGV[4]) then return {0} end
 if ARGV[5] ~= '' and redis.call('ZSCORE', KEYS[2], ARGV[5]) == false then return {-2} end
-local hist = tonumber(redis.call('HGET', KEYS[1], 'hist') or '0')
+local meta = redis.call('HMGET', KEYS[1], 'hist', 'epoch')
+local hist = tonumber(meta[1] or '0')
 if hist == 0 then
   redis.call('SPUBLISH', ARGV[8], "#,
         message_envelope("0", "''"),
@@ -155,14 +156,16 @@ if ARGV[11] ~= '' then
   end
 end
 local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
+local epoch = meta[2]
 if ARGV[11] ~= '' then
   redis.call('SET', KEYS[5], epoch .. '\t' .. offset, 'PX', tonumber(ARGV[11]))
 end
 if hist > 0 then
   redis.call('XADD', KEYS[4], 'MAXLEN', hist, offset .. '-0', 'f', ARGV[6], 'd', ARGV[7], 't', ARGV[4])
 end
-if redis.call('ZCARD', KEYS[2]) == 0 then
+-- A member's publish (checked above) leaves the room occupied: only a server publish can
+-- land in an empty room, whose keys must keep expiring.
+if ARGV[5] == '' and redis.call('ZCARD', KEYS[2]) == 0 then
   local ttl = tonumber(redis.call('HGET', KEYS[1], 'ttl') or '0')
   if ttl > 0 then
     redis.call('PEXPIRE', KEYS[1], ttl)
