@@ -182,7 +182,7 @@ impl RoomStore for Faulty {
     async fn publish(
         &self,
         room: &str,
-        conn_id: Option<&str>,
+        conn_id: Option<room_state::Publisher<'_>>,
         from: &str,
         data: Data,
         idempotency: Option<Idempotency<'_>>,

@@ -45,8 +45,8 @@ pub use lease::LeasedBuckets;
 pub use limits::RateLimits;
 pub use memory::MemoryState;
 pub use model::{
-    Decision, Grant, Idempotency, JoinOutcome, MemberRecord, NodeInfo, Published, RoomConfig,
-    RoomInfo,
+    Decision, Grant, Idempotency, JoinOutcome, MemberRecord, NodeInfo, Published, Publisher,
+    RoomConfig, RoomInfo,
 };
 pub use observer::{Command, CommandObserver};
 pub use redis::{RedisSettings, RedisState};

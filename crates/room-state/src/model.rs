@@ -42,6 +42,28 @@ impl MemberRecord {
     }
 }
 
+/// Who publishes: a member connection, and the publish's place in that connection's order.
+///
+/// A connection may have several publishes in flight (pipelined). A retry inside the client
+/// library (a command re-sent after a reconnect, or to a new owner after a failover) can then
+/// reach Redis after a later publish of the same connection went straight there. The store
+/// refuses a publish whose `seq` is not above the last one it sequenced for the connection in
+/// that room (`Unavailable`: not applied, safe to retry), so what it acknowledges keeps the
+/// connection's order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Publisher<'a> {
+    pub conn_id: &'a str,
+    /// 1, 2, 3… in the order the connection sent its publishes; 0: no order to keep.
+    pub seq: u64,
+}
+
+impl<'a> Publisher<'a> {
+    /// A member whose publishes are not pipelined: no order check.
+    pub fn member(conn_id: &'a str) -> Publisher<'a> {
+        Publisher { conn_id, seq: 0 }
+    }
+}
+
 /// A publish's idempotency key, scoped by the caller (the gateway prefixes the user), and
 /// how long a repeat of it is recognised.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

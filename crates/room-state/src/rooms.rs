@@ -1,7 +1,9 @@
 //! The room store: rooms, members, offsets and history.
 
 use crate::error::StateError;
-use crate::model::{Idempotency, JoinOutcome, MemberRecord, Published, RoomConfig, RoomInfo};
+use crate::model::{
+    Idempotency, JoinOutcome, MemberRecord, Published, Publisher, RoomConfig, RoomInfo,
+};
 use async_trait::async_trait;
 use protocol::frame::{Member, Publication, Since};
 use protocol::Data;
@@ -40,7 +42,11 @@ pub trait RoomStore: Send + Sync {
     async fn leave(&self, room: &str, conn_id: &str, now_ms: u64) -> Result<bool, StateError>;
 
     /// Assigns the next offset, appends to history and hands the publication to the fan-out,
-    /// atomically. `conn_id` must be a member; `None` is the server API, which needs none.
+    /// atomically. `publisher` must be a member; `None` is the server API, which needs none.
+    /// A publisher's `seq`, when not 0, must be above the last one sequenced for it in this
+    /// room, or the publish is refused (`Unavailable`) and nothing happens (see
+    /// [`Publisher`]; the memory backend applies publishes in the order they are called, so
+    /// it has nothing to check).
     /// With `idempotency`, a key already published in the room's current epoch within its
     /// window is answered with the first offset (`duplicate`) and nothing is published.
     ///
@@ -53,7 +59,7 @@ pub trait RoomStore: Send + Sync {
     async fn publish(
         &self,
         room: &str,
-        conn_id: Option<&str>,
+        publisher: Option<Publisher<'_>>,
         from: &str,
         data: Data,
         idempotency: Option<Idempotency<'_>>,
@@ -83,8 +89,15 @@ pub trait RoomStore: Send + Sync {
         data: Data,
         now_ms: u64,
     ) -> Result<Published, StateError> {
-        self.publish(room, Some(conn_id), from, data, None, now_ms)
-            .await
+        self.publish(
+            room,
+            Some(Publisher::member(conn_id)),
+            from,
+            data,
+            None,
+            now_ms,
+        )
+        .await
     }
 
     /// The members. `requester`, when given, must be one (`NotMember`).

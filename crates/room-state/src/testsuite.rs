@@ -9,7 +9,7 @@
 #![allow(clippy::unwrap_used)]
 
 use crate::limits::RateLimits;
-use crate::model::{Idempotency, MemberRecord, NodeInfo, RoomConfig};
+use crate::model::{Idempotency, MemberRecord, NodeInfo, Publisher, RoomConfig};
 use crate::rooms::RoomStore;
 use crate::traffic::TrafficCounters;
 use crate::StateError;
@@ -88,7 +88,14 @@ pub async fn rooms(store: &dyn RoomStore, prefix: &str) {
     // Membership gates publish, presence and history.
     assert_eq!(
         store
-            .publish(&room, Some(&c.conn_id), "carol", data(0), None, now)
+            .publish(
+                &room,
+                Some(Publisher::member(&c.conn_id)),
+                "carol",
+                data(0),
+                None,
+                now
+            )
             .await
             .unwrap_err(),
         StateError::NotMember
@@ -108,7 +115,14 @@ pub async fn rooms(store: &dyn RoomStore, prefix: &str) {
     // Offsets are gapless; history is capped at history_size and newest last.
     for n in 1..=5 {
         let p = store
-            .publish(&room, Some(&a.conn_id), "alice", data(n), None, now + n)
+            .publish(
+                &room,
+                Some(Publisher::member(&a.conn_id)),
+                "alice",
+                data(n),
+                None,
+                now + n,
+            )
             .await
             .unwrap()
             .publication;
@@ -267,7 +281,14 @@ pub async fn ephemeral(store: &dyn RoomStore, prefix: &str) {
     // Through `publish` (the server API's path, and a node that has not seen the room yet).
     for n in 1..=3 {
         let p = store
-            .publish(&room, Some(&a.conn_id), "alice", data(n), None, now + n)
+            .publish(
+                &room,
+                Some(Publisher::member(&a.conn_id)),
+                "alice",
+                data(n),
+                None,
+                now + n,
+            )
             .await
             .unwrap();
         assert!(!p.duplicate);
@@ -289,7 +310,14 @@ pub async fn ephemeral(store: &dyn RoomStore, prefix: &str) {
     });
     for _ in 0..2 {
         let p = store
-            .publish(&room, Some(&a.conn_id), "alice", data(5), key, now)
+            .publish(
+                &room,
+                Some(Publisher::member(&a.conn_id)),
+                "alice",
+                data(5),
+                key,
+                now,
+            )
             .await
             .unwrap();
         assert!(!p.duplicate, "no key is recorded in an ephemeral room");
@@ -298,7 +326,14 @@ pub async fn ephemeral(store: &dyn RoomStore, prefix: &str) {
     // Membership still gates `publish`.
     assert_eq!(
         store
-            .publish(&room, Some(&c.conn_id), "carol", data(6), None, now)
+            .publish(
+                &room,
+                Some(Publisher::member(&c.conn_id)),
+                "carol",
+                data(6),
+                None,
+                now
+            )
             .await
             .unwrap_err(),
         StateError::NotMember
@@ -348,7 +383,14 @@ pub async fn ephemeral(store: &dyn RoomStore, prefix: &str) {
     assert!(!store.is_ephemeral(&room));
     store.join(&room, &a, None, now).await.unwrap();
     let p = store
-        .publish(&room, Some(&a.conn_id), "alice", data(8), None, now)
+        .publish(
+            &room,
+            Some(Publisher::member(&a.conn_id)),
+            "alice",
+            data(8),
+            None,
+            now,
+        )
         .await
         .unwrap();
     assert_eq!(p.publication.offset, 1, "sequenced again");

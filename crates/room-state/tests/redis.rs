@@ -131,3 +131,83 @@ async fn published_envelopes_decode_with_the_protocol() {
         store.close(&room).await.unwrap();
     }
 }
+
+/// A connection's pipelined publishes keep their order in the store: one that arrives after a
+/// later one of the same connection was sequenced is refused (a client library's re-send
+/// after a failover), not sequenced behind it. Sequence 0 asks for no check; a leave forgets
+/// the connection's last number.
+#[tokio::test]
+async fn a_connections_publishes_are_sequenced_in_its_order() {
+    use room_state::{MemberRecord, Publisher, StateError};
+    let store = state().await;
+    let room = format!("{}order", prefix("order"));
+    let config = RoomConfig {
+        max_members: None,
+        history_size: 10,
+        ttl_secs: 60,
+    };
+    let now = protocol::clock::now_ms();
+    store.create(&room, &config, now).await.unwrap();
+    let member = MemberRecord {
+        conn_id: "c1".into(),
+        user: "alice".into(),
+        node: "n1".into(),
+    };
+    store.join(&room, &member, None, now).await.unwrap();
+    let data = |n: u64| Data::from_value(&serde_json::json!(n)).unwrap();
+    let by = |seq| Some(Publisher { conn_id: "c1", seq });
+    let offset = |r: Result<room_state::Published, StateError>| r.unwrap().publication.offset;
+    assert_eq!(
+        offset(
+            store
+                .publish(&room, by(2), "alice", data(2), None, now)
+                .await
+        ),
+        1
+    );
+    let late = store
+        .publish(&room, by(1), "alice", data(1), None, now)
+        .await;
+    assert!(matches!(late, Err(StateError::Unavailable(_))), "{late:?}");
+    let again = store
+        .publish(&room, by(2), "alice", data(2), None, now)
+        .await;
+    assert!(
+        matches!(again, Err(StateError::Unavailable(_))),
+        "{again:?}"
+    );
+    assert_eq!(
+        offset(
+            store
+                .publish(&room, by(3), "alice", data(3), None, now)
+                .await
+        ),
+        2
+    );
+    assert_eq!(
+        offset(
+            store
+                .publish(&room, by(0), "alice", data(0), None, now)
+                .await
+        ),
+        3
+    );
+    let (history, _) = store.history(&room, None, 10, None).await.unwrap();
+    let order: Vec<String> = history
+        .iter()
+        .map(|m| m.data.as_json().to_string())
+        .collect();
+    assert_eq!(order, ["2", "3", "0"], "nothing refused was stored");
+    // A leave forgets the connection's numbers (a reused id starts again at 1).
+    store.leave(&room, "c1", now).await.unwrap();
+    store.join(&room, &member, None, now).await.unwrap();
+    assert_eq!(
+        offset(
+            store
+                .publish(&room, by(1), "alice", data(1), None, now)
+                .await
+        ),
+        4
+    );
+    store.close(&room).await.unwrap();
+}

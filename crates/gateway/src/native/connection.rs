@@ -2,10 +2,11 @@
 //! on the outbound queue.
 //!
 //! Publishes can be pipelined: up to [`session::MAX_PUBLISHES_IN_FLIGHT`] of a connection's
-//! publishes wait for the store at once (one for now: see there why). Each publish's checks
-//! (and its budget) run in request order in this loop, and its store command is sent on the
-//! first poll, here, before the next request is read. Any other op is a barrier: the
-//! publishes before it are answered first, and it runs alone.
+//! publishes wait for the store at once, and the store keeps their order (see there). Each
+//! publish's checks (and its budget) run in request order in this loop, and its store command
+//! is sent on the first poll, here, before the next request is read. Replies go out in
+//! request order, as the protocol promises: one that is ready waits for those before it. Any
+//! other op is a barrier: the publishes before it are answered first, and it runs alone.
 
 use crate::admission::{self, gate::UserSlot, Refusal};
 use crate::auth::{AuthError, Identity};
@@ -16,7 +17,8 @@ use crate::transport::{
     disconnect_reason, Driver, Ending, Live, Read, Socket, SocketConfig, WriterConfig, Ws,
 };
 use fan_out::{LocalConn, Outbound};
-use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::future::{self, Either};
+use futures_util::stream::{FuturesOrdered, StreamExt};
 use protocol::codec::{decode_request, encode};
 use protocol::frame::{ErrorBody, Event, Op, Reply};
 use protocol::{CloseCode, DecodeError, ErrorCode, Format};
@@ -124,6 +126,7 @@ fn open_session(node: &Node, identity: Identity, outbound: &Arc<Outbound>, live:
         identity,
         outbound: outbound.clone(),
         room_prefix: String::new(),
+        publish_seq: Default::default(),
     }
 }
 
@@ -139,7 +142,9 @@ async fn ops_loop(
 ) -> DisconnectReason {
     let outbound = &session.outbound;
     let mut bad_in_row = 0u32;
-    let mut in_flight = FuturesUnordered::new();
+    // Answers in request order: a publish refused by its checks, or answered at its first
+    // poll, joins the queue already done.
+    let mut in_flight = FuturesOrdered::new();
     loop {
         let read = socket.read();
         tokio::pin!(read);
@@ -187,7 +192,11 @@ async fn ops_loop(
                 let timer = node.metrics.op_duration("publish").start_timer();
                 if let Err(e) = session::admit_publish(node, session, &room, &data).await {
                     timer.observe_duration();
-                    answer_publish(outbound, (id, Err(e)), format);
+                    if in_flight.is_empty() {
+                        answer_publish(outbound, (id, Err(e)), format);
+                    } else {
+                        in_flight.push_back(Either::Right(future::ready((id, Err(e)))));
+                    }
                     continue;
                 }
                 let mut publish = Box::pin(async move {
@@ -199,8 +208,13 @@ async fn ops_loop(
                 // The first poll sends the store command: before the next request is read.
                 let first = std::future::poll_fn(|cx| Poll::Ready(publish.as_mut().poll(cx)));
                 match first.await {
-                    Poll::Ready(answer) => answer_publish(outbound, answer, format),
-                    Poll::Pending => in_flight.push(publish),
+                    Poll::Ready(answer) if in_flight.is_empty() => {
+                        answer_publish(outbound, answer, format)
+                    }
+                    Poll::Ready(answer) => {
+                        in_flight.push_back(Either::Right(future::ready(answer)))
+                    }
+                    Poll::Pending => in_flight.push_back(Either::Left(publish)),
                 }
             }
             op => {

@@ -6,7 +6,7 @@ use crate::clock::now_ms;
 use crate::node::Node;
 use protocol::frame::{ErrorBody, MsgId, OkBody, MAX_HISTORY_LIMIT};
 use protocol::{Data, ErrorCode};
-use room_state::Idempotency;
+use room_state::{Idempotency, Publisher};
 
 pub(super) async fn publish(
     node: &Node,
@@ -107,10 +107,19 @@ pub async fn store_publish(
         key,
         window_ms: node.config.idempotency_window.as_millis() as u64,
     });
+    // Taken before the first await, so in the order the connection sent its publishes: the
+    // store keeps that order (see `MAX_PUBLISHES_IN_FLIGHT`).
+    let seq = s
+        .publish_seq
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        + 1;
     match rooms
         .publish(
             room,
-            Some(&s.conn_id),
+            Some(Publisher {
+                conn_id: &s.conn_id,
+                seq,
+            }),
             &s.identity.user,
             data,
             idempotency,

@@ -24,15 +24,15 @@ use room_state::StateError;
 use std::sync::Arc;
 
 /// The most publishes of one connection waiting for the store at once (reading stops while
-/// this many are out).
+/// this many are out: back-pressure on the client's socket, never an unbounded queue).
 ///
-/// One, for now: with more, a connection's publishes lost their order across a primary's
-/// failure (the short chaos run saw 72 out-of-order deliveries at a primary kill and pause). A
-/// publish sent to the failing primary was re-sent by the client library to the new owner
-/// after the next one had been sent there directly. Pipelining needs the store to keep a
-/// connection's order itself (a per-connection sequence checked by the publish script) before
-/// this goes up again.
-pub const MAX_PUBLISHES_IN_FLIGHT: usize = 1;
+/// Their order is kept by the store, not by waiting: each carries the connection's next
+/// sequence number ([`Session::publish_seq`], taken when it is sent), and the store refuses
+/// one that arrives after a later one was sequenced (`room_state::Publisher`). Without that,
+/// a publish sent to a failing primary and re-sent by the client library to the new owner
+/// landed after the next one, which went there directly (the short chaos run saw 72
+/// out-of-order deliveries when this was first raised).
+pub const MAX_PUBLISHES_IN_FLIGHT: usize = 16;
 
 /// One client connection as the ops see it.
 #[derive(Debug)]
@@ -43,6 +43,8 @@ pub struct Session {
     /// Put before every room name this session uses: `""` for native clients and Socket.IO's
     /// `/`, `admin/` for the namespace `/admin` (see `socketio::namespace`).
     pub room_prefix: String,
+    /// The last sequence number given to one of this connection's publishes.
+    pub publish_seq: std::sync::atomic::AtomicU64,
 }
 
 /// Work to do once the reply is queued.

@@ -322,6 +322,7 @@ impl<'a> Sockets<'a> {
             identity,
             outbound,
             room_prefix: prefix,
+            publish_seq: Default::default(),
         };
         (session, forwarder)
     }

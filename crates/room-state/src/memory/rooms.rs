@@ -2,7 +2,9 @@
 
 use super::{new_epoch, MemoryState};
 use crate::error::StateError;
-use crate::model::{Idempotency, JoinOutcome, MemberRecord, Published, RoomConfig, RoomInfo};
+use crate::model::{
+    Idempotency, JoinOutcome, MemberRecord, Published, Publisher, RoomConfig, RoomInfo,
+};
 use crate::recovery::recover;
 use crate::rooms::RoomStore;
 use async_trait::async_trait;
@@ -286,12 +288,15 @@ impl RoomStore for MemoryState {
     async fn publish(
         &self,
         room: &str,
-        conn_id: Option<&str>,
+        publisher: Option<Publisher<'_>>,
         from: &str,
         data: Data,
         idempotency: Option<Idempotency<'_>>,
         now_ms: u64,
     ) -> Result<Published, StateError> {
+        // Applied at the call, under the room's lock: calls in order are sequenced in order,
+        // so `seq` needs no check here.
+        let conn_id = publisher.map(|p| p.conn_id);
         self.publish_now(room, conn_id, from, data, idempotency, now_ms)
     }
 

@@ -4,7 +4,9 @@ use super::keys::{self, RoomKeys};
 use super::{array, fred_error, int, string, RedisState};
 use crate::error::StateError;
 use crate::memory::new_epoch;
-use crate::model::{Idempotency, JoinOutcome, MemberRecord, Published, RoomConfig, RoomInfo};
+use crate::model::{
+    Idempotency, JoinOutcome, MemberRecord, Published, Publisher, RoomConfig, RoomInfo,
+};
 use crate::observer::Command;
 use crate::rooms::RoomStore;
 use async_trait::async_trait;
@@ -192,6 +194,11 @@ fn status(reply: &[Value]) -> Result<(), StateError> {
         -3 => Err(StateError::Unavailable(
             "the publish reached Redis after its deadline and was not applied".into(),
         )),
+        -4 => Err(StateError::Unavailable(
+            "a later publish of this connection to this room was sequenced first; this one \
+             was not applied, to keep the connection's order"
+                .into(),
+        )),
         _ => Err(StateError::Internal("unexpected script status".into())),
     }
 }
@@ -322,7 +329,7 @@ impl RoomStore for RedisState {
     async fn publish(
         &self,
         room: &str,
-        conn_id: Option<&str>,
+        publisher: Option<Publisher<'_>>,
         from: &str,
         data: Data,
         idempotency: Option<Idempotency<'_>>,
@@ -335,7 +342,7 @@ impl RoomStore for RedisState {
         }
         let mut args = self.common_args(now_ms);
         args.extend([
-            conn_id.unwrap_or_default().to_string(),
+            publisher.map_or("", |p| p.conn_id).to_string(),
             from.to_string(),
             data.as_json().to_string(),
             k.channel.clone(),
@@ -348,6 +355,7 @@ impl RoomStore for RedisState {
             .to_string(),
             idempotency.map_or(String::new(), |i| i.window_ms.to_string()),
             self.publish_deadline().to_string(),
+            publisher.map_or(String::new(), |p| p.seq.to_string()),
         ]);
         // The script and the WAIT on one client, the room's primary's: WAIT follows the
         // write on the connection that carried it.

@@ -103,6 +103,7 @@ pub const LEAVE: &str = r#"
 local info = redis.call('HGET', KEYS[3], ARGV[1]) or ''
 local removed = redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('HDEL', KEYS[3], ARGV[1])
+redis.call('HDEL', KEYS[1], 'q:' .. ARGV[1])
 if removed == 1 and redis.call('ZCARD', KEYS[2]) == 0 then
   local ttl = tonumber(redis.call('HGET', KEYS[1], 'ttl') or '0')
   if ttl > 0 then
@@ -121,9 +122,13 @@ return {removed, 0, info}
 /// ARGV[12]: the deadline, in Redis server milliseconds ('' = none): a script that starts after
 /// it does nothing, because its caller has given up on it (answered `timeout`); a command that
 /// waited in a paused primary, or that fred re-sent after a reconnect, must not apply late.
+/// ARGV[13]: the publisher's sequence number ('' or '0' = no order to keep): refused ({-4})
+/// unless above the last one sequenced for the connection in this room, which the meta hash
+/// keeps in field `q:<conn>` (dropped at leave). A connection pipelines its publishes, and a
+/// re-sent one must not land after a later one (`model::Publisher`).
 /// Returns {1, offset, epoch}, {2, offset, epoch} for a key already published (in whatever
 /// epoch: its record replicates with the write, so a surviving record means a surviving
-/// message; nothing is published), {4} for an ephemeral room (`hist` 0: published without
+/// message; nothing is published), {-4} out of the connection's order, {4} for an ephemeral room (`hist` 0: published without
 /// an offset, see below), {0} not found, {-2} not a member, {-3} past the deadline.
 /// The SPUBLISH of the envelope happens inside the script, so delivery order is offset order.
 ///
@@ -154,6 +159,12 @@ if ARGV[11] ~= '' then
     local e, o = string.match(seen, '^(.*)\t(%d+)$')
     if e and o then return {2, tonumber(o), e} end
   end
+end
+if ARGV[13] ~= '' and ARGV[13] ~= '0' then
+  local field = 'q:' .. ARGV[5]
+  local seq = tonumber(ARGV[13])
+  if seq <= tonumber(redis.call('HGET', KEYS[1], field) or '0') then return {-4} end
+  redis.call('HSET', KEYS[1], field, seq)
 end
 local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
 local epoch = meta[2]
