@@ -52,6 +52,8 @@ pub struct Node {
     earlier_cleared: AtomicBool,
     /// Connection cap, handshake rate, connections per address and per user.
     pub gate: Gate,
+    /// The Engine.IO long-polling sessions this node owns.
+    pub polling: crate::socketio::polling::Sessions,
 }
 
 impl std::fmt::Debug for Node {
@@ -127,6 +129,7 @@ impl Node {
             conn_seq: AtomicU64::new(0),
             earlier_cleared: AtomicBool::new(false),
             gate,
+            polling: Default::default(),
             config,
         }))
     }
