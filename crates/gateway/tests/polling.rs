@@ -377,3 +377,107 @@ async fn a_polling_session_counts_as_a_connection() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(request(a, "GET", SIO, &[], "").await.status, 200);
 }
+
+/// Two nodes that know each other's address (as the upkeep's node registry would tell them
+/// on Redis Cluster; the embedded backend knows only itself, so the test tells them).
+async fn two_peers() -> (gateway::Running, gateway::Running) {
+    let quiet = || {
+        let mut c = config(&[]);
+        c.traffic_interval = Duration::from_secs(3600);
+        c
+    };
+    let (a, b) = (start_config(quiet()).await, start_config(quiet()).await);
+    let info = |r: &gateway::Running| room_state::NodeInfo {
+        id: r.node.id.clone(),
+        addr: r.addr.to_string(),
+        connections: 0,
+        started_at: 0,
+    };
+    // After the first upkeep round (which lists only the node itself); the rounds that
+    // follow are an hour away, and nothing here creates a room (which brings one forward).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let both = [info(&a), info(&b)];
+    a.node.remember_peers(&both);
+    b.node.remember_peers(&both);
+    (a, b)
+}
+
+#[tokio::test]
+async fn any_node_serves_any_session_by_relaying_to_its_owner() {
+    let (a, b) = two_peers().await;
+    let (sid, _) = handshake(a.addr, SIO).await;
+    // Every request lands on the other node; it relays to the owner.
+    assert_eq!(post(b.addr, &sid, "40").await.body, "ok");
+    let got = get(b.addr, &sid).await;
+    assert!(got.body.starts_with("40{\"sid\":"), "{}", got.body);
+    let ask = "421[\"presence\",{\"room\":\"nowhere\"}]";
+    assert_eq!(post(b.addr, &sid, ask).await.body, "ok");
+    assert!(get(a.addr, &sid).await.body.contains("431["));
+    // A long poll relayed to the owner gets what the owner queues later.
+    let pending = tokio::spawn({
+        let (addr, sid) = (b.addr, sid.clone());
+        async move { get(addr, &sid).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let ask = "422[\"presence\",{\"room\":\"nowhere\"}]";
+    assert_eq!(post(a.addr, &sid, ask).await.body, "ok");
+    let polled = pending.await.unwrap().body;
+    assert!(polled.contains("432["), "{polled}");
+    // The upgrade through the other node: the WebSocket ends at the owner.
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!(
+        "ws://{}/socket.io/?EIO=4&transport=websocket&sid={sid}",
+        b.addr
+    ))
+    .await
+    .unwrap();
+    ws.send(Message::text("2probe")).await.unwrap();
+    assert_eq!(ws_text(&mut ws).await, "3probe");
+    assert_eq!(get(b.addr, &sid).await.body, "6");
+    ws.send(Message::text("5")).await.unwrap();
+    ws.send(Message::text("423[\"presence\",{\"room\":\"nowhere\"}]"))
+        .await
+        .unwrap();
+    let reply = ws_text(&mut ws).await;
+    assert!(reply.starts_with("433[{\"error\""), "{reply}");
+    assert_eq!(
+        a.node.polling.len(),
+        1,
+        "the session lives on its owner only"
+    );
+    assert!(b.node.polling.is_empty());
+    ws.close(None).await.unwrap();
+    eventually("the session ended at its owner", || {
+        a.node.polling.is_empty()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn relays_never_loop_and_an_unknown_owner_is_an_unknown_session() {
+    let (a, b) = two_peers().await;
+    let (sid, _) = handshake(a.addr, SIO).await;
+    // A request already relayed is not relayed again.
+    let path = format!("{SIO}&sid={sid}");
+    let relayed = [("X-Roomcast-Forwarded", "elsewhere")];
+    let r = request(b.addr, "GET", &path, &relayed, "").await;
+    assert_eq!((r.status, r.code()), (400, json!(1)));
+    // The owner is gone (drained: its listener is closed): the relay cannot reach it.
+    a.drain().await;
+    let r = request(b.addr, "GET", &path, &[], "").await;
+    assert_eq!((r.status, r.code()), (400, json!(1)));
+    let metrics = String::from_utf8_lossy(&b.node.metrics.render()).to_string();
+    assert!(
+        metrics.contains("roomcast_socketio_relayed_total{outcome=\"failed\"} 1"),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("relayed"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // A sid whose node is not live (the embedded backend's registry lists only the node
+    // itself, so this also forgets the peer set above): the client starts over, and recovers
+    // its rooms.
+    let r = get(b.addr, "ghost-node.AAAAAAAAAAAAAAAAAAAA").await;
+    assert_eq!((r.status, r.code()), (400, json!(1)));
+}

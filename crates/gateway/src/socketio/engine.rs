@@ -71,6 +71,11 @@ pub fn sid_tag(node_id: &str) -> String {
     }
 }
 
+/// The node tag of a `sid`, if it has one.
+pub fn owner_tag(sid: &str) -> Option<&str> {
+    sid.rsplit_once('.').map(|(tag, _)| tag)
+}
+
 impl Engine {
     /// A WebSocket from the start.
     pub fn websocket(socket: WsSocket, clock: Arc<Clock>) -> Engine {

@@ -10,6 +10,8 @@
 //! - [`polling`]: long-polling sessions: the handshake, GET, POST.
 //! - [`upgrade`]: the probe that takes a polling session to WebSocket.
 //! - [`cors`]: CORS for polling, per `--allowed-origins`.
+//! - [`forward`]: no sticky sessions: a request for a session another node owns is relayed
+//!   to that node.
 //! - [`connection`]: the Engine.IO side of one session: packets and their binary attachments.
 //! - [`heartbeat`]: the server's pings, and the pong deadline.
 //! - [`namespace`]: the Socket.IO side: the namespaces a connection joined, events → ops.
@@ -18,6 +20,7 @@
 pub mod connection;
 pub mod cors;
 pub mod engine;
+pub mod forward;
 pub mod heartbeat;
 pub mod namespace;
 pub mod polling;
@@ -80,7 +83,10 @@ async fn route(
     };
     if let Some(sid) = params.get("sid") {
         let Some(session) = node.polling.get(sid) else {
-            return refuse(StatusCode::BAD_REQUEST, 1, "Session ID unknown");
+            return match forward::owner(&node, sid, &req).await {
+                Some(addr) => forward::relay(&node, &addr, req).await,
+                None => refuse(StatusCode::BAD_REQUEST, 1, "Session ID unknown"),
+            };
         };
         return match (websocket, req.method()) {
             (true, _) => upgrade::upgrade(node, session, req),
