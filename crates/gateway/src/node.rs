@@ -58,6 +58,8 @@ pub struct Node {
     pub polling: crate::socketio::polling::Sessions,
     /// Live nodes' addresses by `sid` tag, from the last upkeep round (see `peer_addr`).
     peers: RwLock<HashMap<String, String>>,
+    /// Kept-alive connections to peers, for relayed long-polling requests.
+    pub relay: crate::socketio::forward::Relay,
 }
 
 impl std::fmt::Debug for Node {
@@ -135,6 +137,7 @@ impl Node {
             gate,
             polling: Default::default(),
             peers: RwLock::default(),
+            relay: Default::default(),
             config,
         }))
     }

@@ -481,3 +481,22 @@ async fn relays_never_loop_and_an_unknown_owner_is_an_unknown_session() {
     let r = get(b.addr, "ghost-node.AAAAAAAAAAAAAAAAAAAA").await;
     assert_eq!((r.status, r.code()), (400, json!(1)));
 }
+
+#[tokio::test]
+async fn a_relayed_poll_the_client_abandons_ends_the_session_at_its_owner() {
+    let (a, b) = two_peers().await;
+    let (sid, _) = handshake(a.addr, SIO).await;
+    // Warm the pool: a relayed request that completes leaves a kept-alive connection.
+    assert_eq!(post(b.addr, &sid, "3").await.body, "ok");
+    let mut s = TcpStream::connect(b.addr).await.unwrap();
+    let req = format!("GET {SIO}&sid={sid} HTTP/1.1\r\nHost: test\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(s);
+    eventually("the owner closed the session", || {
+        a.node.polling.get(&sid).is_none()
+    })
+    .await;
+    let r = get(b.addr, &sid).await;
+    assert_eq!((r.status, r.code()), (400, json!(1)));
+}

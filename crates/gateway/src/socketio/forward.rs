@@ -3,7 +3,8 @@
 //! peers reach it at with its heartbeat (`--advertise-addr`), and a node that gets a request
 //! for a session it does not hold sends it on to the owner with hyper's client:
 //!
-//! - a GET or POST is relayed, its answer relayed back (CORS and all, as the owner wrote it);
+//! - a GET or POST is relayed, its answer relayed back (CORS and all, as the owner wrote it),
+//!   over a pool of kept-alive connections per owner ([`Relay`]);
 //! - the WebSocket upgrade is relayed too, so that the WebSocket ends at the owner, where the
 //!   session's driver is: after the owner's 101 the two upgraded byte streams are joined with
 //!   `copy_bidirectional` for the life of the WebSocket.
@@ -23,7 +24,9 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{HeaderName, CONNECTION, HOST, TRANSFER_ENCODING, UPGRADE};
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::time::Duration;
 use tokio::net::TcpStream;
 
@@ -33,9 +36,37 @@ pub const FORWARDED: HeaderName = HeaderName::from_static("x-roomcast-forwarded"
 /// How long connecting to the owner may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// A node's client for relaying: kept-alive HTTP/1.1 connections to its peers, reused by
+/// the GETs and POSTs it relays (a polling-only client behind a round-robin balancer has most
+/// of its requests relayed). A connection whose request the client abandoned is not reused.
+pub struct Relay {
+    pool: Client<HttpConnector, Incoming>,
+}
+
+impl Default for Relay {
+    fn default() -> Relay {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        let pool = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(64)
+            .build(connector);
+        Relay { pool }
+    }
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Relay")
+    }
+}
+
 /// Why a relay failed: the owner cannot be reached, or broke off.
 #[derive(Debug, thiserror::Error)]
 enum RelayError {
+    #[error("relaying to the owner: {0}")]
+    Pooled(#[from] hyper_util::client::legacy::Error),
     #[error("connecting to the owner timed out")]
     ConnectTimeout,
     #[error("connecting to the owner: {0}")]
@@ -89,7 +120,8 @@ pub async fn relay(node: &Node, addr: &str, req: Request<Incoming>) -> Response<
     }
 }
 
-/// An HTTP/1.1 connection to the owner; its driver runs in its own task (with upgrades).
+/// A connection of its own to the owner, for an upgrade (it becomes the WebSocket's); its
+/// driver runs in its own task.
 async fn connect(
     addr: &str,
 ) -> Result<hyper::client::conn::http1::SendRequest<Incoming>, RelayError> {
@@ -107,20 +139,23 @@ async fn connect(
 }
 
 /// The request as the owner gets it: same method, path, query and headers (less the
-/// hop-by-hop ones, unless `upgrade`), marked as relayed.
+/// hop-by-hop ones, unless `upgrade`), marked as relayed. `absolute`: the URI names the owner
+/// (what the pool routes by).
 fn outgoing(
     node: &Node,
     addr: &str,
     req: Request<Incoming>,
     upgrade: bool,
+    absolute: bool,
 ) -> Result<Request<Incoming>, RelayError> {
     let (parts, body) = req.into_parts();
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
-    let mut out = Request::builder().method(parts.method).uri(path);
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let uri = if absolute {
+        format!("http://{addr}{path}")
+    } else {
+        path.to_string()
+    };
+    let mut out = Request::builder().method(parts.method).uri(uri);
     for (name, value) in &parts.headers {
         let hop = name == CONNECTION || name == UPGRADE || name == TRANSFER_ENCODING;
         if name == HOST || (hop && !upgrade) || name == FORWARDED {
@@ -139,10 +174,8 @@ async fn relay_http(
     addr: &str,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, RelayError> {
-    let mut sender = connect(addr).await?;
-    let response = sender
-        .send_request(outgoing(node, addr, req, false)?)
-        .await?;
+    let request = outgoing(node, addr, req, false, true)?;
+    let response = node.relay.pool.request(request).await?;
     let (parts, body) = response.into_parts();
     // Answers are one payload at most (about a megabyte); holding one whole is fine.
     let bytes: Bytes = body.collect().await?.to_bytes();
@@ -162,7 +195,7 @@ async fn relay_upgrade(
     let from_client = hyper::upgrade::on(&mut req);
     let mut sender = connect(addr).await?;
     let mut response = sender
-        .send_request(outgoing(node, addr, req, true)?)
+        .send_request(outgoing(node, addr, req, true, false)?)
         .await?;
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
         let (parts, body) = response.into_parts();
