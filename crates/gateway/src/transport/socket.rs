@@ -49,7 +49,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Socket<S> {
         metrics: Arc<Metrics>,
     ) -> Socket<S> {
         let (outbound, rx) = Outbound::new(config.format, config.queue_bytes);
-        Probe::open(ws, config, metrics).attach(Arc::new(outbound), rx)
+        let outbound = Arc::new(outbound);
+        Probe::split(ws, config, metrics, outbound.clone()).attach(outbound, rx)
     }
 
     /// The next whole message, or the end of the connection. Not cancel-safe (a frame may be
@@ -104,6 +105,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Probe<S> {
         config: SocketConfig,
         metrics: Arc<Metrics>,
     ) -> Probe<S> {
+        // Until `attach`, pongs and closes the reader queues go nowhere: a probe that fails
+        // is simply dropped, and the session carries on over polling.
+        let (placeholder, _) = Outbound::new(config.format, 0);
+        Probe::split(ws, config, metrics, Arc::new(placeholder))
+    }
+
+    /// The split itself; `outbound` takes the reader's pongs and closes.
+    fn split(
+        ws: fastwebsockets::WebSocket<S>,
+        config: SocketConfig,
+        metrics: Arc<Metrics>,
+        outbound: Arc<Outbound>,
+    ) -> Probe<S> {
         let (read_half, write_half) = tokio::io::split(ws.into_inner());
         let (mut reader, _) = fastwebsockets::after_handshake_split(
             read_half,
@@ -114,13 +128,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Probe<S> {
         reader.set_auto_pong(false);
         // fastwebsockets refuses frames of `>= max` bytes; ours is an inclusive limit.
         reader.set_max_message_size(config.max_message_bytes + 1);
-        // Until `attach`, pongs and closes the reader queues go nowhere: a probe that fails
-        // is simply dropped, and the session carries on over polling.
-        let (placeholder, _) = Outbound::new(config.format, 0);
         let frames = Frames {
             reader,
             reassembler: Reassembler::new(config.max_message_bytes),
-            outbound: Arc::new(placeholder),
+            outbound,
             last_seen: Arc::new(AtomicU64::new(0)),
             epoch: Instant::now(),
             metrics,
