@@ -38,6 +38,10 @@ fi
 # A stock socket.io-client against a real roomcast process, then python-socketio's client.
 crates/gateway/tests/socketio-client/run.sh ; rc5=$?
 crates/gateway/tests/socketio-python/run.sh || rc5=1
+# No sticky sessions: socket.io-client through nginx round-robin in front of three gateways
+# (its own Redis Cluster on 7700, gateways 8191-8193, nginx 8190).
+REDIS_BASE=7700 NGINX_PORT=8190 GATEWAY_PORTS="8191 8192 8193" \
+  crates/gateway/tests/socketio-client/cluster.sh || rc5=1
 # The official Socket.IO / Engine.IO protocol suites, when a socket.io clone is given
 # (SOCKETIO_REPO; they are not vendored). Skipped, and said so, otherwise.
 crates/gateway/tests/socketio-protocol/run.sh || rc5=1

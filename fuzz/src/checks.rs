@@ -17,6 +17,7 @@ use protocol::codec::{decode_request, request_from_value};
 use protocol::data::{self, Data, MAX_DEPTH};
 use protocol::envelope::Envelope;
 use protocol::frame::{Op, Request};
+use protocol::polling;
 use protocol::socketio::{self, EnginePacket, Kind, Packet, MAX_ATTACHMENTS};
 use protocol::value::Plain;
 use protocol::{room_name, Format};
@@ -27,7 +28,7 @@ pub type Check = fn(&[u8]);
 
 /// The targets by name; the name is also the directory under `fuzz/seeds/` and
 /// `fuzz/regressions/`.
-pub const TARGETS: [(&str, Check); 8] = [
+pub const TARGETS: [(&str, Check); 9] = [
     ("request_json", request_json),
     ("request_msgpack", request_msgpack),
     ("engineio_packet", engineio_packet),
@@ -36,6 +37,7 @@ pub const TARGETS: [(&str, Check); 8] = [
     ("envelope", envelope),
     ("room_name", room_name),
     ("data", data),
+    ("polling_payload", polling_payload),
 ];
 
 /// The MessagePack decoder's refusal of deep input, which JSON has no counterpart for.
@@ -126,11 +128,34 @@ pub fn engineio_packet(bytes: &[u8]) {
         Ok(EnginePacket::Ignored) => assert!(matches!(first, Some('5' | '6'))),
         Err(_) => assert!(!matches!(first, Some('1'..='6'))),
     }
-    let open = socketio::open_packet(text, 25_000, 20_000, 1_000_000);
+    let open = socketio::open_packet(text, &["websocket"], 25_000, 20_000, 1_000_000);
     let body = open.strip_prefix('0').expect("open packets start with 0");
     let v: Value = serde_json::from_str(body).expect("the open packet is JSON");
     assert_eq!(v.as_object().map(Map::len), Some(5));
     assert_eq!(v.get("sid").and_then(Value::as_str), Some(text));
+}
+
+/// Engine.IO long-polling payloads (`polling::decode_payload`, a POST body).
+///
+/// - no panic, on any bytes;
+/// - an accepted payload is non-empty, and encoding its packets again gives a payload that
+///   decodes to the same packets.
+pub fn polling_payload(bytes: &[u8]) {
+    let Ok(packets) = polling::decode_payload(bytes) else {
+        return;
+    };
+    assert!(!packets.is_empty());
+    let mut body = Vec::new();
+    for p in &packets {
+        match p {
+            polling::Packet::Text(t) => {
+                assert!(!t.is_empty() && !t.starts_with('b'));
+                polling::push_text(&mut body, t.as_bytes());
+            }
+            polling::Packet::Binary(b) => polling::push_binary(&mut body, b),
+        }
+    }
+    assert_eq!(polling::decode_payload(&body).as_ref(), Ok(&packets));
 }
 
 /// Socket.IO packets (`socketio::decode`, the data of an Engine.IO `message`).

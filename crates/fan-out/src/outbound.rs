@@ -12,7 +12,7 @@ use protocol::Format;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 /// A position in a room: `(epoch, offset)`.
 pub type Position = (String, u64);
@@ -104,6 +104,11 @@ pub struct Outbound {
     format: Format,
     /// Only for Socket.IO sockets with recovery on (see [`Journal`]).
     journal: OnceLock<Mutex<Journal>>,
+    /// The code and reason of the close asked for, once asked.
+    closed_with: OnceLock<(u16, String)>,
+    /// Wakes [`Outbound::closed`]: a transport with no writer task of its own (long-polling)
+    /// learns of a close here rather than from its queue.
+    on_close: Notify,
 }
 
 impl Outbound {
@@ -118,6 +123,8 @@ impl Outbound {
             discard: AtomicBool::new(false),
             format,
             journal: OnceLock::new(),
+            closed_with: OnceLock::new(),
+            on_close: Notify::new(),
         };
         (outbound, rx)
     }
@@ -221,8 +228,34 @@ impl Outbound {
         if self.closed.swap(true, Ordering::AcqRel) {
             return false;
         }
+        let _ = self.closed_with.set((code, reason.to_string()));
         let _ = self.tx.send(OutFrame::Close(code, reason.to_string()));
+        self.on_close.notify_waiters();
         true
+    }
+
+    /// Resolves once a close was asked for (at once if it already was).
+    pub async fn closed(&self) {
+        loop {
+            let notified = self.on_close.notified();
+            tokio::pin!(notified);
+            // Registered before the flag is read, so a close in between is not missed.
+            notified.as_mut().enable();
+            if self.is_closed() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// The code of the close asked for, if one was.
+    pub fn close_code(&self) -> Option<u16> {
+        self.closed_with.get().map(|(code, _)| *code)
+    }
+
+    /// The reason of the close asked for, if one was.
+    pub fn close_reason(&self) -> Option<&str> {
+        self.closed_with.get().map(|(_, reason)| reason.as_str())
     }
 
     /// Whether queued data should be dropped rather than written (slow consumer).
@@ -230,8 +263,8 @@ impl Outbound {
         self.discard.load(Ordering::Acquire)
     }
 
-    #[cfg(test)]
-    fn is_closed(&self) -> bool {
+    /// Whether a close was asked for: nothing more is queued.
+    pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }
 

@@ -22,6 +22,12 @@ pub struct Config {
     #[arg(long, env = "ROOMCAST_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
+    /// The `host:port` other nodes reach this node's HTTP listener at (default: the listen
+    /// address). Registered with the node's heartbeat; a node that gets a long-polling
+    /// request for a session this node owns forwards it there.
+    #[arg(long, env = "ROOMCAST_ADVERTISE_ADDR")]
+    pub advertise_addr: Option<String>,
+
     /// This node's id in the cluster (default: random).
     #[arg(long, env = "ROOMCAST_NODE_ID")]
     pub node_id: Option<String>,

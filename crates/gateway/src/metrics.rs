@@ -86,6 +86,7 @@ pub struct Metrics {
     pub room_creations: IntCounter,
     pub creation_paused: IntCounter,
     pub socketio_recovery: IntCounterVec,
+    pub socketio_relayed: IntCounterVec,
     op_durations: Vec<(&'static str, Histogram)>,
     // Delivery and pub/sub.
     pub messages_delivered: IntCounter,
@@ -145,6 +146,7 @@ impl Metrics {
             room_creations,
             creation_paused,
             socketio_recovery,
+            socketio_relayed,
             op_durations,
         } = OpSeries::new(&r)?;
         let DeliverySeries {
@@ -191,6 +193,7 @@ impl Metrics {
             room_creations,
             creation_paused,
             socketio_recovery,
+            socketio_relayed,
             op_durations,
             messages_delivered,
             publish_latency,
@@ -393,6 +396,7 @@ struct OpSeries {
     room_creations: IntCounter,
     creation_paused: IntCounter,
     socketio_recovery: IntCounterVec,
+    socketio_relayed: IntCounterVec,
     op_durations: Vec<(&'static str, Histogram)>,
 }
 
@@ -433,6 +437,14 @@ impl OpSeries {
         for outcome in ["saved", "recovered", "failed"] {
             socketio_recovery.with_label_values(&[outcome]);
         }
+        let socketio_relayed = r.counter_vec(
+            "socketio_relayed_total",
+            "Engine.IO requests for a session another node owns: relayed to the owner, or failed (owner unreachable).",
+            &["outcome"],
+        )?;
+        for outcome in ["relayed", "failed"] {
+            socketio_relayed.with_label_values(&[outcome]);
+        }
         Ok(OpSeries {
             command_duration,
             backend_errors,
@@ -448,6 +460,7 @@ impl OpSeries {
                 "create_room answered creation_paused.",
             )?,
             socketio_recovery,
+            socketio_relayed,
             op_durations,
         })
     }

@@ -10,7 +10,9 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::traffic::TrafficMonitor;
 use fan_out::Registry;
+use parking_lot::RwLock;
 use protocol::frame::Event;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -52,6 +54,12 @@ pub struct Node {
     earlier_cleared: AtomicBool,
     /// Connection cap, handshake rate, connections per address and per user.
     pub gate: Gate,
+    /// The Engine.IO long-polling sessions this node owns.
+    pub polling: crate::socketio::polling::Sessions,
+    /// Live nodes' addresses by `sid` tag, from the last upkeep round (see `peer_addr`).
+    peers: RwLock<HashMap<String, String>>,
+    /// Kept-alive connections to peers, for relayed long-polling requests.
+    pub relay: crate::socketio::forward::Relay,
 }
 
 impl std::fmt::Debug for Node {
@@ -127,6 +135,9 @@ impl Node {
             conn_seq: AtomicU64::new(0),
             earlier_cleared: AtomicBool::new(false),
             gate,
+            polling: Default::default(),
+            peers: RwLock::default(),
+            relay: Default::default(),
             config,
         }))
     }
@@ -165,6 +176,28 @@ impl Node {
     fn backend_stale_ms(&self) -> u64 {
         let interval = self.config.traffic_interval.as_millis() as u64;
         (3 * interval).max(interval + self.config.redis_command_timeout.as_millis() as u64)
+    }
+
+    /// The address peers reach this node at (`--advertise-addr`, else the listen address).
+    pub fn advertised_addr(&self) -> String {
+        self.config
+            .advertise_addr
+            .clone()
+            .unwrap_or_else(|| self.addr.to_string())
+    }
+
+    /// Keeps the live nodes' addresses, by the tag their Engine.IO `sid`s start with.
+    pub fn remember_peers(&self, nodes: &[room_state::NodeInfo]) {
+        let peers = nodes
+            .iter()
+            .map(|n| (crate::socketio::engine::sid_tag(&n.id), n.addr.clone()))
+            .collect();
+        *self.peers.write() = peers;
+    }
+
+    /// The address of the live node whose `sid` tag is `tag`, as of the last upkeep round.
+    pub fn peer_addr(&self, tag: &str) -> Option<String> {
+        self.peers.read().get(tag).cloned()
     }
 
     /// Sends an event to every local connection, encoded once per format.

@@ -46,7 +46,7 @@ async fn handshake_refusals_match_the_reference_server() {
     for (path, code, message) in [
         ("/socket.io/?EIO=4", 0, "Transport unknown"),
         (
-            "/socket.io/?EIO=4&transport=polling",
+            "/socket.io/?EIO=4&transport=carrier-pigeon",
             0,
             "Transport unknown",
         ),

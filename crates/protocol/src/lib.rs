@@ -7,7 +7,8 @@
 //! - [`data`]: the opaque application payload (`data`), held as JSON text.
 //! - [`codes`]: error codes of replies and WebSocket close codes.
 //! - [`room_name`]: the room-name grammar.
-//! - [`socketio`]: Engine.IO v4 and Socket.IO v5 packets (WebSocket transport).
+//! - [`socketio`]: Engine.IO v4 and Socket.IO v5 packets.
+//! - [`polling`]: Engine.IO v4 long-polling payloads (`\x1e`-joined packets, `b` + base64).
 //! - [`msgpack_depth`]: a non-recursive depth check that guards the MessagePack decoder.
 //! - [`envelope`]: what one gateway node sends another through the fan-out (MessagePack), and
 //!   the names of a `message` envelope's map, for the Redis publish script that builds it.
@@ -28,6 +29,7 @@ pub mod envelope;
 pub mod frame;
 pub mod hash;
 pub mod msgpack_depth;
+pub mod polling;
 pub mod room_name;
 pub mod socketio;
 pub mod traffic;

@@ -1,5 +1,5 @@
-//! Engine.IO v4 and Socket.IO v5 packets, over the WebSocket transport only. Pure: text and
-//! byte strings in, packets or errors out.
+//! Engine.IO v4 and Socket.IO v5 packets. Pure: text and byte strings in, packets or errors
+//! out. Long-polling payloads (several packets in one HTTP body) are in [`crate::polling`].
 //!
 //! Engine.IO: one packet per WebSocket message; a text message is a type digit plus data
 //! (`0` open, `1` close, `2` ping, `3` pong, `4` message, `5` upgrade, `6` noop); a binary
@@ -31,7 +31,7 @@ pub enum EnginePacket<'a> {
     Pong,
     /// A Socket.IO packet, still encoded.
     Message(&'a str),
-    /// `upgrade` and `noop` belong to polling; ignored here.
+    /// `upgrade` and `noop`: the transport upgrade handles them, the session ignores them.
     Ignored,
 }
 
@@ -66,9 +66,11 @@ pub fn decode_engine(text: &str) -> Result<EnginePacket<'_>, PacketError> {
     }
 }
 
-/// The Engine.IO open packet: exactly the five standard keys.
+/// The Engine.IO open packet: exactly the five standard keys. `upgrades` is `["websocket"]`
+/// for a polling session, `[]` on a WebSocket.
 pub fn open_packet(
     sid: &str,
+    upgrades: &[&str],
     ping_interval_ms: u64,
     ping_timeout_ms: u64,
     max_payload: u64,
@@ -77,7 +79,7 @@ pub fn open_packet(
         "0{}",
         serde_json::json!({
             "sid": sid,
-            "upgrades": [],
+            "upgrades": upgrades,
             "pingInterval": ping_interval_ms,
             "pingTimeout": ping_timeout_ms,
             "maxPayload": max_payload,
@@ -341,7 +343,7 @@ mod tests {
         assert_eq!(decode_engine("6"), Ok(EnginePacket::Ignored));
         assert_eq!(decode_engine("abc"), Err(PacketError::EngineType));
         assert_eq!(decode_engine(""), Err(PacketError::EngineType));
-        let open = open_packet("lv_VI97HAXpY6yYWAAAC", 300, 200, 1_000_000);
+        let open = open_packet("lv_VI97HAXpY6yYWAAAC", &[], 300, 200, 1_000_000);
         let v: Value = serde_json::from_str(&open[1..]).expect("json");
         assert_eq!(
             v,

@@ -29,9 +29,11 @@ pub async fn route(
     let path = req.uri().path().to_string();
     let response = match (req.method(), path.as_str()) {
         (&Method::GET, "/ws") => native::upgrade::upgrade(node, peer, req),
-        (_, "/socket.io/" | "/socket.io") => socketio::upgrade(node, peer, req, Mode::SocketIo),
+        (_, "/socket.io/" | "/socket.io") => {
+            socketio::handle(node, peer, req, Mode::SocketIo).await
+        }
         (_, "/engine.io/" | "/engine.io") if node.config.socketio_conformance => {
-            socketio::upgrade(node, peer, req, Mode::EngineEcho)
+            socketio::handle(node, peer, req, Mode::EngineEcho).await
         }
         (&Method::GET, "/test/echo") if node.config.test_echo => echo::upgrade(node, peer, req),
         (&Method::GET, "/status") => json(StatusCode::OK, &node.traffic.current()),

@@ -53,7 +53,7 @@ impl Node {
     async fn heartbeat(&self, now: u64) -> bool {
         let me = NodeInfo {
             id: self.id.clone(),
-            addr: self.addr.to_string(),
+            addr: self.advertised_addr(),
             connections: self.registry.connection_count() as u64,
             started_at: self.started_at,
         };
@@ -90,6 +90,7 @@ impl Node {
         let (Ok(buckets), Ok(rooms), Ok(nodes), Ok(_)) = (buckets, rooms, nodes, maintained) else {
             return None;
         };
+        self.remember_peers(&nodes);
         Some(Counters {
             buckets,
             rooms,

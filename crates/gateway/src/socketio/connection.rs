@@ -1,10 +1,13 @@
-//! One Socket.IO connection's Engine.IO side: the open packet and heartbeat, text and binary
-//! messages, and the assembly of binary attachments. What the packets mean is in
-//! [`super::namespace`].
+//! One Socket.IO connection's Engine.IO side: the heartbeat, text and binary messages, and
+//! the assembly of binary attachments. What the packets mean is in [`super::namespace`];
+//! where they come from (a WebSocket, or long-polling, upgraded or not) is
+//! [`super::engine::Engine`]'s business, not this file's.
 //!
 //! Server events reach this client through the shared fan-out already encoded as Socket.IO
 //! text (`Format::SocketIo`): one encoding per broadcast, whatever the protocol mix.
 
+use super::engine::Engine;
+use super::heartbeat::{self, Clock};
 use super::namespace::{push, random_id, Next, Sockets};
 use crate::config::Config;
 use crate::metrics::DisconnectReason;
@@ -21,10 +24,12 @@ use protocol::{CloseCode, Format};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Notify;
-use tokio::time::{sleep, timeout};
+use tokio::time::sleep;
+
+/// The reason of the close that answers the client's own close packet (`1`): over polling it
+/// is acknowledged with a noop rather than a close packet.
+pub const CLIENT_CLOSED: &str = "client closed";
 
 /// What the endpoint speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,81 +54,75 @@ impl Driver for SocketIo {
         ["socketio", "socketio"]
     }
 
+    /// A WebSocket-only session (no `sid`): the open packet offers no upgrade.
     async fn serve(self, node: Arc<Node>, ws: Ws, live: Live) -> DisconnectReason {
-        serve(&node, ws, self, live).await
+        let socket = Socket::open(ws, socket_config(&node.config), node.metrics.clone());
+        let cfg = &node.config;
+        push(
+            &socket.outbound,
+            sio::open_packet(
+                &random_id(),
+                &[],
+                cfg.socketio_ping_interval.as_millis() as u64,
+                cfg.socketio_ping_timeout.as_millis() as u64,
+                cfg.socketio_max_payload as u64,
+            ),
+        );
+        serve(node, Engine::websocket(socket, Clock::start()), self, live).await
     }
 }
 
-async fn serve(node: &Arc<Node>, ws: Ws, driver: SocketIo, live: Live) -> DisconnectReason {
+/// How a Socket.IO WebSocket is opened, from the start or by an upgrade.
+pub fn socket_config(cfg: &Config) -> SocketConfig {
+    SocketConfig {
+        format: Format::SocketIo,
+        max_message_bytes: cfg.socketio_max_payload,
+        queue_bytes: cfg.outbound_queue_bytes,
+        // Engine.IO carries its own heartbeat; WebSocket-level pings are not needed.
+        writer: WriterConfig::without_pings(cfg),
+    }
+}
+
+/// Serves one Engine.IO session whose open packet is queued: heartbeat, packets, and the
+/// end (the sockets saved for recovery or dropped, then the transport finished).
+pub async fn serve(
+    node: Arc<Node>,
+    mut engine: Engine,
+    driver: SocketIo,
+    live: Live,
+) -> DisconnectReason {
     let cfg = &node.config;
-    let mut socket = Socket::open(
-        ws,
-        SocketConfig {
-            format: Format::SocketIo,
-            max_message_bytes: cfg.socketio_max_payload,
-            queue_bytes: cfg.outbound_queue_bytes,
-            // Engine.IO carries its own heartbeat; WebSocket-level pings are not needed.
-            writer: WriterConfig::without_pings(cfg),
-        },
-        node.metrics.clone(),
-    );
-    let outbound = socket.outbound.clone();
-    push(
-        &outbound,
-        sio::open_packet(
-            &random_id(),
-            cfg.socketio_ping_interval.as_millis() as u64,
-            cfg.socketio_ping_timeout.as_millis() as u64,
-            cfg.socketio_max_payload as u64,
-        ),
-    );
+    let outbound = engine.outbound().clone();
     let pong = Arc::new(Notify::new());
-    let heartbeat = tokio::spawn(heartbeat(
+    let heartbeat = tokio::spawn(heartbeat::run(
+        engine.clock().clone(),
         outbound.clone(),
         pong.clone(),
         cfg.socketio_ping_interval,
         cfg.socketio_ping_timeout,
     ));
-    let mut sockets = Sockets::new(node, driver.ip, outbound.clone(), live);
+    let mut sockets = Sockets::new(&node, driver.ip, outbound.clone(), live);
     let (reason, recoverable) =
-        packet_loop(cfg, &mut socket, &mut sockets, driver.mode, &pong).await;
+        packet_loop(cfg, &mut engine, &mut sockets, driver.mode, &pong).await;
     heartbeat.abort();
     // Save (or drop) the sockets first: a recovering client may be back within milliseconds.
     sockets.end_all(recoverable).await;
-    let end = socket.finish(cfg.write_timeout).await;
+    let end = engine
+        .finish(cfg.write_timeout, reason == DisconnectReason::Client)
+        .await;
     disconnect_reason(end, &outbound, reason)
-}
-
-/// The server pings; the first ping goes out one full interval after the open packet. A
-/// client that does not answer within the timeout is closed.
-async fn heartbeat(
-    outbound: Arc<Outbound>,
-    pong: Arc<Notify>,
-    interval: Duration,
-    limit: Duration,
-) {
-    loop {
-        sleep(interval).await;
-        if outbound.push(Bytes::from_static(b"2")).is_err() {
-            return;
-        }
-        if timeout(limit, pong.notified()).await.is_err() {
-            outbound.close(CloseCode::HEARTBEAT_TIMEOUT, "ping timeout");
-            return;
-        }
-    }
 }
 
 /// Reads packets until the connection ends. Returns why it ended and whether the sockets'
 /// state is kept for recovery (not after a protocol error).
-async fn packet_loop<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+async fn packet_loop(
     cfg: &Config,
-    socket: &mut Socket<S>,
+    engine: &mut Engine,
     sockets: &mut Sockets<'_>,
     mode: Mode,
     pong: &Notify,
 ) -> (DisconnectReason, bool) {
-    let outbound = socket.outbound.clone();
+    let outbound = engine.outbound().clone();
     let mut incoming = Incoming {
         mode,
         max_payload: cfg.socketio_max_payload,
@@ -134,7 +133,7 @@ async fn packet_loop<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     // Publishes in flight (see `Next::Publish`); any other packet waits for them.
     let mut in_flight = FuturesUnordered::new();
     loop {
-        let read = socket.read();
+        let read = engine.read();
         tokio::pin!(read);
         let read = loop {
             tokio::select! {
@@ -234,7 +233,7 @@ impl Incoming {
         let text = String::from_utf8_lossy(payload);
         let next = match sio::decode_engine(&text) {
             Err(_) => Next::Close(CloseCode::PROTOCOL_ERROR, "invalid Engine.IO packet"),
-            Ok(EnginePacket::Close) => Next::Close(CloseCode::NORMAL, ""),
+            Ok(EnginePacket::Close) => Next::Close(CloseCode::NORMAL, CLIENT_CLOSED),
             Ok(EnginePacket::Ping) => {
                 Next::Close(CloseCode::PROTOCOL_ERROR, "invalid heartbeat direction")
             }

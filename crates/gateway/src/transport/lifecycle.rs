@@ -89,13 +89,33 @@ pub async fn run<D: Driver>(
         close::reject(ws, refusal.code, &refusal.reason).await;
         return;
     }
+    let labels = driver.labels();
+    serve_admitted(node, ticket, labels, move |node, live| {
+        driver.serve(node, ws, live)
+    })
+    .await;
+}
+
+/// Serves an admitted connection, whatever carries it (a WebSocket, or an Engine.IO
+/// long-polling session): counted in `roomcast_connections` under `labels`, its driver in its
+/// own task, its sessions cleaned up whatever happens, and its admission places given back
+/// when it ends (the `ticket` is dropped last).
+pub async fn serve_admitted<F, Fut>(
+    node: Arc<Node>,
+    ticket: Ticket,
+    labels: [&'static str; 2],
+    serve: F,
+) where
+    F: FnOnce(Arc<Node>, Live) -> Fut,
+    Fut: Future<Output = DisconnectReason> + Send + 'static,
+{
     node.metrics.connections_accepted.inc();
-    let gauge = node.metrics.connections.with_label_values(&driver.labels());
+    let gauge = node.metrics.connections.with_label_values(&labels);
     gauge.inc();
     // The driver runs in its own task so that a panic in it (none is known: the decoders are
     // fuzzed and frame sequences property-tested) still ends in a full cleanup.
     let live = Live::default();
-    let task = tokio::spawn(driver.serve(node.clone(), ws, live.clone()));
+    let task = tokio::spawn(serve(node.clone(), live.clone()));
     let reason = match task.await {
         Ok(reason) => reason,
         Err(e) => {

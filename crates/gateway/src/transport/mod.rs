@@ -2,7 +2,8 @@
 //! the test echo endpoint differ only in what they say, and the conformance tests that run
 //! against the echo endpoint cover what clients really talk to.
 //!
-//! - [`socket`]: one upgraded WebSocket: open, read whole messages, finish.
+//! - [`socket`]: one upgraded WebSocket: open, read whole messages, finish; or a probe that
+//!   is handed an existing queue later (the Engine.IO upgrade from long-polling).
 //! - [`frames`]: the read half: frames in, whole messages out; pings and closes answered.
 //! - [`reassembly`]: fragments into messages under the size cap; UTF-8 checked as it comes.
 //! - [`writer`]: the write task: the outbound queue onto the socket, batched; pings.
@@ -19,7 +20,9 @@ mod reassembly;
 mod socket;
 mod writer;
 
+pub use close::reject;
 pub use frames::{Ending, Read};
-pub use lifecycle::{disconnect_reason, run, Driver, Live, Ws};
-pub use socket::{Socket, SocketConfig};
+pub use lifecycle::{disconnect_reason, run, serve_admitted, Driver, Live, Ws};
+pub use socket::{Probe, Socket, SocketConfig};
 pub use writer::WriterConfig;
+pub use writer::WriterEnd;

@@ -74,7 +74,7 @@ pub type LastSeen = Arc<AtomicU64>;
 /// Bytes gathered into one write at most.
 const BATCH: usize = 64 * 1024;
 
-const OP_TEXT: u8 = 0x1;
+pub(super) const OP_TEXT: u8 = 0x1;
 const OP_BINARY: u8 = 0x2;
 const OP_CLOSE: u8 = 0x8;
 const OP_PING: u8 = 0x9;

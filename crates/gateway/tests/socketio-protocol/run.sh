@@ -9,9 +9,7 @@
 # of github.com/socketio/socket.io (a work tree, or a bare git directory). Without it this
 # script says so and exits 0, so that `make test` runs on machines without the clone.
 #
-# roomcast speaks the WebSocket transport only, so the tests that need HTTP long-polling are
-# excluded the way the reference notes describe: every `long-polling` and `upgrade` test,
-# except the three handshake checks that only expect HTTP 400.
+# Both suites run in full: WebSocket, HTTP long-polling and the upgrade between them.
 set -uo pipefail
 cd "$(dirname "$0")/../../../.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -59,10 +57,6 @@ run() {
   failing=$(grep -Eo '[0-9]+ failing' "$WORK/$name.log" | grep -Eo '[0-9]+' || echo 0)
   echo "$name: $passing passed, $failing failed"
 }
-# Socket.IO v5: everything but the polling tests (the three HTTP 400 checks stay).
-run docs/socket.io-protocol/v5-test-suite "socket.io v5" --invert \
-  --grep 'HTTP long-polling should (successfully open a session|send ping/pong packets|close the session upon ping timeout|forcefully close the session)|upgrade'
-# Engine.IO v4: the WebSocket tests plus the three HTTP 400 handshake checks.
-run docs/engine.io-protocol/v4-test-suite "engine.io v4" --invert \
-  --grep 'HTTP long-polling (successfully opens a session|message|heartbeat|close)|HTTP long-polling .*(sends|closes the session)|upgrade'
+run docs/socket.io-protocol/v5-test-suite "socket.io v5"
+run docs/engine.io-protocol/v4-test-suite "engine.io v4"
 exit $rc

@@ -140,6 +140,29 @@ class SocketIoPython(unittest.TestCase):
         a.disconnect()
         b.disconnect()
 
+    def test_default_transports_and_polling_only(self):
+        # python-socketio's default: long-polling first, then the upgrade to WebSocket.
+        a = socketio.Client(reconnection=False)
+        a.connect(URL, auth={"token": token("py-dflt")}, wait_timeout=5)
+        until(lambda: a.transport() == "websocket")
+        b = socketio.Client(reconnection=False)
+        b.connect(URL, transports=["polling"], auth={"token": token("py-poll")}, wait_timeout=5)
+        self.assertEqual(b.transport(), "polling")
+        room = unique("py-transports")
+        a.call("create_room", {"room": room}, timeout=5)
+        self.assertIn("ok", b.call("join", {"room": room}, timeout=5))
+        recs = [Recorder(c, "message") for c in (a, b)]
+        for i in range(10):
+            sender = a if i % 2 else b
+            self.assertIn("ok", sender.call("publish", {"room": room, "data": i}, timeout=5))
+        self.assertIn("ok", b.call("publish", {"room": room, "data": b"\x01\xff"}, timeout=5))
+        for rec in recs:
+            until(lambda: len(rec.seen["message"]) == 11)
+            got = [m[0]["data"] for m in rec.seen["message"]]
+            self.assertEqual(got, list(range(10)) + [[1, 255]])
+        a.disconnect()
+        b.disconnect()
+
     def test_mixed_room_with_a_native_client(self):
         s = connect("py-mixed")
         room = unique("py-mixed")
