@@ -26,13 +26,19 @@ use std::sync::Arc;
 /// The most publishes of one connection waiting for the store at once (reading stops while
 /// this many are out: back-pressure on the client's socket, never an unbounded queue).
 ///
-/// Their order is kept by the store, not by waiting: each carries the connection's next
-/// sequence number ([`Session::publish_seq`], taken when it is sent), and the store refuses
-/// one that arrives after a later one was sequenced (`room_state::Publisher`). Without that,
-/// a publish sent to a failing primary and re-sent by the client library to the new owner
-/// landed after the next one, which went there directly (the short chaos run saw 72
-/// out-of-order deliveries when this was first raised).
-pub const MAX_PUBLISHES_IN_FLIGHT: usize = 16;
+/// Each publish carries the connection's next sequence number ([`Session::publish_seq`],
+/// taken when it is sent), and the store refuses one that arrives after a later one was
+/// sequenced (`room_state::Publisher`): a publish re-sent by the client library after a
+/// failover can no longer land behind the next one (the short chaos run saw 72 out-of-order
+/// deliveries when this was first raised without the check).
+///
+/// Still one, though: with 16, the refusal turned ordinary retries into `unavailable`
+/// answers. When a primary answers `NOSCRIPT` (a fresh or promoted one has an empty script
+/// cache) or `MOVED`, every pipelined publish behind the first gets the same answer and is
+/// retried on its own, and the retries reach Redis in whatever order their futures are woken
+/// (the 3-node Socket.IO test saw it on a fresh cluster). Raising this needs retries sent in
+/// sequence order (a per-connection ticket), or the script loaded everywhere before use.
+pub const MAX_PUBLISHES_IN_FLIGHT: usize = 1;
 
 /// One client connection as the ops see it.
 #[derive(Debug)]
