@@ -20,4 +20,4 @@ trap 'kill $node_pid $hot_pid 2>/dev/null' EXIT
 for _ in $(seq 1 100); do curl -sf "127.0.0.1:$port/readyz" >/dev/null && curl -sf "127.0.0.1:$hot/readyz" >/dev/null && break; sleep 0.1; done
 cd "$here"
 ROOMCAST_URL="http://127.0.0.1:$port" ROOMCAST_HOT_URL="http://127.0.0.1:$hot" ROOMCAST_JWT_SECRET=sio-secret \
-  node --experimental-websocket --no-warnings --test socketio.test.mjs polling.test.mjs
+  timeout 300 node --experimental-websocket --no-warnings --test --test-force-exit socketio.test.mjs polling.test.mjs
