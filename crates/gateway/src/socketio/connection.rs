@@ -11,7 +11,7 @@ use crate::metrics::DisconnectReason;
 use crate::node::Node;
 use crate::session;
 use crate::transport::{
-    disconnect_reason, Driver, Ending, Live, Read, Socket, SocketConfig, WriterConfig, Ws,
+    disconnect_reason, Driver, Ending, Live, Liveness, Read, Socket, SocketConfig, WriterConfig, Ws,
 };
 use bytes::Bytes;
 use fan_out::Outbound;
@@ -19,12 +19,11 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use protocol::socketio::{self as sio, EnginePacket, Kind, Packet};
 use protocol::{CloseCode, Format};
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::Notify;
-use tokio::time::{sleep, timeout};
+use tokio::time::{sleep, Sleep};
 
 /// What the endpoint speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,8 +61,9 @@ async fn serve(node: &Arc<Node>, ws: Ws, driver: SocketIo, live: Live) -> Discon
             format: Format::SocketIo,
             max_message_bytes: cfg.socketio_max_payload,
             queue_bytes: cfg.outbound_queue_bytes,
-            // Engine.IO carries its own heartbeat; WebSocket-level pings are not needed.
-            writer: WriterConfig::without_pings(cfg),
+            // Engine.IO's heartbeat (its ping packets, not WebSocket pings), from the shared
+            // ping ticker: no timer or task of its own per connection.
+            writer: WriterConfig::with_engine_io_pings(cfg),
         },
         node.metrics.clone(),
     );
@@ -77,41 +77,16 @@ async fn serve(node: &Arc<Node>, ws: Ws, driver: SocketIo, live: Live) -> Discon
             cfg.socketio_max_payload as u64,
         ),
     );
-    let pong = Arc::new(Notify::new());
-    let heartbeat = tokio::spawn(heartbeat(
-        outbound.clone(),
-        pong.clone(),
-        cfg.socketio_ping_interval,
-        cfg.socketio_ping_timeout,
-    ));
+    let liveness = socket.liveness();
     let mut sockets = Sockets::new(node, driver.ip, outbound.clone(), live);
     let (reason, recoverable) =
-        packet_loop(cfg, &mut socket, &mut sockets, driver.mode, &pong).await;
-    heartbeat.abort();
+        packet_loop(cfg, &mut socket, &mut sockets, driver.mode, &liveness).await;
     // Save (or drop) the sockets first: a recovering client may be back within milliseconds.
-    sockets.end_all(recoverable).await;
+    // Boxed, like the packet handling below: this future lives as long as the connection,
+    // and inline these would make every idle connection pay for their largest state.
+    Box::pin(sockets.end_all(recoverable)).await;
     let end = socket.finish(cfg.write_timeout).await;
     disconnect_reason(end, &outbound, reason)
-}
-
-/// The server pings; the first ping goes out one full interval after the open packet. A
-/// client that does not answer within the timeout is closed.
-async fn heartbeat(
-    outbound: Arc<Outbound>,
-    pong: Arc<Notify>,
-    interval: Duration,
-    limit: Duration,
-) {
-    loop {
-        sleep(interval).await;
-        if outbound.push(Bytes::from_static(b"2")).is_err() {
-            return;
-        }
-        if timeout(limit, pong.notified()).await.is_err() {
-            outbound.close(CloseCode::HEARTBEAT_TIMEOUT, "ping timeout");
-            return;
-        }
-    }
 }
 
 /// Reads packets until the connection ends. Returns why it ended and whether the sockets'
@@ -121,7 +96,7 @@ async fn packet_loop<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     socket: &mut Socket<S>,
     sockets: &mut Sockets<'_>,
     mode: Mode,
-    pong: &Notify,
+    pong: &Liveness,
 ) -> (DisconnectReason, bool) {
     let outbound = socket.outbound.clone();
     let mut incoming = Incoming {
@@ -129,11 +104,16 @@ async fn packet_loop<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         max_payload: cfg.socketio_max_payload,
         pending: None,
     };
-    let connect_deadline = sleep(cfg.socketio_connect_timeout);
-    tokio::pin!(connect_deadline);
+    // Boxed, and dropped once a namespace is joined: an idle connection then holds no timer
+    // (none in its future, none in the runtime's wheel to fire later and wake it for nothing).
+    let mut connect_deadline =
+        (mode == Mode::SocketIo).then(|| Box::pin(sleep(cfg.socketio_connect_timeout)));
     // Publishes in flight (see `Next::Publish`); any other packet waits for them.
     let mut in_flight = FuturesUnordered::new();
     loop {
+        if sockets.ever_joined {
+            connect_deadline = None;
+        }
         let read = socket.read();
         tokio::pin!(read);
         let read = loop {
@@ -141,7 +121,7 @@ async fn packet_loop<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
                 biased;
                 Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
                 read = &mut read, if in_flight.len() < session::MAX_PUBLISHES_IN_FLIGHT => break read,
-                _ = &mut connect_deadline, if !sockets.ever_joined && mode == Mode::SocketIo => {
+                _ = expired(&mut connect_deadline), if connect_deadline.is_some() => {
                     outbound.close(CloseCode::NORMAL, "connect timeout");
                     return (DisconnectReason::Timeout, true);
                 }
@@ -171,7 +151,8 @@ async fn packet_loop<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
                     // Anything but a publish is a barrier: the publishes before it finish first.
                     while in_flight.next().await.is_some() {}
                 }
-                sockets.packet(packet, attachments).await
+                // Boxed: kept out of the connection's long-lived future (see `serve`).
+                Box::pin(sockets.packet(packet, attachments)).await
             }
         };
         match next {
@@ -192,6 +173,14 @@ async fn packet_loop<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
                 };
             }
         }
+    }
+}
+
+/// Completes when the deadline passes; never without one.
+async fn expired(deadline: &mut Option<Pin<Box<Sleep>>>) {
+    match deadline {
+        Some(deadline) => deadline.as_mut().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -224,7 +213,7 @@ struct Incoming {
 }
 
 impl Incoming {
-    fn text(&mut self, payload: &[u8], outbound: &Outbound, pong: &Notify) -> Step {
+    fn text(&mut self, payload: &[u8], outbound: &Outbound, pong: &Liveness) -> Step {
         if self.pending.is_some() {
             return Step::Next(Next::Close(
                 CloseCode::PROTOCOL_ERROR,
@@ -239,7 +228,7 @@ impl Incoming {
                 Next::Close(CloseCode::PROTOCOL_ERROR, "invalid heartbeat direction")
             }
             Ok(EnginePacket::Pong) => {
-                pong.notify_one();
+                pong.heard();
                 Next::Continue
             }
             Ok(EnginePacket::Ignored) => Next::Continue,
