@@ -326,6 +326,56 @@ async fn the_upgrade_loses_and_reorders_nothing() {
     eventually("the session is unlisted", || server.node.polling.is_empty()).await;
 }
 
+/// An upgraded session keeps the heartbeat it began with (its own task, not the WebSocket
+/// ticker): Engine.IO pings go on over the WebSocket, answered ones keep it, and a missed one
+/// closes it with 4010.
+#[tokio::test]
+async fn pings_go_on_after_the_upgrade() {
+    let server = start(&[
+        "--socketio-ping-interval",
+        "200ms",
+        "--socketio-ping-timeout",
+        "300ms",
+    ])
+    .await;
+    let a = server.addr;
+    let (sid, _) = handshake(a, SIO).await;
+    // One ping over polling, answered there.
+    let r = get(a, &sid).await;
+    assert_eq!((r.status, r.body.as_str()), (200, "2"));
+    assert_eq!(post(a, &sid, "3").await.body, "ok");
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!(
+        "ws://{a}/socket.io/?EIO=4&transport=websocket&sid={sid}"
+    ))
+    .await
+    .unwrap();
+    ws.send(Message::text("2probe")).await.unwrap();
+    assert_eq!(ws_text(&mut ws).await, "3probe");
+    let r = get(a, &sid).await;
+    // Released with a noop (or the next ping, if it came first: it is not lost either way,
+    // only the poll answers it).
+    assert_eq!(r.status, 200);
+    if r.body == "2" {
+        assert_eq!(post(a, &sid, "3").await.body, "ok");
+    }
+    ws.send(Message::text("5")).await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(ws_text(&mut ws).await, "2");
+        ws.send(Message::text("3")).await.unwrap();
+    }
+    // Unanswered: closed with 4010 within the timeout.
+    assert_eq!(ws_text(&mut ws).await, "2");
+    let close = loop {
+        match tokio::time::timeout(WAIT, ws.next()).await.unwrap() {
+            Some(Ok(Message::Close(frame))) => break frame,
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            other => panic!("expected a close, got {other:?}"),
+        }
+    };
+    assert_eq!(close.map(|f| u16::from(f.code)), Some(4010));
+    eventually("the session is unlisted", || server.node.polling.is_empty()).await;
+}
+
 #[tokio::test]
 async fn cors_follows_allowed_origins() {
     let server = start(&["--allowed-origins", "https://app.example"]).await;

@@ -94,7 +94,14 @@ async fn serve(
     let session = open_session(node, identity, &socket.outbound, &live);
     let reason = ops_loop(node, &mut socket, &session, format).await;
     let end = socket.finish(config.write_timeout).await;
-    session::cleanup(node, &session.conn_id, &session.identity.user).await;
+    // Boxed, like the ops below: this future lives as long as the connection, and inline
+    // these would make every idle connection pay for their largest state.
+    Box::pin(session::cleanup(
+        node,
+        &session.conn_id,
+        &session.identity.user,
+    ))
+    .await;
     live.remove(&session.conn_id);
     disconnect_reason(end, &socket.outbound, reason)
 }
@@ -190,7 +197,8 @@ async fn ops_loop(
             Op::Publish { room, data, msg_id } => {
                 let id = request.id;
                 let timer = node.metrics.op_duration("publish").start_timer();
-                if let Err(e) = session::admit_publish(node, session, &room, &data).await {
+                if let Err(e) = Box::pin(session::admit_publish(node, session, &room, &data)).await
+                {
                     timer.observe_duration();
                     if in_flight.is_empty() {
                         answer_publish(outbound, (id, Err(e)), format);
@@ -222,7 +230,8 @@ async fn ops_loop(
                 while let Some(answer) = in_flight.next().await {
                     answer_publish(outbound, answer, format);
                 }
-                let (result, after) = session::handle(node, session, op).await;
+                // Boxed: kept out of the connection's long-lived future (see `serve`).
+                let (result, after) = Box::pin(session::handle(node, session, op)).await;
                 let reply = match result {
                     Ok(body) => Reply::ok(request.id, body),
                     Err(error) => Reply::error(Some(request.id), error),

@@ -6,15 +6,15 @@
 //! Server events reach this client through the shared fan-out already encoded as Socket.IO
 //! text (`Format::SocketIo`): one encoding per broadcast, whatever the protocol mix.
 
-use super::engine::Engine;
-use super::heartbeat::{self, Clock};
+use super::engine::{Engine, Pings};
+use super::heartbeat;
 use super::namespace::{push, random_id, Next, Sockets};
 use crate::config::Config;
 use crate::metrics::DisconnectReason;
 use crate::node::Node;
 use crate::session;
 use crate::transport::{
-    disconnect_reason, Driver, Ending, Live, Read, Socket, SocketConfig, WriterConfig, Ws,
+    disconnect_reason, Driver, Ending, Live, Liveness, Read, Socket, SocketConfig, WriterConfig, Ws,
 };
 use bytes::Bytes;
 use fan_out::Outbound;
@@ -22,10 +22,11 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use protocol::socketio::{self as sio, EnginePacket, Kind, Packet};
 use protocol::{CloseCode, Format};
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 use tokio::sync::Notify;
-use tokio::time::sleep;
+use tokio::time::{sleep, Sleep};
 
 /// The reason of the close that answers the client's own close packet (`1`): over polling it
 /// is acknowledged with a noop rather than a close packet.
@@ -54,9 +55,14 @@ impl Driver for SocketIo {
         ["socketio", "socketio"]
     }
 
-    /// A WebSocket-only session (no `sid`): the open packet offers no upgrade.
+    /// A WebSocket-only session (no `sid`): the open packet offers no upgrade. Its Engine.IO
+    /// pings come from the shared ping ticker, written by its writer task (see `serve`).
     async fn serve(self, node: Arc<Node>, ws: Ws, live: Live) -> DisconnectReason {
-        let socket = Socket::open(ws, socket_config(&node.config), node.metrics.clone());
+        let config = SocketConfig {
+            writer: WriterConfig::with_engine_io_pings(&node.config),
+            ..socket_config(&node.config)
+        };
+        let socket = Socket::open(ws, config, node.metrics.clone());
         let cfg = &node.config;
         push(
             &socket.outbound,
@@ -68,11 +74,13 @@ impl Driver for SocketIo {
                 cfg.socketio_max_payload as u64,
             ),
         );
-        serve(node, Engine::websocket(socket, Clock::start()), self, live).await
+        serve(node, Engine::websocket(socket), self, live).await
     }
 }
 
-/// How a Socket.IO WebSocket is opened, from the start or by an upgrade.
+/// How a Socket.IO WebSocket is opened by an upgrade: without pings from the writer, since the
+/// session's own heartbeat task, started while it was polling, goes on pinging through the same
+/// queue (see `serve`). A WebSocket from the start replaces `writer`.
 pub fn socket_config(cfg: &Config) -> SocketConfig {
     SocketConfig {
         format: Format::SocketIo,
@@ -80,6 +88,33 @@ pub fn socket_config(cfg: &Config) -> SocketConfig {
         queue_bytes: cfg.outbound_queue_bytes,
         // Engine.IO carries its own heartbeat; WebSocket-level pings are not needed.
         writer: WriterConfig::without_pings(cfg),
+    }
+}
+
+/// Where the driver reports a pong packet (`3`): to whichever heartbeat sends the session's
+/// Engine.IO pings.
+///
+/// A WebSocket session from the start uses the shared ping ticker (`transport::heartbeat`):
+/// its writer task writes the pings, and no timer or task is kept per connection, which is
+/// what makes an idle connection cheap. A session that begins with long-polling has no writer
+/// task to wake (its queue is drained by whichever GET comes), and a poll must be able to tell
+/// from the session's [`heartbeat::Clock`] that a pong is overdue even if no timer ran yet; so it keeps a
+/// heartbeat task of its own ([`heartbeat::run`]), pushing `2` into the session's queue. It
+/// keeps that task after an upgrade too: the pings stay in queue order with everything else,
+/// and the deadline of a ping sent over polling carries over to the WebSocket unchanged,
+/// which a switch of heartbeat mid-session could not promise. Upgraded sessions are the fewer
+/// and pay a task each, as every Socket.IO session did before.
+enum Pongs {
+    Ticker(Liveness),
+    Task(Arc<Notify>),
+}
+
+impl Pongs {
+    fn heard(&self) {
+        match self {
+            Pongs::Ticker(liveness) => liveness.heard(),
+            Pongs::Task(pong) => pong.notify_one(),
+        }
     }
 }
 
@@ -93,20 +128,31 @@ pub async fn serve(
 ) -> DisconnectReason {
     let cfg = &node.config;
     let outbound = engine.outbound().clone();
-    let pong = Arc::new(Notify::new());
-    let heartbeat = tokio::spawn(heartbeat::run(
-        engine.clock().clone(),
-        outbound.clone(),
-        pong.clone(),
-        cfg.socketio_ping_interval,
-        cfg.socketio_ping_timeout,
-    ));
+    // See `Pongs` for which heartbeat drives the pings.
+    let (pongs, heartbeat) = match engine.pings() {
+        Pings::Own(clock) => {
+            let pong = Arc::new(Notify::new());
+            let task = tokio::spawn(heartbeat::run(
+                clock,
+                outbound.clone(),
+                pong.clone(),
+                cfg.socketio_ping_interval,
+                cfg.socketio_ping_timeout,
+            ));
+            (Pongs::Task(pong), Some(task))
+        }
+        Pings::Ticker(liveness) => (Pongs::Ticker(liveness), None),
+    };
     let mut sockets = Sockets::new(&node, driver.ip, outbound.clone(), live);
     let (reason, recoverable) =
-        packet_loop(cfg, &mut engine, &mut sockets, driver.mode, &pong).await;
-    heartbeat.abort();
+        packet_loop(cfg, &mut engine, &mut sockets, driver.mode, &pongs).await;
+    if let Some(task) = heartbeat {
+        task.abort();
+    }
     // Save (or drop) the sockets first: a recovering client may be back within milliseconds.
-    sockets.end_all(recoverable).await;
+    // Boxed, like the packet handling below: this future lives as long as the connection,
+    // and inline these would make every idle connection pay for their largest state.
+    Box::pin(sockets.end_all(recoverable)).await;
     let end = engine
         .finish(cfg.write_timeout, reason == DisconnectReason::Client)
         .await;
@@ -120,7 +166,7 @@ async fn packet_loop(
     engine: &mut Engine,
     sockets: &mut Sockets<'_>,
     mode: Mode,
-    pong: &Notify,
+    pong: &Pongs,
 ) -> (DisconnectReason, bool) {
     let outbound = engine.outbound().clone();
     let mut incoming = Incoming {
@@ -128,11 +174,16 @@ async fn packet_loop(
         max_payload: cfg.socketio_max_payload,
         pending: None,
     };
-    let connect_deadline = sleep(cfg.socketio_connect_timeout);
-    tokio::pin!(connect_deadline);
+    // Boxed, and dropped once a namespace is joined: an idle connection then holds no timer
+    // (none in its future, none in the runtime's wheel to fire later and wake it for nothing).
+    let mut connect_deadline =
+        (mode == Mode::SocketIo).then(|| Box::pin(sleep(cfg.socketio_connect_timeout)));
     // Publishes in flight (see `Next::Publish`); any other packet waits for them.
     let mut in_flight = FuturesUnordered::new();
     loop {
+        if sockets.ever_joined {
+            connect_deadline = None;
+        }
         let read = engine.read();
         tokio::pin!(read);
         let read = loop {
@@ -140,7 +191,7 @@ async fn packet_loop(
                 biased;
                 Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
                 read = &mut read, if in_flight.len() < session::MAX_PUBLISHES_IN_FLIGHT => break read,
-                _ = &mut connect_deadline, if !sockets.ever_joined && mode == Mode::SocketIo => {
+                _ = expired(&mut connect_deadline), if connect_deadline.is_some() => {
                     outbound.close(CloseCode::NORMAL, "connect timeout");
                     return (DisconnectReason::Timeout, true);
                 }
@@ -170,7 +221,8 @@ async fn packet_loop(
                     // Anything but a publish is a barrier: the publishes before it finish first.
                     while in_flight.next().await.is_some() {}
                 }
-                sockets.packet(packet, attachments).await
+                // Boxed: kept out of the connection's long-lived future (see `serve`).
+                Box::pin(sockets.packet(packet, attachments)).await
             }
         };
         match next {
@@ -191,6 +243,14 @@ async fn packet_loop(
                 };
             }
         }
+    }
+}
+
+/// Completes when the deadline passes; never without one.
+async fn expired(deadline: &mut Option<Pin<Box<Sleep>>>) {
+    match deadline {
+        Some(deadline) => deadline.as_mut().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -223,7 +283,7 @@ struct Incoming {
 }
 
 impl Incoming {
-    fn text(&mut self, payload: &[u8], outbound: &Outbound, pong: &Notify) -> Step {
+    fn text(&mut self, payload: &[u8], outbound: &Outbound, pong: &Pongs) -> Step {
         if self.pending.is_some() {
             return Step::Next(Next::Close(
                 CloseCode::PROTOCOL_ERROR,
@@ -238,7 +298,7 @@ impl Incoming {
                 Next::Close(CloseCode::PROTOCOL_ERROR, "invalid heartbeat direction")
             }
             Ok(EnginePacket::Pong) => {
-                pong.notify_one();
+                pong.heard();
                 Next::Continue
             }
             Ok(EnginePacket::Ignored) => Next::Continue,

@@ -13,7 +13,7 @@ use super::polling::session::{Inbound, Session};
 use super::polling::Listed;
 use super::CLIENT_CLOSED;
 use crate::node::Node;
-use crate::transport::{Ending, Read, Socket, WriterEnd};
+use crate::transport::{Ending, Liveness, Read, Socket, WriterEnd};
 use fan_out::Outbound;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
@@ -33,11 +33,18 @@ const CLOSE_ANSWER_WAIT: Duration = Duration::from_secs(1);
 pub enum Engine {
     WebSocket {
         socket: WsSocket,
-        clock: Arc<Clock>,
         /// Set when the session began with polling: its listing is kept until the end.
         _listed: Option<Listed>,
     },
     Polling(Polling),
+}
+
+/// Which heartbeat sends a session's Engine.IO pings.
+pub enum Pings {
+    /// A task of the session's own, on this clock (a session that began with long-polling).
+    Own(Arc<Clock>),
+    /// The shared ping ticker, through the WebSocket's writer (a WebSocket from the start).
+    Ticker(Liveness),
 }
 
 /// The driver's side of a long-polling session.
@@ -77,11 +84,11 @@ pub fn owner_tag(sid: &str) -> Option<&str> {
 }
 
 impl Engine {
-    /// A WebSocket from the start.
-    pub fn websocket(socket: WsSocket, clock: Arc<Clock>) -> Engine {
+    /// A WebSocket from the start; its writer sends the Engine.IO pings (the socket is opened
+    /// with them, from the shared ticker).
+    pub fn websocket(socket: WsSocket) -> Engine {
         Engine::WebSocket {
             socket,
-            clock,
             _listed: None,
         }
     }
@@ -101,11 +108,13 @@ impl Engine {
         })
     }
 
-    /// The session's heartbeat clock.
-    pub fn clock(&self) -> &Arc<Clock> {
+    /// Where the session's pings come from, asked when the session starts (see
+    /// `connection::Pongs` for why the two differ). A session upgraded later keeps what it
+    /// started with.
+    pub fn pings(&self) -> Pings {
         match self {
-            Engine::WebSocket { clock, .. } => clock,
-            Engine::Polling(p) => &p.session.clock,
+            Engine::WebSocket { socket, .. } => Pings::Ticker(socket.liveness()),
+            Engine::Polling(p) => Pings::Own(p.session.clock.clone()),
         }
     }
 
@@ -122,23 +131,23 @@ impl Engine {
         loop {
             let probed = match self {
                 Engine::WebSocket { socket, .. } => return socket.read().await,
-                Engine::Polling(p) => match p.read().await {
+                // Boxed: a WebSocket session's long-lived read future need not hold a
+                // polling read's state.
+                Engine::Polling(p) => match Box::pin(p.read()).await {
                     PollRead::Read(read) => return read,
                     PollRead::Upgrade(probed) => probed,
                 },
             };
             // The upgrade: the WebSocket takes over the session's queue.
             let Engine::Polling(p) = self else { continue };
-            let Some(rx) = p.session.take_queue().await else {
+            let Some(rx) = Box::pin(p.session.take_queue()).await else {
                 continue;
             };
             let socket = probed.attach(p.session.outbound.clone(), rx);
-            let clock = p.session.clock.clone();
             let old = std::mem::replace(
                 self,
                 Engine::WebSocket {
                     socket,
-                    clock,
                     _listed: None,
                 },
             );

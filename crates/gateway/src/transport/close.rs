@@ -1,8 +1,8 @@
-//! The close handshake (RFC 6455 section 7): which code a read error earns, how a peer's
-//! Close is validated and echoed, and how a connection that is refused after its upgrade is
-//! closed cleanly.
+//! The close handshake (RFC 6455 section 7): how a peer's Close is validated and echoed, and
+//! how a connection that is refused after its upgrade is closed cleanly. (The codes a broken
+//! frame earns are the decoder's, [`super::decoder`].)
 
-use fastwebsockets::{Frame, OpCode, WebSocket, WebSocketError};
+use fastwebsockets::{Frame, OpCode, WebSocket};
 use protocol::CloseCode;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -10,18 +10,6 @@ use tokio::time::timeout;
 
 /// How long to wait for the client's Close after ours, for a clean close handshake.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(2);
-
-/// The close code for a read error, or `None` when the peer is simply gone.
-pub fn close_code_for(error: &WebSocketError) -> Option<(u16, &'static str)> {
-    match error {
-        WebSocketError::InvalidUTF8 => Some((CloseCode::INVALID_PAYLOAD, "invalid UTF-8")),
-        WebSocketError::FrameTooLarge => Some((CloseCode::MESSAGE_TOO_BIG, "message too big")),
-        WebSocketError::UnexpectedEOF
-        | WebSocketError::IoError(_)
-        | WebSocketError::ConnectionClosed => None,
-        _ => Some((CloseCode::PROTOCOL_ERROR, "protocol error")),
-    }
-}
 
 /// Validates a received Close payload and picks the code to echo (section 5.5.1: a status
 /// code the peer may send, and a UTF-8 reason).

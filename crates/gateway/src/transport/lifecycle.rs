@@ -1,8 +1,12 @@
 //! One connection's life, the same for every endpoint: the upgrade completes, the checks that
 //! a client hears about as a close code run (the per-address limit here, then the driver's
-//! own: a token, the per-user limit), the protocol driver serves the connection in its own
-//! task, and whatever happens, a panic included, the connection's sessions are cleaned up and
-//! its admission slots given back (they are guards held by the [`Ticket`]).
+//! own: a token, the per-user limit), the protocol driver serves the connection, and whatever
+//! happens, a panic included, the connection's sessions are cleaned up and its admission slots
+//! given back (they are guards held by the [`Ticket`]).
+//!
+//! A panic in the driver is caught at its poll (`catch_unwind`), as a task boundary would
+//! catch it, but without a second task per connection: the connection is one task (and its
+//! writer another), whose future holds the driver's state and little else.
 //!
 //! A driver (native, Socket.IO, the test echo) only speaks its protocol.
 
@@ -15,11 +19,14 @@ use crate::session;
 use fan_out::Outbound;
 use fastwebsockets::upgrade::UpgradeFut;
 use fastwebsockets::WebSocket;
+use futures_util::FutureExt;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 use protocol::CloseCode;
+use std::any::Any;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 /// An upgraded HTTP connection.
@@ -55,7 +62,10 @@ pub struct Live(Arc<Mutex<Vec<Open>>>);
 
 impl Live {
     pub fn add(&self, conn_id: Arc<str>, user: Arc<str>) {
-        self.0.lock().push((conn_id, user));
+        let mut open = self.0.lock();
+        // Mostly one session per connection: room for exactly it, not the usual four.
+        open.reserve_exact(1);
+        open.push((conn_id, user));
     }
 
     pub fn remove(&self, conn_id: &str) {
@@ -86,7 +96,10 @@ pub async fn run<D: Driver>(
         if refusal.rejection == Rejection::Auth {
             node.metrics.disconnect(DisconnectReason::Auth);
         }
-        close::reject(ws, refusal.code, &refusal.reason).await;
+        // Boxed, here and below: this future lives as long as the connection, and an inline
+        // close handshake (or cleanup after a panic) would make it several times larger for a
+        // path most connections never take.
+        Box::pin(close::reject(ws, refusal.code, &refusal.reason)).await;
         return;
     }
     let labels = driver.labels();
@@ -97,9 +110,10 @@ pub async fn run<D: Driver>(
 }
 
 /// Serves an admitted connection, whatever carries it (a WebSocket, or an Engine.IO
-/// long-polling session): counted in `roomcast_connections` under `labels`, its driver in its
-/// own task, its sessions cleaned up whatever happens, and its admission places given back
-/// when it ends (the `ticket` is dropped last).
+/// long-polling session): counted in `roomcast_connections` under `labels`, its driver's
+/// panic caught (no task of its own: a WebSocket's connection task, or the task a polling
+/// session's open spawned, runs it), its sessions cleaned up whatever happens, and its
+/// admission places given back when it ends (the `ticket` is dropped last).
 pub async fn serve_admitted<F, Fut>(
     node: Arc<Node>,
     ticket: Ticket,
@@ -112,23 +126,41 @@ pub async fn serve_admitted<F, Fut>(
     node.metrics.connections_accepted.inc();
     let gauge = node.metrics.connections.with_label_values(&labels);
     gauge.inc();
-    // The driver runs in its own task so that a panic in it (none is known: the decoders are
-    // fuzzed and frame sequences property-tested) still ends in a full cleanup.
+    // A panic in the driver (none is known: the decoders are fuzzed and frame sequences
+    // property-tested) is caught here and still ends in a full cleanup. Nothing the driver
+    // shares is left half-changed by one: its locks are held for map operations only, and
+    // parking_lot's do not poison.
     let live = Live::default();
-    let task = tokio::spawn(serve(node.clone(), live.clone()));
-    let reason = match task.await {
+    let serve = AssertUnwindSafe(serve(node.clone(), live.clone())).catch_unwind();
+    let reason = match serve.await {
         Ok(reason) => reason,
-        Err(e) => {
-            tracing::error!(error = %e, "connection task failed; cleaning up");
-            for (conn_id, user) in live.take() {
-                session::abandon(&node, &conn_id, &user).await;
-            }
+        Err(panic) => {
+            tracing::error!(
+                panic = panic_message(panic.as_ref()),
+                "connection driver panicked; cleaning up"
+            );
+            Box::pin(abandon_all(&node, &live)).await;
             DisconnectReason::ProtocolError
         }
     };
     gauge.dec();
     node.metrics.disconnect(reason);
     drop(ticket);
+}
+
+/// What a panic said, when it said it with a string.
+fn panic_message(panic: &(dyn Any + Send)) -> &str {
+    match panic.downcast_ref::<&'static str>() {
+        Some(s) => s,
+        None => panic.downcast_ref::<String>().map_or("?", String::as_str),
+    }
+}
+
+/// Closes the sessions a connection had open when its driver panicked.
+async fn abandon_all(node: &Node, live: &Live) {
+    for (conn_id, user) in live.take() {
+        session::abandon(node, &conn_id, &user).await;
+    }
 }
 
 /// Why a served connection ended, from how its writer ended; `fallback` is what the driver
@@ -150,5 +182,168 @@ pub fn disconnect_reason(
         // A slow consumer whose socket stayed blocked never got its Close frame.
         _ if outbound.is_discarding() => DisconnectReason::SlowConsumer,
         _ => fallback,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::config::Config;
+    use crate::transport::{Socket, SocketConfig, WriterConfig};
+    use fan_out::LocalConn;
+    use futures_util::StreamExt;
+    use hyper::server::conn::http1;
+    use hyper::service::service_fn;
+    use protocol::Format;
+    use std::time::Duration;
+    use tokio::net::TcpListener;
+    use tokio_tungstenite::tungstenite::Message;
+
+    /// What an idle connection's two tasks hold, for each endpoint: the future of its
+    /// connection task (`run` with the driver inside) and of its writer task. Printed with
+    /// `--nocapture`; bounded so that a change that makes every idle connection pay for a
+    /// rare path (an inline close handshake, a large op) shows up here.
+    #[tokio::test]
+    async fn idle_connection_futures_stay_small() {
+        let config = <Config as clap::Parser>::parse_from(["roomcast", "--allow-anonymous"]);
+        let addr: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let node = Node::embedded(config, addr).unwrap();
+        let peer: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let upgrade = || {
+            let mut req = hyper::Request::builder()
+                .header("upgrade", "websocket")
+                .header("connection", "upgrade")
+                .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+                .header("sec-websocket-version", "13")
+                .body(())
+                .unwrap();
+            let ticket = crate::admission::admit(&node, peer, req.headers()).unwrap();
+            let (_, fut) = fastwebsockets::upgrade::upgrade(&mut req).unwrap();
+            (fut, ticket)
+        };
+        let (fut, ticket) = upgrade();
+        let auth = node.auth.authenticate(None, peer.ip());
+        let native = std::mem::size_of_val(&run(
+            node.clone(),
+            fut,
+            ticket,
+            crate::native::connection::Native::new(Format::Json, auth),
+        ));
+        let (fut, ticket) = upgrade();
+        let socketio = std::mem::size_of_val(&run(
+            node.clone(),
+            fut,
+            ticket,
+            crate::socketio::connection::SocketIo {
+                mode: crate::socketio::connection::Mode::SocketIo,
+                ip: peer.ip(),
+            },
+        ));
+        let (fut, ticket) = upgrade();
+        let echo = std::mem::size_of_val(&run(node.clone(), fut, ticket, super::super::echo::Echo));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tcp = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (_, write) = tcp.into_split();
+        let (outbound, rx) = Outbound::new(Format::Json, 1 << 20);
+        let writer = std::mem::size_of_val(&crate::transport::writer::run(
+            write,
+            rx,
+            Arc::new(outbound),
+            Arc::new(crate::transport::heartbeat::Beat::new()),
+            Some(crate::transport::writer::PingKind::WebSocket),
+            Duration::from_secs(1),
+            node.metrics.clone(),
+        ));
+        println!(
+            "connection future: native {native} B, socket.io {socketio} B, echo {echo} B; \
+             writer future {writer} B"
+        );
+        assert!(writer <= 512, "writer future: {writer} B");
+        assert!(echo <= 1024, "echo connection future: {echo} B");
+    }
+
+    /// A driver that opens a session and then panics.
+    struct Panics;
+
+    impl Driver for Panics {
+        fn labels(&self) -> [&'static str; 2] {
+            ["echo", "raw"]
+        }
+
+        async fn serve(self, node: Arc<Node>, ws: Ws, live: Live) -> DisconnectReason {
+            let socket = Socket::open(
+                ws,
+                SocketConfig {
+                    format: Format::Json,
+                    max_message_bytes: 1000,
+                    queue_bytes: 1 << 20,
+                    writer: WriterConfig::without_pings(&node.config),
+                },
+                node.metrics.clone(),
+            );
+            node.registry.register(LocalConn {
+                conn_id: Arc::from("c1"),
+                user: Arc::from("u1"),
+                outbound: socket.outbound.clone(),
+            });
+            live.add(Arc::from("c1"), Arc::from("u1"));
+            panic!("a driver bug");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_driver_is_cleaned_up() {
+        let config = <Config as clap::Parser>::parse_from(["roomcast", "--allow-anonymous"]);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let node = Node::embedded(config, addr).unwrap();
+        let served = node.clone();
+        tokio::spawn(async move {
+            let (stream, peer) = listener.accept().await.unwrap();
+            let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                let node = served.clone();
+                async move {
+                    let ticket = crate::admission::admit(&node, peer, req.headers())
+                        .map_err(|_| "refused")?;
+                    let (response, upgrade) =
+                        fastwebsockets::upgrade::upgrade(&mut req).map_err(|_| "not an upgrade")?;
+                    tokio::spawn(run(node, upgrade, ticket, Panics));
+                    Ok::<_, &str>(response)
+                }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades()
+                .await;
+        });
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/"))
+            .await
+            .unwrap();
+        // The session's socket is closed with 1011...
+        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+            Ok(Some(Ok(Message::Close(Some(frame))))) => {
+                assert_eq!(u16::from(frame.code), CloseCode::INTERNAL_ERROR)
+            }
+            other => panic!("want a close, got {other:?}"),
+        }
+        // ...and the connection is gone from the registry and the gauge, counted once.
+        let reason = DisconnectReason::ProtocolError.as_str();
+        for _ in 0..100 {
+            if node.metrics.disconnects.with_label_values(&[reason]).get() == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            node.metrics.disconnects.with_label_values(&[reason]).get(),
+            1
+        );
+        assert!(node.registry.conns_of_user("u1").is_empty());
+        let gauge = node.metrics.connections.with_label_values(&["echo", "raw"]);
+        assert_eq!(gauge.get(), 0);
     }
 }

@@ -1,8 +1,9 @@
 //! Message reassembly: data and continuation frames in, whole messages (or a close code) out.
 //!
-//! fastwebsockets limits single frames only, so continuation frames are collected here with a
-//! cap on the whole message (RFC 6455 section 5.4, fragmentation), and text is checked for
-//! UTF-8 as it arrives (section 8.1). Pure state machine, no I/O.
+//! The frame decoder ([`super::decoder`]) limits single frames only, so continuation frames
+//! are collected here with a cap on the whole message (RFC 6455 section 5.4, fragmentation),
+//! and text is checked for UTF-8 as it arrives (section 8.1). Pure state machine, no I/O.
+//! Payloads are taken by value: an unfragmented message is the decoder's buffer, not a copy.
 
 use fastwebsockets::OpCode;
 use protocol::CloseCode;
@@ -65,12 +66,25 @@ impl Reassembler {
         }
     }
 
+    /// Whether a fragmented message is being collected.
+    #[cfg(test)]
+    pub fn is_collecting(&self) -> bool {
+        self.partial.is_some()
+    }
+
     /// Feeds one data or continuation frame.
-    pub fn push(&mut self, opcode: OpCode, fin: bool, payload: &[u8]) -> Step {
+    pub fn push(&mut self, opcode: OpCode, fin: bool, payload: impl Into<Vec<u8>>) -> Step {
+        let payload = payload.into();
         match opcode {
             OpCode::Text | OpCode::Binary => {
                 if self.partial.is_some() {
                     self.partial = None;
+                    // A final text frame is checked for UTF-8 before anything else, as
+                    // fastwebsockets did before this decoder replaced it (1007 rather than
+                    // 1002 when both rules are broken).
+                    if opcode == OpCode::Text && fin && std::str::from_utf8(&payload).is_err() {
+                        return Step::Fail(CloseCode::INVALID_PAYLOAD, "invalid UTF-8");
+                    }
                     return Step::Fail(
                         CloseCode::PROTOCOL_ERROR,
                         "new message inside a fragmented one",
@@ -81,11 +95,11 @@ impl Reassembler {
                 }
                 let text = opcode == OpCode::Text;
                 if fin {
-                    return finish(text, payload.to_vec());
+                    return finish(text, payload);
                 }
                 let mut partial = Partial {
                     text,
-                    buf: payload.to_vec(),
+                    buf: payload,
                     checked: 0,
                 };
                 if partial.check_utf8().is_err() {
@@ -102,7 +116,7 @@ impl Reassembler {
                     self.partial = None;
                     return Step::Fail(CloseCode::MESSAGE_TOO_BIG, "message too big");
                 }
-                partial.buf.extend_from_slice(payload);
+                partial.buf.extend_from_slice(&payload);
                 if partial.check_utf8().is_err() {
                     self.partial = None;
                     return Step::Fail(CloseCode::INVALID_PAYLOAD, "invalid UTF-8");
@@ -163,18 +177,46 @@ mod tests {
             Step::Fail(1002, "continuation without a message")
         );
         assert_eq!(
-            r.push(OpCode::Text, true, &[0xff, 0xfe]),
+            r.push(OpCode::Text, true, [0xff, 0xfe]),
             Step::Fail(1007, "invalid UTF-8")
         );
         // UTF-8 split across fragments is fine once whole.
-        assert_eq!(r.push(OpCode::Text, false, &[0xc3]), Step::Continue);
+        assert_eq!(r.push(OpCode::Text, false, [0xc3]), Step::Continue);
         assert_eq!(
-            r.push(OpCode::Continuation, true, &[0xa9]),
+            r.push(OpCode::Continuation, true, [0xa9]),
             Step::Message {
                 text: true,
                 payload: "é".as_bytes().to_vec()
             }
         );
+    }
+
+    #[test]
+    fn a_new_message_inside_a_fragmented_one() {
+        let mut r = Reassembler::new(100);
+        assert_eq!(r.push(OpCode::Text, false, b"ab"), Step::Continue);
+        assert_eq!(
+            r.push(OpCode::Binary, true, b"x"),
+            Step::Fail(1002, "new message inside a fragmented one")
+        );
+        // A final text frame with invalid UTF-8 there earns 1007, not 1002.
+        assert_eq!(r.push(OpCode::Text, false, b"ab"), Step::Continue);
+        assert_eq!(
+            r.push(OpCode::Text, true, [0xff]),
+            Step::Fail(1007, "invalid UTF-8")
+        );
+        assert_eq!(r.push(OpCode::Text, false, b"ab"), Step::Continue);
+        assert_eq!(
+            r.push(OpCode::Text, true, b"ok"),
+            Step::Fail(1002, "new message inside a fragmented one")
+        );
+        // An unfragmented message keeps the frame's buffer.
+        let payload = Vec::with_capacity(64);
+        let at = payload.as_ptr();
+        match r.push(OpCode::Binary, true, payload) {
+            Step::Message { payload, .. } => assert_eq!(payload.as_ptr(), at),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
@@ -184,7 +226,7 @@ mod tests {
         assert_eq!(r.push(OpCode::Text, false, b"ab\xf4"), Step::Continue);
         // ...until the next one makes it invalid (U+110000 and above).
         assert_eq!(
-            r.push(OpCode::Continuation, false, &[0x90]),
+            r.push(OpCode::Continuation, false, [0x90]),
             Step::Fail(1007, "invalid UTF-8")
         );
         // The failed message is gone.
@@ -194,30 +236,30 @@ mod tests {
         );
         // Invalid in the first fragment already.
         assert_eq!(
-            r.push(OpCode::Text, false, &[0xed, 0xa0, 0x80]),
+            r.push(OpCode::Text, false, [0xed, 0xa0, 0x80]),
             Step::Fail(1007, "invalid UTF-8")
         );
         // A sequence cut short by the final fragment.
         assert_eq!(r.push(OpCode::Text, false, b"ok"), Step::Continue);
         assert_eq!(
-            r.push(OpCode::Continuation, true, &[0xe2, 0x82]),
+            r.push(OpCode::Continuation, true, [0xe2, 0x82]),
             Step::Fail(1007, "invalid UTF-8")
         );
         // A four-byte character split one byte per fragment.
-        assert_eq!(r.push(OpCode::Text, false, &[0xf0]), Step::Continue);
-        assert_eq!(r.push(OpCode::Continuation, false, &[0x9f]), Step::Continue);
-        assert_eq!(r.push(OpCode::Continuation, false, &[0x98]), Step::Continue);
+        assert_eq!(r.push(OpCode::Text, false, [0xf0]), Step::Continue);
+        assert_eq!(r.push(OpCode::Continuation, false, [0x9f]), Step::Continue);
+        assert_eq!(r.push(OpCode::Continuation, false, [0x98]), Step::Continue);
         assert_eq!(
-            r.push(OpCode::Continuation, true, &[0x80]),
+            r.push(OpCode::Continuation, true, [0x80]),
             Step::Message {
                 text: true,
                 payload: "\u{1f600}".as_bytes().to_vec()
             }
         );
         // Binary is never checked.
-        assert_eq!(r.push(OpCode::Binary, false, &[0xff]), Step::Continue);
+        assert_eq!(r.push(OpCode::Binary, false, [0xff]), Step::Continue);
         assert_eq!(
-            r.push(OpCode::Continuation, true, &[0xfe]),
+            r.push(OpCode::Continuation, true, [0xfe]),
             Step::Message {
                 text: false,
                 payload: vec![0xff, 0xfe]

@@ -1,23 +1,27 @@
-//! The writer task: drains a connection's outbound queue onto the socket, pings the client,
-//! and closes the connection when asked or when the client goes silent.
+//! The writer task: drains a connection's outbound queue onto the socket, pings the client
+//! when the heartbeat ticker ([`super::heartbeat`]) says so, and closes the connection when
+//! asked or when the client goes silent.
 //!
 //! Frames are encoded here rather than through fastwebsockets' writer: server frames are
 //! unmasked, so a frame is a 2-to-10-byte header plus the shared payload. Every frame that is
 //! already queued goes out in one `write` (a batch of up to 64 KiB), instead of one system call
 //! per frame: under fan-out load that is the difference between a syscall per delivery and a
 //! syscall per burst. The batch buffer is dropped after each write, so an idle connection
-//! keeps no write buffer.
+//! keeps no write buffer, and it has no timer of its own either: an idle writer waits on its
+//! queue and on its heartbeat flag, nothing else.
 
+use super::heartbeat::{Beat, Due};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use fan_out::{OutFrame, Outbound};
 use protocol::CloseCode;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc::UnboundedReceiver;
-use tokio::time::{timeout, Instant};
+use tokio::time::timeout;
 
 /// How the writer ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,8 +37,7 @@ pub enum WriterEnd {
 /// How the writer treats one connection.
 #[derive(Debug, Clone, Copy)]
 pub struct WriterConfig {
-    /// WebSocket-level pings; `None` where the protocol has a heartbeat of its own
-    /// (Engine.IO).
+    /// Pings from the shared ticker ([`super::heartbeat`]); `None`: no pings at all.
     pub heartbeat: Option<Heartbeat>,
     /// A write that takes longer ends the connection.
     pub write_timeout: Duration,
@@ -47,12 +50,28 @@ impl WriterConfig {
             heartbeat: Some(Heartbeat {
                 ping_interval: config.ping_interval,
                 pong_timeout: config.pong_timeout,
+                kind: PingKind::WebSocket,
             }),
             write_timeout: config.write_timeout,
         }
     }
 
-    /// No WebSocket pings: the protocol has a heartbeat of its own (Engine.IO).
+    /// Engine.IO pings per `--socketio-ping-interval` and `--socketio-ping-timeout`, from the
+    /// same ticker as WebSocket pings: no timer and no task of its own per connection.
+    pub fn with_engine_io_pings(config: &Config) -> WriterConfig {
+        WriterConfig {
+            heartbeat: Some(Heartbeat {
+                ping_interval: config.socketio_ping_interval,
+                pong_timeout: config.socketio_ping_timeout,
+                kind: PingKind::EngineIo,
+            }),
+            write_timeout: config.write_timeout,
+        }
+    }
+
+    /// No pings from the ticker: a Socket.IO session that began with long-polling keeps its
+    /// own Engine.IO heartbeat task across the upgrade (see `socketio::heartbeat`), and
+    /// tests.
     pub fn without_pings(config: &Config) -> WriterConfig {
         WriterConfig {
             heartbeat: None,
@@ -61,15 +80,43 @@ impl WriterConfig {
     }
 }
 
-/// Ping every `ping_interval`; a client silent for `ping_interval + pong_timeout` is gone.
-#[derive(Debug, Clone, Copy)]
+/// Ping every `ping_interval`; a client that has not answered a ping within `pong_timeout`,
+/// and silent for `ping_interval + pong_timeout`, is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Heartbeat {
     pub ping_interval: Duration,
     pub pong_timeout: Duration,
+    pub kind: PingKind,
 }
 
-/// Milliseconds since `epoch` at which the reader last heard from the client.
-pub type LastSeen = Arc<AtomicU64>;
+/// What a ping is on the wire, and what answers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PingKind {
+    /// A WebSocket Ping frame (RFC 6455 section 5.5.2); any frame from the client answers it.
+    WebSocket,
+    /// An Engine.IO ping packet, the text message `2`; only a pong packet (`3`) answers it,
+    /// which the driver reports ([`super::Socket::liveness`]), as the reference server
+    /// counts only pongs.
+    EngineIo,
+}
+
+impl PingKind {
+    /// The whole ping frame.
+    fn frame(self) -> &'static [u8] {
+        match self {
+            PingKind::WebSocket => &PING_FRAME,
+            PingKind::EngineIo => &ENGINE_IO_PING_FRAME,
+        }
+    }
+
+    /// The reason in the Close that a heartbeat timeout sends (4010 for both).
+    fn timeout_reason(self) -> &'static str {
+        match self {
+            PingKind::WebSocket => "heartbeat timeout",
+            PingKind::EngineIo => "ping timeout",
+        }
+    }
+}
 
 /// Bytes gathered into one write at most.
 const BATCH: usize = 64 * 1024;
@@ -128,6 +175,7 @@ fn batch(
     first: OutFrame,
     rx: &mut UnboundedReceiver<OutFrame>,
     outbound: &Outbound,
+    beat: &Beat,
     data_opcode: u8,
 ) -> Batch {
     let mut b = Batch {
@@ -142,7 +190,10 @@ fn batch(
             OutFrame::Message { text, bytes } => {
                 b.data(outbound, if text { OP_TEXT } else { OP_BINARY }, &bytes)
             }
-            OutFrame::Pong(payload) => put_frame(&mut b.buf, OP_PONG, &payload),
+            OutFrame::Pong(payload) => {
+                beat.pong_taken();
+                put_frame(&mut b.buf, OP_PONG, &payload)
+            }
             OutFrame::Close(code, reason) => {
                 put_close(&mut b.buf, code, &reason);
                 b.closing = Some(code);
@@ -156,14 +207,32 @@ fn batch(
     b
 }
 
-/// Runs the writer until the connection ends, and says how it ended.
+/// What the writer does next.
+enum Work {
+    Batch(Batch),
+    Ping,
+    HeartbeatTimeout,
+}
+
+/// An empty, final Ping.
+const PING_FRAME: [u8; 2] = [0x80 | OP_PING, 0];
+
+/// A final text frame holding the Engine.IO ping packet, `2`.
+const ENGINE_IO_PING_FRAME: [u8; 3] = [0x80 | OP_TEXT, 1, b'2'];
+
+/// Runs the writer until the connection ends, and says how it ended. `beat` is shared with
+/// the connection's reader; the ticker's requests are waited for only with `pings`, and a
+/// ping is what that kind of ping is on the wire.
+///
+/// This future lives as long as the connection, so it is kept small: what to do is decided
+/// first (the `select!` and what it returns end there), and only then is anything written.
 pub(super) async fn run<W: AsyncWrite + Unpin>(
     mut io: W,
     mut rx: UnboundedReceiver<OutFrame>,
     outbound: Arc<Outbound>,
-    last_seen: LastSeen,
-    epoch: Instant,
-    config: WriterConfig,
+    beat: Arc<Beat>,
+    pings: Option<PingKind>,
+    write_timeout: Duration,
     metrics: Arc<Metrics>,
 ) -> WriterEnd {
     let data_opcode = if outbound.format().is_text() {
@@ -171,55 +240,77 @@ pub(super) async fn run<W: AsyncWrite + Unpin>(
     } else {
         OP_BINARY
     };
-    // Without a heartbeat the ping timer never fires (its arm below is disabled).
-    let beat = config.heartbeat.unwrap_or(Heartbeat {
-        ping_interval: Duration::from_secs(3600),
-        pong_timeout: Duration::ZERO,
-    });
-    let mut ping = tokio::time::interval_at(epoch + beat.ping_interval, beat.ping_interval);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let silent_limit = (beat.ping_interval + beat.pong_timeout).as_millis() as u64;
+    // What a ping is; used only with pings (nothing asks for one otherwise).
+    let kind = pings.unwrap_or(PingKind::WebSocket);
     loop {
-        tokio::select! {
-            frame = rx.recv() => {
-                let Some(first) = frame else { return WriterEnd::SocketGone };
-                let Batch { buf, closing, data_bytes } = batch(first, &mut rx, &outbound, data_opcode);
-                if data_bytes > 0 {
-                    metrics.outbound_queue_bytes.observe(outbound.queued_bytes() as f64);
-                    metrics.bytes_out.inc_by(data_bytes);
+        let work = tokio::select! {
+            frame = rx.recv() => match frame {
+                Some(first) => Work::Batch(batch(first, &mut rx, &outbound, &beat, data_opcode)),
+                None => return WriterEnd::SocketGone,
+            },
+            due = beat.due(), if pings.is_some() => match due {
+                Due::Ping => Work::Ping,
+                Due::Timeout => Work::HeartbeatTimeout,
+            },
+        };
+        // By reference: the batch is not moved into a second place in the future.
+        match &work {
+            Work::Batch(b) => {
+                if b.data_bytes > 0 {
+                    metrics
+                        .outbound_queue_bytes
+                        .observe(outbound.queued_bytes() as f64);
+                    metrics.bytes_out.inc_by(b.data_bytes);
                 }
-                if !buf.is_empty() && write(&mut io, &buf, config.write_timeout).await.is_err() {
+                if !b.buf.is_empty() && write(&mut io, &b.buf, write_timeout).await.is_err() {
                     return WriterEnd::SocketGone;
                 }
-                if let Some(code) = closing {
-                    let _ = timeout(config.write_timeout, io.shutdown()).await;
+                if let Some(code) = b.closing {
+                    // Boxed: once per connection, and kept out of the future that idles.
+                    let _ = Box::pin(timeout(write_timeout, io.shutdown())).await;
                     return WriterEnd::Closed(code);
                 }
             }
-            _ = ping.tick(), if config.heartbeat.is_some() => {
-                let silent_ms = (epoch.elapsed().as_millis() as u64).saturating_sub(last_seen.load(Ordering::Relaxed));
-                if silent_ms > silent_limit {
-                    outbound.close(CloseCode::HEARTBEAT_TIMEOUT, "heartbeat timeout");
-                    let mut buf = Vec::new();
-                    put_close(&mut buf, CloseCode::HEARTBEAT_TIMEOUT, "heartbeat timeout");
-                    let _ = write(&mut io, &buf, config.write_timeout).await;
-                    return WriterEnd::HeartbeatTimeout;
-                }
-                let mut buf = Vec::with_capacity(2);
-                put_frame(&mut buf, OP_PING, b"");
-                if write(&mut io, &buf, config.write_timeout).await.is_err() {
+            Work::Ping => {
+                if write(&mut io, kind.frame(), write_timeout).await.is_err() {
                     return WriterEnd::SocketGone;
                 }
+                // Once it is out: the client's time to answer starts now, not when the
+                // ticker asked (this task may have run late).
+                beat.pinged();
+            }
+            Work::HeartbeatTimeout => {
+                let why = kind.timeout_reason();
+                outbound.close(CloseCode::HEARTBEAT_TIMEOUT, why);
+                let mut buf = Vec::new();
+                put_close(&mut buf, CloseCode::HEARTBEAT_TIMEOUT, why);
+                let _ = write(&mut io, &buf, write_timeout).await;
+                return WriterEnd::HeartbeatTimeout;
             }
         }
     }
 }
 
+/// Writes `buf` and flushes, within `limit`. The socket is first offered the bytes at once,
+/// without a timer and without waiting (a no-op waker: nothing is awaited): one with room in its
+/// send buffer takes a whole batch that way. Only a write that has to wait pays for a timer,
+/// boxed, so that the writer's future, which lives as long as the connection, holds neither a
+/// timer nor a write in progress while it waits for its queue.
 async fn write<W: AsyncWrite + Unpin>(io: &mut W, buf: &[u8], limit: Duration) -> Result<(), ()> {
-    match timeout(limit, async {
-        io.write_all(buf).await?;
+    let mut written = 0;
+    if write_now(
+        io,
+        &mut Context::from_waker(Waker::noop()),
+        buf,
+        &mut written,
+    )? {
+        return Ok(());
+    }
+    let rest = &buf[written..];
+    match Box::pin(timeout(limit, async move {
+        io.write_all(rest).await?;
         io.flush().await
-    })
+    }))
     .await
     {
         Ok(Ok(())) => Ok(()),
@@ -227,9 +318,75 @@ async fn write<W: AsyncWrite + Unpin>(io: &mut W, buf: &[u8], limit: Duration) -
     }
 }
 
+/// Writes what the socket takes now, from `buf[*written..]`, then flushes: `Ok(true)` when all
+/// is written and flushed, `Ok(false)` when the socket has to be waited for, `Err` when it
+/// failed.
+fn write_now<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    cx: &mut Context<'_>,
+    buf: &[u8],
+    written: &mut usize,
+) -> Result<bool, ()> {
+    while *written < buf.len() {
+        match Pin::new(&mut *io).poll_write(cx, &buf[*written..]) {
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Err(()),
+            Poll::Ready(Ok(n)) => *written += n,
+            Poll::Pending => return Ok(false),
+        }
+    }
+    match Pin::new(io).poll_flush(cx) {
+        Poll::Ready(Ok(())) => Ok(true),
+        Poll::Ready(Err(_)) => Err(()),
+        Poll::Pending => Ok(false),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
+
+    #[tokio::test]
+    async fn writes_that_wait_and_writes_that_time_out() {
+        let limit = Duration::from_millis(200);
+        // Room for all of it: written at once.
+        let (mut server, mut client) = tokio::io::duplex(1024);
+        write(&mut server, &[7; 100], limit).await.unwrap();
+        let mut got = [0u8; 100];
+        tokio::io::AsyncReadExt::read_exact(&mut client, &mut got)
+            .await
+            .unwrap();
+        assert_eq!(got, [7; 100]);
+        // A 16-byte pipe and a reader that takes its time: the write waits, and completes.
+        let (mut server, mut client) = tokio::io::duplex(16);
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 10];
+            while got.len() < 1000 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                let n = tokio::io::AsyncReadExt::read(&mut client, &mut buf)
+                    .await
+                    .unwrap();
+                got.extend_from_slice(&buf[..n]);
+            }
+            got
+        });
+        let data: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
+        write(&mut server, &data, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(reader.await.unwrap(), data);
+        // Nobody reads: the write gives up after the limit.
+        let (mut server, _client) = tokio::io::duplex(16);
+        let started = tokio::time::Instant::now();
+        assert_eq!(write(&mut server, &[0; 100], limit).await, Err(()));
+        assert!(started.elapsed() >= limit);
+        // The peer is gone: an error at once.
+        let (mut server, client) = tokio::io::duplex(16);
+        drop(client);
+        assert_eq!(write(&mut server, &[0; 10], limit).await, Err(()));
+    }
 
     #[test]
     fn frame_headers() {
