@@ -409,3 +409,33 @@ async fn socketio_over_polling_gets_attachments_as_base64() {
     assert_eq!(packets[1], format!("b{}", b64(FILE)));
     assert_eq!(packets[2], format!("b{}", b64(THUMB)));
 }
+
+/// Across nodes on Redis Cluster: the Lua publish script's envelope and the stream carry the
+/// bytes (as the wrapper's text) to a Socket.IO client and a MessagePack client on another
+/// node. Runs only with `ROOMCAST_TEST_REDIS_CLUSTER`.
+#[tokio::test]
+async fn binary_crosses_nodes_on_redis() {
+    if std::env::var("ROOMCAST_TEST_REDIS_CLUSTER").is_err() {
+        eprintln!("skipped: ROOMCAST_TEST_REDIS_CLUSTER is not set");
+        return;
+    }
+    let (one, two) = (node(&[]).await, node(&[]).await);
+    let room = unique("bin-nodes");
+    let mut m = Client::connect(one.addr, "mp-user", Fmt::MsgPack).await;
+    m.ok(json!({"op": "create_room", "room": room})).await;
+    m.ok(json!({"op": "join", "room": room})).await;
+    let mut far = Client::connect(two.addr, "far-mp", Fmt::MsgPack).await;
+    far.ok(json!({"op": "join", "room": room})).await;
+    let mut s = sio(two.addr).await;
+    sio_join(&mut s, &room, 1).await;
+    m.send_raw(Message::binary(msgpack_publish(9, &room))).await;
+    sio_expect_message(&mut s, &room).await;
+    let (raw, event) = mp_message(&mut far).await;
+    assert!(contains(&raw, &bin8(FILE)) && contains(&raw, &bin8(THUMB)));
+    assert_eq!(event["data"], wrapped());
+    // History read back from the stream on the other node.
+    let mut j = Client::connect(two.addr, "far-json", Fmt::Json).await;
+    j.ok(json!({"op": "join", "room": room})).await;
+    let h = j.ok(json!({"op": "history", "room": room})).await;
+    assert_eq!(h["messages"][0]["data"], wrapped(), "{h}");
+}

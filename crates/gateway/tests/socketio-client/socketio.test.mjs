@@ -233,8 +233,14 @@ test("namespaces: /admin is isolated from /, on one connection; unknown ones are
   const [[msg]] = await Promise.all([once(admin, "message"), call(admin, "publish", { room, data: "admin only" })]);
   assert.equal(msg.room, room);
   assert.equal(msg.data, "admin only");
+  // Binary in a namespace: the room prefix is stripped and the attachments follow.
+  const blob = Buffer.from([9, 8, 7, 0, 255]);
+  const [[bin]] = await Promise.all([once(admin, "message"), call(admin, "publish", { room, data: { blob, more: [blob] } })]);
+  assert.equal(bin.room, room);
+  assert.ok(Buffer.isBuffer(bin.data.blob) && Buffer.isBuffer(bin.data.more[0]));
+  assert.deepEqual(bin.data, { blob, more: [blob] });
   await new Promise((r) => setTimeout(r, 200));
-  assert.equal(mainSaw.length, 0, "/ did not see /admin's message");
+  assert.equal(mainSaw.length, 0, "/ did not see /admin's messages");
   const nope = m.socket("/nope", { auth: { token: token("ns-user") } });
   const [err] = await once(nope, "connect_error");
   assert.equal(err.message, "Invalid namespace");
