@@ -170,7 +170,15 @@ pub fn encode<T: Serialize + ?Sized>(value: &T, format: Format) -> Result<Bytes,
                 .flatten();
             // Byte strings become placeholders and attachments: a BINARY_EVENT, queued as one
             // bundle (see `crate::socketio::BUNDLE`).
-            let attachments = crate::socketio::extract_binary(&mut v);
+            // The walk only when the text can hold a wrapper (`"$bin"`, or a key spelled with
+            // `\u` escapes, which text from the store may have): most events have no bytes.
+            let may_hold_bytes =
+                text.windows(4).any(|w| w == b"bin\"") || text.windows(2).any(|w| w == b"\\u");
+            let attachments = if may_hold_bytes {
+                crate::socketio::extract_binary(&mut v)
+            } else {
+                Vec::new()
+            };
             if !attachments.is_empty() {
                 let args = match offset {
                     Some(o) => serde_json::json!([name, v, o]),
@@ -472,5 +480,23 @@ mod tests {
         let e = json_req(json!({"id": 3, "op": "publish", "room": "a", "data": {"$bin": "?"}}))
             .expect_err("bad wrapper");
         assert_eq!(e.id, Some(3));
+    }
+
+    #[test]
+    fn an_escaped_wrapper_key_is_still_binary_for_socketio() {
+        // Text from the store keeps its spelling; `\u0024bin` is `$bin`.
+        let p = crate::Publication {
+            room: "r".into(),
+            offset: 1,
+            epoch: "e".into(),
+            from: "u".into(),
+            data: Data::from_json_text(r#"{"\u0024bin":"aGk="}"#.into()).expect("data"),
+            ts: 5,
+        };
+        assert!(p.data.has_binary());
+        let sio = encode(&Event::Message(&p), Format::SocketIo).expect("socketio");
+        let parts: Vec<(bool, &[u8])> = crate::socketio::messages(&sio).collect();
+        assert_eq!(parts.len(), 2, "{:?}", String::from_utf8_lossy(&sio));
+        assert_eq!(parts[1], (false, &b"hi"[..]));
     }
 }

@@ -196,12 +196,15 @@ test("recovery: a killed connection gets its rooms and missed messages back", as
   s.io.engine.close();
   await gone;
   const back = once(s, "connect");
-  for (const i of [4, 5, 6]) await call(pub, "publish", { room, data: i });
+  // Message 5 is binary: the replay sends it as attachments too.
+  const five = Buffer.from([5, 0, 255]);
+  for (const i of [4, 5, 6]) await call(pub, "publish", { room, data: i === 5 ? five : i });
   await back;
   assert.equal(s.recovered, true, "the server restored the socket");
   await call(pub, "publish", { room, data: 7 });
   await until(() => seen.length >= 7);
-  assert.deepEqual(seen, [1, 2, 3, 4, 5, 6, 7], "every message once, in order");
+  assert.ok(Buffer.isBuffer(seen[4]), "a replayed Buffer is a Buffer");
+  assert.deepEqual(seen, [1, 2, 3, 4, five, 6, 7], "every message once, in order");
   // A second recovery from the same pid is refused: saved state is single use.
   s.close();
   pub.close();
