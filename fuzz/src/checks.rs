@@ -203,8 +203,11 @@ fn check_recovery_offset(text: &str) {
 ///
 /// - no panic;
 /// - after a successful fill no placeholder is left;
-/// - memory: the filled payload grows by at most the attachment bytes received (each byte
-///   becomes one JSON number), so a packet cannot multiply its attachments.
+/// - memory: the filled payload grows by at most the attachment bytes received (each
+///   attachment becomes one `$bin` wrapper, 4/3 of its bytes in text), so a packet cannot
+///   multiply its attachments;
+/// - round trip: `extract_binary` gives the attachments back, and filling them again gives the
+///   same payload (what a Socket.IO recipient gets is what was sent).
 pub fn socketio_binary(bytes: &[u8]) {
     let mut parts = bytes.split(|b| *b == 0xFF);
     let Some(Ok(text)) = parts.next().map(std::str::from_utf8) else {
@@ -238,6 +241,16 @@ pub fn socketio_binary(bytes: &[u8]) {
         "fill_placeholders grew {before} nodes to {after} from {received} attachment bytes"
     );
     assert!(!has_placeholder(payload), "a placeholder survived the fill");
+    let filled = payload.clone();
+    let mut again = filled.clone();
+    let extracted = socketio::extract_binary(&mut again);
+    let extracted_bytes: usize = extracted.iter().map(Vec::len).sum();
+    assert!(
+        extracted_bytes <= received,
+        "extracted more bytes than received"
+    );
+    socketio::fill_placeholders(&mut again, &extracted).expect("our own placeholders fill");
+    assert_eq!(again, filled, "placeholders do not round-trip");
     gateway_request(&packet);
 }
 
@@ -326,7 +339,11 @@ pub fn data(bytes: &[u8]) {
                 );
                 check_data(&d);
             }
-            Err(_) => assert!(data::depth(&value) > MAX_DEPTH),
+            Err(data::DataError::TooDeep) => assert!(data::depth(&value) > MAX_DEPTH),
+            Err(data::DataError::Binary) => {
+                assert!(has_bin_key(&value), "refused as binary without `$bin`")
+            }
+            Err(data::DataError::Invalid) => panic!("a parsed value was invalid"),
         }
     }
 }
@@ -373,6 +390,66 @@ fn check_data(d: &Data) {
         values_equivalent(&back, &value),
         "Data changed through MessagePack"
     );
+    // Byte strings: MessagePack has them as `bin` (never as the wrapper map), Socket.IO as
+    // attachments that fill back to the same value, and the size counts their bytes.
+    let wrappers = bin_wrappers(&value);
+    assert_eq!(d.has_binary(), !wrappers.is_empty(), "has_binary");
+    let bin_bytes: usize = wrappers.iter().map(Vec::len).sum();
+    assert!(d.size() <= d.as_json().len(), "size over the text length");
+    if wrappers.is_empty() {
+        assert_eq!(d.size(), d.as_json().len());
+    } else {
+        assert!(d.size() >= bin_bytes, "size under the bytes");
+    }
+    let BinCount(bins) = rmp_serde::from_slice(&packed).expect("packed Data unpacks");
+    assert_eq!(bins, wrappers.len(), "byte strings are MessagePack `bin`");
+    let mut sio = value.clone();
+    let attachments = socketio::extract_binary(&mut sio);
+    assert_eq!(
+        attachments, wrappers,
+        "attachments are the byte strings, in order"
+    );
+    socketio::fill_placeholders(&mut sio, &attachments).expect("fills back");
+    assert!(
+        values_equivalent(&sio, &value),
+        "Data changed through Socket.IO"
+    );
+}
+
+/// The byte strings of a value, in document order.
+fn bin_wrappers(v: &Value) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut stack = vec![v];
+    while let Some(v) = stack.pop() {
+        if let Some(bytes) = data::as_binary(v) {
+            out.push(bytes);
+            continue;
+        }
+        match v {
+            Value::Array(items) => stack.extend(items.iter().rev()),
+            Value::Object(map) => stack.extend(map.values().rev()),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Whether any object in a value has the `$bin` key.
+fn has_bin_key(v: &Value) -> bool {
+    let mut stack = vec![v];
+    while let Some(v) = stack.pop() {
+        match v {
+            Value::Array(items) => stack.extend(items),
+            Value::Object(map) => {
+                if map.contains_key(data::BIN_KEY) {
+                    return true;
+                }
+                stack.extend(map.values());
+            }
+            _ => {}
+        }
+    }
+    false
 }
 
 /// What every accepted Socket.IO packet must satisfy, and its round trips.
@@ -640,4 +717,68 @@ fn has_placeholder(v: &Value) -> bool {
         }
     }
     false
+}
+
+/// The number of MessagePack `bin` values in a tree (recursive: only used on `Data`, which is
+/// at most `MAX_DEPTH` deep).
+struct BinCount(usize);
+
+impl<'de> serde::Deserialize<'de> for BinCount {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<BinCount, D::Error> {
+        d.deserialize_any(BinCountVisitor)
+    }
+}
+
+struct BinCountVisitor;
+
+impl<'de> serde::de::Visitor<'de> for BinCountVisitor {
+    type Value = BinCount;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any value")
+    }
+
+    fn visit_bytes<E>(self, _: &[u8]) -> Result<BinCount, E> {
+        Ok(BinCount(1))
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<BinCount, E> {
+        Ok(BinCount(0))
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<BinCount, E> {
+        Ok(BinCount(0))
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<BinCount, E> {
+        Ok(BinCount(0))
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<BinCount, E> {
+        Ok(BinCount(0))
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<BinCount, E> {
+        Ok(BinCount(0))
+    }
+
+    fn visit_unit<E>(self) -> Result<BinCount, E> {
+        Ok(BinCount(0))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<BinCount, A::Error> {
+        let mut n = 0;
+        while let Some(BinCount(k)) = seq.next_element()? {
+            n += k;
+        }
+        Ok(BinCount(n))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<BinCount, A::Error> {
+        let mut n = 0;
+        while let Some((BinCount(a), BinCount(b))) = map.next_entry()? {
+            n += a + b;
+        }
+        Ok(BinCount(n))
+    }
 }

@@ -101,7 +101,8 @@ pub struct Config {
     #[arg(long, env = "ROOMCAST_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024)]
     pub max_message_bytes: usize,
 
-    /// Largest `data` of a publish, as JSON text (`payload_too_large` above it).
+    /// Largest `data` of a publish, as JSON text with byte strings counted as their bytes
+    /// (`payload_too_large` above it).
     #[arg(long, env = "ROOMCAST_MAX_DATA_BYTES", default_value_t = 64 * 1024)]
     pub max_data_bytes: usize,
 

@@ -168,6 +168,25 @@ pub fn encode<T: Serialize + ?Sized>(value: &T, format: Format) -> Result<Bytes,
                     Some(crate::socketio::recovery_offset(room, epoch, offset))
                 })
                 .flatten();
+            // Byte strings become placeholders and attachments: a BINARY_EVENT, queued as one
+            // bundle (see `crate::socketio::BUNDLE`).
+            // The walk only when the text can hold a wrapper (`"$bin"`, or a key spelled with
+            // `\u` escapes, which text from the store may have): most events have no bytes.
+            let may_hold_bytes =
+                text.windows(4).any(|w| w == b"bin\"") || text.windows(2).any(|w| w == b"\\u");
+            let attachments = if may_hold_bytes {
+                crate::socketio::extract_binary(&mut v)
+            } else {
+                Vec::new()
+            };
+            if !attachments.is_empty() {
+                let args = match offset {
+                    Some(o) => serde_json::json!([name, v, o]),
+                    None => serde_json::json!([name, v]),
+                };
+                let text = crate::socketio::binary(false, "/", None, attachments.len(), &args);
+                return Ok(Bytes::from(crate::socketio::bundle(&text, &attachments)));
+            }
             Ok(Bytes::from(match offset {
                 Some(o) => crate::socketio::event_with_offset(&name, &v, &o),
                 None => crate::socketio::event("/", &name, &v),
@@ -410,5 +429,74 @@ mod tests {
             encode(&leave, Format::Json).expect("json").as_ref(),
             br#"{"id":4,"ok":{}}"#
         );
+    }
+
+    #[test]
+    fn binary_data_in_every_format() {
+        let p = crate::Publication {
+            room: "r".into(),
+            offset: 2,
+            epoch: "e".into(),
+            from: "u".into(),
+            data: Data::from_value(&json!({"file": {"$bin": "AQID"}, "name": "a.png",
+                "parts": [{"$bin": "/w=="}]}))
+            .expect("data"),
+            ts: 5,
+        };
+        let text = encode(&Event::Message(&p), Format::Json).expect("json");
+        assert_eq!(
+            std::str::from_utf8(&text).expect("utf8"),
+            r#"{"event":"message","room":"r","offset":2,"epoch":"e","from":"u","data":{"file":{"$bin":"AQID"},"name":"a.png","parts":[{"$bin":"/w=="}]},"ts":5}"#
+        );
+        let mp = encode(&Event::Message(&p), Format::MsgPack).expect("msgpack");
+        // The payload's byte strings are `bin` (0xc4), not base64 text.
+        assert!(mp.windows(5).any(|w| w == [0xc4, 3, 1, 2, 3]));
+        assert!(mp.windows(3).any(|w| w == [0xc4, 1, 0xff]));
+        let sio = encode(&Event::Message(&p), Format::SocketIo).expect("socketio");
+        let parts: Vec<(bool, &[u8])> = crate::socketio::messages(&sio).collect();
+        assert_eq!(parts.len(), 3);
+        assert_eq!(
+            std::str::from_utf8(parts[0].1).expect("utf8"),
+            r#"452-["message",{"room":"r","offset":2,"epoch":"e","from":"u","data":{"file":{"_placeholder":true,"num":0},"name":"a.png","parts":[{"_placeholder":true,"num":1}]},"ts":5},"2:e:r"]"#
+        );
+        assert_eq!(
+            &parts[1..],
+            &[(false, &[1u8, 2, 3][..]), (false, &[0xff][..])]
+        );
+        // A MessagePack client's `bin` comes in as the same data.
+        let request = rmp_serde::to_vec_named(&json!({"id": 1, "op": "publish", "room": "r"}))
+            .expect("encode");
+        let mut request = request;
+        // Append `data: bin8(2) "hi"` to the fixmap of 3 entries, making it 4.
+        request[0] = 0x84;
+        request.extend_from_slice(&[0xa4, b'd', b'a', b't', b'a', 0xc4, 2, b'h', b'i']);
+        let r = decode_request(&request, Format::MsgPack).expect("bin accepted");
+        let Op::Publish { data, .. } = r.op else {
+            panic!("wrong op")
+        };
+        assert_eq!(data.as_json(), r#"{"$bin":"aGk="}"#);
+        assert_eq!(data.size(), 2);
+        // The wrapper is checked in requests of every format.
+        let e = json_req(json!({"id": 3, "op": "publish", "room": "a", "data": {"$bin": "?"}}))
+            .expect_err("bad wrapper");
+        assert_eq!(e.id, Some(3));
+    }
+
+    #[test]
+    fn an_escaped_wrapper_key_is_still_binary_for_socketio() {
+        // Text from the store keeps its spelling; `\u0024bin` is `$bin`.
+        let p = crate::Publication {
+            room: "r".into(),
+            offset: 1,
+            epoch: "e".into(),
+            from: "u".into(),
+            data: Data::from_json_text(r#"{"\u0024bin":"aGk="}"#.into()).expect("data"),
+            ts: 5,
+        };
+        assert!(p.data.has_binary());
+        let sio = encode(&Event::Message(&p), Format::SocketIo).expect("socketio");
+        let parts: Vec<(bool, &[u8])> = crate::socketio::messages(&sio).collect();
+        assert_eq!(parts.len(), 2, "{:?}", String::from_utf8_lossy(&sio));
+        assert_eq!(parts[1], (false, &b"hi"[..]));
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! Encoded as MessagePack maps (`rmp_serde::to_vec_named`) so nodes of different versions
 //! tolerate added fields. A message's `data` travels as JSON text: that is what the Redis
-//! publish script packs with `cmsgpack`, and it is what history stores. Decoding is as
+//! publish script packs with `cmsgpack`, and it is what history stores. Byte strings travel in
+//! it as `{"$bin":"<base64>"}` wrappers (see [`crate::data`]), so binary needs nothing of the
+//! envelope or the script, and is checked on arrival like any data. Decoding is as
 //! defensive as for client frames: a peer node or a corrupted channel can send anything.
 //!
 //! Wire form: a map with `t` (`message`, `presence`, `room_closed`, `disconnect_user`,
@@ -261,6 +263,19 @@ mod tests {
         assert_eq!((p.offset, p.data.as_json()), (7, r#"{"a":[1,2]}"#));
         let bad = rmp_serde::to_vec_named(&serde_json::json!({"t": "message", "room": "r",
             "offset": 7, "epoch": "e", "from": "u", "data": "{not json", "ts": 1}))
+        .expect("encode");
+        assert!(Envelope::decode(&bad).is_err());
+        // Binary inside, as its wrapper; a broken wrapper is refused as a client's would be.
+        let wire = serde_json::json!({"t": "message", "room": "r", "offset": 8, "epoch": "e",
+            "from": "u", "data": "{\"f\":{\"$bin\":\"AAEC\"}}", "ts": 1});
+        let bytes = rmp_serde::to_vec_named(&wire).expect("encode");
+        let Envelope::Message(p) = Envelope::decode(&bytes).expect("decode") else {
+            panic!("not a message")
+        };
+        assert!(p.data.has_binary());
+        assert_eq!(p.data.size(), 3 + r#"{"f":}"#.len());
+        let bad = rmp_serde::to_vec_named(&serde_json::json!({"t": "message", "room": "r",
+            "offset": 7, "epoch": "e", "from": "u", "data": "{\"$bin\":\"!\"}", "ts": 1}))
         .expect("encode");
         assert!(Envelope::decode(&bad).is_err());
     }

@@ -297,11 +297,12 @@ pub fn disconnect(namespace: &str) -> String {
     prefix('1', namespace)
 }
 
-/// Puts binary attachments back where their placeholders are, in order. Attachments become
-/// arrays of byte values (JSON has no bytes). Errors on a bad or out-of-range placeholder, and
-/// on a second placeholder for the same attachment: each attachment is copied in at most once,
-/// so the filled payload grows by at most the attachment bytes received (the reference
-/// encoder numbers every binary value separately, so stock clients never reuse a number).
+/// Puts binary attachments back where their placeholders are, in order, as the `$bin`
+/// wrappers that [`crate::data`] holds byte strings as. Errors on a bad or out-of-range
+/// placeholder, and on a second placeholder for the same attachment: each attachment is copied
+/// in at most once, so the filled payload grows by at most 4/3 of the attachment bytes received
+/// (the reference encoder numbers every binary value separately, so stock clients never reuse a
+/// number).
 pub fn fill_placeholders(value: &mut Value, attachments: &[Vec<u8>]) -> Result<(), PacketError> {
     let mut used = vec![false; attachments.len()];
     // Iterative, with an explicit stack: no recursion on client input.
@@ -319,7 +320,7 @@ pub fn fill_placeholders(value: &mut Value, attachments: &[Vec<u8>]) -> Result<(
                     Some(seen @ false) => *seen = true,
                     _ => return Err(PacketError::Attachments),
                 }
-                *value = Value::Array(bytes.iter().map(|b| Value::from(*b)).collect());
+                *value = crate::data::binary_value(bytes);
             }
             Value::Object(map) => stack.extend(map.values_mut()),
             Value::Array(items) => stack.extend(items.iter_mut()),
@@ -327,6 +328,93 @@ pub fn fill_placeholders(value: &mut Value, attachments: &[Vec<u8>]) -> Result<(
         }
     }
     Ok(())
+}
+
+/// The reverse of [`fill_placeholders`]: replaces every `$bin` wrapper by a placeholder and
+/// returns the attachments, numbered in document order as the reference encoder does.
+pub fn extract_binary(value: &mut Value) -> Vec<Vec<u8>> {
+    let mut attachments = Vec::new();
+    // Iterative, and children pushed in reverse so that they are visited in order.
+    let mut stack = vec![value];
+    while let Some(value) = stack.pop() {
+        if let Some(bytes) = crate::data::as_binary(value) {
+            *value = serde_json::json!({"_placeholder": true, "num": attachments.len()});
+            attachments.push(bytes);
+            continue;
+        }
+        match value {
+            Value::Object(map) => stack.extend(map.values_mut().rev()),
+            Value::Array(items) => stack.extend(items.iter_mut().rev()),
+            _ => {}
+        }
+    }
+    attachments
+}
+
+/// The first byte of a bundle: one encoded Socket.IO packet that is several Engine.IO messages
+/// (a BINARY_EVENT or BINARY_ACK and its attachments), queued as one item so that it is
+/// encoded once per broadcast, counted once against the queue's bound, journaled once, and
+/// never interleaved with other packets. No text packet starts with it (Engine.IO types are
+/// digits). The WebSocket writer and the long-polling GET unpack it with [`messages`].
+pub const BUNDLE: u8 = 0;
+
+/// Packs a text packet and its attachments into a bundle: [`BUNDLE`], then each part as a
+/// 4-byte big-endian length and its bytes, the text first.
+pub fn bundle(text: &str, attachments: &[Vec<u8>]) -> Vec<u8> {
+    let total = 1 + 4 + text.len() + attachments.iter().map(|a| 4 + a.len()).sum::<usize>();
+    let mut out = Vec::with_capacity(total);
+    out.push(BUNDLE);
+    for part in std::iter::once(text.as_bytes()).chain(attachments.iter().map(Vec::as_slice)) {
+        // Parts are bounded by --max-data-bytes, far below 4 GiB.
+        out.extend_from_slice(&u32::try_from(part.len()).unwrap_or(u32::MAX).to_be_bytes());
+        out.extend_from_slice(part);
+    }
+    out
+}
+
+/// The Engine.IO messages of one queued Socket.IO item, as `(is_text, bytes)`: the item itself
+/// as one text message, or a bundle's parts (text, then binary attachments). A truncated
+/// bundle (never built by [`bundle`]) ends early rather than failing.
+pub fn messages(bytes: &[u8]) -> Messages<'_> {
+    match bytes.split_first() {
+        Some((&BUNDLE, rest)) => Messages {
+            rest,
+            bundle: true,
+            first: true,
+        },
+        _ => Messages {
+            rest: bytes,
+            bundle: false,
+            first: true,
+        },
+    }
+}
+
+/// See [`messages`].
+pub struct Messages<'a> {
+    rest: &'a [u8],
+    bundle: bool,
+    first: bool,
+}
+
+impl<'a> Iterator for Messages<'a> {
+    type Item = (bool, &'a [u8]);
+
+    fn next(&mut self) -> Option<(bool, &'a [u8])> {
+        let text = std::mem::replace(&mut self.first, false);
+        if !self.bundle {
+            return text.then_some((true, std::mem::take(&mut self.rest)));
+        }
+        let (len, rest) = self.rest.split_first_chunk::<4>()?;
+        let len = usize::try_from(u32::from_be_bytes(*len)).ok()?;
+        if rest.len() < len {
+            self.rest = &[];
+            return None;
+        }
+        let (part, rest) = rest.split_at(len);
+        self.rest = rest;
+        Some((text, part))
+    }
 }
 
 #[cfg(test)]
@@ -386,7 +474,10 @@ mod tests {
         assert_eq!((p.kind, p.attachments), (Kind::BinaryEvent, 2));
         let payload = p.payload.as_mut().expect("payload");
         fill_placeholders(payload, &[vec![1, 2, 3], vec![4, 5, 6]]).expect("fill");
-        assert_eq!(p.payload, Some(json!(["message", [1, 2, 3], [4, 5, 6]])));
+        assert_eq!(
+            p.payload,
+            Some(json!(["message", {"$bin": "AQID"}, {"$bin": "BAUG"}]))
+        );
         // Namespaces without a payload, and the server's DISCONNECT.
         assert_eq!(decode("1/admin,").expect("disconnect").namespace, "/admin");
         assert_eq!(decode("0/custom").expect("connect").namespace, "/custom");
@@ -442,11 +533,51 @@ mod tests {
         let mut v =
             json!({"b": [{"_placeholder": true, "num": 1}], "a": {"_placeholder": true, "num": 0}});
         fill_placeholders(&mut v, &[vec![1], vec![2, 3]]).expect("fill");
-        assert_eq!(v, json!({"b": [[2, 3]], "a": [1]}));
+        assert_eq!(v, json!({"b": [{"$bin": "AgM="}], "a": {"$bin": "AQ=="}}));
         let mut v = json!([{"_placeholder": true, "num": -1}, {"_placeholder": true}]);
         assert_eq!(
             fill_placeholders(&mut v, &[vec![1]]),
             Err(PacketError::Attachments)
         );
+    }
+
+    #[test]
+    fn binary_round_trips_through_placeholders() {
+        let mut v = json!(["message", {"file": {"$bin": "AQID"}, "name": "a.png",
+            "more": [{"$bin": ""}, {"$bin": "/w=="}]}]);
+        let original = v.clone();
+        let attachments = extract_binary(&mut v);
+        assert_eq!(attachments, vec![vec![1, 2, 3], vec![], vec![255]]);
+        assert_eq!(
+            v,
+            json!(["message", {"file": {"_placeholder": true, "num": 0}, "name": "a.png",
+                "more": [{"_placeholder": true, "num": 1}, {"_placeholder": true, "num": 2}]}])
+        );
+        fill_placeholders(&mut v, &attachments).expect("fill");
+        assert_eq!(v, original);
+        // Not wrappers: left alone.
+        let mut v = json!([{"$bin": "bad!"}, {"$bin": "AA==", "x": 1}]);
+        assert!(extract_binary(&mut v).is_empty());
+    }
+
+    #[test]
+    fn bundles_unpack_into_messages() {
+        let b = bundle("451-[{}]", &[vec![1, 2], vec![]]);
+        let parts: Vec<(bool, &[u8])> = messages(&b).collect();
+        assert_eq!(
+            parts,
+            vec![
+                (true, &b"451-[{}]"[..]),
+                (false, &[1u8, 2][..]),
+                (false, &[][..])
+            ]
+        );
+        let plain: Vec<(bool, &[u8])> = messages(b"42[1]").collect();
+        assert_eq!(plain, vec![(true, &b"42[1]"[..])]);
+        // Truncated: what is whole comes out, no panic.
+        let parts: Vec<(bool, &[u8])> = messages(&b[..b.len() - 5]).collect();
+        assert_eq!(parts, vec![(true, &b"451-[{}]"[..])]);
+        assert_eq!(messages(&[BUNDLE]).count(), 0);
+        assert_eq!(messages(&[BUNDLE, 0, 0, 0, 9, 1]).count(), 0);
     }
 }

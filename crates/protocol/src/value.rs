@@ -6,7 +6,8 @@
 //! 3 kB frame then recursed thousands of levels deep and overflowed the stack (found by the
 //! `data` fuzz target; see docs/fuzzing.md). [`Plain`] builds the same `Value` as serde_json
 //! does, but keeps every key as an ordinary key, so serde_json's recursion limit (128) and the
-//! MessagePack depth guard bound the whole tree.
+//! MessagePack depth guard bound the whole tree. MessagePack `bin` becomes the `$bin` wrapper
+//! (see [`crate::data`]).
 
 use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
@@ -63,6 +64,12 @@ impl<'de> Visitor<'de> for PlainVisitor {
 
     fn visit_string<E>(self, v: String) -> Result<Value, E> {
         Ok(Value::String(v))
+    }
+
+    fn visit_bytes<E>(self, v: &[u8]) -> Result<Value, E> {
+        // MessagePack `bin`: JSON has no bytes, so they become the `$bin` wrapper that
+        // `crate::data` holds byte strings as (and that MessagePack clients get back as `bin`).
+        Ok(crate::data::binary_value(v))
     }
 
     fn visit_unit<E>(self) -> Result<Value, E> {

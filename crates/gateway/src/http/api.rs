@@ -122,7 +122,10 @@ async fn publish(node: &Node, room: &str, req: Request<Incoming>) -> Response<Bo
         .get("idempotency-key")
         .map(|v| v.to_str().ok().and_then(protocol::frame::MsgId::new));
     let limit = node.config.max_data_bytes;
-    let body = match Limited::new(req.into_body(), limit).collect().await {
+    // The body carries byte strings as base64 (4/3 of their size), and the limit counts their
+    // bytes: read up to what a payload at the limit can take as text, then check its size.
+    let body_limit = limit.saturating_add(limit / 3).saturating_add(64);
+    let body = match Limited::new(req.into_body(), body_limit).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(_) => {
             return error(
@@ -140,6 +143,13 @@ async fn publish(node: &Node, room: &str, req: Request<Incoming>) -> Response<Bo
         Ok(d) => d,
         Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()),
     };
+    if data.size() > limit {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "body is over --max-data-bytes",
+        );
+    }
     // `Idempotency-Key` plays the part of a client's `msgId`, for the server's own retries.
     let key = match idempotency_key {
         None => None,

@@ -30,7 +30,8 @@ pub async fn admit_publish(
     if !s.identity.may_use(room) {
         return Err(forbidden(room));
     }
-    if data.as_json().len() > node.config.max_data_bytes {
+    // Byte strings count as their bytes, whatever form they came in (see `Data::size`).
+    if data.size() > node.config.max_data_bytes {
         return Err(ErrorBody::new(
             ErrorCode::PayloadTooLarge,
             format!("data is over {} bytes", node.config.max_data_bytes),

@@ -47,6 +47,18 @@ pub fn push(outbound: &Outbound, text: String) {
     let _ = outbound.push(Bytes::from(text));
 }
 
+/// Queues an ACK. Byte strings in it (history, a join's recovered messages) go out as
+/// attachments: a BINARY_ACK, queued as one bundle (see `protocol::socketio::BUNDLE`).
+fn push_ack(outbound: &Outbound, namespace: &str, id: u64, mut args: Value) {
+    let attachments = sio::extract_binary(&mut args);
+    if attachments.is_empty() {
+        push(outbound, sio::ack(namespace, id, &args));
+    } else {
+        let text = sio::binary(true, namespace, Some(id), attachments.len(), &args);
+        let _ = outbound.push(Bytes::from(sio::bundle(&text, &attachments)));
+    }
+}
+
 pub fn random_id() -> String {
     (0..20).map(|_| fastrand::alphanumeric()).collect()
 }
@@ -383,7 +395,7 @@ impl<'a> Sockets<'a> {
                 if let Some(ok) = body.get_mut("ok") {
                     strip_rooms(ok, prefix);
                 }
-                push(outbound, sio::ack(&ns, id, &json!([body])));
+                push_ack(outbound, &ns, id, json!([body]));
             }
         };
         if !is_op_event(name) {
@@ -434,7 +446,7 @@ impl<'a> Sockets<'a> {
                         Ok(body) => json!({ "ok": body }),
                         Err(error) => json!({ "error": error }),
                     };
-                    push(&outbound, sio::ack(&ns, id, &json!([body])));
+                    push_ack(&outbound, &ns, id, json!([body]));
                 }
             }));
         }
@@ -495,6 +507,16 @@ async fn forward(
     let header = event_prefix(&namespace);
     while let Some(frame) = rx.recv().await {
         match frame {
+            OutFrame::Data(bytes) if bytes.first() == Some(&sio::BUNDLE) => {
+                from.written(bytes.len());
+                let Some(bundle) = namespaced_bundle(&bytes, &namespace, &prefix) else {
+                    continue;
+                };
+                if to.push(Bytes::from(bundle)).is_err() {
+                    from.close(CloseCode::SLOW_CONSUMER, "connection closing");
+                    return;
+                }
+            }
             OutFrame::Data(bytes) | OutFrame::Message { bytes, .. } => {
                 from.written(bytes.len());
                 let Some(body) = bytes.strip_prefix(b"42") else {
@@ -519,4 +541,23 @@ async fn forward(
             OutFrame::Pong(_) => {}
         }
     }
+}
+
+/// A BINARY_EVENT bundle of `/` (`45<n>-[…]` and its attachments) for a namespace: the same
+/// attachments, the packet with the namespace and without the room prefix.
+fn namespaced_bundle(bytes: &[u8], namespace: &str, prefix: &str) -> Option<Vec<u8>> {
+    let mut messages = sio::messages(bytes);
+    let (_, text) = messages.next()?;
+    let attachments: Vec<Vec<u8>> = messages.map(|(_, part)| part.to_vec()).collect();
+    let text = std::str::from_utf8(text).ok()?.strip_prefix("45")?;
+    let (count, body) = text.split_once('-')?;
+    if count.parse::<usize>().ok()? != attachments.len() {
+        return None;
+    }
+    let mut value = protocol::value::from_str(body).ok()?;
+    if let Value::Array(args) = &mut value {
+        args.iter_mut().for_each(|a| strip_rooms(a, prefix));
+    }
+    let text = sio::binary(false, namespace, None, attachments.len(), &value);
+    Some(sio::bundle(&text, &attachments))
 }

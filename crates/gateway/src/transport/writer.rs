@@ -14,7 +14,7 @@ use super::heartbeat::{Beat, Due};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use fan_out::{OutFrame, Outbound};
-use protocol::CloseCode;
+use protocol::{CloseCode, Format};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
@@ -186,6 +186,19 @@ fn batch(
     let mut next = Some(first);
     while let Some(frame) = next.take() {
         match frame {
+            // A Socket.IO bundle is a packet and its attachments: several messages, one item.
+            OutFrame::Data(bytes)
+                if outbound.format() == Format::SocketIo
+                    && bytes.first() == Some(&protocol::socketio::BUNDLE) =>
+            {
+                if !outbound.is_discarding() {
+                    for (text, part) in protocol::socketio::messages(&bytes) {
+                        put_frame(&mut b.buf, if text { OP_TEXT } else { OP_BINARY }, part);
+                        b.data_bytes += part.len() as u64;
+                    }
+                }
+                outbound.written(bytes.len());
+            }
             OutFrame::Data(bytes) => b.data(outbound, data_opcode, &bytes),
             OutFrame::Message { text, bytes } => {
                 b.data(outbound, if text { OP_TEXT } else { OP_BINARY }, &bytes)

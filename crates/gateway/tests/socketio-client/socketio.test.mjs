@@ -95,17 +95,49 @@ test("every event answers through its ack, like the native reply body", async ()
   b.close();
 });
 
-test("binary data in publish arrives as bytes", async () => {
+test("binary data in publish arrives as Buffers: nested, several attachments, history, native JSON", async () => {
   const room = unique("bin");
   const a = connect("bina");
-  await once(a, "connect");
+  const b = connect("binb");
+  await Promise.all([once(a, "connect"), once(b, "connect")]);
   await call(a, "create_room", { room });
-  const got = once(a, "message");
-  const r = await call(a, "publish", { room, data: { blob: Buffer.from([1, 2, 3]) } });
+  await call(b, "join", { room });
+  const ws = new WebSocket(`${URL.replace("http", "ws")}/ws?token=${token("bin-native")}`);
+  const frames = [];
+  ws.onmessage = (e) => frames.push(JSON.parse(e.data));
+  await new Promise((r) => (ws.onopen = r));
+  ws.send(JSON.stringify({ id: 1, op: "join", room }));
+  await until(() => frames.some((f) => f.id === 1));
+  const got = once(b, "message");
+  const file = Buffer.from([0x89, 0x50, 0x4e, 0x47, 0, 255]);
+  const thumb = Buffer.from([1, 2, 3]);
+  const r = await call(a, "publish", { room, data: { file, name: "a.png", thumbs: [thumb] } });
   assert.equal(r.ok.offset, 1);
   const [m] = await got;
-  assert.deepEqual(m.data.blob, [1, 2, 3]);
+  assert.ok(Buffer.isBuffer(m.data.file), `a Buffer, not ${JSON.stringify(m.data.file)}`);
+  assert.ok(Buffer.isBuffer(m.data.thumbs[0]));
+  assert.deepEqual([m.data.file, m.data.name, m.data.thumbs[0]], [file, "a.png", thumb]);
+  // A native JSON client gets the documented wrapper.
+  await until(() => frames.some((f) => f.event === "message"));
+  const native = frames.find((f) => f.event === "message");
+  assert.deepEqual(native.data, {
+    file: { $bin: file.toString("base64") },
+    name: "a.png",
+    thumbs: [{ $bin: thumb.toString("base64") }],
+  });
+  // And what a JSON client publishes as the wrapper reaches Socket.IO as a Buffer.
+  const fromNative = once(b, "message");
+  ws.send(JSON.stringify({ id: 2, op: "publish", room, data: [{ $bin: "AAEC" }] }));
+  const [n] = await fromNative;
+  assert.ok(Buffer.isBuffer(n.data[0]));
+  assert.deepEqual(n.data[0], Buffer.from([0, 1, 2]));
+  // History keeps it (a binary ack).
+  const h = await call(b, "history", { room });
+  assert.ok(Buffer.isBuffer(h.ok.messages[0].data.file));
+  assert.deepEqual(h.ok.messages[0].data.file, file);
+  ws.close();
   a.close();
+  b.close();
 });
 
 test("a Socket.IO client and a native client share a room", async () => {
@@ -164,12 +196,15 @@ test("recovery: a killed connection gets its rooms and missed messages back", as
   s.io.engine.close();
   await gone;
   const back = once(s, "connect");
-  for (const i of [4, 5, 6]) await call(pub, "publish", { room, data: i });
+  // Message 5 is binary: the replay sends it as attachments too.
+  const five = Buffer.from([5, 0, 255]);
+  for (const i of [4, 5, 6]) await call(pub, "publish", { room, data: i === 5 ? five : i });
   await back;
   assert.equal(s.recovered, true, "the server restored the socket");
   await call(pub, "publish", { room, data: 7 });
   await until(() => seen.length >= 7);
-  assert.deepEqual(seen, [1, 2, 3, 4, 5, 6, 7], "every message once, in order");
+  assert.ok(Buffer.isBuffer(seen[4]), "a replayed Buffer is a Buffer");
+  assert.deepEqual(seen, [1, 2, 3, 4, five, 6, 7], "every message once, in order");
   // A second recovery from the same pid is refused: saved state is single use.
   s.close();
   pub.close();
@@ -201,8 +236,14 @@ test("namespaces: /admin is isolated from /, on one connection; unknown ones are
   const [[msg]] = await Promise.all([once(admin, "message"), call(admin, "publish", { room, data: "admin only" })]);
   assert.equal(msg.room, room);
   assert.equal(msg.data, "admin only");
+  // Binary in a namespace: the room prefix is stripped and the attachments follow.
+  const blob = Buffer.from([9, 8, 7, 0, 255]);
+  const [[bin]] = await Promise.all([once(admin, "message"), call(admin, "publish", { room, data: { blob, more: [blob] } })]);
+  assert.equal(bin.room, room);
+  assert.ok(Buffer.isBuffer(bin.data.blob) && Buffer.isBuffer(bin.data.more[0]));
+  assert.deepEqual(bin.data, { blob, more: [blob] });
   await new Promise((r) => setTimeout(r, 200));
-  assert.equal(mainSaw.length, 0, "/ did not see /admin's message");
+  assert.equal(mainSaw.length, 0, "/ did not see /admin's messages");
   const nope = m.socket("/nope", { auth: { token: token("ns-user") } });
   const [err] = await once(nope, "connect_error");
   assert.equal(err.message, "Invalid namespace");

@@ -134,8 +134,16 @@ fn encode(
                 outbound.written(bytes.len());
                 // A slow consumer's backlog is dropped so that its close goes out promptly.
                 if !outbound.is_discarding() {
-                    push_text(body, &bytes);
-                    data_bytes += bytes.len() as u64;
+                    // A bundle (a packet and its attachments) is several packets: binary ones
+                    // as `b` + base64.
+                    for (text, part) in protocol::socketio::messages(&bytes) {
+                        if text {
+                            push_text(body, part);
+                        } else {
+                            push_binary(body, part);
+                        }
+                        data_bytes += part.len() as u64;
+                    }
                 }
             }
             OutFrame::Message { text, bytes } => {
