@@ -596,3 +596,49 @@ async fn serial_owner_change_with_rewritten_history_retires_the_epoch() {
         assert_eq!(m["offset"], json!(1), "lacks={lacks}: {m}");
     }
 }
+
+/// Pipelined publishes against primaries whose script caches are empty (as on a fresh
+/// cluster, or after a restart): every one is acknowledged, in order, none refused. The node
+/// loads its scripts on every primary when it starts; without that, the publishes of one
+/// burst all get `NOSCRIPT`, are re-sent each on its own, and the store's order check refuses
+/// the ones that land behind a later one.
+#[tokio::test]
+async fn serial_pipelined_publishes_on_empty_script_caches() {
+    let base = base_port();
+    for p in base..base + 6 {
+        redis_cli(p, &["script", "flush"]);
+    }
+    let [node] = cluster_gateways(
+        VAR,
+        "cold",
+        &["--publish-rate", "100000", "--publish-burst", "100000"],
+    )
+    .await;
+    let room = unique("cold");
+    let mut a = Client::connect(node.addr, &unique("cold-a"), Fmt::Json).await;
+    // Rooms on every shard: each burst meets its own primary's cache. Each room is made by
+    // its own user (room creation is rate-limited per user) and joined by the publisher.
+    let rooms: Vec<String> = (0..6).map(|i| format!("{room}-{i}")).collect();
+    for r in &rooms {
+        let mut owner = Client::connect(node.addr, &unique("cold-owner"), Fmt::Json).await;
+        owner.ok(json!({"op": "create_room", "room": r})).await;
+        a.ok(json!({"op": "join", "room": r})).await;
+    }
+    let n = 48u64;
+    for i in 0..n {
+        let r = &rooms[(i % 6) as usize];
+        a.send(json!({"id": 1000 + i, "op": "publish", "room": r, "data": i}))
+            .await;
+    }
+    let mut answered = 0;
+    while answered < n {
+        let m = a.recv_msg().await;
+        let Some(id) = m["id"].as_u64() else { continue };
+        assert_eq!(
+            m["ok"]["offset"].as_u64(),
+            Some((id - 1000) / 6 + 1),
+            "publish {id} refused or out of order: {m}"
+        );
+        answered += 1;
+    }
+}

@@ -171,6 +171,17 @@ impl Router {
         state.primaries.iter().map(|a| a.to_string()).collect()
     }
 
+    /// Every primary as last read, with its client (`host:port`, client): for work that must
+    /// reach each primary, such as loading scripts before they are needed.
+    pub fn primary_clients(&self) -> Vec<(Arc<str>, Client)> {
+        let state = self.inner.state.read();
+        state
+            .primaries
+            .iter()
+            .filter_map(|a| state.clients.get(&**a).map(|c| (a.clone(), c.clone())))
+            .collect()
+    }
+
     /// Runs `f` on the client of `key`'s primary. On a MOVED or ASK reply, routes the slot to
     /// the node named, refreshes the map, and runs `f` once more on the new owner (a
     /// redirected command was not applied). Any other error asks for a refresh soon.

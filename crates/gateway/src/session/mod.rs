@@ -32,13 +32,15 @@ use std::sync::Arc;
 /// failover can no longer land behind the next one (the short chaos run saw 72 out-of-order
 /// deliveries when this was first raised without the check).
 ///
-/// Still one, though: with 16, the refusal turned ordinary retries into `unavailable`
-/// answers. When a primary answers `NOSCRIPT` (a fresh or promoted one has an empty script
-/// cache) or `MOVED`, every pipelined publish behind the first gets the same answer and is
-/// retried on its own, and the retries reach Redis in whatever order their futures are woken
-/// (the 3-node Socket.IO test saw it on a fresh cluster). Raising this needs retries sent in
-/// sequence order (a per-connection ticket), or the script loaded everywhere before use.
-pub const MAX_PUBLISHES_IN_FLIGHT: usize = 1;
+/// Retries are the one way left to reorder them: when a primary answers `NOSCRIPT` or `MOVED`,
+/// every pipelined publish behind the first gets the same answer and is re-sent on its own, in
+/// whatever order their futures wake, and the order check must refuse the ones that land
+/// behind a later publish (`unavailable`: not applied, the client may retry). The store loads
+/// its scripts on every primary ahead of use (`room_state`'s `redis/warm.rs`), so that happens
+/// only around a failover or a slot move, when `unavailable` answers are expected anyway; with
+/// 16 in flight and no preloading, a fresh cluster's first publishes got it (the 3-node
+/// Socket.IO test failed that way).
+pub const MAX_PUBLISHES_IN_FLIGHT: usize = 16;
 
 /// One client connection as the ops see it.
 #[derive(Debug)]

@@ -12,6 +12,7 @@ mod rooms;
 mod scripts;
 mod sessions;
 mod traffic;
+mod warm;
 
 use crate::ephemeral::EphemeralRooms;
 use crate::error::StateError;
@@ -92,6 +93,11 @@ impl Scripts {
             .and_then(Option::as_ref)
             .ok_or_else(|| StateError::Internal(format!("{} is not a script", command.as_str())))
     }
+
+    /// Every script, for loading them ahead of use (`warm`).
+    fn all(&self) -> impl Iterator<Item = &Script> {
+        self.0.iter().flatten()
+    }
 }
 
 /// A command's script; `None` for a plain command.
@@ -150,6 +156,7 @@ impl RedisState {
             ephemeral: EphemeralRooms::default(),
         });
         audit::start(&state);
+        warm::start(&state);
         Ok(state)
     }
 
