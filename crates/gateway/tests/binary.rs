@@ -377,6 +377,50 @@ async fn max_data_bytes_counts_binary_as_bytes() {
     assert_eq!(status, 413);
 }
 
+/// A message holds at most 10 byte strings, whatever the client (the most one Socket.IO packet
+/// may carry: the stock client closes its connection on more). A Socket.IO `history` whose
+/// messages hold more in all is cut to its newest messages that fit, marked `partial`.
+#[tokio::test]
+async fn byte_strings_fit_a_socketio_packet() {
+    let server = node(&[]).await;
+    let a = server.addr;
+    let room = unique("bin-count");
+    let mut j = Client::connect(a, "json-user", Fmt::Json).await;
+    j.ok(json!({"op": "create_room", "room": room})).await;
+    let bins = |n: u8| Value::Array((0..n).map(|i| json!({"$bin": b64(&[i])})).collect());
+    let e = j
+        .err(json!({"op": "publish", "room": room, "data": bins(11)}))
+        .await;
+    assert_eq!(e["code"], "payload_too_large", "{e}");
+    let path = format!("/api/rooms/{room}/publish");
+    let (status, _) = http_json(a, "POST", &path, Some(API_KEY), &bins(11).to_string()).await;
+    assert_eq!(status, 413);
+    for _ in 0..4 {
+        j.ok(json!({"op": "publish", "room": room, "data": bins(4)}))
+            .await;
+    }
+    // Native history is whole; Socket.IO's is cut to 8 attachments (two messages).
+    let h = j.ok(json!({"op": "history", "room": room})).await;
+    assert_eq!(h["messages"].as_array().unwrap().len(), 4);
+    let mut ws = sio(a).await;
+    sio_join(&mut ws, &room, 1).await;
+    ws.send(Message::text(format!(
+        r#"422["history",{{"room":"{room}"}}]"#
+    )))
+    .await
+    .unwrap();
+    let text = sio_text_starting(&mut ws, "468-2").await;
+    let body: Value = serde_json::from_str(text.strip_prefix("468-2").unwrap()).unwrap();
+    let offsets: Vec<u64> = body[0]["ok"]["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["offset"].as_u64().unwrap())
+        .collect();
+    assert_eq!(offsets, [3, 4]);
+    assert_eq!(body[0]["ok"]["partial"], true);
+}
+
 /// Long-polling: the same binary event, its attachments as `b` + base64 packets.
 #[tokio::test]
 async fn socketio_over_polling_gets_attachments_as_base64() {

@@ -46,6 +46,8 @@ struct Inner {
     /// Whether any byte string is inside: the encoders that have bytes take the slow path
     /// only then.
     binary: bool,
+    /// How many byte strings are inside (see [`MAX_BYTE_STRINGS`]).
+    byte_strings: usize,
 }
 
 impl std::fmt::Debug for Data {
@@ -59,6 +61,11 @@ impl PartialEq for Data {
         self.0.raw.get() == other.0.raw.get()
     }
 }
+
+/// The most byte strings one published message may hold: what one Socket.IO packet may carry
+/// as attachments (the stock client's decoder refuses more, and closes the connection), so
+/// that a message from any client can reach every Socket.IO member as one event.
+pub const MAX_BYTE_STRINGS: usize = crate::socketio::MAX_ATTACHMENTS;
 
 /// Why a payload was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -109,6 +116,7 @@ impl Data {
             raw,
             size,
             binary: stats.binaries > 0,
+            byte_strings: stats.binaries,
         })))
     }
 
@@ -122,6 +130,12 @@ impl Data {
     /// the same whatever the format it sends bytes in.
     pub fn size(&self) -> usize {
         self.0.size
+    }
+
+    /// How many byte strings the payload holds. A publish may carry at most
+    /// [`MAX_BYTE_STRINGS`].
+    pub fn byte_strings(&self) -> usize {
+        self.0.byte_strings
     }
 
     /// Whether the payload holds at least one byte string.
@@ -148,6 +162,12 @@ pub fn as_binary(value: &Value) -> Option<Vec<u8>> {
         return None;
     };
     STANDARD.decode(b64).ok()
+}
+
+/// Whether `value` has the shape of a byte string's wrapper (`{"$bin": "<text>"}`), without
+/// decoding it. Data that reached a reply was checked on the way in.
+pub fn is_binary_wrapper(value: &Value) -> bool {
+    matches!(value, Value::Object(map) if map.len() == 1 && matches!(map.get(BIN_KEY), Some(Value::String(_))))
 }
 
 /// The wrapper for a byte string.

@@ -150,6 +150,13 @@ async fn publish(node: &Node, room: &str, req: Request<Incoming>) -> Response<Bo
             "body is over --max-data-bytes",
         );
     }
+    if data.byte_strings() > protocol::data::MAX_BYTE_STRINGS {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "data holds more than 10 byte strings",
+        );
+    }
     // `Idempotency-Key` plays the part of a client's `msgId`, for the server's own retries.
     let key = match idempotency_key {
         None => None,

@@ -37,6 +37,15 @@ pub async fn admit_publish(
             format!("data is over {} bytes", node.config.max_data_bytes),
         ));
     }
+    if data.byte_strings() > protocol::data::MAX_BYTE_STRINGS {
+        return Err(ErrorBody::new(
+            ErrorCode::PayloadTooLarge,
+            format!(
+                "data holds more than {} byte strings",
+                protocol::data::MAX_BYTE_STRINGS
+            ),
+        ));
+    }
     let key = format!("publish:{}", s.identity.user);
     let decision = node
         .publish_budget

@@ -50,12 +50,66 @@ pub fn push(outbound: &Outbound, text: String) {
 /// Queues an ACK. Byte strings in it (history, a join's recovered messages) go out as
 /// attachments: a BINARY_ACK, queued as one bundle (see `protocol::socketio::BUNDLE`).
 fn push_ack(outbound: &Outbound, namespace: &str, id: u64, mut args: Value) {
+    if let Some(ok) = args.get_mut(0).and_then(|body| body.get_mut("ok")) {
+        fit_attachments(ok);
+    }
     let attachments = sio::extract_binary(&mut args);
     if attachments.is_empty() {
         push(outbound, sio::ack(namespace, id, &args));
     } else {
         let text = sio::binary(true, namespace, Some(id), attachments.len(), &args);
         let _ = outbound.push(Bytes::from(sio::bundle(&text, &attachments)));
+    }
+}
+
+/// Cuts a reply's message list so that its byte strings fit in one packet's attachments
+/// (`sio::MAX_ATTACHMENTS`): the stock client's decoder refuses a packet with more, and closes
+/// the whole connection. Each message holds at most that many (`MAX_BYTE_STRINGS` at
+/// publish), so at least one always fits.
+///
+/// - `history` (`messages`, newest last) keeps its newest messages; the client pages on with
+///   `before` set to the first offset it got.
+/// - a join's `missed` (oldest first) keeps its oldest; the client reads the rest with
+///   `history`.
+///
+/// Either way the reply says `partial: true`.
+fn fit_attachments(ok: &mut Value) {
+    let Value::Object(map) = ok else {
+        return;
+    };
+    for (key, newest_last) in [("messages", true), ("missed", false)] {
+        let Some(Value::Array(items)) = map.get_mut(key) else {
+            continue;
+        };
+        let counts: Vec<usize> = items.iter().map(count_binary).collect();
+        if counts.iter().sum::<usize>() <= sio::MAX_ATTACHMENTS {
+            continue;
+        }
+        let mut total = 0;
+        let mut fits = |c: &usize| {
+            total += c;
+            total <= sio::MAX_ATTACHMENTS
+        };
+        if newest_last {
+            let keep = counts.iter().rev().take_while(|c| fits(c)).count();
+            items.drain(..items.len() - keep);
+        } else {
+            let keep = counts.iter().take_while(|c| fits(c)).count();
+            items.truncate(keep);
+        }
+        map.insert("partial".into(), Value::Bool(true));
+    }
+}
+
+/// The byte strings (`$bin` wrappers) in a value.
+fn count_binary(value: &Value) -> usize {
+    if protocol::data::is_binary_wrapper(value) {
+        return 1;
+    }
+    match value {
+        Value::Object(map) => map.values().map(count_binary).sum(),
+        Value::Array(items) => items.iter().map(count_binary).sum(),
+        _ => 0,
     }
 }
 

@@ -109,3 +109,137 @@ test("recovery through round-robin: a killed transport comes back with what it m
   s.close();
   pub.close();
 });
+
+test("across nodes, default and polling-only: traffic_status, acks, binary both ways", async () => {
+  const room = unique("cluster-bin");
+  // Five clients through round-robin land on more than one gateway; two of them poll only.
+  const users = [0, 1, 2, 3, 4].map((i) => `cl-bin-${i}`);
+  const clients = users.map((u, i) => byDefault(u, i % 2 ? { transports: ["polling"] } : {}));
+  const statuses = clients.map((c) => once(c, "traffic_status"));
+  const lost = [];
+  clients.forEach((c, i) => c.on("disconnect", (reason) => lost.push(`client ${i} (${c.io.engine?.transport?.name}): ${reason}`)));
+  const step = async (what, p) => {
+    try {
+      return await p;
+    } catch (e) {
+      throw new Error(`${what}: ${e.message}; disconnects: ${lost.join("; ")}`);
+    }
+  };
+  await Promise.all(clients.map((c) => once(c, "connect")));
+  for (const [s] of await Promise.all(statuses)) assert.ok(["normal", "high", "critical"].includes(s.level), JSON.stringify(s));
+  const owners = new Set(clients.map((c) => c.io.engine.id.split(".")[0]));
+  assert.ok(owners.size >= 2, `sessions on one gateway only: ${[...owners]}`);
+  const created = await call(clients[0], "create_room", { room });
+  assert.ok(created.ok, JSON.stringify(created));
+  for (const c of clients.slice(1)) assert.ok((await call(c, "join", { room })).ok);
+  const presence = await call(clients[2], "presence", { room });
+  assert.equal(presence.ok.members.length, 5, JSON.stringify(presence));
+  // Every client publishes one binary message; every client gets all five, as Buffers.
+  const seen = clients.map(() => []);
+  clients.forEach((c, i) => c.on("message", (m) => seen[i].push(m)));
+  const payload = (i) => ({ file: Buffer.from([i, 0, 255, 0x89]), name: `f${i}.png`, parts: [Buffer.from([i]), Buffer.from([i, i])] });
+  for (const [i, c] of clients.entries()) {
+    const r = await step(`publish by client ${i}`, call(c, "publish", { room, data: payload(i) }));
+    assert.ok(r.ok, JSON.stringify(r));
+  }
+  await until(() => seen.every((s) => s.length >= 5));
+  for (const [i, s] of seen.entries()) {
+    assert.deepEqual(s.map((m) => m.offset), [1, 2, 3, 4, 5], `client ${i}`);
+    for (const [n, m] of s.entries()) {
+      assert.ok(Buffer.isBuffer(m.data.file) && Buffer.isBuffer(m.data.parts[1]), `client ${i} got ${JSON.stringify(m.data)}`);
+      assert.deepEqual(m.data, payload(n), `client ${i}, message ${n}`);
+    }
+  }
+  // History through a polling-only client on whichever node: binary in an ack. Five
+  // messages of three Buffers are more than one packet may carry (10 attachments, the
+  // client's limit): the newest that fit come first, marked partial, and `before` pages on.
+  const h = await step("history", call(clients[1], "history", { room }));
+  assert.equal(h.ok.partial, true, JSON.stringify(h.ok));
+  assert.deepEqual(h.ok.messages.map((m) => m.data), [2, 3, 4].map(payload));
+  const older = await step("older history", call(clients[1], "history", { room, before: h.ok.messages[0].offset }));
+  assert.equal(older.ok.partial, undefined);
+  assert.deepEqual(older.ok.messages.map((m) => m.data), [0, 1].map(payload));
+  assert.ok((await call(clients[3], "leave", { room })).ok);
+  clients.forEach((c) => c.close());
+});
+
+// The process that owns a session is killed (SIGKILL): the client reconnects by itself
+// through nginx to a gateway that is alive, and gets what it missed by rejoining with `since`.
+for (const [name, opts] of [["default options", {}], ["polling only", { transports: ["polling"] }]]) {
+  test(`recovery after the owning gateway is killed, ${name}`, { skip: !process.env.ROOMCAST_GATEWAY_PIDS }, async () => {
+    const pids = Object.fromEntries(
+      process.env.ROOMCAST_GATEWAY_PIDS.trim().split(/\s+/).map((kv) => kv.split("=")),
+    );
+    const alive = (tag) => {
+      try {
+        process.kill(Number(pids[tag]), 0);
+        return true;
+      } catch {
+        return false;
+      }
+    };
+    const room = unique("cluster-kill");
+    // A client whose session lives on a gateway that is still alive (earlier tests killed one).
+    let s;
+    for (let i = 0; i < 12; i++) {
+      const c = byDefault("cl-kill", { ...opts, reconnection: true, reconnectionDelay: 100, reconnectionDelayMax: 300 });
+      await once(c, "connect");
+      if (alive(c.io.engine.id.split(".")[0])) {
+        s = c;
+        break;
+      }
+      c.close();
+    }
+    assert.ok(s, "no session on a live gateway");
+    const owner = s.io.engine.id.split(".")[0];
+    const deadSid = s.io.engine.id;
+    // The publisher's session is on another live gateway (polling: its sid names its owner).
+    let pub;
+    const tried = [];
+    for (let i = 0; i < 12; i++) {
+      const c = byDefault("cl-kill-pub", { transports: ["polling"] });
+      await once(c, "connect");
+      const tag = c.io.engine.id.split(".")[0];
+      tried.push(tag);
+      if (tag !== owner && alive(tag)) {
+        pub = c;
+        break;
+      }
+      c.close();
+    }
+    assert.ok(pub, `no publisher on another live gateway (owner ${owner}, tried ${tried}, pids ${JSON.stringify(pids)})`);
+    assert.ok((await call(pub, "create_room", { room })).ok);
+    assert.ok((await call(s, "join", { room })).ok);
+    const seen = [];
+    let last;
+    s.on("message", (m) => {
+      seen.push(m.data);
+      last = m;
+    });
+    for (const i of [1, 2, 3]) assert.ok((await call(pub, "publish", { room, data: i })).ok);
+    await until(() => seen.length === 3);
+    const gone = once(s, "disconnect", 20000);
+    process.kill(Number(pids[owner]), "SIGKILL");
+    await gone;
+    // Any other gateway answers the dead owner's sid as unknown (400), not with a hang.
+    const other = GATEWAYS.find((g) => alive(`poll-${g.split(":").pop()}`));
+    const stale = await fetch(`${other}/socket.io/?EIO=4&transport=polling&sid=${deadSid}`);
+    assert.equal(stale.status, 400);
+    assert.deepEqual(await stale.json(), { code: 1, message: "Session ID unknown" });
+    for (const i of [4, 5, 6]) assert.ok((await call(pub, "publish", { room, data: i })).ok);
+    await once(s, "connect", 30000);
+    assert.notEqual(s.io.engine.id.split(".")[0], owner, "reconnected to the dead gateway?");
+    // Connection state recovery keeps a lost socket's state in the process that lost it, so
+    // it died with it: a fresh socket. The client rejoins with `since`, as a native client
+    // does after its node dies, and gets what it missed, in order.
+    assert.equal(s.recovered, false);
+    const rejoined = await call(s, "join", { room, since: { offset: last.offset, epoch: last.epoch } });
+    assert.equal(rejoined.ok?.recovered, true, JSON.stringify(rejoined));
+    assert.deepEqual(rejoined.ok.missed.map((m) => m.data), [4, 5, 6]);
+    assert.ok((await call(pub, "publish", { room, data: 7 })).ok);
+    await until(() => seen.length >= 4);
+    assert.deepEqual(seen, [1, 2, 3, 7]);
+    s.close();
+    pub.close();
+  });
+}
