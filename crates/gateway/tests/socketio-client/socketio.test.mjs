@@ -161,9 +161,12 @@ test("a Socket.IO client and a native client share a room", async () => {
     }
   };
   await new Promise((r) => (ws.onopen = r));
+  // Listening before the join: the presence event may reach the Socket.IO client before the
+  // join's reply reaches the native one.
+  const presence = once(s, "presence");
   ws.send(JSON.stringify({ id: 1, op: "join", room }));
   await next((m) => m.id === 1);
-  const [p] = await once(s, "presence");
+  const [p] = await presence;
   assert.equal(p.user, "native-user");
   ws.send(JSON.stringify({ id: 2, op: "publish", room, data: "from native" }));
   const [m] = await once(s, "message");
