@@ -14,8 +14,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use tokio::sync::{mpsc, Notify};
 
-/// A position in a room: `(epoch, offset)`.
-pub type Position = (String, u64);
+/// A position in a room: `(epoch, offset)`. The epoch is shared, so that journaling a
+/// delivery allocates nothing.
+pub type Position = (Arc<str>, u64);
 
 /// What a queue has been given, in queue order, for Socket.IO connection state recovery.
 ///
@@ -30,21 +31,29 @@ pub struct Journal {
     pub entries: VecDeque<(Arc<str>, Position)>,
     /// Per room: the position before the first entry.
     pub base: HashMap<Arc<str>, Position>,
+    /// Per room: its name and latest epoch, shared by its entries.
+    pub epochs: HashMap<Arc<str>, Arc<str>>,
 }
 
 impl Journal {
-    fn record(&mut self, room: &str, position: Position) {
+    /// Called for every message queued to the socket: it reuses the room's name and epoch
+    /// from earlier entries, so it allocates nothing but the ring's own slots.
+    fn record(&mut self, room: &str, epoch: &str, offset: u64) {
         if self.entries.len() >= self.cap {
             if let Some((old_room, old)) = self.entries.pop_front() {
                 self.base.insert(old_room, old);
             }
         }
-        let room = self
-            .base
-            .get_key_value(room)
-            .map(|(k, _)| k.clone())
-            .unwrap_or_else(|| Arc::from(room));
-        self.entries.push_back((room, position));
+        let (room, epoch) = match self.epochs.get_key_value(room) {
+            Some((r, e)) if &**e == epoch => (r.clone(), e.clone()),
+            _ => {
+                // A room's first message, or a new epoch: remembered for the next ones.
+                let (r, e) = (Arc::<str>::from(room), Arc::<str>::from(epoch));
+                self.epochs.insert(r.clone(), e.clone());
+                (r, e)
+            }
+        };
+        self.entries.push_back((room, (epoch, offset)));
     }
 
     /// Each room's position as of the entry `last` (`None`: nothing received at all), or
@@ -161,12 +170,12 @@ impl Outbound {
                 .iter()
                 .rev()
                 .find(|(r, _)| &**r == room)
-                .is_some_and(|(_, (e, o))| e == epoch && *o >= offset);
+                .is_some_and(|(_, (e, o))| **e == *epoch && *o >= offset);
             if covered {
                 return;
             }
             j.entries.retain(|(r, _)| &**r != room);
-            j.base.insert(Arc::from(room), (epoch.to_string(), offset));
+            j.base.insert(Arc::from(room), (Arc::from(epoch), offset));
         }
     }
 
@@ -178,7 +187,7 @@ impl Outbound {
             Some(j) => {
                 let mut j = j.lock();
                 self.enqueue(bytes, None)?;
-                j.record(&p.room, (p.epoch.clone(), p.offset));
+                j.record(&p.room, &p.epoch, p.offset);
                 Ok(())
             }
         }
@@ -332,29 +341,27 @@ mod tests {
         let j = q.journal().expect("journal");
         // The client got up to b:21, so a:11 too, but not a:12.
         let at = j
-            .positions_at(Some(("b", &("e".to_string(), 21))))
+            .positions_at(Some(("b", &(Arc::from("e"), 21))))
             .expect("known");
-        assert_eq!(at.get("a"), Some(&("e".to_string(), 11)));
-        assert_eq!(at.get("b"), Some(&("e".to_string(), 21)));
+        assert_eq!(at.get("a"), Some(&(Arc::from("e"), 11)));
+        assert_eq!(at.get("b"), Some(&(Arc::from("e"), 21)));
         // Nothing received: the join points.
         let at = j.positions_at(None).expect("known");
-        assert_eq!(at.get("a"), Some(&("e".to_string(), 10)));
+        assert_eq!(at.get("a"), Some(&(Arc::from("e"), 10)));
         // An offset the journal never saw fails.
-        assert!(j
-            .positions_at(Some(("a", &("e".to_string(), 99))))
-            .is_none());
+        assert!(j.positions_at(Some(("a", &(Arc::from("e"), 99)))).is_none());
         // The bound: the oldest entry becomes the room's base.
         q.push_publication(Bytes::from_static(b"x"), &publication("b", 22))
             .expect("push");
         let j = q.journal().expect("journal");
         assert_eq!(j.entries.len(), 3);
-        assert_eq!(j.base.get("a"), Some(&("e".to_string(), 11)));
+        assert_eq!(j.base.get("a"), Some(&(Arc::from("e"), 11)));
         // A join base does not wipe a replay that already reaches it.
         q.journal_base("b", "e", 22);
         assert_eq!(q.journal().expect("journal").entries.len(), 3);
         q.journal_base("b", "e", 30);
         let j = q.journal().expect("journal");
         assert!(j.entries.iter().all(|(r, _)| &**r != "b"));
-        assert_eq!(j.base.get("b"), Some(&("e".to_string(), 30)));
+        assert_eq!(j.base.get("b"), Some(&(Arc::from("e"), 30)));
     }
 }

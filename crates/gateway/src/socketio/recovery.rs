@@ -67,13 +67,13 @@ pub async fn save(node: &Node, session: &Session, namespace: &str, sid: &str, pi
             .entries
             .iter()
             .filter(|(r, _)| keep(r))
-            .map(|(r, (e, o))| (r.to_string(), e.clone(), *o))
+            .map(|(r, (e, o))| (r.to_string(), e.to_string(), *o))
             .collect(),
         base: journal
             .base
             .iter()
             .filter(|(r, _)| keep(r))
-            .map(|(r, (e, o))| (r.to_string(), e.clone(), *o))
+            .map(|(r, (e, o))| (r.to_string(), e.to_string(), *o))
             .collect(),
         rooms,
     };
@@ -145,21 +145,23 @@ fn locate(saved: &Saved, auth: Option<&Value>) -> Option<HashMap<Arc<str>, Posit
         ..Journal::default()
     };
     for (room, epoch, offset) in &saved.entries {
-        journal
-            .entries
-            .push_back((Arc::from(room.as_str()), (epoch.clone(), *offset)));
+        journal.entries.push_back((
+            Arc::from(room.as_str()),
+            (Arc::from(epoch.as_str()), *offset),
+        ));
     }
     for (room, epoch, offset) in &saved.base {
-        journal
-            .base
-            .insert(Arc::from(room.as_str()), (epoch.clone(), *offset));
+        journal.base.insert(
+            Arc::from(room.as_str()),
+            (Arc::from(epoch.as_str()), *offset),
+        );
     }
     // A missing offset means the client received no message at all; a malformed one fails.
     let last = match auth.and_then(|a| a.get("offset")) {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => {
             let (room, epoch, offset) = parse_recovery_offset(s)?;
-            Some((room.to_string(), (epoch.to_string(), offset)))
+            Some((room.to_string(), (Arc::<str>::from(epoch), offset)))
         }
         Some(_) => return None,
     };
@@ -205,7 +207,7 @@ async fn rejoin(
     let op = Op::Join {
         room: room.to_string(),
         since: Some(Since {
-            epoch: epoch.clone(),
+            epoch: epoch.to_string(),
             offset: *offset,
         }),
     };
