@@ -4,6 +4,7 @@
 #   postgres.sh start [PORT] [DIR]   initdb into DIR, start on 127.0.0.1:PORT, create the database
 #   postgres.sh stop  [PORT] [DIR]   stop the server and remove DIR
 #   postgres.sh url   [PORT]         print the connection URL (what ROOMCAST_TEST_POSTGRES takes)
+#   postgres.sh restart [PORT] [DIR] stop (fast: clients are disconnected) and start again, data kept
 #
 # Installs Debian's `postgresql` with apt-get when it is missing. The server refuses to run as
 # root, so it runs as the system user `roomcast-pg` (created when missing), which owns DIR. The
@@ -60,6 +61,13 @@ start() {
   echo "postgres up: $(url)" >&2
 }
 
+restart() {
+  [ -f "$dir/data/postmaster.pid" ] || { echo "no server in $dir" >&2; exit 1; }
+  as_user "$(bindir)/pg_ctl" -D "$dir/data" -l "$dir/server.log" -m fast -w -t 30 restart \
+    -o "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$dir -c max_connections=200" \
+    >/dev/null || { cat "$dir/server.log" >&2; exit 1; }
+}
+
 stop_quiet() {
   if [ -f "$dir/data/postmaster.pid" ]; then
     local bin
@@ -79,5 +87,6 @@ case "$cmd" in
   start) start ;;
   stop) stop_quiet; echo "postgres on $port stopped" >&2 ;;
   url) url ;;
-  *) echo "usage: $0 start|stop|url [PORT] [DIR]" >&2; exit 2 ;;
+  restart) restart ;;
+  *) echo "usage: $0 start|stop|url|restart [PORT] [DIR]" >&2; exit 2 ;;
 esac

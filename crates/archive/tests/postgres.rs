@@ -82,3 +82,131 @@ async fn unreachable_server_is_unavailable() {
         "{err:?}"
     );
 }
+
+/// Connections killed under the pool (a server restart, a failover of the database, an
+/// administrator) make calls fail as `Unavailable`, never `Internal`; the pool reconnects and a
+/// retried batch is stored once.
+#[tokio::test]
+async fn lost_connections_are_unavailable_then_recovered() {
+    let Ok(url) = std::env::var(VAR) else {
+        eprintln!("skipped lost_connections_are_unavailable_then_recovered: {VAR} is not set");
+        return;
+    };
+    // Our own application_name, so only this test's connections are killed.
+    let app = format!("roomcast-test-{:x}", fastrand::u32(..));
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let archive = PostgresArchive::connect(&format!("{url}{sep}application_name={app}"), 2)
+        .await
+        .unwrap();
+    let admin = PostgresArchive::connect(&url, 1).await.unwrap();
+    let p = prefix("lost");
+    let room = format!("{p}room");
+    let batch: Vec<protocol::Publication> = (1..=20)
+        .map(|offset| protocol::Publication {
+            room: room.clone(),
+            epoch: "e".into(),
+            offset,
+            from: "u".into(),
+            data: protocol::Data::from_value(&serde_json::json!(offset)).unwrap(),
+            ts: 1_700_000_000_000,
+        })
+        .collect();
+    archive.append(&batch[..10]).await.unwrap();
+    for round in 0..3 {
+        let killed: Vec<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+        )
+        .bind(&app)
+        .fetch_all(admin.pool())
+        .await
+        .unwrap();
+        assert!(!killed.is_empty(), "round {round}: no connection to kill");
+        // Retry as the archiver will: Unavailable means try again; anything else is a bug.
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match archive.append(&batch).await {
+                Ok(_) => break,
+                Err(archive::ArchiveError::Unavailable(e)) if tries < 50 => {
+                    eprintln!("round {round}: unavailable ({e}), retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("round {round}: {e:?}"),
+            }
+        }
+    }
+    let page = archive.page(&room, "e", None, 100).await.unwrap();
+    assert_eq!(page, batch, "every message once, in order");
+    archive.purge_room(&room).await.unwrap();
+}
+
+/// A real server restart (`deploy/local/postgres.sh restart`, given as the command in
+/// `ROOMCAST_TEST_POSTGRES_RESTART`) while batches are being written: the calls meanwhile are
+/// `Unavailable`, the same pool carries on afterwards, and what was committed is there once.
+/// `serial_`: it disconnects every other test, so it runs alone (after the parallel run).
+#[tokio::test]
+async fn serial_server_restart() {
+    let (Ok(url), Ok(restart)) = (
+        std::env::var(VAR),
+        std::env::var("ROOMCAST_TEST_POSTGRES_RESTART"),
+    ) else {
+        eprintln!(
+            "skipped serial_server_restart: {VAR} or ROOMCAST_TEST_POSTGRES_RESTART is not set"
+        );
+        return;
+    };
+    let archive = PostgresArchive::connect(&url, 2).await.unwrap();
+    let room = format!("{}room", prefix("restart"));
+    let message = |offset| protocol::Publication {
+        room: room.clone(),
+        epoch: "e".into(),
+        offset,
+        from: "u".into(),
+        data: protocol::Data::from_value(&serde_json::json!(offset)).unwrap(),
+        ts: 1_700_000_000_000,
+    };
+    archive.append(&[message(1)]).await.unwrap();
+    let started = || async {
+        sqlx::query_scalar::<_, String>("SELECT pg_postmaster_start_time()::text")
+            .fetch_one(archive.pool())
+            .await
+            .unwrap()
+    };
+    let before = started().await;
+    let restarting = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&restart)
+            .status()
+            .unwrap()
+    });
+    // Keep writing through the restart, each batch retried until it is committed, as the
+    // archiver does.
+    let (mut unavailable, mut offset) = (0, 2);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !restarting.is_finished() || offset < 40 {
+        assert!(std::time::Instant::now() < deadline, "no progress in 30 s");
+        match archive
+            .append(&[message(offset), message(offset - 1)])
+            .await
+        {
+            Ok(_) => offset += 1,
+            Err(archive::ArchiveError::Unavailable(_)) => {
+                unavailable += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("offset {offset}: {e:?}"),
+        }
+    }
+    assert!(
+        restarting.await.unwrap().success(),
+        "the restart command failed"
+    );
+    assert_ne!(started().await, before, "the server did not restart");
+    // Few or none: while the server is down the pool keeps trying to connect for its acquire
+    // timeout (5 s) before it gives up with `Unavailable`.
+    eprintln!("{unavailable} calls were unavailable during the restart");
+    let page = archive.page(&room, "e", None, 1000).await.unwrap();
+    assert_eq!(page, (1..offset).map(message).collect::<Vec<_>>());
+    archive.purge_room(&room).await.unwrap();
+}
