@@ -67,9 +67,11 @@ fn decode(bytes: &[u8]) -> Result<Data, ArchiveError> {
         .map_err(|e| ArchiveError::Internal(format!("corrupt stored payload: {e}")))
 }
 
-/// Checks a whole batch before anything is written.
+/// Checks a whole batch before anything is written, and sorts it by key: concurrent batches
+/// that overlap (two archivers during a hand-over) then take row locks in the same order and
+/// wait for each other instead of deadlocking.
 pub(crate) fn message_rows(batch: &[Publication]) -> Result<Vec<MessageRow>, ArchiveError> {
-    batch
+    let mut rows = batch
         .iter()
         .map(|p| {
             non_empty(&p.room, "room")?;
@@ -90,7 +92,9 @@ pub(crate) fn message_rows(batch: &[Publication]) -> Result<Vec<MessageRow>, Arc
                 payload: encode(&p.data)?,
             })
         })
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    rows.sort_unstable_by(|a, b| (&a.room, &a.epoch, a.offset).cmp(&(&b.room, &b.epoch, b.offset)));
+    Ok(rows)
 }
 
 /// A row read back: (room, epoch, offset, user_id, created_ms, payload).

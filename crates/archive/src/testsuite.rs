@@ -100,6 +100,36 @@ pub async fn idempotent_append(archive: &dyn Archive, prefix: &str) {
     archive.purge_room(&other).await.unwrap();
 }
 
+/// Overlapping batches appended at the same time (two archivers during a hand-over), in
+/// opposite orders and across two rooms, store every message once.
+pub async fn concurrent_appends(archive: &dyn Archive, prefix: &str) {
+    let (a, b) = (format!("{prefix}conc-a"), format!("{prefix}conc-b"));
+    let user = format!("{prefix}gus");
+    let both = |from, to| {
+        let mut batch = run(&a, "e", from, to, &user);
+        batch.extend(run(&b, "e", from, to, &user));
+        batch
+    };
+    let mut reversed = both(1, 100);
+    reversed.reverse();
+    let batches = [both(1, 50), both(25, 75), reversed, both(50, 100)];
+    for _ in 0..3 {
+        let (w, x, y, z) = tokio::join!(
+            archive.append(&batches[0]),
+            archive.append(&batches[1]),
+            archive.append(&batches[2]),
+            archive.append(&batches[3]),
+        );
+        let stored: u64 = [w, x, y, z].into_iter().map(Result::unwrap).sum();
+        assert!(stored == 200 || stored == 0, "{stored}");
+    }
+    for room in [&a, &b] {
+        let page = archive.page(room, "e", None, 1000).await.unwrap();
+        assert_eq!(offsets(&page), (1..=100).collect::<Vec<_>>());
+        archive.purge_room(room).await.unwrap();
+    }
+}
+
 /// Pages are the newest `limit` below `before`, oldest first, within one epoch; every bound.
 pub async fn paging(archive: &dyn Archive, prefix: &str) {
     let room = format!("{prefix}paging");

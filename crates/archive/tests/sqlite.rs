@@ -43,6 +43,7 @@ macro_rules! conformance {
 
 conformance!(
     idempotent_append,
+    concurrent_appends,
     paging,
     page_cap,
     binary_round_trip,
