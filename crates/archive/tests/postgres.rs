@@ -211,3 +211,87 @@ async fn serial_server_restart() {
     assert_eq!(page, (1..offset).map(message).collect::<Vec<_>>());
     archive.purge_room(&room).await.unwrap();
 }
+
+/// A first measurement, not a test (`cargo test -p archive --test postgres -- --ignored
+/// bench_ --nocapture`): a million messages in 1,000 rooms appended in batches of 500 by 4
+/// writers, then 2,000 pages of 50 read at random places. Prints messages/s and page
+/// latencies; removes its rows afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn bench_append_and_page() {
+    let Some(archive) = archive("bench_append_and_page").await else {
+        return;
+    };
+    let p = prefix("bench");
+    let (rooms, per_room, batch) = (1_000u64, 1_000u64, 500usize);
+    let data =
+        protocol::Data::from_value(&serde_json::json!({"text": "x".repeat(80), "n": 1})).unwrap();
+    // Room-major batches: what an archiver sends (one room's run of new offsets at a time).
+    let all: Vec<protocol::Publication> = (0..rooms)
+        .flat_map(|r| {
+            let (room, data) = (format!("{p}r{r}"), data.clone());
+            (1..=per_room).map(move |offset| protocol::Publication {
+                room: room.clone(),
+                epoch: "e".into(),
+                offset,
+                from: format!("user{}", offset % 97),
+                data: data.clone(),
+                ts: 1_700_000_000_000 + offset,
+            })
+        })
+        .collect();
+    let chunks: Vec<&[protocol::Publication]> = all.chunks(batch).collect();
+    let started = std::time::Instant::now();
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let archive = archive.clone();
+            let mine: Vec<Vec<protocol::Publication>> = chunks
+                .iter()
+                .skip(w)
+                .step_by(4)
+                .map(|c| c.to_vec())
+                .collect();
+            tokio::spawn(async move {
+                for c in mine {
+                    archive.append(&c).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "append: {} messages in {secs:.1} s = {:.0} messages/s (batches of {batch}, 4 writers)",
+        all.len(),
+        all.len() as f64 / secs
+    );
+    sqlx::query("ANALYZE messages")
+        .execute(archive.pool())
+        .await
+        .unwrap();
+    let mut latencies = Vec::new();
+    for _ in 0..2_000 {
+        let room = format!("{p}r{}", fastrand::u64(0..rooms));
+        let before = fastrand::u64(2..=per_room + 1);
+        let t = std::time::Instant::now();
+        let page = archive.page(&room, "e", Some(before), 50).await.unwrap();
+        latencies.push(t.elapsed());
+        assert_eq!(page.len() as u64, (before - 1).min(50));
+    }
+    latencies.sort();
+    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    eprintln!(
+        "page of 50 at {} rows: p50 {:?}, p99 {:?}, max {:?}",
+        all.len(),
+        at(0.5),
+        at(0.99),
+        at(1.0)
+    );
+    let t = std::time::Instant::now();
+    for r in 0..rooms {
+        archive.purge_room(&format!("{p}r{r}")).await.unwrap();
+    }
+    eprintln!("purged {rooms} rooms in {:.1} s", t.elapsed().as_secs_f64());
+}
