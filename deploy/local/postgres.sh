@@ -41,6 +41,12 @@ start() {
   if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
     # Debian keeps initdb off the PATH (/usr/lib/postgresql/<ver>/bin), so `need` installs.
     need initdb postgresql
+    # The package creates Debian's own cluster `main` (port 5432) and starts it where the init
+    # system lets it: the install is ours, so is that server; stop it, the tests never use it.
+    if command -v pg_lsclusters >/dev/null; then
+      pg_lsclusters --no-header 2>/dev/null | awk '$4 == "online" { print $1, $2 }' |
+        while read -r ver name; do pg_ctlcluster "$ver" "$name" stop || true; done
+    fi
   fi
   local bin
   bin=$(bindir)

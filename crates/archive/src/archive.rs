@@ -16,6 +16,8 @@ use protocol::Publication;
 /// - Nothing reads the clock: timestamps come in with the messages (`ts`) and the calls.
 /// - Numbers are stored as signed 64-bit integers: an offset, `ts` or `ttl_secs` above
 ///   `i64::MAX` is [`ArchiveError::BadInput`].
+/// - A NUL character in a room, epoch or user name is [`ArchiveError::BadInput`] in every
+///   method (PostgreSQL's `text` cannot hold it); room names from clients never have one.
 #[async_trait]
 pub trait Archive: Send + Sync {
     /// Stores a batch of messages, in one transaction: all or none. Messages already stored

@@ -67,6 +67,12 @@ fn decode(bytes: &[u8]) -> Result<Data, ArchiveError> {
         .map_err(|e| ArchiveError::Internal(format!("corrupt stored payload: {e}")))
 }
 
+/// The names a read or a purge is given: no NUL (PostgreSQL would refuse the query; SQLite
+/// answers the same way for consistency). Empty names are allowed: they match nothing.
+pub(crate) fn check_names(names: &[&str]) -> Result<(), ArchiveError> {
+    names.iter().try_for_each(|n| no_nul(n, "a name"))
+}
+
 /// Checks a whole batch before anything is written, and sorts it by key: concurrent batches
 /// that overlap (two archivers during a hand-over) then take row locks in the same order and
 /// wait for each other instead of deadlocking.

@@ -111,6 +111,7 @@ impl Archive for SqliteArchive {
         before: Option<u64>,
         limit: usize,
     ) -> Result<Vec<Publication>, ArchiveError> {
+        rows::check_names(&[room, epoch])?;
         let Some((before, limit)) = rows::page_bounds(before, limit) else {
             return Ok(Vec::new());
         };
@@ -130,6 +131,7 @@ impl Archive for SqliteArchive {
     }
 
     async fn high_water(&self, room: &str, epoch: &str) -> Result<Option<u64>, ArchiveError> {
+        rows::check_names(&[room, epoch])?;
         let max: Option<i64> = sqlx::query_scalar(
             r#"SELECT MAX("offset") FROM messages WHERE room = ?1 AND epoch = ?2"#,
         )
@@ -169,6 +171,7 @@ impl Archive for SqliteArchive {
     }
 
     async fn load_room(&self, room: &str) -> Result<Option<SleepingRoom>, ArchiveError> {
+        rows::check_names(&[room])?;
         let row = sqlx::query(
             r#"SELECT room, epoch, "offset", max_members, history_size, ttl_secs, created_ms, saved_ms
                FROM rooms WHERE room = ?1"#,
@@ -195,6 +198,7 @@ impl Archive for SqliteArchive {
     }
 
     async fn close_room(&self, room: &str) -> Result<bool, ArchiveError> {
+        rows::check_names(&[room])?;
         let done = sqlx::query("DELETE FROM rooms WHERE room = ?1")
             .bind(room)
             .execute(&self.pool)
@@ -214,6 +218,7 @@ impl Archive for SqliteArchive {
     }
 
     async fn purge_room(&self, room: &str) -> Result<u64, ArchiveError> {
+        rows::check_names(&[room])?;
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         let messages = sqlx::query("DELETE FROM messages WHERE room = ?1")
             .bind(room)
@@ -235,6 +240,7 @@ impl Archive for SqliteArchive {
     }
 
     async fn purge_user(&self, user: &str) -> Result<u64, ArchiveError> {
+        rows::check_names(&[user])?;
         let done = sqlx::query("DELETE FROM messages WHERE user_id = ?1")
             .bind(user)
             .execute(&self.pool)

@@ -509,6 +509,22 @@ pub async fn bad_input(archive: &dyn Archive, prefix: &str) {
         );
     }
     assert_eq!(archive.load_room(&room).await.unwrap(), None);
+    let nul = "a\u{0}b";
+    let refused = [
+        archive.page(nul, "e", None, 1).await.err(),
+        archive.page(&room, nul, None, 1).await.err(),
+        archive.high_water(nul, "e").await.err(),
+        archive.load_room(nul).await.err(),
+        archive.close_room(nul).await.err(),
+        archive.purge_room(nul).await.err(),
+        archive.purge_user(nul).await.err(),
+    ];
+    for (i, err) in refused.into_iter().enumerate() {
+        assert!(
+            matches!(err, Some(ArchiveError::BadInput(_))),
+            "call {i}: {err:?}"
+        );
+    }
     // Names are data, not SQL.
     let odd = format!("{prefix}'; DROP TABLE messages; --é");
     archive
