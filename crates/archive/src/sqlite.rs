@@ -33,12 +33,19 @@ impl std::fmt::Debug for SqliteArchive {
 const COLUMNS: &str = r#"room, epoch, "offset", user_id, created_ms, payload"#;
 
 impl SqliteArchive {
-    /// Opens (creating it when missing) the database file at `path`, and runs the migrations
-    /// not yet applied (`migrations/sqlite/`). The directory must exist.
+    /// Opens (creating it and its directory when missing) the database file at `path`, and
+    /// runs the migrations not yet applied (`migrations/sqlite/`). Called once at start: the
+    /// directory is created with a blocking call.
     ///
-    /// Errors: [`ArchiveError::Unavailable`] when the file cannot be opened,
-    /// [`ArchiveError::Setup`] for a failed migration.
+    /// Errors: [`ArchiveError::Setup`] when the directory cannot be created or for a failed
+    /// migration; [`ArchiveError::Unavailable`] or [`ArchiveError::Internal`] when the file
+    /// cannot be opened (busy; not a database).
     pub async fn open(path: &Path) -> Result<SqliteArchive, ArchiveError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                ArchiveError::Setup(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)

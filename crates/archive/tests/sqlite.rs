@@ -83,7 +83,8 @@ async fn survives_a_reopen() {
 #[tokio::test]
 async fn open_by_url() {
     let db = TempDb::new("url").await;
-    let url = format!("sqlite://{}", db.dir.join("by-url.db").display());
+    // A directory that does not exist yet is created (`make run`'s data directory).
+    let url = format!("sqlite://{}", db.dir.join("new/dir/by-url.db").display());
     let archive = archive::open(&url).await.unwrap();
     assert_eq!(archive.high_water("r", "e").await.unwrap(), None);
     for bad in ["mysql://user:secret@host/db", "sqlite://", "none", ""] {
@@ -94,4 +95,12 @@ async fn open_by_url() {
         );
         assert!(!err.to_string().contains("secret"), "{err}");
     }
+    // A file that is not a database is an error at open, not later.
+    let junk = db.dir.join("junk.db");
+    std::fs::write(&junk, vec![b'x'; 4096]).unwrap();
+    let err = SqliteArchive::open(&junk).await.err().unwrap();
+    assert!(
+        !matches!(err, archive::ArchiveError::BadInput(_)),
+        "{err:?}"
+    );
 }
