@@ -14,7 +14,7 @@
 //!   [`protocol::Publication`]s, sqlx errors into [`ArchiveError`].
 //! - [`postgres`]: [`PostgresArchive`], one batch = one `INSERT ... SELECT FROM UNNEST`.
 //! - [`sqlite`]: [`SqliteArchive`], one batch = one transaction; WAL, `synchronous=FULL`.
-//! - [`open`]: [`open()`] an archive from a `--archive` URL (`postgres://…`, `sqlite://PATH`),
+//! - [`mod@open`]: [`open()`] an archive from a `--archive` URL (`postgres://…`, `sqlite://PATH`),
 //!   running the versioned migrations (`migrations/{postgres,sqlite}/`) first.
 //! - [`testsuite`]: the conformance suite both backends pass unchanged.
 //!
