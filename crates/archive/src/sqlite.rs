@@ -2,7 +2,8 @@
 //!
 //! One file, WAL journal (readers do not wait for the writer), `synchronous=FULL` (a
 //! committed batch survives a power cut, not only a crash of the process), one batch = one
-//! transaction of prepared inserts. Parameters are SQLite's numbered `?N`.
+//! transaction of multi-row inserts (100 rows each). Parameters are SQLite's numbered `?N`
+//! (the batch insert's are sqlx's `?`).
 
 use crate::archive::Archive;
 use crate::error::ArchiveError;
@@ -31,6 +32,9 @@ impl std::fmt::Debug for SqliteArchive {
 }
 
 const COLUMNS: &str = r#"room, epoch, "offset", user_id, created_ms, payload"#;
+
+/// Rows per `INSERT` statement: 6 parameters each, far below SQLite's limit (32,766).
+const ROWS_PER_INSERT: usize = 100;
 
 impl SqliteArchive {
     /// Opens (creating it and its directory when missing) the database file at `path`, and
@@ -89,19 +93,26 @@ impl Archive for SqliteArchive {
         if rows.is_empty() {
             return Ok(0);
         }
-        let insert = format!(
-            "INSERT INTO messages ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING"
-        );
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         let mut inserted = 0;
-        for row in rows {
-            inserted += sqlx::query(&insert)
-                .bind(row.room)
-                .bind(row.epoch)
-                .bind(row.offset)
-                .bind(row.user_id)
-                .bind(row.created_ms)
-                .bind(row.payload)
+        // Multi-row inserts: each statement is one trip to the connection's worker thread.
+        // Full chunks share one statement text, so sqlx's statement cache prepares it once.
+        for chunk in rows.chunks(ROWS_PER_INSERT) {
+            let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(format!(
+                "INSERT INTO messages ({COLUMNS}) "
+            ));
+            insert.push_values(chunk, |mut values, row| {
+                values
+                    .push_bind(row.room.as_str())
+                    .push_bind(row.epoch.as_str())
+                    .push_bind(row.offset)
+                    .push_bind(row.user_id.as_str())
+                    .push_bind(row.created_ms)
+                    .push_bind(row.payload.as_slice());
+            });
+            insert.push(" ON CONFLICT DO NOTHING");
+            inserted += insert
+                .build()
                 .execute(&mut *tx)
                 .await
                 .map_err(db_error)?

@@ -104,3 +104,57 @@ async fn open_by_url() {
         "{err:?}"
     );
 }
+
+/// A first measurement, not a test (`cargo test -p archive --test sqlite -- --ignored bench_
+/// --nocapture`): 200,000 messages in 200 rooms appended in batches of 500 by one writer (a
+/// single node has one archiver), then 2,000 pages of 50 at random places.
+#[tokio::test]
+#[ignore]
+async fn bench_append_and_page() {
+    let db = TempDb::new("bench").await;
+    let (rooms, per_room) = (200u64, 1_000u64);
+    let data =
+        protocol::Data::from_value(&serde_json::json!({"text": "x".repeat(80), "n": 1})).unwrap();
+    let all: Vec<protocol::Publication> = (0..rooms)
+        .flat_map(|r| {
+            let data = data.clone();
+            (1..=per_room).map(move |offset| protocol::Publication {
+                room: format!("r{r}"),
+                epoch: "e".into(),
+                offset,
+                from: format!("user{}", offset % 97),
+                data: data.clone(),
+                ts: 1_700_000_000_000 + offset,
+            })
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    for chunk in all.chunks(500) {
+        db.archive.append(chunk).await.unwrap();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "append: {} messages in {secs:.1} s = {:.0} messages/s (batches of 500, synchronous=FULL)",
+        all.len(),
+        all.len() as f64 / secs
+    );
+    let mut latencies = Vec::new();
+    for _ in 0..2_000 {
+        let room = format!("r{}", fastrand::u64(0..rooms));
+        let t = std::time::Instant::now();
+        let page = db
+            .archive
+            .page(&room, "e", Some(fastrand::u64(51..=per_room + 1)), 50)
+            .await
+            .unwrap();
+        latencies.push(t.elapsed());
+        assert_eq!(page.len(), 50);
+    }
+    latencies.sort();
+    eprintln!(
+        "page of 50 at {} rows: p50 {:?}, p99 {:?}",
+        all.len(),
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() * 99 / 100]
+    );
+}
