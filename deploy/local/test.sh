@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make test`: installs what the tests need, starts two Redis Clusters (one shared by the
-# ordinary tests, one that the failover tests may break), runs every test, stops the clusters.
+# ordinary tests, one that the failover tests may break) and a PostgreSQL, runs every test,
+# stops them.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -11,9 +12,11 @@ need nginx nginx
 
 SHARED=7100
 FAILOVER=7200
+POSTGRES=55432
 cleanup() {
   deploy/local/redis-cluster.sh stop "$SHARED" 2>/dev/null
   deploy/local/redis-cluster.sh stop "$FAILOVER" 2>/dev/null
+  deploy/local/postgres.sh stop "$POSTGRES" 2>/dev/null
 }
 trap cleanup EXIT
 
@@ -22,6 +25,10 @@ deploy/local/redis-cluster.sh start "$FAILOVER" || exit 1
 export ROOMCAST_TEST_REDIS_CLUSTER=$(deploy/local/redis-cluster.sh urls "$SHARED")
 export ROOMCAST_TEST_FAILOVER_CLUSTER=$(deploy/local/redis-cluster.sh urls "$FAILOVER")
 export ROOMCAST_TEST_FAILOVER_DIR=${TMPDIR:-/tmp}/roomcast-redis-$FAILOVER
+# A real PostgreSQL for the archive's tests (Debian's package, installed when missing; initdb
+# into a temporary directory as an unprivileged user).
+deploy/local/postgres.sh start "$POSTGRES" || exit 1
+export ROOMCAST_TEST_POSTGRES=$(deploy/local/postgres.sh url "$POSTGRES")
 
 # Everything but the failover tests, in parallel; then those, one at a time.
 cargo test --workspace --all-targets --no-fail-fast -- --skip serial_ ; rc=$?
@@ -35,6 +42,9 @@ if [ $rc2 -ne 0 ]; then
   deploy/local/redis-cluster.sh start "$FAILOVER" || exit 1
   cargo test -p gateway --test failover --test shards --test retries -- --test-threads=1 ; rc2=$?
 fi
+# The archive across a real PostgreSQL restart mid-write (alone: it restarts the server).
+ROOMCAST_TEST_POSTGRES_RESTART="$PWD/deploy/local/postgres.sh restart $POSTGRES" \
+  cargo test -p archive --test postgres serial_ ; rc8=$?
 # A stock socket.io-client against a real roomcast process, then python-socketio's client.
 crates/gateway/tests/socketio-client/run.sh ; rc5=$?
 crates/gateway/tests/socketio-python/run.sh || rc5=1
@@ -59,4 +69,4 @@ CHAOS_QUICK=1 CHAOS_DURABLE=0 deploy/local/chaos.sh ; rc6=$?
 # reconnect storm, one user flooding 3 nodes, slow readers, a 2,000-member room. Asserts
 # bounds and correctness, not timing.
 loadtest/floods.sh --short ; rc7=$?
-[ $rc -eq 0 ] && [ $rc2 -eq 0 ] && [ $rc3 -eq 0 ] && [ $rc4 -eq 0 ] && [ $rc5 -eq 0 ] && [ $rc6 -eq 0 ] && [ $rc7 -eq 0 ]
+[ $rc -eq 0 ] && [ $rc2 -eq 0 ] && [ $rc3 -eq 0 ] && [ $rc4 -eq 0 ] && [ $rc5 -eq 0 ] && [ $rc6 -eq 0 ] && [ $rc7 -eq 0 ] && [ $rc8 -eq 0 ]
