@@ -4,7 +4,8 @@
 # below), and a stock socket.io-client 4.8 through nginx, with default options (polling, then
 # the upgrade) and polling only. Every polling request may land on any gateway; the one that
 # gets it relays it to the session's owner. Then the owner of a session is killed: another
-# gateway answers its sid with 400 "Session ID unknown".
+# gateway answers its sid with 400 "Session ID unknown". Between the two, emitter.test.mjs:
+# a stock @socket.io/redis-emitter on the same cluster (the gateways serve /admin for it).
 #
 # Ports (override with the variables): Redis Cluster 7900-7905, nginx 9110, gateways
 # 9111-9113. Everything started here is stopped on exit.
@@ -34,7 +35,7 @@ urls=$(deploy/local/redis-cluster.sh urls "$REDIS_BASE")
 declare -A pid_of
 for p in $GATEWAY_PORTS; do
   target/debug/roomcast --listen "127.0.0.1:$p" --node-id "poll-$p" --redis-cluster "$urls" \
-    --jwt-secret sio-secret --traffic-interval 250ms --node-ttl 2s --log warn \
+    --jwt-secret sio-secret --socketio-namespaces /admin --traffic-interval 250ms --node-ttl 2s --log warn \
     --drain-delay 0s --drain-window 100ms --drain-deadline 1s \
     >"$state/gateway-$p.log" 2>&1 &
   pids+=($!)
@@ -62,6 +63,12 @@ ROOMCAST_URL="http://127.0.0.1:$NGINX_PORT" ROOMCAST_JWT_SECRET=sio-secret \
   timeout 300 node --no-warnings --test --test-force-exit cluster.test.mjs
 # --test-force-exit and the timeout: a failed assertion leaves that test's clients connected,
 # and node's test runner would otherwise wait for them forever (CI hung there once).
+
+# @socket.io/redis-emitter (issue 13 part 4): a Node service's emitter on the same Redis
+# Cluster, clients on each gateway directly.
+ROOMCAST_JWT_SECRET=sio-secret ROOMCAST_REDIS_URLS="$urls" \
+  ROOMCAST_GATEWAYS=$(for p in $GATEWAY_PORTS; do printf 'http://127.0.0.1:%s ' "$p"; done) \
+  timeout 120 node --no-warnings --test --test-force-exit emitter.test.mjs
 
 # The owner is gone: a session opened on the first gateway, which is then killed.
 set -- $GATEWAY_PORTS
