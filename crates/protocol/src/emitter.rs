@@ -420,7 +420,7 @@ mod tests {
         for _ in 0..MAX_DEPTH {
             deep = json!([deep]);
         }
-        let err = decode_broadcast(&message(json!(["x", deep]), json!({}))).unwrap_err();
+        let err = decode_broadcast(&message(json!(["x", deep]), json!({}))).expect_err("too deep");
         assert_eq!(err.reason(), "bad_data");
         // Truncations of a good message never panic.
         let good = message(
