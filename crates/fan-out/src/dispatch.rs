@@ -281,6 +281,26 @@ mod tests {
     }
 
     #[test]
+    fn encoded_events_reach_the_chosen_sockets_once_and_are_not_journaled() {
+        let registry = Registry::new();
+        let (a, mut a_rx) = member(&registry, "a", Format::SocketIo);
+        let (_, mut b_rx) = member(&registry, "b", Format::SocketIo);
+        a.start_journal(16);
+        let conns: Vec<LocalConn> = registry
+            .all()
+            .into_iter()
+            .filter(|c| &*c.conn_id == "a")
+            .collect();
+        let payload = Bytes::from_static(br#"42["news","hi"]"#);
+        assert_eq!(deliver_encoded(&conns, &payload, &NoHooks), 1);
+        assert_eq!(texts(&mut a_rx), vec![r#"42["news","hi"]"#.to_string()]);
+        assert!(texts(&mut b_rx).is_empty());
+        assert!(a.journal().expect("journal").entries.is_empty());
+        a.close(CloseCode::KICKED, "gone");
+        assert_eq!(deliver_encoded(&conns, &payload, &NoHooks), 0);
+    }
+
+    #[test]
     fn ephemeral_messages_reach_every_member_in_order_and_are_not_journaled() {
         let registry = Registry::new();
         let (_, mut native) = member(&registry, "a", Format::Json);
