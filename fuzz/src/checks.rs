@@ -15,6 +15,7 @@
 
 use protocol::codec::{decode_request, request_from_value};
 use protocol::data::{self, Data, MAX_DEPTH};
+use protocol::emitter;
 use protocol::envelope::Envelope;
 use protocol::frame::{Op, Request};
 use protocol::polling;
@@ -28,7 +29,7 @@ pub type Check = fn(&[u8]);
 
 /// The targets by name; the name is also the directory under `fuzz/seeds/` and
 /// `fuzz/regressions/`.
-pub const TARGETS: [(&str, Check); 9] = [
+pub const TARGETS: [(&str, Check); 10] = [
     ("request_json", request_json),
     ("request_msgpack", request_msgpack),
     ("engineio_packet", engineio_packet),
@@ -38,6 +39,7 @@ pub const TARGETS: [(&str, Check); 9] = [
     ("room_name", room_name),
     ("data", data),
     ("polling_payload", polling_payload),
+    ("emitter", emitter),
 ];
 
 /// The MessagePack decoder's refusal of deep input, which JSON has no counterpart for.
@@ -270,6 +272,77 @@ pub fn envelope(bytes: &[u8]) {
     }
     let again = env.encode().expect("a decoded envelope encodes");
     assert_eq!(Envelope::decode(&again).expect("re-decodes"), env);
+}
+
+/// `@socket.io/redis-emitter` messages from Redis (`emitter::decode_broadcast` and
+/// `emitter::decode_request`, on any bytes: a broadcast channel may carry anything).
+///
+/// - no panic, no stack overflow, on any bytes, for either decoder;
+/// - a decoded broadcast's arguments obey the client `data` limits, never name a reserved
+///   event, and its Socket.IO packet carries exactly its byte strings as attachments, which
+///   fill back to the same arguments;
+/// - round trip: the broadcast packed again (byte strings as `bin`) decodes to the same one.
+pub fn emitter(bytes: &[u8]) {
+    let _ = emitter::decode_request(bytes);
+    let Ok(b) = emitter::decode_broadcast(bytes) else {
+        return;
+    };
+    assert!(!socketio::RESERVED_EVENTS.contains(&b.event.as_str()));
+    let args = Value::Array(b.args.clone());
+    let d = Data::from_value(&args).expect("decoded arguments are valid data");
+    check_data(&d);
+    let encoded = emitter::encode_socketio(&b);
+    let mut parts = socketio::messages(&encoded);
+    let (is_text, text) = parts.next().expect("a packet");
+    assert!(is_text);
+    let attachments: Vec<Vec<u8>> = parts.map(|(_, a)| a.to_vec()).collect();
+    assert_eq!(
+        attachments,
+        bin_wrappers(&args),
+        "attachments are the byte strings"
+    );
+    let text = std::str::from_utf8(text).expect("UTF-8 packet");
+    // Queued as an Engine.IO message: `4`, then the Socket.IO packet.
+    let text = text.strip_prefix('4').expect("an Engine.IO message");
+    let p = socketio::decode(text).expect("the packet decodes");
+    let mut payload = p.payload.clone().expect("a payload");
+    socketio::fill_placeholders(&mut payload, &attachments).expect("fills back");
+    let mut all = vec![Value::String(b.event.clone())];
+    all.extend(b.args.iter().cloned());
+    assert!(
+        values_equivalent(&payload, &Value::Array(all)),
+        "Socket.IO packet differs"
+    );
+    let mut packet = Map::new();
+    packet.insert("type".into(), Value::from(2));
+    packet.insert("data".into(), payload);
+    packet.insert("nsp".into(), Value::String(b.namespace.clone()));
+    let mut opts = Map::new();
+    opts.insert(
+        "rooms".into(),
+        b.rooms.iter().map(|r| Value::String(r.clone())).collect(),
+    );
+    opts.insert(
+        "except".into(),
+        b.except.iter().map(|r| Value::String(r.clone())).collect(),
+    );
+    let message = Value::Array(vec![
+        Value::String(b.uid.clone()),
+        Value::Object(packet),
+        Value::Object(opts),
+    ]);
+    // Fill placeholders made wrappers again; pack them as `bin` through `Data`.
+    let again =
+        rmp_serde::to_vec_named(&Data::from_value(&message).expect("valid")).expect("packs");
+    let back = emitter::decode_broadcast(&again).expect("re-decodes");
+    assert_eq!(back.event, b.event);
+    assert_eq!(back.rooms, b.rooms);
+    assert_eq!(back.except, b.except);
+    assert_eq!(back.namespace, b.namespace);
+    assert!(
+        values_equivalent(&Value::Array(back.args), &args),
+        "round trip"
+    );
 }
 
 /// Room names (`room_name::is_valid`) and token room patterns (`room_name::pattern_matches`).

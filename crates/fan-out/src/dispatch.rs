@@ -186,6 +186,31 @@ fn push_to_room(
     }
 }
 
+/// Queues one event, already encoded for Socket.IO, to chosen Socket.IO sockets (a
+/// `@socket.io/redis-emitter` broadcast: [`Registry::socketio_targets`]). Not journaled: such
+/// an event has no position in any room's history. Never waits. Returns how many took it.
+pub fn deliver_encoded(
+    conns: &[crate::registry::LocalConn],
+    payload: &Bytes,
+    hooks: &dyn DeliveryHooks,
+) -> u64 {
+    let (mut frames, mut bytes) = (0u64, 0u64);
+    for conn in conns {
+        match conn.outbound.push(payload.clone()) {
+            Ok(()) => {
+                frames += 1;
+                bytes += payload.len() as u64;
+            }
+            Err(PushError::SlowConsumer) => hooks.slow_consumer(),
+            Err(PushError::Closed) => {}
+        }
+    }
+    if frames > 0 {
+        hooks.delivered(frames, bytes);
+    }
+    frames
+}
+
 /// Queues held messages to one member after its join reply (see [`Registry::activate`]).
 pub fn deliver_held(
     conn: &crate::registry::LocalConn,
@@ -230,6 +255,7 @@ mod tests {
             conn_id: id.into(),
             user: id.into(),
             outbound: outbound.clone(),
+            namespace: None,
         });
         registry.join("r", id);
         (outbound, rx)
@@ -252,6 +278,26 @@ mod tests {
             out.push(String::from_utf8_lossy(&b).into_owned());
         }
         out
+    }
+
+    #[test]
+    fn encoded_events_reach_the_chosen_sockets_once_and_are_not_journaled() {
+        let registry = Registry::new();
+        let (a, mut a_rx) = member(&registry, "a", Format::SocketIo);
+        let (_, mut b_rx) = member(&registry, "b", Format::SocketIo);
+        a.start_journal(16);
+        let conns: Vec<LocalConn> = registry
+            .all()
+            .into_iter()
+            .filter(|c| &*c.conn_id == "a")
+            .collect();
+        let payload = Bytes::from_static(br#"42["news","hi"]"#);
+        assert_eq!(deliver_encoded(&conns, &payload, &NoHooks), 1);
+        assert_eq!(texts(&mut a_rx), vec![r#"42["news","hi"]"#.to_string()]);
+        assert!(texts(&mut b_rx).is_empty());
+        assert!(a.journal().expect("journal").entries.is_empty());
+        a.close(CloseCode::KICKED, "gone");
+        assert_eq!(deliver_encoded(&conns, &payload, &NoHooks), 0);
     }
 
     #[test]

@@ -32,7 +32,9 @@ pub mod sequencer;
 pub mod testsuite;
 
 pub use adapter::{FanOut, FanOutError};
-pub use dispatch::{broadcast, deliver, deliver_held, DeliveryHooks, NoHooks, PubSubHooks};
+pub use dispatch::{
+    broadcast, deliver, deliver_encoded, deliver_held, DeliveryHooks, NoHooks, PubSubHooks,
+};
 pub use history::{HistorySource, Tail};
 pub use memory::MemoryFanOut;
 pub use outbound::{Journal, OutFrame, Outbound, Position, PushError};

@@ -79,6 +79,7 @@ mod tests {
                 conn_id: id.into(),
                 user: id.into(),
                 outbound: Arc::new(outbound),
+                namespace: None,
             });
             registry.join("r", id);
             registry.activate("r", id, "e", 0);

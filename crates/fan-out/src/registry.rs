@@ -6,7 +6,7 @@
 use crate::outbound::Outbound;
 use parking_lot::{Mutex, RwLock};
 use protocol::frame::Publication;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// One local connection.
@@ -15,6 +15,9 @@ pub struct LocalConn {
     pub conn_id: Arc<str>,
     pub user: Arc<str>,
     pub outbound: Arc<Outbound>,
+    /// The Socket.IO namespace of a Socket.IO socket (one per joined namespace); `None` for
+    /// a native connection. What `@socket.io/redis-emitter` broadcasts are matched against.
+    pub namespace: Option<Arc<str>>,
 }
 
 /// Messages that arrive for a joiner before its join reply was queued are held here, then
@@ -200,6 +203,56 @@ impl Registry {
         }
     }
 
+    /// The Socket.IO sockets of `namespace` that an emitter broadcast reaches: those in any of
+    /// `rooms` (every socket of the namespace when `rooms` is empty) and in none of `except`,
+    /// each once. Room names are the emitter's; `prefix` is the namespace's internal room
+    /// prefix. A name that is a socket's own id also names that socket (Socket.IO's private
+    /// room).
+    pub fn socketio_targets(
+        &self,
+        namespace: &str,
+        prefix: &str,
+        rooms: &[String],
+        except: &[String],
+    ) -> Vec<LocalConn> {
+        let inner = self.inner.read();
+        let in_namespace = |c: &LocalConn| c.namespace.as_deref() == Some(namespace);
+        // The sockets a room name covers: the room's members, or the socket of that id.
+        let named = |room: &str| -> Vec<&LocalConn> {
+            let mut out: Vec<&LocalConn> = inner
+                .rooms
+                .get(format!("{prefix}{room}").as_str())
+                .map(|ms| ms.iter().map(|m| &m.conn).collect())
+                .unwrap_or_default();
+            if let Some((c, _)) = inner.conns.get(room) {
+                out.push(c);
+            }
+            out.retain(|c| in_namespace(c));
+            out
+        };
+        let excluded: HashSet<&str> = except
+            .iter()
+            .flat_map(|r| named(r))
+            .map(|c| &*c.conn_id)
+            .collect();
+        let mut seen: HashSet<&str> = HashSet::new();
+        let candidates: Vec<&LocalConn> = if rooms.is_empty() {
+            inner
+                .conns
+                .values()
+                .map(|(c, _)| c)
+                .filter(|c| in_namespace(c))
+                .collect()
+        } else {
+            rooms.iter().flat_map(|r| named(r)).collect()
+        };
+        candidates
+            .into_iter()
+            .filter(|c| !excluded.contains(&*c.conn_id) && seen.insert(&c.conn_id))
+            .cloned()
+            .collect()
+    }
+
     /// The connections of a user on this node.
     pub fn conns_of_user(&self, user: &str) -> Vec<LocalConn> {
         let inner = self.inner.read();
@@ -268,6 +321,7 @@ mod tests {
             conn_id: id.into(),
             user: user.into(),
             outbound: Arc::new(outbound),
+            namespace: None,
         }
     }
 
@@ -288,6 +342,51 @@ mod tests {
         assert_eq!(r.connection_count(), 1);
         assert_eq!(r.conns_of_user("alice").len(), 1);
         assert_eq!(r.user_connection_count("bob"), 0);
+    }
+
+    #[test]
+    fn socketio_targets_follow_rooms_except_and_namespace() {
+        let r = Registry::new();
+        let sio = |id: &str, ns: &str| LocalConn {
+            namespace: Some(Arc::from(ns)),
+            ..conn(id, id)
+        };
+        r.register(conn("native", "n"));
+        r.register(sio("a", "/"));
+        r.register(sio("b", "/"));
+        r.register(sio("c", "/"));
+        r.register(sio("x", "/admin"));
+        for (room, id) in [
+            ("r1", "native"),
+            ("r1", "a"),
+            ("r1", "b"),
+            ("r2", "b"),
+            ("r2", "c"),
+        ] {
+            r.join(room, id);
+        }
+        r.join("admin/r1", "x");
+        let ids = |ns: &str, prefix: &str, rooms: &[&str], except: &[&str]| {
+            let rooms: Vec<String> = rooms.iter().map(|s| s.to_string()).collect();
+            let except: Vec<String> = except.iter().map(|s| s.to_string()).collect();
+            let mut ids: Vec<String> = r
+                .socketio_targets(ns, prefix, &rooms, &except)
+                .iter()
+                .map(|c| c.conn_id.to_string())
+                .collect();
+            ids.sort();
+            ids
+        };
+        assert_eq!(ids("/", "", &["r1"], &[]), ["a", "b"]);
+        assert_eq!(ids("/", "", &["r1", "r2"], &[]), ["a", "b", "c"]);
+        assert_eq!(ids("/", "", &["r1", "r2"], &["r2"]), ["a"]);
+        assert_eq!(ids("/", "", &[], &[]), ["a", "b", "c"]);
+        assert_eq!(ids("/", "", &[], &["r1"]), ["c"]);
+        assert_eq!(ids("/", "", &["c"], &[]), ["c"], "a socket's own room");
+        assert_eq!(ids("/admin", "admin/", &["r1"], &[]), ["x"]);
+        assert_eq!(ids("/admin", "admin/", &[], &[]), ["x"]);
+        assert!(ids("/admin", "admin/", &["r2"], &[]).is_empty());
+        assert!(ids("/other", "other/", &[], &[]).is_empty());
     }
 
     #[test]

@@ -30,6 +30,7 @@ impl Conn {
             conn_id: id.into(),
             user: user.into(),
             outbound: Arc::new(outbound),
+            namespace: None,
         });
         Conn {
             id: id.to_string(),

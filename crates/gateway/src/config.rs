@@ -237,6 +237,17 @@ pub struct Config {
     #[arg(long, env = "ROOMCAST_SOCKETIO_CONFORMANCE")]
     pub socketio_conformance: bool,
 
+    /// The channel key prefix of `@socket.io/redis-emitter` (its `key` option): with a Redis
+    /// Cluster, every node reads the emitter's broadcasts for `/` and `--socketio-namespaces`
+    /// from `<key>#<nsp>#…` and delivers them to its Socket.IO sockets.
+    #[arg(long, env = "ROOMCAST_SOCKETIO_EMITTER_KEY", default_value = protocol::emitter::DEFAULT_KEY)]
+    pub socketio_emitter_key: String,
+
+    /// Do not read `@socket.io/redis-emitter` channels. (Without `--redis-cluster` they are
+    /// never read: the embedded backend has no Redis.)
+    #[arg(long, env = "ROOMCAST_NO_SOCKETIO_EMITTER")]
+    pub no_socketio_emitter: bool,
+
     /// A connection that joins no namespace within this is closed.
     #[arg(long, env = "ROOMCAST_SOCKETIO_CONNECT_TIMEOUT", default_value = "45s", value_parser = duration)]
     pub socketio_connect_timeout: Duration,
@@ -298,6 +309,11 @@ impl Config {
                     "--socketio-namespaces: {ns:?} must start with / and not be /"
                 ));
             }
+        }
+        if self.socketio_emitter_key.is_empty() {
+            return Err(
+                "--socketio-emitter-key must not be empty (use --no-socketio-emitter)".into(),
+            );
         }
         if self.jwt_secret.is_none() && self.jwt_public_key.is_empty() && !self.allow_anonymous {
             return Err(

@@ -87,6 +87,7 @@ pub struct Metrics {
     pub creation_paused: IntCounter,
     pub socketio_recovery: IntCounterVec,
     pub socketio_relayed: IntCounterVec,
+    pub socketio_emitter_messages: IntCounterVec,
     op_durations: Vec<(&'static str, Histogram)>,
     // Delivery and pub/sub.
     pub messages_delivered: IntCounter,
@@ -147,6 +148,7 @@ impl Metrics {
             creation_paused,
             socketio_recovery,
             socketio_relayed,
+            socketio_emitter_messages,
             op_durations,
         } = OpSeries::new(&r)?;
         let DeliverySeries {
@@ -194,6 +196,7 @@ impl Metrics {
             creation_paused,
             socketio_recovery,
             socketio_relayed,
+            socketio_emitter_messages,
             op_durations,
             messages_delivered,
             publish_latency,
@@ -397,6 +400,7 @@ struct OpSeries {
     creation_paused: IntCounter,
     socketio_recovery: IntCounterVec,
     socketio_relayed: IntCounterVec,
+    socketio_emitter_messages: IntCounterVec,
     op_durations: Vec<(&'static str, Histogram)>,
 }
 
@@ -445,6 +449,14 @@ impl OpSeries {
         for outcome in ["relayed", "failed"] {
             socketio_relayed.with_label_values(&[outcome]);
         }
+        let socketio_emitter_messages = r.counter_vec(
+            "socketio_emitter_messages_total",
+            "Messages read from @socket.io/redis-emitter channels, by result: delivered (to at least one local socket), no_recipient, a request done (disconnect) or ignored (unsupported), or dropped (malformed, bad_data, bad_event, too_large, unknown_namespace, queue_full).",
+            &["result"],
+        )?;
+        for result in crate::socketio::emitter::RESULTS {
+            socketio_emitter_messages.with_label_values(&[result]);
+        }
         Ok(OpSeries {
             command_duration,
             backend_errors,
@@ -461,6 +473,7 @@ impl OpSeries {
             )?,
             socketio_recovery,
             socketio_relayed,
+            socketio_emitter_messages,
             op_durations,
         })
     }

@@ -78,7 +78,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let node = if config.redis_cluster.is_empty() {
         Node::embedded(config, addr)?
     } else {
-        Node::redis(config, addr).await?
+        let node = Node::redis(config, addr).await?;
+        // `@socket.io/redis-emitter` channels (unless turned off).
+        crate::socketio::emitter::start(node.clone()).await?;
+        node
     };
     Ok(serve(node, listener).await)
 }

@@ -8,6 +8,7 @@
 //! - [`codes`]: error codes of replies and WebSocket close codes.
 //! - [`room_name`]: the room-name grammar.
 //! - [`socketio`]: Engine.IO v4 and Socket.IO v5 packets.
+//! - [`emitter`]: the Redis wire format of `@socket.io/redis-emitter` (broadcasts, requests).
 //! - [`polling`]: Engine.IO v4 long-polling payloads (`\x1e`-joined packets, `b` + base64).
 //! - [`msgpack_depth`]: a non-recursive depth check that guards the MessagePack decoder.
 //! - [`envelope`]: what one gateway node sends another through the fan-out (MessagePack), and
@@ -25,6 +26,7 @@ pub mod clock;
 pub mod codec;
 pub mod codes;
 pub mod data;
+pub mod emitter;
 pub mod envelope;
 pub mod frame;
 pub mod hash;

@@ -19,9 +19,11 @@
 //!
 //! Files: `client` builds the fred clients; `subscriptions` receives and keeps the
 //! subscriptions; `worker` sequences and delivers; `liveness` probes and watches topology;
-//! `reconcile` compares local rooms with a new owner's history.
+//! `reconcile` compares local rooms with a new owner's history; `emitter` is the classic
+//! pub/sub subscriber for `@socket.io/redis-emitter` channels, apart from the rest.
 
 mod client;
+pub mod emitter;
 mod liveness;
 mod reconcile;
 mod subscriptions;

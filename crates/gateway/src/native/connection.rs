@@ -115,6 +115,7 @@ fn open_session(node: &Node, identity: Identity, outbound: &Arc<Outbound>, live:
         conn_id: conn_id.clone(),
         user: user.clone(),
         outbound: outbound.clone(),
+        namespace: None,
     });
     let format = outbound.format();
     let welcome = Event::Welcome {

@@ -16,9 +16,11 @@
 //! - [`heartbeat`]: the server's pings, and the pong deadline.
 //! - [`namespace`]: the Socket.IO side: the namespaces a connection joined, events → ops.
 //! - [`recovery`]: connection state recovery.
+//! - [`emitter`]: `@socket.io/redis-emitter` broadcasts from Redis, to this node's sockets.
 
 pub mod connection;
 pub mod cors;
+pub mod emitter;
 pub mod engine;
 pub mod forward;
 pub mod heartbeat;

@@ -382,6 +382,7 @@ impl<'a> Sockets<'a> {
             conn_id: conn_id.clone(),
             user,
             outbound: outbound.clone(),
+            namespace: Some(Arc::from(ns)),
         });
         let session = Session {
             conn_id,

@@ -289,6 +289,7 @@ mod tests {
                 conn_id: Arc::from("c1"),
                 user: Arc::from("u1"),
                 outbound: socket.outbound.clone(),
+                namespace: None,
             });
             live.add(Arc::from("c1"), Arc::from("u1"));
             panic!("a driver bug");

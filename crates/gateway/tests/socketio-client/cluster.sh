@@ -5,7 +5,9 @@
 # the upgrade) and polling only. Every polling request may land on any gateway; the one that
 # gets it relays it to the session's owner. Last, the owner of a session is killed (SIGKILL,
 # twice: default options, then polling only): another gateway answers its sid with 400
-# "Session ID unknown", and the client reconnects through nginx and recovers.
+# "Session ID unknown", and the client reconnects through nginx and rejoins with `since`.
+# First, emitter.test.mjs: a stock @socket.io/redis-emitter on the same cluster (the
+# gateways serve /admin for it), while every gateway is alive.
 #
 # Ports (override with the variables): Redis Cluster 7900-7905, nginx 9110, gateways
 # 9111-9113. Everything started here is stopped on exit.
@@ -27,7 +29,8 @@ cleanup() {
 trap cleanup EXIT
 
 cd "$here"
-[ -d node_modules ] || npm ci --no-audit --no-fund >/dev/null
+# Installed again when the lock file is newer than what npm installed.
+[ node_modules/.package-lock.json -nt package-lock.json ] || npm ci --no-audit --no-fund >/dev/null
 cd "$root"
 cargo build -q -p gateway --bin roomcast
 deploy/local/redis-cluster.sh start "$REDIS_BASE" "$state/redis" >/dev/null
@@ -35,7 +38,7 @@ urls=$(deploy/local/redis-cluster.sh urls "$REDIS_BASE")
 declare -A pid_of
 for p in $GATEWAY_PORTS; do
   target/debug/roomcast --listen "127.0.0.1:$p" --node-id "poll-$p" --redis-cluster "$urls" \
-    --jwt-secret sio-secret --traffic-interval 250ms --node-ttl 2s --log warn \
+    --jwt-secret sio-secret --socketio-namespaces /admin --traffic-interval 250ms --node-ttl 2s --log warn \
     --drain-delay 0s --drain-window 100ms --drain-deadline 1s \
     >"$state/gateway-$p.log" 2>&1 &
   pids+=($!)
@@ -58,6 +61,12 @@ nginx=$(command -v nginx || echo /usr/sbin/nginx)
 for _ in $(seq 1 50); do curl -s "127.0.0.1:$NGINX_PORT/healthz" >/dev/null && break; sleep 0.1; done
 
 cd "$here"
+# @socket.io/redis-emitter (issue 13 part 4): a Node service's emitter on the same Redis
+# Cluster, clients on each gateway directly. Before cluster.test.mjs, which kills gateways.
+ROOMCAST_JWT_SECRET=sio-secret ROOMCAST_REDIS_URLS="$urls" \
+  ROOMCAST_GATEWAYS=$(for p in $GATEWAY_PORTS; do printf 'http://127.0.0.1:%s ' "$p"; done) \
+  timeout 120 node --no-warnings --test --test-force-exit emitter.test.mjs
+
 ROOMCAST_URL="http://127.0.0.1:$NGINX_PORT" ROOMCAST_JWT_SECRET=sio-secret \
   ROOMCAST_GATEWAYS=$(for p in $GATEWAY_PORTS; do printf 'http://127.0.0.1:%s ' "$p"; done) \
   ROOMCAST_GATEWAY_PIDS=$(for p in $GATEWAY_PORTS; do printf 'poll-%s=%s ' "$p" "${pid_of[$p]}"; done) \

@@ -5,7 +5,8 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../../../.." && pwd)
 cd "$here"
-[ -d node_modules ] || npm ci --no-audit --no-fund >/dev/null
+# Installed again when the lock file is newer than what npm installed.
+[ node_modules/.package-lock.json -nt package-lock.json ] || npm ci --no-audit --no-fund >/dev/null
 cd "$root"
 cargo build -q -p gateway --bin roomcast
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
