@@ -4,7 +4,8 @@
 //! with `since`, and the server API. The limits count binary as bytes.
 //!
 //! On the embedded backend by default; with `ROOMCAST_TEST_REDIS_CLUSTER` set (seed URLs), the
-//! same tests run on Redis Cluster, through the Lua publish script and the stream.
+//! same tests run on Redis Cluster, through the Lua publish script and the stream (each test
+//! creates its rooms as its own user: room creation is rate-limited per user across nodes).
 
 #![allow(clippy::unwrap_used)]
 
@@ -203,7 +204,7 @@ async fn a_msgpack_bin_reaches_every_format_in_its_own_form() {
     let server = node(&[]).await;
     let a = server.addr;
     let room = unique("bin-mp");
-    let mut j = Client::connect(a, "json-user", Fmt::Json).await;
+    let mut j = Client::connect(a, &unique("json-user"), Fmt::Json).await;
     j.ok(json!({"op": "create_room", "room": room})).await;
     j.ok(json!({"op": "join", "room": room})).await;
     let mut m = Client::connect(a, "mp-user", Fmt::MsgPack).await;
@@ -240,7 +241,7 @@ async fn a_socketio_client_publishes_nested_binary_with_two_attachments() {
     let server = node(&[]).await;
     let a = server.addr;
     let room = unique("bin-sio");
-    let mut j = Client::connect(a, "json-user", Fmt::Json).await;
+    let mut j = Client::connect(a, &unique("json-user"), Fmt::Json).await;
     j.ok(json!({"op": "create_room", "room": room})).await;
     j.ok(json!({"op": "join", "room": room})).await;
     let mut m = Client::connect(a, "mp-user", Fmt::MsgPack).await;
@@ -272,7 +273,7 @@ async fn history_since_and_the_server_api_keep_binary() {
     let server = node(&[]).await;
     let a = server.addr;
     let room = unique("bin-hist");
-    let mut j = Client::connect(a, "json-user", Fmt::Json).await;
+    let mut j = Client::connect(a, &unique("json-user"), Fmt::Json).await;
     let created = j.ok(json!({"op": "create_room", "room": room})).await;
     let epoch = created["epoch"].clone();
     j.ok(json!({"op": "join", "room": room})).await;
@@ -359,7 +360,7 @@ async fn max_data_bytes_counts_binary_as_bytes() {
     let server = node(&["--max-data-bytes", "200"]).await;
     let a = server.addr;
     let room = unique("bin-limit");
-    let mut j = Client::connect(a, "json-user", Fmt::Json).await;
+    let mut j = Client::connect(a, &unique("json-user"), Fmt::Json).await;
     j.ok(json!({"op": "create_room", "room": room})).await;
     // 180 bytes are 240 characters of base64: over 200 as text, under it as bytes.
     let fits = json!({"$bin": b64(&[7u8; 180])});
@@ -385,7 +386,7 @@ async fn byte_strings_fit_a_socketio_packet() {
     let server = node(&[]).await;
     let a = server.addr;
     let room = unique("bin-count");
-    let mut j = Client::connect(a, "json-user", Fmt::Json).await;
+    let mut j = Client::connect(a, &unique("json-user"), Fmt::Json).await;
     j.ok(json!({"op": "create_room", "room": room})).await;
     let bins = |n: u8| Value::Array((0..n).map(|i| json!({"$bin": b64(&[i])})).collect());
     let e = j
@@ -427,7 +428,7 @@ async fn socketio_over_polling_gets_attachments_as_base64() {
     let server = node(&[]).await;
     let a = server.addr;
     let room = unique("bin-poll");
-    let mut j = Client::connect(a, "json-user", Fmt::Json).await;
+    let mut j = Client::connect(a, &unique("json-user"), Fmt::Json).await;
     j.ok(json!({"op": "create_room", "room": room})).await;
     let (_, open) = http(a, "GET", "/socket.io/?EIO=4&transport=polling", None, "").await;
     let open: Value = serde_json::from_str(open.strip_prefix('0').unwrap()).unwrap();
