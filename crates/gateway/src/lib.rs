@@ -10,6 +10,7 @@
 //!   reassembly, writer, close handshake, one connection lifecycle, the test echo.
 //! - [`native`]: the native protocol v1 (`/ws`): its handshake and ops loop.
 //! - [`socketio`]: Socket.IO v5 / Engine.IO v4 (`/socket.io/`), on the same ops.
+//! - [`history`]: history pages past the Redis window (room-state's window, then the archive).
 //! - [`session`]: the ops (`create_room`, `join`, …), independent of the wire protocol;
 //!   [`presence`]: join and leave announcements.
 //! - [`node`]: one node's shared state: backends, local registry, flags, and its upkeep
@@ -28,6 +29,7 @@ mod client_ip;
 mod clock;
 mod config;
 mod drain;
+mod history;
 mod http;
 mod metrics;
 mod native;
