@@ -95,6 +95,19 @@ impl Backends {
     }
 }
 
+/// The archive `--archive` names, opened and migrated, or `None` for `none`.
+pub async fn open_archive(config: &Config) -> anyhow::Result<Option<Arc<dyn archive::Archive>>> {
+    let Some(url) = config.archive_url() else {
+        return Ok(None);
+    };
+    // The error names the scheme only: the URL may hold a password.
+    let scheme = url.split_once("://").map_or("", |(s, _)| s);
+    let archive = archive::open(url)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot open the --archive ({scheme}): {e}"))?;
+    Ok(Some(archive))
+}
+
 /// Gap repair reads the room store's own history.
 struct StoreHistory(Arc<dyn RoomStore>);
 

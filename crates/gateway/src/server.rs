@@ -70,19 +70,16 @@ impl std::fmt::Debug for Running {
     }
 }
 
-/// Binds, builds the node on the backend the config names (Redis Cluster with
-/// `--redis-cluster`, else the embedded one), and starts serving.
+/// Binds, builds the node the config names ([`Node::open`]: backend and archive), and
+/// starts serving.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
-    let node = if config.redis_cluster.is_empty() {
-        Node::embedded(config, addr)?
-    } else {
-        let node = Node::redis(config, addr).await?;
+    let node = Node::open(config, addr).await?;
+    if !node.config.redis_cluster.is_empty() {
         // `@socket.io/redis-emitter` channels (unless turned off).
         crate::socketio::emitter::start(node.clone()).await?;
-        node
-    };
+    }
     Ok(serve(node, listener).await)
 }
 
