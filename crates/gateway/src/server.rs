@@ -62,6 +62,7 @@ pub struct Running {
     stop: watch::Sender<bool>,
     accept: tokio::task::JoinHandle<()>,
     upkeep: tokio::task::JoinHandle<()>,
+    archiver: Option<crate::archiver::Archiver>,
 }
 
 impl std::fmt::Debug for Running {
@@ -88,6 +89,7 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener) -> Running {
     let addr = node.addr;
     node.refresh_traffic().await;
     let upkeep = tokio::spawn(node.clone().run_upkeep());
+    let archiver = crate::archiver::start(&node);
     let (stop, stop_rx) = watch::channel(false);
     let accept = tokio::spawn(accept_loop(node.clone(), listener, stop_rx));
     Running {
@@ -96,14 +98,21 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener) -> Running {
         stop,
         accept,
         upkeep,
+        archiver,
     }
 }
 
 impl Running {
     /// Drains (see [`drain::run`]) and stops.
     pub async fn drain(self) {
+        let deadline = tokio::time::Instant::now() + self.node.config.drain_deadline;
         drain::run(&self.node, &self.stop).await;
         let _ = self.accept.await;
+        if let Some(archiver) = self.archiver {
+            // Stage 6 (drain.rs): at least a second, even when the deadline has passed.
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            archiver.stop(left.max(Duration::from_secs(1))).await;
+        }
         self.upkeep.abort();
     }
 }
