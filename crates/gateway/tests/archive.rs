@@ -188,3 +188,65 @@ async fn a_bad_archive_url_stops_the_start() {
     let err = bad.validate().unwrap_err();
     assert!(err.contains("mysql") && !err.contains("secret"), "{err}");
 }
+
+/// Three gateway processes on Redis Cluster archiving into PostgreSQL, a publisher on one of
+/// them, and the gateway started first (which took every shard's lease) killed with -9 in the
+/// middle: its shards move when the leases lapse, and every acknowledged offset ends up in
+/// PostgreSQL exactly once; paging from the newest to the first returns them all in order.
+/// `serial_`: its gateways hold the shared cluster's archive leases while it runs.
+#[tokio::test]
+async fn serial_a_killed_gateway_loses_nothing_from_the_archive() {
+    let (Ok(_), Ok(pg)) = (
+        std::env::var("ROOMCAST_TEST_REDIS_CLUSTER"),
+        std::env::var("ROOMCAST_TEST_POSTGRES"),
+    ) else {
+        println!("skipped: needs ROOMCAST_TEST_REDIS_CLUSTER and ROOMCAST_TEST_POSTGRES");
+        return;
+    };
+    let mut gateways = cluster_gateways::<3>(
+        "ROOMCAST_TEST_REDIS_CLUSTER",
+        "arch",
+        &[
+            "--archive",
+            &pg,
+            "--publish-rate",
+            "10000",
+            "--publish-burst",
+            "10000",
+        ],
+    )
+    .await;
+    let room = unique("killed");
+    let mut c = Client::connect(gateways[1].addr, &unique("pub"), Fmt::Json).await;
+    let epoch = create(&mut c, &room, json!({"historySize": 10})).await;
+    let start = tokio::time::Instant::now();
+    let mut acked = 0u64;
+    let mut killed = false;
+    while start.elapsed() < Duration::from_secs(4) {
+        if !killed && start.elapsed() > Duration::from_secs(1) {
+            gateways[0].kill9();
+            killed = true;
+        }
+        publish(&mut c, &room, acked + 1, 10).await;
+        acked += 10;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let archive = archive::open(&pg).await.unwrap();
+    caught_up(archive.as_ref(), &room, &epoch, acked).await;
+    // Newest to first, a page of 100 at a time.
+    let mut all = Vec::new();
+    let mut before = None;
+    loop {
+        let page = archive.page(&room, &epoch, before, 100).await.unwrap();
+        let Some(first) = page.first() else { break };
+        before = Some(first.offset);
+        all.splice(0..0, page);
+    }
+    let offsets: Vec<u64> = all.iter().map(|p| p.offset).collect();
+    assert_eq!(offsets, (1..=acked).collect::<Vec<_>>());
+    for p in &all {
+        let got: Value = serde_json::from_str(p.data.as_json()).unwrap();
+        assert_eq!(got, payload(p.offset));
+    }
+    eprintln!("archived {acked} messages across a kill -9");
+}
