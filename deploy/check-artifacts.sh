@@ -92,7 +92,7 @@ scrape() {
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   local args=(--listen "127.0.0.1:$port" --allow-anonymous --traffic-interval 200ms)
   [ -n "${ROOMCAST_TEST_REDIS_CLUSTER:-}" ] && args+=(--redis-cluster "$ROOMCAST_TEST_REDIS_CLUSTER")
-  cargo build -q -p gateway --bin roomcast || return 1
+  cargo build -q --workspace --bins || return 1
   target/debug/roomcast "${args[@]}" > "$tmp/node.log" 2>&1 &
   node_pid=$!
   for _ in $(seq 1 100); do curl -sf "127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.1; done

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
-cargo build -q -p gateway -p roomcast-loadtest
+cargo build -q --workspace --bins
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 tmp=$(mktemp -d)
 target/debug/roomcast --listen "127.0.0.1:$port" --jwt-secret smoke --publish-rate 100000 --publish-burst 100000 \

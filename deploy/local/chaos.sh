@@ -224,12 +224,11 @@ uncut() { iptables -F ROOMCAST_CHAOS_CUT 2>/dev/null; }
 # ---- the cluster and the load --------------------------------------------------------------
 rm -rf "$STATE" && mkdir -p "$STATE" "$RAW"
 say "building ($PROFILE)"
-pkgs=(-p roomcast-checks)
-[ -z "${CHAOS_GATEWAY_BIN:-}" ] && pkgs+=(-p gateway)
+# The whole workspace, like every script: one feature set, so no script rebuilds for another.
 if [ "$PROFILE" = release ]; then
-  cargo build --release -q "${pkgs[@]}" || exit 1
+  cargo build --release -q --workspace --bins || exit 1
 else
-  cargo build -q "${pkgs[@]}" || exit 1
+  cargo build -q --workspace --bins || exit 1
 fi
 mark_rules || { echo "iptables failed (root and netfilter needed)" >&2; exit 1; }
 say "starting the cluster"

@@ -79,9 +79,9 @@ up() {
   if [ -n "${CLUSTER_BIN:-}" ]; then
     echo "using $CLUSTER_BIN" >&2
   elif [ "$PROFILE" = release ]; then
-    cargo build --release -p gateway --bin roomcast
+    cargo build --release --workspace --bins
   else
-    cargo build -p gateway --bin roomcast
+    cargo build --workspace --bins
   fi
   deploy/local/redis-cluster.sh start "$REDIS_BASE"
   upstreams=""

@@ -15,6 +15,8 @@
 //!   [`presence`]: join and leave announcements.
 //! - [`node`]: one node's shared state: backends, local registry, flags, and its upkeep
 //!   (traffic, heartbeat, dead nodes, readiness).
+//! - [`archiver`]: copies every acknowledged message into the archive (`--archive`), and
+//!   `--archive-retention`.
 //! - [`traffic`]: the traffic monitor's levels and creation pause.
 //! - [`auth`] and [`client_ip`]: who a client is.
 //! - [`metrics`], [`telemetry`], [`clock`]: Prometheus, logs, timestamps.
@@ -23,6 +25,7 @@
 //! drain it, and build one on backends of one's own.
 
 mod admission;
+mod archiver;
 mod auth;
 mod backends;
 mod client_ip;

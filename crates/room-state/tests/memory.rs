@@ -31,3 +31,8 @@ async fn traffic() {
 async fn sessions() {
     testsuite::sessions(&MemoryState::new(), "t:").await;
 }
+
+#[tokio::test]
+async fn archive_feed() {
+    testsuite::archive_feed(&MemoryState::new(), "t:").await;
+}

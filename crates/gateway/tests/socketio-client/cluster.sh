@@ -32,7 +32,7 @@ cd "$here"
 # Installed again when the lock file is newer than what npm installed.
 [ node_modules/.package-lock.json -nt package-lock.json ] || npm ci --no-audit --no-fund >/dev/null
 cd "$root"
-cargo build -q -p gateway --bin roomcast
+cargo build -q --workspace --bins
 deploy/local/redis-cluster.sh start "$REDIS_BASE" "$state/redis" >/dev/null
 urls=$(deploy/local/redis-cluster.sh urls "$REDIS_BASE")
 declare -A pid_of

@@ -8,7 +8,7 @@ cd "$here"
 # Installed again when the lock file is newer than what npm installed.
 [ node_modules/.package-lock.json -nt package-lock.json ] || npm ci --no-audit --no-fund >/dev/null
 cd "$root"
-cargo build -q -p gateway --bin roomcast
+cargo build -q --workspace --bins
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 target/debug/roomcast --listen "127.0.0.1:$port" --jwt-secret sio-secret --socketio-namespaces /admin >/dev/null 2>&1 &
 node_pid=$!

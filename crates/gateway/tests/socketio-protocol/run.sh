@@ -30,7 +30,7 @@ else
   git --git-dir="$REPO" archive HEAD $SUITES | tar -x -C "$WORK"
 fi
 
-cargo build --release -p gateway --bin roomcast >/dev/null 2>&1 || { echo "build failed"; exit 1; }
+cargo build --release --workspace --bins >/dev/null 2>&1 || { echo "build failed"; exit 1; }
 target/release/roomcast --listen "127.0.0.1:$PORT" --allow-anonymous --socketio-conformance \
   --socketio-namespaces /custom --socketio-ping-interval 300ms --socketio-ping-timeout 200ms \
   --socketio-max-payload 1000000 --socketio-connect-timeout 1s --max-handshake-rate 0 \

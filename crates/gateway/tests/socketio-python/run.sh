@@ -10,7 +10,7 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/pip" freeze 2>/dev/null | grep -q
   "$venv/bin/pip" install -q --disable-pip-version-check -r "$here/requirements.txt"
 fi
 cd "$root"
-cargo build -q -p gateway --bin roomcast
+cargo build -q --workspace --bins
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 target/debug/roomcast --listen "127.0.0.1:$port" --jwt-secret py-secret-for-the-python-socketio-test-run >/dev/null 2>&1 &
 node_pid=$!
