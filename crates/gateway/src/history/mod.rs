@@ -12,8 +12,7 @@ pub use read::{from_archive, page, page_sleeping};
 use crate::node::Node;
 use std::sync::Arc;
 
-/// The node's archive, when `--archive` is on.
-// Placeholder until the node holds one (branch wip/archiver).
-pub fn archive_of(_node: &Node) -> Option<Arc<dyn archive::Archive>> {
-    None
+/// The node's archive, when `--archive` is on (an owned handle: callers hold it across awaits).
+pub fn archive_of(node: &Node) -> Option<Arc<dyn archive::Archive>> {
+    node.archive().cloned()
 }
