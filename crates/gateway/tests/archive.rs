@@ -189,13 +189,14 @@ async fn a_bad_archive_url_stops_the_start() {
     assert!(err.contains("mysql") && !err.contains("secret"), "{err}");
 }
 
-/// Three gateway processes on Redis Cluster archiving into PostgreSQL, a publisher on one of
-/// them, and the gateway started first (which took every shard's lease) killed with -9 in the
-/// middle: its shards move when the leases lapse, and every acknowledged offset ends up in
+/// Three gateway processes on Redis Cluster archiving into PostgreSQL (`--durable-publish`), a
+/// publisher on one of them, the gateway started first (which took every shard's lease) killed
+/// with -9, then the room's Redis primary failed over (gracefully: `CLUSTER FAILOVER` on its
+/// replica): the shards move when the leases lapse, and every acknowledged offset ends up in
 /// PostgreSQL exactly once; paging from the newest to the first returns them all in order.
 /// `serial_`: its gateways hold the shared cluster's archive leases while it runs.
 #[tokio::test]
-async fn serial_a_killed_gateway_loses_nothing_from_the_archive() {
+async fn serial_a_killed_gateway_and_a_failover_lose_nothing_from_the_archive() {
     let (Ok(_), Ok(pg)) = (
         std::env::var("ROOMCAST_TEST_REDIS_CLUSTER"),
         std::env::var("ROOMCAST_TEST_POSTGRES"),
@@ -209,6 +210,7 @@ async fn serial_a_killed_gateway_loses_nothing_from_the_archive() {
         &[
             "--archive",
             &pg,
+            "--durable-publish",
             "--publish-rate",
             "10000",
             "--publish-burst",
@@ -222,15 +224,20 @@ async fn serial_a_killed_gateway_loses_nothing_from_the_archive() {
     let start = tokio::time::Instant::now();
     let mut acked = 0u64;
     let mut killed = false;
-    while start.elapsed() < Duration::from_secs(4) {
+    let mut failed_over = false;
+    while start.elapsed() < Duration::from_secs(5) {
         if !killed && start.elapsed() > Duration::from_secs(1) {
             gateways[0].kill9();
             killed = true;
         }
-        publish(&mut c, &room, acked + 1, 10).await;
-        acked += 10;
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        if !failed_over && start.elapsed() > Duration::from_secs(2) {
+            fail_over_room(&room);
+            failed_over = true;
+        }
+        acked += 1;
+        publish_retrying(&mut c, &room, acked).await;
     }
+    settled().await;
     let archive = archive::open(&pg).await.unwrap();
     caught_up(archive.as_ref(), &room, &epoch, acked).await;
     // Newest to first, a page of 100 at a time.
@@ -248,5 +255,97 @@ async fn serial_a_killed_gateway_loses_nothing_from_the_archive() {
         let got: Value = serde_json::from_str(p.data.as_json()).unwrap();
         assert_eq!(got, payload(p.offset));
     }
-    eprintln!("archived {acked} messages across a kill -9");
+    eprintln!("archived {acked} messages across a kill -9 and a failover");
+}
+
+/// Publishes message `i` with `msgId` = `i`, retrying on `unavailable` / `timeout` (a
+/// failover in progress): the key makes a retry of an applied publish a duplicate at the same
+/// offset, so message `i` is at offset `i`.
+async fn publish_retrying(c: &mut Client, room: &str, i: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let reply = c
+            .request(json!({"op": "publish", "room": room, "msgId": format!("m{i}"), "data": payload(i)}))
+            .await;
+        if reply.get("ok").is_some() {
+            assert_eq!(reply["ok"]["offset"], json!(i), "{reply}");
+            return;
+        }
+        let code = reply["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            (code == "unavailable" || code == "timeout") && tokio::time::Instant::now() < deadline,
+            "{reply}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn first_redis_port() -> u16 {
+    port(
+        redis_urls("ROOMCAST_TEST_REDIS_CLUSTER")
+            .split(',')
+            .next()
+            .unwrap(),
+    )
+}
+
+/// `CLUSTER FAILOVER` on the replica of the room's primary.
+fn fail_over_room(room: &str) {
+    let base = first_redis_port();
+    let key = format!("rc:{{r:{room}}}:m");
+    let slot: u16 = redis_cli(base, &["cluster", "keyslot", &key])
+        .trim()
+        .parse()
+        .unwrap();
+    let nodes = redis_cli(base, &["cluster", "nodes"]);
+    let rows: Vec<Vec<&str>> = nodes
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    let primary = rows
+        .iter()
+        .find(|f| {
+            f[2].contains("master")
+                && !f[2].contains("fail")
+                && f[8..].iter().any(|r| {
+                    let (a, b) = r.split_once('-').unwrap_or((r, r));
+                    match (a.parse::<u16>(), b.parse::<u16>()) {
+                        (Ok(a), Ok(b)) => (a..=b).contains(&slot),
+                        _ => false,
+                    }
+                })
+        })
+        .expect("no primary for the room's slot");
+    let replica = rows
+        .iter()
+        .find(|f| f[3] == primary[0] && !f[2].contains("fail"))
+        .map(|f| port(f[1]))
+        .expect("no replica");
+    let out = redis_cli(replica, &["cluster", "failover"]);
+    assert!(out.contains("OK"), "{out}");
+}
+
+/// Every node of the cluster says ok, with 3 replicas again.
+async fn settled() {
+    let base = first_redis_port();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let ok = (base..base + 6)
+            .all(|p| redis_cli(p, &["cluster", "info"]).contains("cluster_state:ok"));
+        let replicas = redis_cli(base, &["cluster", "nodes"])
+            .lines()
+            .filter(|l| l.contains("slave") && !l.contains("fail"))
+            .count();
+        if ok && replicas == 3 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "cluster did not settle"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
