@@ -9,9 +9,13 @@ CARGO ?= cargo
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
 
-run: ## One node on 127.0.0.1:8080, embedded backend, anonymous clients allowed.
+DATA_DIR ?= data
+
+run: ## One node on 127.0.0.1:8080, embedded backend, anonymous clients allowed, messages archived in $(DATA_DIR)/roomcast.db (SQLite).
+	mkdir -p $(DATA_DIR)
 	$(CARGO) run --release -p gateway --bin roomcast -- \
-		--listen 127.0.0.1:8080 --allow-anonymous --api-key dev-api-key
+		--listen 127.0.0.1:8080 --allow-anonymous --api-key dev-api-key \
+		--archive sqlite://$(DATA_DIR)/roomcast.db
 
 cluster-up: ## Local cluster: 6-process Redis Cluster, 3 gateways, nginx on 127.0.0.1:8080.
 	deploy/local/cluster.sh up

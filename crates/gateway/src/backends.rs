@@ -15,8 +15,8 @@ use fan_out::{
 use protocol::envelope::Envelope;
 use protocol::frame::Publication;
 use room_state::{
-    MemoryState, RateLimits, RedisSettings, RedisState, RoomStore, SessionStore, StateError,
-    TrafficCounters,
+    ArchiveFeed, MemoryState, RateLimits, RedisSettings, RedisState, RoomStore, SessionStore,
+    StateError, TrafficCounters,
 };
 use std::sync::Arc;
 
@@ -28,6 +28,8 @@ pub struct Backends {
     /// Saved Socket.IO socket state, for connection state recovery.
     pub sessions: Arc<dyn SessionStore>,
     pub fanout: Arc<dyn FanOut>,
+    /// What the archiver reads: dirty rooms, messages after a cursor, leases.
+    pub archive_feed: Arc<dyn ArchiveFeed>,
     pub name: &'static str,
 }
 
@@ -46,6 +48,7 @@ impl Backends {
             rooms: state.clone(),
             limits: state.clone(),
             sessions: state.clone(),
+            archive_feed: state.clone(),
             traffic: state,
             fanout,
             name: "memory",
@@ -88,11 +91,25 @@ impl Backends {
             rooms: state.clone(),
             limits: state.clone(),
             sessions: state.clone(),
+            archive_feed: state.clone(),
             traffic: state,
             fanout: Arc::new(fanout),
             name: "redis-cluster",
         })
     }
+}
+
+/// The archive `--archive` names, opened and migrated, or `None` for `none`.
+pub async fn open_archive(config: &Config) -> anyhow::Result<Option<Arc<dyn archive::Archive>>> {
+    let Some(url) = config.archive_url() else {
+        return Ok(None);
+    };
+    // The error names the scheme only: the URL may hold a password.
+    let scheme = url.split_once("://").map_or("", |(s, _)| s);
+    let archive = archive::open(url)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot open the --archive ({scheme}): {e}"))?;
+    Ok(Some(archive))
 }
 
 /// Gap repair reads the room store's own history.

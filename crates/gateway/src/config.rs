@@ -177,6 +177,23 @@ pub struct Config {
     #[arg(long, env = "ROOMCAST_ROOM_TTL", default_value = "1h", value_parser = duration)]
     pub room_ttl: Duration,
 
+    // --- Archive (docs/archive.md) ------------------------------------------------------
+    /// Where every acknowledged message is archived, past the Redis window: `postgres://…`
+    /// (a cluster of gateways), `sqlite://PATH` (a single node; the file is created when
+    /// missing), or `none`. Opened, and its migrations run, at start: a failure stops the
+    /// node.
+    #[arg(
+        long,
+        env = "ROOMCAST_ARCHIVE",
+        default_value = "none",
+        hide_env_values = true
+    )]
+    pub archive: String,
+
+    /// Drop archived messages older than this (such as `30d`); default: keep them forever.
+    #[arg(long, env = "ROOMCAST_ARCHIVE_RETENTION", value_parser = duration)]
+    pub archive_retention: Option<Duration>,
+
     // --- Traffic monitor ----------------------------------------------------------------
     /// Room creations per minute from which the level is `high`.
     #[arg(long, env = "ROOMCAST_TRAFFIC_HIGH", default_value_t = 500)]
@@ -315,6 +332,19 @@ impl Config {
                 "--socketio-emitter-key must not be empty (use --no-socketio-emitter)".into(),
             );
         }
+        if self.archive_url().is_none() && self.archive != "none" {
+            // Only the scheme is repeated: the URL may carry a password.
+            let scheme = self.archive.split_once("://").map_or("(none)", |(s, _)| s);
+            return Err(format!(
+                "--archive must be postgres://…, sqlite://PATH or none, not scheme {scheme:?}"
+            ));
+        }
+        if self.archive_retention.is_some() && self.archive_url().is_none() {
+            return Err("--archive-retention needs an --archive".into());
+        }
+        if self.archive_retention.is_some_and(|d| d.is_zero()) {
+            return Err("--archive-retention must be positive".into());
+        }
         if self.jwt_secret.is_none() && self.jwt_public_key.is_empty() && !self.allow_anonymous {
             return Err(
                 "no way to authenticate: set --jwt-secret, --jwt-public-key or --allow-anonymous"
@@ -322,6 +352,13 @@ impl Config {
             );
         }
         Ok(())
+    }
+
+    /// The archive's URL, or `None` for `--archive none`.
+    pub fn archive_url(&self) -> Option<&str> {
+        let url = self.archive.as_str();
+        let known = ["postgres://", "postgresql://", "sqlite://"];
+        known.iter().any(|p| url.starts_with(p)).then_some(url)
     }
 
     /// A config with every default, for tests and embedding.

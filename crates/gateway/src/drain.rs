@@ -7,6 +7,9 @@
 //!    1012, in batches spread over `--drain-window`, so they do not land on the other nodes
 //!    all at once.
 //! 5. It returns when every connection is gone, or at `--drain-deadline`, whichever is first.
+//! 6. Then (`Running::drain`) the archiver, if any, runs one last round, so what was published
+//!    until the end is archived, and gives its shards' leases up for another node to take at
+//!    once; it gets what is left of the deadline, at least a second.
 
 use crate::node::Node;
 use crate::reconnect::send_reconnect;

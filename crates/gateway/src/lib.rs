@@ -10,10 +10,13 @@
 //!   reassembly, writer, close handshake, one connection lifecycle, the test echo.
 //! - [`native`]: the native protocol v1 (`/ws`): its handshake and ops loop.
 //! - [`socketio`]: Socket.IO v5 / Engine.IO v4 (`/socket.io/`), on the same ops.
+//! - [`history`]: history pages past the Redis window (room-state's window, then the archive).
 //! - [`session`]: the ops (`create_room`, `join`, …), independent of the wire protocol;
 //!   [`presence`]: join and leave announcements.
 //! - [`node`]: one node's shared state: backends, local registry, flags, and its upkeep
 //!   (traffic, heartbeat, dead nodes, readiness).
+//! - [`archiver`]: copies every acknowledged message into the archive (`--archive`), and
+//!   `--archive-retention`.
 //! - [`traffic`]: the traffic monitor's levels and creation pause.
 //! - [`auth`] and [`client_ip`]: who a client is.
 //! - [`metrics`], [`telemetry`], [`clock`]: Prometheus, logs, timestamps.
@@ -22,12 +25,14 @@
 //! drain it, and build one on backends of one's own.
 
 mod admission;
+mod archiver;
 mod auth;
 mod backends;
 mod client_ip;
 mod clock;
 mod config;
 mod drain;
+mod history;
 mod http;
 mod metrics;
 mod native;

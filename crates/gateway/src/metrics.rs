@@ -113,6 +113,8 @@ pub struct Metrics {
     pub redis_errors: IntCounterVec,
     /// Per [`Command`], indexed by `command as usize`.
     redis_by_command: Vec<(Histogram, IntCounter)>,
+    // The archiver.
+    pub archive: ArchiveSeries,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -177,6 +179,7 @@ impl Metrics {
             redis_errors,
             redis_by_command,
         } = RedisSeries::new(&r)?;
+        let archive = ArchiveSeries::new(&r)?;
         Ok(Metrics {
             registry: r.0,
             connections,
@@ -218,6 +221,7 @@ impl Metrics {
             redis_duration,
             redis_errors,
             redis_by_command,
+            archive,
         })
     }
 
@@ -613,6 +617,53 @@ impl RedisSeries {
             redis_duration,
             redis_errors,
             redis_by_command,
+        })
+    }
+}
+
+/// The archiver (`crate::archiver`): how far behind the archive is, and what it stored.
+pub struct ArchiveSeries {
+    /// Messages not yet archived in the dirty rooms this node read in its last round.
+    pub lag_messages: IntGauge,
+    /// Age of the oldest dirty mark in the shards this node archives.
+    pub lag_seconds: IntGauge,
+    /// Messages handed to the archive, by `result`: `stored`, `duplicate` (already there: a
+    /// retry after a crash or a failover), `failed` (the batch will be retried).
+    pub messages: IntCounterVec,
+    /// Dirty-room shards this node holds the lease of.
+    pub shards_held: IntGauge,
+    /// Messages dropped by `--archive-retention`.
+    pub retention_dropped: IntCounter,
+}
+
+impl ArchiveSeries {
+    fn new(r: &Series) -> prometheus::Result<ArchiveSeries> {
+        let messages = r.counter_vec(
+            "archive_messages_total",
+            "Messages the archiver handed to the archive, by result (stored, duplicate, failed).",
+            &["result"],
+        )?;
+        for result in ["stored", "duplicate", "failed"] {
+            messages.with_label_values(&[result]);
+        }
+        Ok(ArchiveSeries {
+            lag_messages: r.gauge(
+                "archive_lag_messages",
+                "Messages not yet archived, in the dirty rooms of the shards this node archives.",
+            )?,
+            lag_seconds: r.gauge(
+                "archive_lag_seconds",
+                "Age of the oldest message not yet archived, in the shards this node archives.",
+            )?,
+            messages,
+            shards_held: r.gauge(
+                "archive_shards_held",
+                "Dirty-room shards this node archives (holds the lease of).",
+            )?,
+            retention_dropped: r.counter(
+                "archive_retention_dropped_total",
+                "Archived messages dropped by --archive-retention.",
+            )?,
         })
     }
 }

@@ -29,6 +29,8 @@ pub struct Node {
     /// a node restarted under the same `--node-id` never issues an id again.
     pub incarnation: String,
     pub backends: Backends,
+    /// The archive (`--archive`), or `None` when it is off: see [`Node::archive`].
+    archive: Option<Arc<dyn archive::Archive>>,
     /// This node's slices of the users' shared publish buckets.
     pub publish_budget: room_state::LeasedBuckets,
     pub registry: Arc<Registry>,
@@ -69,7 +71,27 @@ impl std::fmt::Debug for Node {
 }
 
 impl Node {
-    /// A node on the embedded backend.
+    /// The node the config names: on Redis Cluster with `--redis-cluster`, else on the
+    /// embedded backend; with the archive of `--archive` opened (migrations run) unless it
+    /// is `none`. An archive that cannot be opened is an error: a node that was asked to
+    /// archive does not start without it.
+    pub async fn open(config: Config, addr: SocketAddr) -> anyhow::Result<Arc<Node>> {
+        let archive = crate::backends::open_archive(&config).await?;
+        let metrics = Arc::new(Metrics::new()?);
+        let registry = Arc::new(Registry::new());
+        let mut config = config;
+        let backends = if config.redis_cluster.is_empty() {
+            Backends::embedded(&registry, &metrics)
+        } else {
+            let node_id = config.node_id.clone().unwrap_or_else(random_node_id);
+            let backends = Backends::redis_cluster(&config, &node_id, &registry, &metrics).await?;
+            config.node_id = Some(node_id);
+            backends
+        };
+        Node::assemble(config, addr, backends, archive, registry, metrics)
+    }
+
+    /// A node on the embedded backend, without an archive.
     pub fn embedded(config: Config, addr: SocketAddr) -> anyhow::Result<Arc<Node>> {
         let metrics = Arc::new(Metrics::new()?);
         let registry = Arc::new(Registry::new());
@@ -77,8 +99,8 @@ impl Node {
         Node::with_backends(config, addr, backends, registry, metrics)
     }
 
-    /// A node on Redis Cluster (`--redis-cluster`). Starts even when the cluster is down:
-    /// it is unready until the cluster answers.
+    /// A node on Redis Cluster (`--redis-cluster`), without an archive. Starts even when the
+    /// cluster is down: it is unready until the cluster answers.
     pub async fn redis(config: Config, addr: SocketAddr) -> anyhow::Result<Arc<Node>> {
         let metrics = Arc::new(Metrics::new()?);
         let registry = Arc::new(Registry::new());
@@ -89,11 +111,24 @@ impl Node {
         Node::with_backends(config, addr, backends, registry, metrics)
     }
 
-    /// A node on the given backends. `registry` must be the one the fan-out delivers into.
+    /// A node on the given backends, without an archive. `registry` must be the one the
+    /// fan-out delivers into.
     pub fn with_backends(
         config: Config,
         addr: SocketAddr,
         backends: Backends,
+        registry: Arc<Registry>,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Arc<Node>> {
+        Node::assemble(config, addr, backends, None, registry, metrics)
+    }
+
+    /// A node on the given backends and archive (`None`: off).
+    pub fn assemble(
+        config: Config,
+        addr: SocketAddr,
+        backends: Backends,
+        archive: Option<Arc<dyn archive::Archive>>,
         registry: Arc<Registry>,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Arc<Node>> {
@@ -121,6 +156,7 @@ impl Node {
             incarnation: base36(started_at),
             publish_budget: room_state::LeasedBuckets::new(backends.limits.clone()),
             backends,
+            archive,
             registry,
             metrics,
             auth,
@@ -140,6 +176,13 @@ impl Node {
             relay: Default::default(),
             config,
         }))
+    }
+
+    /// The archive every acknowledged message is copied to (`--archive`), or `None` when it
+    /// is off. Node-wide like the backends: sessions and the server API read history past
+    /// the Redis window from it, the archiver writes to it.
+    pub fn archive(&self) -> Option<&Arc<dyn archive::Archive>> {
+        self.archive.as_ref()
     }
 
     /// A cluster-unique connection id: `<node>.<sequence>`.

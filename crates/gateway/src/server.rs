@@ -62,6 +62,7 @@ pub struct Running {
     stop: watch::Sender<bool>,
     accept: tokio::task::JoinHandle<()>,
     upkeep: tokio::task::JoinHandle<()>,
+    archiver: Option<crate::archiver::Archiver>,
 }
 
 impl std::fmt::Debug for Running {
@@ -70,19 +71,16 @@ impl std::fmt::Debug for Running {
     }
 }
 
-/// Binds, builds the node on the backend the config names (Redis Cluster with
-/// `--redis-cluster`, else the embedded one), and starts serving.
+/// Binds, builds the node the config names ([`Node::open`]: backend and archive), and
+/// starts serving.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
-    let node = if config.redis_cluster.is_empty() {
-        Node::embedded(config, addr)?
-    } else {
-        let node = Node::redis(config, addr).await?;
+    let node = Node::open(config, addr).await?;
+    if !node.config.redis_cluster.is_empty() {
         // `@socket.io/redis-emitter` channels (unless turned off).
         crate::socketio::emitter::start(node.clone()).await?;
-        node
-    };
+    }
     Ok(serve(node, listener).await)
 }
 
@@ -91,6 +89,7 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener) -> Running {
     let addr = node.addr;
     node.refresh_traffic().await;
     let upkeep = tokio::spawn(node.clone().run_upkeep());
+    let archiver = crate::archiver::start(&node);
     let (stop, stop_rx) = watch::channel(false);
     let accept = tokio::spawn(accept_loop(node.clone(), listener, stop_rx));
     Running {
@@ -99,14 +98,21 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener) -> Running {
         stop,
         accept,
         upkeep,
+        archiver,
     }
 }
 
 impl Running {
     /// Drains (see [`drain::run`]) and stops.
     pub async fn drain(self) {
+        let deadline = tokio::time::Instant::now() + self.node.config.drain_deadline;
         drain::run(&self.node, &self.stop).await;
         let _ = self.accept.await;
+        if let Some(archiver) = self.archiver {
+            // Stage 6 (drain.rs): at least a second, even when the deadline has passed.
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            archiver.stop(left.max(Duration::from_secs(1))).await;
+        }
         self.upkeep.abort();
     }
 }

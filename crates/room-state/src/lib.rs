@@ -26,6 +26,7 @@
 //!   Redis that hand-off is an SPUBLISH on the room's `protocol::channel`, of a
 //!   `protocol::envelope`, so this crate and the fan-out share only the `protocol` crate.
 
+pub mod archive_feed;
 mod ephemeral;
 pub mod error;
 pub mod lease;
@@ -40,6 +41,7 @@ pub mod sessions;
 pub mod testsuite;
 pub mod traffic;
 
+pub use archive_feed::{ArchiveFeed, ArchiveRead, DirtyRoom, ARCHIVE_BACKLOG_CAP, ARCHIVE_SHARDS};
 pub use error::StateError;
 pub use lease::LeasedBuckets;
 pub use limits::RateLimits;

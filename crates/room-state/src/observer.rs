@@ -28,11 +28,17 @@ pub enum Command {
     ResetEpoch,
     /// A publish to an ephemeral room: one SPUBLISH, no script.
     EphemeralPublish,
+    /// The archiver reads a room's messages after its cursor.
+    ArchiveRead,
+    /// The archiver moves a room's cursor after a commit.
+    ArchiveAdvance,
+    /// A lease (an archive shard, retention) taken or renewed.
+    Lease,
 }
 
 impl Command {
     /// Every command, in discriminant order.
-    pub const ALL: [Command; 16] = [
+    pub const ALL: [Command; 19] = [
         Command::Create,
         Command::Join,
         Command::Leave,
@@ -49,6 +55,9 @@ impl Command {
         Command::Heartbeat,
         Command::ResetEpoch,
         Command::EphemeralPublish,
+        Command::ArchiveRead,
+        Command::ArchiveAdvance,
+        Command::Lease,
     ];
 
     /// The command's name: the `command` label of the Redis metrics.
@@ -70,6 +79,9 @@ impl Command {
             Command::Heartbeat => "heartbeat",
             Command::ResetEpoch => "reset_epoch",
             Command::EphemeralPublish => "ephemeral_publish",
+            Command::ArchiveRead => "archive_read",
+            Command::ArchiveAdvance => "archive_advance",
+            Command::Lease => "lease",
         }
     }
 }

@@ -690,3 +690,169 @@ pub async fn sessions(store: &dyn crate::SessionStore, prefix: &str) {
     tokio::time::sleep(std::time::Duration::from_millis(120)).await;
     assert_eq!(store.take_session(&key).await.unwrap(), None, "expired");
 }
+
+/// The archiver's feed: dirty marks, reads after the cursor, the cursor's advance, leases.
+/// Other tests may share the backend (and its dirty-room shards), so only this prefix's rooms
+/// are looked at. Leases lapse in real time on Redis, so their last check sleeps briefly.
+pub async fn archive_feed<S>(store: &S, prefix: &str)
+where
+    S: RoomStore + crate::ArchiveFeed + ?Sized,
+{
+    use crate::archive_feed::archive_shard;
+    let now = 1_700_000_000_000u64;
+    let dirty =
+        |rooms: Vec<crate::DirtyRoom>, room: &str| rooms.iter().filter(|d| d.room == room).count();
+    store.enable_archiving();
+    let room = format!("{prefix}arch");
+    let shard = archive_shard(&room);
+    let created = store.create(&room, &config(None, 3), now).await.unwrap();
+    assert_eq!(
+        dirty(store.dirty_rooms(shard, 10_000).await.unwrap(), &room),
+        0
+    );
+    for n in 1..=5 {
+        store
+            .publish(&room, None, "alice", data(n), None, now + n)
+            .await
+            .unwrap();
+    }
+
+    // Marked once, at the first unarchived message's time.
+    let marks = store.dirty_rooms(shard, 10_000).await.unwrap();
+    assert_eq!(dirty(marks.clone(), &room), 1);
+    let mark = marks.iter().find(|d| d.room == room).unwrap();
+    assert_eq!(mark.since_ms, now + 1);
+
+    // `history` answers the window; the archiver reads past it, nothing was trimmed.
+    let (window, _) = store.history(&room, None, 100, None).await.unwrap();
+    assert_eq!(
+        window.iter().map(|p| p.offset).collect::<Vec<_>>(),
+        vec![3, 4, 5]
+    );
+    let read = store.read_unarchived(&room, 2).await.unwrap().unwrap();
+    assert_eq!(
+        (read.epoch.as_str(), read.cursor, read.offset),
+        (created.epoch.as_str(), 0, 5)
+    );
+    assert_eq!(
+        read.messages.iter().map(|p| p.offset).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    assert_eq!(read.messages[0].data, data(1));
+    assert_eq!(
+        (read.messages[0].from.as_str(), read.messages[0].ts),
+        ("alice", now + 1)
+    );
+
+    // A partial advance leaves the room dirty; the rest, then clean.
+    assert!(store
+        .advance_cursor(&room, &created.epoch, 2, mark.since_ms)
+        .await
+        .unwrap());
+    assert_eq!(
+        dirty(store.dirty_rooms(shard, 10_000).await.unwrap(), &room),
+        1
+    );
+    let read = store.read_unarchived(&room, 100).await.unwrap().unwrap();
+    assert_eq!(read.cursor, 2);
+    assert_eq!(
+        read.messages.iter().map(|p| p.offset).collect::<Vec<_>>(),
+        vec![3, 4, 5]
+    );
+    assert!(!store
+        .advance_cursor(&room, &created.epoch, 5, mark.since_ms)
+        .await
+        .unwrap());
+    assert_eq!(
+        dirty(store.dirty_rooms(shard, 10_000).await.unwrap(), &room),
+        0
+    );
+
+    // The cursor never goes back, and ignores another epoch's advance.
+    store
+        .advance_cursor(&room, &created.epoch, 3, now)
+        .await
+        .unwrap();
+    store
+        .advance_cursor(&room, "other-epoch", 9, now)
+        .await
+        .unwrap();
+    let read = store.read_unarchived(&room, 100).await.unwrap().unwrap();
+    assert_eq!((read.cursor, read.messages.len()), (5, 0));
+
+    // Marked again by the next publish, which trims the history to the window again.
+    store
+        .publish(&room, None, "bob", data(6), None, now + 100)
+        .await
+        .unwrap();
+    let marks = store.dirty_rooms(shard, 10_000).await.unwrap();
+    assert_eq!(
+        marks.iter().find(|d| d.room == room).map(|d| d.since_ms),
+        Some(now + 100)
+    );
+    let read = store.read_unarchived(&room, 100).await.unwrap().unwrap();
+    assert_eq!(
+        read.messages.iter().map(|p| p.offset).collect::<Vec<_>>(),
+        vec![6]
+    );
+    let (window, _) = store.history(&room, None, 100, None).await.unwrap();
+    assert_eq!(
+        window.iter().map(|p| p.offset).collect::<Vec<_>>(),
+        vec![4, 5, 6]
+    );
+
+    // A new epoch starts with its cursor at 0.
+    let (epoch, changed) = store.reset_epoch(&room, &created.epoch).await.unwrap();
+    assert!(changed);
+    let read = store.read_unarchived(&room, 100).await.unwrap().unwrap();
+    assert_eq!(
+        (read.epoch.as_str(), read.cursor, read.offset),
+        (epoch.as_str(), 0, 0)
+    );
+    assert!(!store.advance_cursor(&room, &epoch, 0, now).await.unwrap());
+
+    // A room that is gone reads as `None` and loses its mark.
+    let gone = format!("{prefix}gone");
+    store.create(&gone, &config(None, 3), now).await.unwrap();
+    store
+        .publish(&gone, None, "alice", data(1), None, now)
+        .await
+        .unwrap();
+    store.close(&gone).await.unwrap();
+    assert_eq!(store.read_unarchived(&gone, 10).await.unwrap(), None);
+    let gone_shard = archive_shard(&gone);
+    assert_eq!(
+        dirty(store.dirty_rooms(gone_shard, 10_000).await.unwrap(), &gone),
+        0
+    );
+
+    // Ephemeral rooms keep nothing, so they are never marked.
+    let eph = format!("{prefix}eph");
+    store.create(&eph, &config(None, 0), now).await.unwrap();
+    store
+        .publish(&eph, None, "alice", data(1), None, now)
+        .await
+        .unwrap();
+    let eph_shard = archive_shard(&eph);
+    assert_eq!(
+        dirty(store.dirty_rooms(eph_shard, 10_000).await.unwrap(), &eph),
+        0
+    );
+
+    // Leases: one holder at a time, renewed by it, released only by it.
+    let lease = format!("{prefix}lease");
+    assert!(store.lease(&lease, "a", 10_000, now).await.unwrap());
+    assert!(!store.lease(&lease, "b", 10_000, now).await.unwrap());
+    assert!(store.lease(&lease, "a", 10_000, now).await.unwrap());
+    store.release_lease(&lease, "b").await.unwrap();
+    assert!(!store.lease(&lease, "b", 10_000, now).await.unwrap());
+    store.release_lease(&lease, "a").await.unwrap();
+    assert!(store.lease(&lease, "b", 10_000, now).await.unwrap());
+    // A lapsed lease is free (a killed holder's shards move).
+    let short = format!("{prefix}short");
+    let real = protocol::clock::now_ms();
+    assert!(store.lease(&short, "a", 100, real).await.unwrap());
+    assert!(!store.lease(&short, "b", 100, real + 10).await.unwrap());
+    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    assert!(store.lease(&short, "b", 100, real + 250).await.unwrap());
+}

@@ -1,5 +1,7 @@
 //! The shared conformance suite, run against the embedded backend.
 
+#![allow(clippy::unwrap_used)]
+
 use room_state::{testsuite, MemoryState};
 
 #[tokio::test]
@@ -30,4 +32,51 @@ async fn traffic() {
 #[tokio::test]
 async fn sessions() {
     testsuite::sessions(&MemoryState::new(), "t:").await;
+}
+
+#[tokio::test]
+async fn archive_feed() {
+    testsuite::archive_feed(&MemoryState::new(), "t:").await;
+}
+
+/// Memory only (10,000 publishes): past `ARCHIVE_BACKLOG_CAP` unarchived messages a room's
+/// publishes are refused `unavailable`, and accepted again once the cursor moves. The Redis
+/// script applies the same rule (`scripts::publish`, {-5}).
+#[tokio::test]
+async fn archive_backlog_cap_refuses_then_recovers() {
+    use room_state::{ArchiveFeed, RoomConfig, RoomStore, StateError, ARCHIVE_BACKLOG_CAP};
+    let state = MemoryState::new();
+    state.enable_archiving();
+    let config = RoomConfig {
+        max_members: None,
+        history_size: 10,
+        ttl_secs: 3600,
+    };
+    let info = state.create("capped", &config, 1).await.unwrap();
+    let data = || protocol::Data::from_value(&serde_json::json!(1)).unwrap();
+    for _ in 0..ARCHIVE_BACKLOG_CAP {
+        state
+            .publish("capped", None, "u", data(), None, 2)
+            .await
+            .unwrap();
+    }
+    assert!(matches!(
+        state.publish("capped", None, "u", data(), None, 3).await,
+        Err(StateError::Unavailable(_))
+    ));
+    // Nothing was trimmed past the cursor: all of it is there to archive.
+    let read = state
+        .read_unarchived("capped", usize::MAX)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(read.messages.len() as u64, ARCHIVE_BACKLOG_CAP);
+    state
+        .advance_cursor("capped", &info.epoch, 100, 2)
+        .await
+        .unwrap();
+    state
+        .publish("capped", None, "u", data(), None, 4)
+        .await
+        .unwrap();
 }

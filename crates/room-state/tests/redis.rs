@@ -67,6 +67,11 @@ async fn traffic() {
 }
 
 #[tokio::test]
+async fn archive_feed() {
+    testsuite::archive_feed(&*state().await, &prefix("archive")).await;
+}
+
+#[tokio::test]
 async fn sessions() {
     testsuite::sessions(&*state().await, &prefix("sessions")).await;
 }

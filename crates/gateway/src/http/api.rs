@@ -2,9 +2,12 @@
 //!
 //! - `POST   /api/rooms/{room}/publish`   body: any JSON value; published with `from: "server"`
 //! - `GET    /api/rooms/{room}`           members count, presence, last offset, epoch
-//! - `DELETE /api/rooms/{room}`           closes the room on every node
+//! - `DELETE /api/rooms/{room}`           closes the room on every node (and in the archive)
 //! - `POST   /api/users/{user}/disconnect` closes the user's connections on every node
+//! - the archive's message routes: `GET`/`DELETE /api/rooms/{room}/messages`,
+//!   `DELETE /api/users/{user}/messages` ([`super::api_messages`])
 
+use super::api_messages;
 use super::query;
 use super::response::{error, json, Body};
 use crate::auth::bearer;
@@ -46,7 +49,7 @@ fn authorized(node: &Node, req: &Request<Incoming>) -> Result<(), Box<Response<B
     }
 }
 
-fn state_error(e: StateError) -> Response<Body> {
+pub(super) fn state_error(e: StateError) -> Response<Body> {
     match e {
         StateError::NotFound => error(StatusCode::NOT_FOUND, "not_found", "room not found"),
         StateError::Unavailable(detail) => {
@@ -97,11 +100,20 @@ pub async fn handle(node: &Node, req: Request<Incoming>) -> Response<Body> {
         (&Method::GET, ["api", "rooms", room]) => room_info(node, room).await,
         (&Method::DELETE, ["api", "rooms", room]) => close_room(node, room).await,
         (&Method::POST, ["api", "users", user, "disconnect"]) => disconnect(node, user).await,
+        (&Method::GET, ["api", "rooms", room, "messages"]) => {
+            api_messages::list(node, room, &req).await
+        }
+        (&Method::DELETE, ["api", "rooms", room, "messages"]) => {
+            api_messages::purge_room(node, room).await
+        }
+        (&Method::DELETE, ["api", "users", user, "messages"]) => {
+            api_messages::purge_user(node, user).await
+        }
         _ => error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
     }
 }
 
-fn check_room(room: &str) -> Result<(), Box<Response<Body>>> {
+pub(super) fn check_room(room: &str) -> Result<(), Box<Response<Body>>> {
     if room_name::is_valid(room) {
         Ok(())
     } else {
@@ -222,8 +234,17 @@ async fn close_room(node: &Node, room: &str) -> Response<Body> {
     if let Err(r) = check_room(room) {
         return *r;
     }
-    let former = match node.backends.rooms.close(room).await {
+    let closed = node.backends.rooms.close(room).await;
+    // Asleep or awake, a closed room must not wake again: its sleeping record goes too (an
+    // awake room may still have one from an earlier sleep). Retrying after a failure here is
+    // safe: the room-state part is then `not_found` and the archive part is done.
+    let was_asleep = match api_messages::close_in_archive(node, room).await {
+        Ok(was_asleep) => was_asleep,
+        Err(response) => return *response,
+    };
+    let former = match closed {
         Ok(former) => former,
+        Err(StateError::NotFound) if was_asleep => Vec::new(),
         Err(e) => return state_error(e),
     };
     let closed = Envelope::RoomClosed {

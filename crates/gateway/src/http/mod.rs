@@ -3,6 +3,7 @@
 //! [`crate::transport::echo`]); the server API is [`api`].
 
 pub mod api;
+mod api_messages;
 pub mod query;
 pub mod response;
 

@@ -176,11 +176,16 @@ pub(super) async fn history(
         return Err(forbidden(room));
     }
     let limit = limit.unwrap_or(MAX_HISTORY_LIMIT).min(MAX_HISTORY_LIMIT) as usize;
-    match node
-        .backends
-        .rooms
-        .history(room, Some(&s.conn_id), limit, before)
-        .await
+    let archive = crate::history::archive_of(node);
+    match crate::history::page(
+        node.backends.rooms.as_ref(),
+        archive.as_deref(),
+        room,
+        Some(&s.conn_id),
+        limit,
+        before,
+    )
+    .await
     {
         Ok((messages, epoch)) => Ok(OkBody::History { messages, epoch }),
         Err(e) => Err(state_error(node, "history", e)),

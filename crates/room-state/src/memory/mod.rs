@@ -3,6 +3,7 @@
 //! Each room sits behind its own mutex, so publishes to different rooms do not contend. No
 //! lock is ever held across an `.await` (the trait methods are async only to match Redis).
 
+mod archive_feed;
 mod limits;
 mod rooms;
 mod traffic;
@@ -10,6 +11,7 @@ mod traffic;
 use parking_lot::{Mutex, RwLock};
 use rooms::Room;
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use crate::ephemeral::EphemeralRooms;
@@ -31,6 +33,13 @@ pub struct MemoryState {
     reaped: Mutex<HashMap<String, u64>>,
     /// Saved sessions: blob and expiry (ms since the epoch).
     sessions: Mutex<HashMap<String, (String, u64)>>,
+    /// Whether publishes mark rooms for the archiver (`ArchiveFeed::enable_archiving`).
+    archiving: AtomicBool,
+    /// Rooms with messages not yet archived → when marked. Locked after a room's lock,
+    /// never before.
+    dirty: Mutex<HashMap<String, u64>>,
+    /// Leases (`ArchiveFeed::lease`): name → holder, expiry (ms).
+    leases: Mutex<HashMap<String, (String, u64)>>,
 }
 
 impl Default for MemoryState {
@@ -51,6 +60,9 @@ impl MemoryState {
             nodes: Mutex::new(HashMap::new()),
             reaped: Mutex::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
+            archiving: AtomicBool::new(false),
+            dirty: Mutex::new(HashMap::new()),
+            leases: Mutex::new(HashMap::new()),
         }
     }
 

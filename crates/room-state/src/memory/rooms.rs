@@ -1,6 +1,7 @@
 //! `RoomStore` for the embedded backend.
 
 use super::{new_epoch, MemoryState};
+use crate::archive_feed::ARCHIVE_BACKLOG_CAP;
 use crate::error::StateError;
 use crate::model::{
     Idempotency, JoinOutcome, MemberRecord, Published, Publisher, RoomConfig, RoomInfo,
@@ -12,16 +13,17 @@ use parking_lot::Mutex;
 use protocol::frame::{Member, Publication, Since};
 use protocol::Data;
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 pub(crate) struct Room {
     name: String,
-    epoch: String,
-    offset: u64,
+    pub(super) epoch: String,
+    pub(super) offset: u64,
     config: RoomConfig,
     /// In join order, so presence lists are stable.
     members: Vec<MemberRecord>,
-    history: VecDeque<Publication>,
+    pub(super) history: VecDeque<Publication>,
     created_at: u64,
     /// Set while the room is empty: when it expires.
     expires_at: Option<u64>,
@@ -29,6 +31,8 @@ pub(crate) struct Room {
     closed: bool,
     /// Idempotency keys published, and when each is forgotten.
     seen: Seen,
+    /// The last offset of this epoch the archive holds (0: none).
+    pub(super) arch: u64,
 }
 
 /// Idempotency keys → (epoch, offset), forgotten in expiry order.
@@ -106,7 +110,7 @@ impl MemoryState {
     }
 
     /// Runs `f` on a live room. Rooms that expired but were not swept yet count as absent.
-    fn with_room<T>(
+    pub(super) fn with_room<T>(
         &self,
         name: &str,
         now_ms: Option<u64>,
@@ -169,6 +173,12 @@ impl MemoryState {
                     duplicate: true,
                 });
             }
+            let archiving = self.archiving.load(Ordering::Acquire);
+            if archiving && r.offset - r.arch.min(r.offset) >= ARCHIVE_BACKLOG_CAP {
+                // The history keeps what the archive lacks; past the cap, refuse rather than
+                // lose messages from the archive.
+                return Err(StateError::Unavailable("archive backlog full".into()));
+            }
             r.offset += 1;
             if let Some(i) = idempotency {
                 let (epoch, offset) = (r.epoch.clone(), r.offset);
@@ -184,7 +194,14 @@ impl MemoryState {
             };
             r.history.push_back(publication.clone());
             while r.history.len() > r.config.history_size as usize {
+                // Not past the archive cursor: the archiver reads the history.
+                if archiving && r.history.front().is_some_and(|p| p.offset > r.arch) {
+                    break;
+                }
                 r.history.pop_front();
+            }
+            if archiving {
+                self.dirty.lock().entry(r.name.clone()).or_insert(now_ms);
             }
             // Still under the room lock: delivery order is offset order.
             if let Some(sink) = &sink {
@@ -224,6 +241,7 @@ impl RoomStore for MemoryState {
             expires_at: Some(now_ms + config.ttl_secs * 1000),
             closed: false,
             seen: Seen::default(),
+            arch: 0,
         };
         let info = new.info();
         rooms.insert(room.to_string(), Arc::new(Mutex::new(new)));
@@ -337,10 +355,12 @@ impl RoomStore for MemoryState {
     ) -> Result<(Vec<Publication>, String), StateError> {
         self.with_room(room, None, |r| {
             r.check_member(requester)?;
+            // The window, not what is kept beyond it for the archiver.
+            let oldest = r.offset.saturating_sub(u64::from(r.config.history_size));
             let eligible: Vec<&Publication> = r
                 .history
                 .iter()
-                .filter(|p| before.is_none_or(|b| p.offset < b))
+                .filter(|p| p.offset > oldest && before.is_none_or(|b| p.offset < b))
                 .collect();
             let skip = eligible.len().saturating_sub(limit);
             let messages = eligible.into_iter().skip(skip).cloned().collect();
@@ -418,6 +438,7 @@ impl RoomStore for MemoryState {
             }
             r.epoch = new_epoch();
             r.offset = 0;
+            r.arch = 0;
             r.history.clear();
             Ok((r.epoch.clone(), true))
         })

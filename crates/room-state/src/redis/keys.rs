@@ -18,6 +18,11 @@
 //! | `rc:{l:KEY}:w` | sorted set | sliding-window log (rate limits) |
 //! | `rc:{l:KEY}:b` | hash | token bucket `tokens`, `ts` |
 //! | `rc:{tc:K}:c` | hash | second → room creations; K = 0..7 |
+//! | `rc:{arch:K}` | sorted set | dirty rooms (messages not archived yet) → when marked; K = 0..15 (`archive_feed::archive_shard`) |
+//! | `rc:{lease:NAME}` | string, PX | a lease's holder (an archive shard, retention) |
+//!
+//! The meta hash also holds, when the archive is on: `arch`, the last archived offset of the
+//! epoch, and `ad`, when the room was marked dirty.
 
 /// Shards of the active-rooms index.
 pub const ROOM_INDEX_SHARDS: u64 = 16;
@@ -93,6 +98,16 @@ pub fn bucket(key: &str) -> String {
 /// A saved Socket.IO socket state (`sessions::SessionStore`), alone in its slot.
 pub fn session(key: &str) -> String {
     format!("rc:{{s:{key}}}")
+}
+
+/// The dirty-rooms index shard `k` of the archiver.
+pub fn archive_dirty(k: u64) -> String {
+    format!("rc:{{arch:{k}}}")
+}
+
+/// A lease, alone in its slot.
+pub fn lease(name: &str) -> String {
+    format!("rc:{{lease:{name}}}")
 }
 
 pub fn creations(k: u64) -> String {

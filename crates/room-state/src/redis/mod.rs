@@ -5,6 +5,7 @@
 //! primary stalls only the rooms (and keys) of its own shard. Its fred settings are the ones
 //! `redis_cluster::configure` makes explicit, shared with the fan-out's clients.
 
+mod archive_feed;
 mod audit;
 mod keys;
 mod limits;
@@ -118,6 +119,9 @@ fn lua(command: Command) -> Option<String> {
         Command::ClaimDeadNodes => scripts::CLAIM_DEAD_NODES.into(),
         Command::Heartbeat => scripts::HEARTBEAT.into(),
         Command::ResetEpoch => scripts::RESET_EPOCH.into(),
+        Command::ArchiveRead => scripts::archive_read(),
+        Command::ArchiveAdvance => scripts::ARCHIVE_ADVANCE.into(),
+        Command::Lease => scripts::LEASE.into(),
         Command::EphemeralPublish => return None,
     })
 }
@@ -136,6 +140,8 @@ pub struct RedisState {
     /// The ephemeral rooms this node knows of (`RoomStore::is_ephemeral`), learned from
     /// create and join replies (and the publish script's ephemeral answer).
     ephemeral: EphemeralRooms,
+    /// Whether publishes mark rooms for the archiver (`ArchiveFeed::enable_archiving`).
+    archiving: std::sync::atomic::AtomicBool,
 }
 
 impl RedisState {
@@ -154,6 +160,7 @@ impl RedisState {
             clock_skew_ms: std::sync::atomic::AtomicI64::new(0),
             audit: audit::Audit::default(),
             ephemeral: EphemeralRooms::default(),
+            archiving: std::sync::atomic::AtomicBool::new(false),
         });
         audit::start(&state);
         warm::start(&state);

@@ -122,7 +122,7 @@ fn member_records(v: Option<&Value>) -> Vec<MemberRecord> {
 }
 
 /// Decodes `offset\nfrom\nts\ndata` entries.
-fn publications(
+pub(super) fn publications(
     room: &str,
     epoch: &str,
     v: Option<&Value>,
@@ -193,6 +193,9 @@ fn status(reply: &[Value]) -> Result<(), StateError> {
         -2 => Err(StateError::NotMember),
         -3 => Err(StateError::Unavailable(
             "the publish reached Redis after its deadline and was not applied".into(),
+        )),
+        -5 => Err(StateError::Unavailable(
+            "the archive is too far behind in this room; retry later".into(),
         )),
         -4 => Err(StateError::Unavailable(
             "a later publish of this connection to this room was sequenced first; this one \
@@ -356,6 +359,12 @@ impl RoomStore for RedisState {
             idempotency.map_or(String::new(), |i| i.window_ms.to_string()),
             self.publish_deadline().to_string(),
             publisher.map_or(String::new(), |p| p.seq.to_string()),
+            if self.archiving.load(std::sync::atomic::Ordering::Acquire) {
+                "1"
+            } else {
+                ""
+            }
+            .to_string(),
         ]);
         // The script and the WAIT on one client, the room's primary's: WAIT follows the
         // write on the connection that carried it.
@@ -370,6 +379,11 @@ impl RoomStore for RedisState {
                 publication: ephemeral_publication(room, from, data, now_ms),
                 duplicate: false,
             });
+        }
+        if reply.get(3).and_then(Value::as_i64) == Some(1) {
+            // Marked dirty just now: into the dirty-rooms index (another slot). Once per room
+            // per archive round, not per message.
+            self.mark_dirty(room, now_ms).await;
         }
         let duplicate = int(reply.first())? == 2;
         let offset = int(reply.get(1))? as u64;

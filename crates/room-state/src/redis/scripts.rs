@@ -126,10 +126,17 @@ return {removed, 0, info}
 /// unless above the last one sequenced for the connection in this room, which the meta hash
 /// keeps in field `q:<conn>` (dropped at leave). A connection pipelines its publishes, and a
 /// re-sent one must not land after a later one (`model::Publisher`).
-/// Returns {1, offset, epoch}, {2, offset, epoch} for a key already published (in whatever
+/// ARGV[14]: '1' when the archive is on (`ArchiveFeed::enable_archiving`): the history is not
+/// trimmed past the archive cursor (`arch`), a room whose unarchived messages reach
+/// `ARCHIVE_BACKLOG_CAP` is refused ({-5}), and the room is marked dirty (`ad` = now) when it
+/// is not marked, or its mark is older than `ARCHIVE_RESIGNAL_MS` (a mark lost with a crashed
+/// gateway or a failed-over index primary comes back); the 4th reply element is then 1 and
+/// the caller adds the room to the dirty-rooms index (another slot, so not from here).
+/// Returns {1, offset, epoch, mark}, {2, offset, epoch} for a key already published (in whatever
 /// epoch: its record replicates with the write, so a surviving record means a surviving
 /// message; nothing is published), {-4} out of the connection's order, {4} for an ephemeral room (`hist` 0: published without
-/// an offset, see below), {0} not found, {-2} not a member, {-3} past the deadline.
+/// an offset, see below), {0} not found, {-2} not a member, {-3} past the deadline, {-5} the
+/// archive's backlog in this room is full.
 /// The SPUBLISH of the envelope happens inside the script, so delivery order is offset order.
 ///
 /// An ephemeral room (the gateway's members publish through a plain SPUBLISH instead; this
@@ -138,8 +145,23 @@ return {removed, 0, info}
 /// ARGV[10] says (there is nothing to replicate first), and nothing is written: no offset,
 /// no history, no idempotency record.
 pub fn publish() -> String {
+    publish_template()
+        .replace(
+            "ARCHIVE_BACKLOG_CAP",
+            &crate::archive_feed::ARCHIVE_BACKLOG_CAP.to_string(),
+        )
+        .replace("ARCHIVE_RESIGNAL_MS", &ARCHIVE_RESIGNAL_MS.to_string())
+}
+
+/// A room marked dirty longer ago than this is marked again by its next publish: a mark that
+/// did not reach the dirty-rooms index (its gateway died in between, or the index's primary
+/// failed over) comes back, at the cost of one index write per room per this interval while
+/// the archive lags.
+pub const ARCHIVE_RESIGNAL_MS: u64 = 10_000;
+
+fn publish_template() -> String {
     format!(
-        "{ENSURE_META}{}{}\n  return {{4}}\nend\n{}{}\nend\nreturn {{1, offset, epoch}}\n",
+        "{ENSURE_META}{}{}\n  return {{4}}\nend\n{}{}\nend\nreturn {{1, offset, epoch, mark}}\n",
         r#"
 if ARGV[12] ~= '' then
   local t = redis.call('TIME')
@@ -160,6 +182,13 @@ if ARGV[11] ~= '' then
     if e and o then return {2, tonumber(o), e} end
   end
 end
+local archiving = ARGV[14] == '1'
+local arch = 0
+if archiving then
+  local a = redis.call('HMGET', KEYS[1], 'arch', 'offset')
+  arch = tonumber(a[1] or '0')
+  if tonumber(a[2] or '0') - arch >= ARCHIVE_BACKLOG_CAP then return {-5} end
+end
 if ARGV[13] ~= '' and ARGV[13] ~= '0' then
   local field = 'q:' .. ARGV[5]
   local seq = tonumber(ARGV[13])
@@ -171,8 +200,16 @@ local epoch = meta[2]
 if ARGV[11] ~= '' then
   redis.call('SET', KEYS[5], epoch .. '\t' .. offset, 'PX', tonumber(ARGV[11]))
 end
-if hist > 0 then
-  redis.call('XADD', KEYS[4], 'MAXLEN', hist, offset .. '-0', 'f', ARGV[6], 'd', ARGV[7], 't', ARGV[4])
+local keep = hist
+if archiving and offset - arch > keep then keep = offset - arch end
+redis.call('XADD', KEYS[4], 'MAXLEN', keep, offset .. '-0', 'f', ARGV[6], 'd', ARGV[7], 't', ARGV[4])
+local mark = 0
+if archiving then
+  local marked = tonumber(redis.call('HGET', KEYS[1], 'ad') or '0')
+  if marked == 0 or tonumber(ARGV[4]) - marked > ARCHIVE_RESIGNAL_MS then
+    redis.call('HSET', KEYS[1], 'ad', ARGV[4])
+    mark = 1
+  end
 end
 -- A member's publish (checked above) leaves the room occupied: only a server publish can
 -- land in an empty room, whose keys must keep expiring.
@@ -235,7 +272,12 @@ if ARGV[3] ~= '' then
   if before <= 1 then return {1, redis.call('HGET', KEYS[1], 'epoch'), {}} end
   top = (before - 1) .. '-0'
 end
-local raw = redis.call('XREVRANGE', KEYS[4], top, '-', 'COUNT', tonumber(ARGV[2]))
+-- The window, not what is kept beyond it for the archiver (see publish).
+local m = redis.call('HMGET', KEYS[1], 'offset', 'hist')
+local low = tonumber(m[1] or '0') - tonumber(m[2] or '0')
+local bottom = '-'
+if low > 0 then bottom = '(' .. low .. '-0' end
+local raw = redis.call('XREVRANGE', KEYS[4], top, bottom, 'COUNT', tonumber(ARGV[2]))
 local rev = {}
 for i = #raw, 1, -1 do rev[#rev + 1] = raw[i] end
 return {1, redis.call('HGET', KEYS[1], 'epoch'), entries(rev)}
@@ -276,7 +318,7 @@ pub const RESET_EPOCH: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return {0} end
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if epoch ~= ARGV[1] then return {1, 0, epoch} end
-redis.call('HSET', KEYS[1], 'epoch', ARGV[2], 'offset', 0)
+redis.call('HSET', KEYS[1], 'epoch', ARGV[2], 'offset', 0, 'arch', 0)
 redis.call('DEL', KEYS[4])
 return {1, 1, ARGV[2]}
 "#;
@@ -369,4 +411,55 @@ return dead
 pub const HEARTBEAT: &str = r#"
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return redis.call('HGET', KEYS[2], ARGV[1])
+"#;
+
+/// KEYS: meta, members, who, history. ARGV: limit.
+/// Returns {1, epoch, cursor, offset, entries after the cursor (oldest first)} or {0} when
+/// the room is gone.
+pub fn archive_read() -> String {
+    format!(
+        "{ENSURE_META}{}",
+        r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0} end
+local m = redis.call('HMGET', KEYS[1], 'epoch', 'offset', 'arch')
+local cursor = tonumber(m[3] or '0')
+local raw = redis.call('XRANGE', KEYS[4], '(' .. cursor .. '-0', '+', 'COUNT', tonumber(ARGV[1]))
+return {1, m[1], cursor, tonumber(m[2] or '0'), entries(raw)}
+"#
+    )
+}
+
+/// KEYS: meta. ARGV: epoch, upto.
+/// Moves `arch` up to `upto` if the room is still in `epoch` and `arch` is lower; clears the
+/// dirty mark `ad` when no newer offset exists. Returns {1, dirty (0/1)} or {0} gone.
+pub const ARCHIVE_ADVANCE: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0} end
+local m = redis.call('HMGET', KEYS[1], 'epoch', 'offset', 'arch')
+local offset = tonumber(m[2] or '0')
+local arch = tonumber(m[3] or '0')
+local upto = tonumber(ARGV[2])
+if m[1] == ARGV[1] and upto > arch then
+  if upto > offset then upto = offset end
+  arch = upto
+  redis.call('HSET', KEYS[1], 'arch', arch)
+end
+if offset <= arch then
+  redis.call('HDEL', KEYS[1], 'ad')
+  return {1, 0}
+end
+return {1, 1}
+"#;
+
+/// KEYS: lease. ARGV: holder, ttl ms. Takes the lease when free, renews it when `holder`
+/// has it. Returns 1 when `holder` holds it, 0 otherwise. A ttl of 0 releases it, if
+/// `holder` has it.
+pub const LEASE: &str = r#"
+local current = redis.call('GET', KEYS[1])
+if ARGV[2] == '0' then
+  if current == ARGV[1] then redis.call('DEL', KEYS[1]) end
+  return 0
+end
+if current and current ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', tonumber(ARGV[2]))
+return 1
 "#;
