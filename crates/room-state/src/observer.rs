@@ -26,13 +26,15 @@ pub enum Command {
     ClaimDeadNodes,
     Heartbeat,
     ResetEpoch,
+    UserAdd,
+    UserRemove,
     /// A publish to an ephemeral room: one SPUBLISH, no script.
     EphemeralPublish,
 }
 
 impl Command {
     /// Every command, in discriminant order.
-    pub const ALL: [Command; 16] = [
+    pub const ALL: [Command; 18] = [
         Command::Create,
         Command::Join,
         Command::Leave,
@@ -48,6 +50,8 @@ impl Command {
         Command::ClaimDeadNodes,
         Command::Heartbeat,
         Command::ResetEpoch,
+        Command::UserAdd,
+        Command::UserRemove,
         Command::EphemeralPublish,
     ];
 
@@ -69,6 +73,8 @@ impl Command {
             Command::ClaimDeadNodes => "claim_dead_nodes",
             Command::Heartbeat => "heartbeat",
             Command::ResetEpoch => "reset_epoch",
+            Command::UserAdd => "user_add",
+            Command::UserRemove => "user_remove",
             Command::EphemeralPublish => "ephemeral_publish",
         }
     }

@@ -31,3 +31,9 @@ async fn traffic() {
 async fn sessions() {
     testsuite::sessions(&MemoryState::new(), "t:").await;
 }
+
+#[tokio::test]
+async fn users() {
+    let state = MemoryState::new();
+    testsuite::users(&state, &state, "t:").await;
+}

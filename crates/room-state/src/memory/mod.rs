@@ -6,10 +6,11 @@
 mod limits;
 mod rooms;
 mod traffic;
+mod users;
 
 use parking_lot::{Mutex, RwLock};
 use rooms::Room;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use crate::ephemeral::EphemeralRooms;
@@ -31,6 +32,8 @@ pub struct MemoryState {
     reaped: Mutex<HashMap<String, u64>>,
     /// Saved sessions: blob and expiry (ms since the epoch).
     sessions: Mutex<HashMap<String, (String, u64)>>,
+    /// The user registry: user → connection id → connection.
+    users: Mutex<HashMap<String, BTreeMap<String, crate::users::UserConn>>>,
 }
 
 impl Default for MemoryState {
@@ -51,6 +54,7 @@ impl MemoryState {
             nodes: Mutex::new(HashMap::new()),
             reaped: Mutex::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
+            users: Mutex::new(HashMap::new()),
         }
     }
 

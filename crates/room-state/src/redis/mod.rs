@@ -12,6 +12,7 @@ mod rooms;
 mod scripts;
 mod sessions;
 mod traffic;
+mod users;
 mod warm;
 
 use crate::ephemeral::EphemeralRooms;
@@ -118,6 +119,8 @@ fn lua(command: Command) -> Option<String> {
         Command::ClaimDeadNodes => scripts::CLAIM_DEAD_NODES.into(),
         Command::Heartbeat => scripts::HEARTBEAT.into(),
         Command::ResetEpoch => scripts::RESET_EPOCH.into(),
+        Command::UserAdd => scripts::USER_ADD.into(),
+        Command::UserRemove => scripts::USER_REMOVE.into(),
         Command::EphemeralPublish => return None,
     })
 }
