@@ -16,7 +16,7 @@ use protocol::envelope::Envelope;
 use protocol::frame::Publication;
 use room_state::{
     MemoryState, RateLimits, RedisSettings, RedisState, RoomStore, SessionStore, StateError,
-    TrafficCounters,
+    TrafficCounters, UserRegistry,
 };
 use std::sync::Arc;
 
@@ -27,6 +27,8 @@ pub struct Backends {
     pub traffic: Arc<dyn TrafficCounters>,
     /// Saved Socket.IO socket state, for connection state recovery.
     pub sessions: Arc<dyn SessionStore>,
+    /// Every live connection of a user, on every node (`crate::users`).
+    pub users: Arc<dyn UserRegistry>,
     pub fanout: Arc<dyn FanOut>,
     pub name: &'static str,
 }
@@ -46,6 +48,7 @@ impl Backends {
             rooms: state.clone(),
             limits: state.clone(),
             sessions: state.clone(),
+            users: state.clone(),
             traffic: state,
             fanout,
             name: "memory",
@@ -88,6 +91,7 @@ impl Backends {
             rooms: state.clone(),
             limits: state.clone(),
             sessions: state.clone(),
+            users: state.clone(),
             traffic: state,
             fanout: Arc::new(fanout),
             name: "redis-cluster",

@@ -28,6 +28,7 @@ mod client_ip;
 mod clock;
 mod config;
 mod drain;
+mod expiry;
 mod http;
 mod metrics;
 mod native;
@@ -40,6 +41,7 @@ mod socketio;
 mod telemetry;
 mod traffic;
 mod transport;
+mod users;
 
 pub use config::Config;
 pub use metrics::Metrics;

@@ -54,6 +54,8 @@ pub struct Node {
     earlier_cleared: AtomicBool,
     /// Connection cap, handshake rate, connections per address and per user.
     pub gate: Gate,
+    /// Every connection's token deadline, closed by one ticker (`crate::expiry`).
+    pub expiries: Arc<crate::expiry::Expiries>,
     /// The Engine.IO long-polling sessions this node owns.
     pub polling: crate::socketio::polling::Sessions,
     /// Live nodes' addresses by `sid` tag, from the last upkeep round (see `peer_addr`).
@@ -135,6 +137,7 @@ impl Node {
             conn_seq: AtomicU64::new(0),
             earlier_cleared: AtomicBool::new(false),
             gate,
+            expiries: Arc::default(),
             polling: Default::default(),
             peers: RwLock::default(),
             relay: Default::default(),

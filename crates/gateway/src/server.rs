@@ -91,6 +91,8 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener) -> Running {
     let addr = node.addr;
     node.refresh_traffic().await;
     let upkeep = tokio::spawn(node.clone().run_upkeep());
+    // Ends with the runtime, like the heartbeat tickers: nothing to stop at a drain.
+    tokio::spawn(node.expiries.clone().run());
     let (stop, stop_rx) = watch::channel(false);
     let accept = tokio::spawn(accept_loop(node.clone(), listener, stop_rx));
     Running {

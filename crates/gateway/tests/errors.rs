@@ -258,6 +258,7 @@ async fn unavailable_and_internal_hide_their_details() {
         rooms: faulty.clone(),
         limits: state.clone(),
         sessions: state.clone(),
+        users: state.clone(),
         traffic: state,
         fanout,
         name: "faulty",

@@ -176,6 +176,7 @@ impl Node {
             tracing::info!(%node, members = removed.len(), "dead node reaped");
             self.metrics.dead_nodes_reaped.inc();
             self.announce_leaves(removed).await;
+            self.remove_user_entries(&node, None).await;
         }
     }
 
@@ -194,6 +195,7 @@ impl Node {
             .await
         {
             Ok(removed) => {
+                self.remove_user_entries(&self.id, Some(&keep)).await;
                 self.earlier_cleared.store(true, Ordering::Release);
                 if !removed.is_empty() {
                     tracing::info!(
@@ -204,6 +206,22 @@ impl Node {
                 self.announce_leaves(removed).await;
             }
             Err(e) => tracing::warn!(error = %e, "earlier incarnation not cleared yet"),
+        }
+    }
+
+    /// Removes a dead node's (or an earlier incarnation's) connections from the user
+    /// registry, so they no longer count under `--max-conns-per-user`. Each removal says
+    /// whether it was the user's last connection: where `user_offline` will come from.
+    /// A failure is retried by the next round only for earlier incarnations; a reaped node's
+    /// leftovers stay until its id heartbeats and is reaped again (logged).
+    async fn remove_user_entries(&self, node: &str, keep: Option<&str>) {
+        match self.backends.users.remove_node_users(node, keep).await {
+            Ok(removed) if !removed.is_empty() => {
+                let offline = removed.iter().filter(|r| r.last).count();
+                tracing::info!(%node, connections = removed.len(), offline, "user registry entries removed");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(%node, error = %e, "user registry entries not removed"),
         }
     }
 
