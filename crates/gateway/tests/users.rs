@@ -164,3 +164,82 @@ async fn refresh_extends_a_connection_and_an_expired_token_closes_it() {
     kept.quiet(1_500).await;
     kept.ok(json!({"op": "ping"})).await;
 }
+
+/// Socket.IO on the wire: `refresh` as an event with an ack, `user_message` reaching a
+/// Socket.IO socket, an expired token's `token_expired` event, DISCONNECT and close 4011.
+#[tokio::test]
+async fn socketio_refresh_user_message_and_expiry() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let server = start(&["--jwt-leeway", "0s"]).await;
+    let user = unique("sio");
+    let mut sockets = Vec::new();
+    for _ in 0..2 {
+        let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", server.addr);
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        let _open = ws.next().await.unwrap().unwrap();
+        let t = token(&user, json!({"exp": now_secs() + 2}));
+        ws.send(Message::text(format!(r#"40{{"token":"{t}"}}"#)))
+            .await
+            .unwrap();
+        sockets.push(ws);
+    }
+    // The next text frame that starts with `prefix` (CONNECT replies, traffic_status,
+    // pings skipped); `None` once closed, with the close code.
+    async fn next_with(
+        ws: &mut (impl StreamExt<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin),
+        prefix: &str,
+    ) -> Result<String, Option<u16>> {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(6), ws.next())
+                .await
+                .expect("nothing within 6 s")
+            {
+                Some(Ok(Message::Text(t))) if t.starts_with(prefix) => return Ok(t.to_string()),
+                Some(Ok(Message::Close(frame))) => return Err(frame.map(|f| f.code.into())),
+                None | Some(Err(_)) => return Err(None),
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+    let (kept, lapsed) = sockets.split_at_mut(1);
+    let (kept, lapsed) = (&mut kept[0], &mut lapsed[0]);
+    let fresh = now_secs() + 3600;
+    let t = token(&user, json!({"exp": fresh}));
+    kept.send(Message::text(format!(
+        r#"427["refresh",{{"token":"{t}"}}]"#
+    )))
+    .await
+    .unwrap();
+    let ack = next_with(kept, "437").await.unwrap();
+    assert_eq!(
+        ack,
+        format!(r#"437[{{"ok":{{"expiresAt":{}}}}}]"#, fresh * 1000)
+    );
+    kept.send(Message::text(r#"428["refresh",{"token":"bad"}]"#))
+        .await
+        .unwrap();
+    let ack = next_with(kept, "438").await.unwrap();
+    assert!(ack.contains(r#""code":"unauthorized""#), "{ack}");
+
+    let path = format!("/api/users/{user}/publish");
+    let (status, body) = http_json(server.addr, "POST", &path, Some(API_KEY), r#"{"k":1}"#).await;
+    assert_eq!(
+        (status, body["connections"].clone()),
+        (200, json!(2)),
+        "{body}"
+    );
+    let m = next_with(kept, r#"42["user_message""#).await.unwrap();
+    assert!(m.contains(r#"{"data":{"k":1},"ts":"#), "{m}");
+
+    let expired = next_with(lapsed, r#"42["token_expired""#).await.unwrap();
+    assert!(expired.contains("4011"), "{expired}");
+    assert_eq!(next_with(lapsed, "41").await.unwrap(), "41");
+    assert_eq!(next_with(lapsed, "none").await, Err(Some(4011)));
+    // The refreshed socket is still served.
+    kept.send(Message::text(format!(r#"429["refresh",{{"token":"{t}"}}]"#)))
+        .await
+        .unwrap();
+    let ack = next_with(kept, "439").await.unwrap();
+    assert!(ack.contains("expiresAt"), "{ack}");
+}
