@@ -707,34 +707,52 @@ pub async fn users(
     let conn = |node: &str, n: u32| UserConn {
         conn_id: format!("{node}.i.{n}"),
         node: node.to_string(),
-        transport: if n % 2 == 0 { "native" } else { "socketio" }.into(),
+        transport: if n.is_multiple_of(2) { "native" } else { "socketio" }.into(),
         since_ms: t + u64::from(n),
     };
     assert!(registry.user_conns(&user).await.unwrap().is_empty());
     assert_eq!(
-        registry.add_user_conn(&user, &conn(&a, 1), 3).await.unwrap(),
+        registry
+            .add_user_conn(&user, &conn(&a, 1), 3)
+            .await
+            .unwrap(),
         UserAdmission::Admitted { first: true }
     );
     assert_eq!(
-        registry.add_user_conn(&user, &conn(&a, 2), 3).await.unwrap(),
+        registry
+            .add_user_conn(&user, &conn(&a, 2), 3)
+            .await
+            .unwrap(),
         UserAdmission::Admitted { first: false }
     );
     assert_eq!(
-        registry.add_user_conn(&user, &conn(&b, 3), 3).await.unwrap(),
+        registry
+            .add_user_conn(&user, &conn(&b, 3), 3)
+            .await
+            .unwrap(),
         UserAdmission::Admitted { first: false }
     );
     // The cap spans nodes; a retry of a counted connection still passes.
     assert_eq!(
-        registry.add_user_conn(&user, &conn(&b, 4), 3).await.unwrap(),
+        registry
+            .add_user_conn(&user, &conn(&b, 4), 3)
+            .await
+            .unwrap(),
         UserAdmission::Full { count: 3 }
     );
     assert!(matches!(
-        registry.add_user_conn(&user, &conn(&b, 3), 3).await.unwrap(),
+        registry
+            .add_user_conn(&user, &conn(&b, 3), 3)
+            .await
+            .unwrap(),
         UserAdmission::Admitted { .. }
     ));
     let other = format!("{prefix}bob");
     assert!(matches!(
-        registry.add_user_conn(&other, &conn(&b, 9), 3).await.unwrap(),
+        registry
+            .add_user_conn(&other, &conn(&b, 9), 3)
+            .await
+            .unwrap(),
         UserAdmission::Admitted { first: true }
     ));
     let conns = registry.user_conns(&user).await.unwrap();
@@ -752,7 +770,10 @@ pub async fn users(
         .unwrap());
     assert_eq!(registry.user_conns(&user).await.unwrap().len(), 2);
     assert!(matches!(
-        registry.add_user_conn(&user, &conn(&b, 4), 3).await.unwrap(),
+        registry
+            .add_user_conn(&user, &conn(&b, 4), 3)
+            .await
+            .unwrap(),
         UserAdmission::Admitted { first: false }
     ));
 
@@ -766,7 +787,10 @@ pub async fn users(
     };
     traffic.heartbeat(&info(&a), t, 3_000).await.unwrap();
     traffic.heartbeat(&info(&b), t, 3_000).await.unwrap();
-    traffic.heartbeat(&info(&b), t + 3_000, 3_000).await.unwrap();
+    traffic
+        .heartbeat(&info(&b), t + 3_000, 3_000)
+        .await
+        .unwrap();
     let live = traffic.live_nodes(t + 4_000).await.unwrap();
     assert!(live.iter().any(|n| n.id == b) && !live.iter().any(|n| n.id == a));
     let keep = format!("{a}.j.");

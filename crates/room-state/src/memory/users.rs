@@ -40,7 +40,7 @@ impl UserRegistry for MemoryState {
         let Some(conns) = users.get_mut(user) else {
             return Ok(false);
         };
-        if !conns.get(conn_id).is_some_and(|c| c.node == node) {
+        if conns.get(conn_id).is_none_or(|c| c.node != node) {
             return Ok(false);
         }
         conns.remove(conn_id);
