@@ -50,6 +50,10 @@ pub struct Node {
     /// The latest claim of this node's death that it has seen (ms; 0: none).
     claim_seen_ms: AtomicU64,
     conn_seq: AtomicU64,
+    /// When this node last reconciled its user registry entries, and the connection sequence
+    /// number then: entries issued before it and no longer local are stale (see `upkeep`).
+    users_reconciled_ms: AtomicU64,
+    users_reconciled_seq: AtomicU64,
     /// Whether what earlier incarnations of this node id left is cleared (see `upkeep`).
     earlier_cleared: AtomicBool,
     /// Connection cap, handshake rate, connections per address and per user.
@@ -136,6 +140,8 @@ impl Node {
             claim_seen_ms: AtomicU64::new(0),
             conn_seq: AtomicU64::new(0),
             earlier_cleared: AtomicBool::new(false),
+            users_reconciled_ms: AtomicU64::new(now_ms()),
+            users_reconciled_seq: AtomicU64::new(0),
             gate,
             expiries: Arc::default(),
             polling: Default::default(),

@@ -5,8 +5,8 @@
 //!
 //! An entry is a guard: dropping it removes the connection from the registry, in a task
 //! of its own, retried, so no path out of a connection (a panic included) forgets it. What
-//! still escapes (the backend down through every retry) is removed when the node is reaped or
-//! restarts (`node/upkeep.rs`).
+//! still escapes (the backend down through every retry) is removed by the node's own
+//! reconcile every 30 s, or when the node is reaped or restarts (`node/upkeep.rs`).
 //!
 //! A registry that cannot be reached does not lock users out: the connection is admitted
 //! under the node's own cap (fail open), counted in `roomcast_backend_errors_total{op="users"}`.

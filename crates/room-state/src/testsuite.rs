@@ -707,7 +707,12 @@ pub async fn users(
     let conn = |node: &str, n: u32| UserConn {
         conn_id: format!("{node}.i.{n}"),
         node: node.to_string(),
-        transport: if n.is_multiple_of(2) { "native" } else { "socketio" }.into(),
+        transport: if n.is_multiple_of(2) {
+            "native"
+        } else {
+            "socketio"
+        }
+        .into(),
         since_ms: t + u64::from(n),
     };
     assert!(registry.user_conns(&user).await.unwrap().is_empty());
@@ -757,6 +762,14 @@ pub async fn users(
     ));
     let conns = registry.user_conns(&user).await.unwrap();
     assert_eq!(conns, vec![conn(&a, 1), conn(&a, 2), conn(&b, 3)]);
+    let mut held = registry.node_user_conns(&b).await.unwrap();
+    held.sort();
+    let mut expected = vec![
+        (other.clone(), conn(&b, 9).conn_id),
+        (user.clone(), conn(&b, 3).conn_id),
+    ];
+    expected.sort();
+    assert_eq!(held, expected);
 
     // A disconnect frees a place; a removal by the wrong node or of an unknown id does not.
     assert!(!registry

@@ -67,6 +67,10 @@ pub trait UserRegistry: Send + Sync {
     /// The user's live connections, by connection id; empty for an unknown user.
     async fn user_conns(&self, user: &str) -> Result<Vec<UserConn>, StateError>;
 
+    /// The `(user, conn id)` of every connection `node` holds (its own reconcile: entries
+    /// whose removal failed at disconnect).
+    async fn node_user_conns(&self, node: &str) -> Result<Vec<(String, String)>, StateError>;
+
     /// Removes every connection `node` holds, but those whose id starts with `keep_prefix`
     /// (a restarted node keeps its current incarnation's). Called for a node claimed dead.
     async fn remove_node_users(

@@ -12,6 +12,9 @@ use room_state::NodeInfo;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+/// How often a node compares its user registry entries with its live connections.
+const USERS_RECONCILE_MS: u64 = 30_000;
+
 /// The cluster-wide counters the traffic level is computed from.
 struct Counters {
     /// Room creations per second over the window.
@@ -46,6 +49,57 @@ impl Node {
         }
         self.check_readiness().await;
         self.update_traffic(&counters, now);
+        self.reconcile_user_entries(now).await;
+    }
+
+    /// Every [`USERS_RECONCILE_MS`]: removes this node's user registry entries whose
+    /// connection is gone (their removal at disconnect failed through every retry), so a
+    /// backend outage does not take places from users until the node restarts. Only entries
+    /// issued before the previous round are judged: a connection being admitted right now is
+    /// in the registry before it is local.
+    async fn reconcile_user_entries(&self, now: u64) {
+        let last = self.users_reconciled_ms.load(Ordering::Acquire);
+        if now.saturating_sub(last) < USERS_RECONCILE_MS {
+            return;
+        }
+        self.users_reconciled_ms.store(now, Ordering::Release);
+        let seq_now = self.conn_seq.load(Ordering::Acquire);
+        let floor = self.users_reconciled_seq.swap(seq_now, Ordering::AcqRel);
+        let listed = match self.backends.users.node_user_conns(&self.id).await {
+            Ok(listed) => listed,
+            Err(e) => {
+                tracing::debug!(error = %e, "user registry reconcile skipped");
+                return;
+            }
+        };
+        let local: std::collections::HashSet<Arc<str>> =
+            self.registry.all().into_iter().map(|c| c.conn_id).collect();
+        let prefix = format!("{}.", self.conn_id_prefix());
+        let mut removed = 0usize;
+        for (user, conn_id) in listed {
+            // Earlier incarnations' entries are `clear_earlier_incarnations`' business.
+            let Some(seq) = conn_id
+                .strip_prefix(&prefix)
+                .and_then(|s| u64::from_str_radix(s, 16).ok())
+            else {
+                continue;
+            };
+            if seq > floor || local.contains(conn_id.as_str()) {
+                continue;
+            }
+            if self
+                .backends
+                .users
+                .remove_user_conn(&user, &self.id, &conn_id)
+                .await
+                .is_ok()
+            {
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            tracing::info!(removed, "stale user registry entries removed");
+        }
     }
 
     /// Heartbeats this node into the registry of nodes. Tracks how long heartbeats have

@@ -60,6 +60,19 @@ impl UserRegistry for MemoryState {
             .unwrap_or_default())
     }
 
+    async fn node_user_conns(&self, node: &str) -> Result<Vec<(String, String)>, StateError> {
+        let users = self.users.lock();
+        Ok(users
+            .iter()
+            .flat_map(|(user, conns)| {
+                conns
+                    .values()
+                    .filter(|c| c.node == node)
+                    .map(move |c| (user.clone(), c.conn_id.clone()))
+            })
+            .collect())
+    }
+
     async fn remove_node_users(
         &self,
         node: &str,

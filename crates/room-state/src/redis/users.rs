@@ -117,6 +117,20 @@ impl UserRegistry for RedisState {
         Ok(conns)
     }
 
+    async fn node_user_conns(&self, node: &str) -> Result<Vec<(String, String)>, StateError> {
+        let index = keys::node_users(node);
+        let entries: Vec<String> = self
+            .on(&index)
+            .smembers(&index)
+            .await
+            .map_err(|e| self.failed(e))?;
+        Ok(entries
+            .iter()
+            .filter_map(|item| item.rsplit_once('\n'))
+            .map(|(user, conn)| (user.to_string(), conn.to_string()))
+            .collect())
+    }
+
     async fn remove_node_users(
         &self,
         node: &str,
