@@ -237,9 +237,11 @@ async fn socketio_refresh_user_message_and_expiry() {
     assert_eq!(next_with(lapsed, "41").await.unwrap(), "41");
     assert_eq!(next_with(lapsed, "none").await, Err(Some(4011)));
     // The refreshed socket is still served.
-    kept.send(Message::text(format!(r#"429["refresh",{{"token":"{t}"}}]"#)))
-        .await
-        .unwrap();
+    kept.send(Message::text(format!(
+        r#"429["refresh",{{"token":"{t}"}}]"#
+    )))
+    .await
+    .unwrap();
     let ack = next_with(kept, "439").await.unwrap();
     assert!(ack.contains("expiresAt"), "{ack}");
 }
