@@ -54,6 +54,8 @@ pub struct Node {
     /// number then: entries issued before it and no longer local are stale (see `upkeep`).
     users_reconciled_ms: AtomicU64,
     users_reconciled_seq: AtomicU64,
+    /// Reaped nodes whose user registry entries are still to remove (a failed attempt).
+    users_unreaped: parking_lot::Mutex<Vec<String>>,
     /// Whether what earlier incarnations of this node id left is cleared (see `upkeep`).
     earlier_cleared: AtomicBool,
     /// Connection cap, handshake rate, connections per address and per user.
@@ -142,6 +144,7 @@ impl Node {
             earlier_cleared: AtomicBool::new(false),
             users_reconciled_ms: AtomicU64::new(now_ms()),
             users_reconciled_seq: AtomicU64::new(0),
+            users_unreaped: Default::default(),
             gate,
             expiries: Arc::default(),
             polling: Default::default(),

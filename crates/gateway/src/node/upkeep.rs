@@ -212,6 +212,7 @@ impl Node {
     /// Removes the members of nodes whose heartbeat expired, and tells their rooms. Each dead
     /// node is claimed by exactly one live node.
     async fn reap_dead_nodes(&self, now: u64) {
+        self.retry_unreaped_users().await;
         let dead = match self.backends.traffic.claim_dead_nodes(now).await {
             Ok(dead) => dead,
             Err(e) => {
@@ -230,7 +231,9 @@ impl Node {
             tracing::info!(%node, members = removed.len(), "dead node reaped");
             self.metrics.dead_nodes_reaped.inc();
             self.announce_leaves(removed).await;
-            self.remove_user_entries(&node, None).await;
+            if !self.remove_user_entries(&node, None).await {
+                self.users_unreaped.lock().push(node);
+            }
         }
     }
 
@@ -249,8 +252,11 @@ impl Node {
             .await
         {
             Ok(removed) => {
-                self.remove_user_entries(&self.id, Some(&keep)).await;
-                self.earlier_cleared.store(true, Ordering::Release);
+                // Both or neither: the room removal is idempotent, so a failed user cleanup
+                // runs the whole step again next round.
+                if self.remove_user_entries(&self.id, Some(&keep)).await {
+                    self.earlier_cleared.store(true, Ordering::Release);
+                }
                 if !removed.is_empty() {
                     tracing::info!(
                         members = removed.len(),
@@ -266,16 +272,31 @@ impl Node {
     /// Removes a dead node's (or an earlier incarnation's) connections from the user
     /// registry, so they no longer count under `--max-conns-per-user`. Each removal says
     /// whether it was the user's last connection: where `user_offline` will come from.
-    /// A failure is retried by the next round only for earlier incarnations; a reaped node's
-    /// leftovers stay until its id heartbeats and is reaped again (logged).
-    async fn remove_user_entries(&self, node: &str, keep: Option<&str>) {
+    /// Returns whether it succeeded; the callers retry in a later round, since a dead node is
+    /// claimed only once.
+    async fn remove_user_entries(&self, node: &str, keep: Option<&str>) -> bool {
         match self.backends.users.remove_node_users(node, keep).await {
-            Ok(removed) if !removed.is_empty() => {
-                let offline = removed.iter().filter(|r| r.last).count();
-                tracing::info!(%node, connections = removed.len(), offline, "user registry entries removed");
+            Ok(removed) => {
+                if !removed.is_empty() {
+                    let offline = removed.iter().filter(|r| r.last).count();
+                    tracing::info!(%node, connections = removed.len(), offline, "user registry entries removed");
+                }
+                true
             }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(%node, error = %e, "user registry entries not removed"),
+            Err(e) => {
+                tracing::warn!(%node, error = %e, "user registry entries not removed yet");
+                false
+            }
+        }
+    }
+
+    /// Retries the user registry cleanup of reaped nodes whose cleanup failed.
+    async fn retry_unreaped_users(&self) {
+        let pending = std::mem::take(&mut *self.users_unreaped.lock());
+        for node in pending {
+            if !self.remove_user_entries(&node, None).await {
+                self.users_unreaped.lock().push(node);
+            }
         }
     }
 
