@@ -658,6 +658,7 @@ fn request_to_value(r: &Request) -> Value {
             }
         }
         Op::Ping => {}
+        Op::Refresh { token } => put("token", Value::from(token.as_str())),
     }
     Value::Object(m)
 }

@@ -125,6 +125,30 @@ pub fn deliver(registry: &Registry, envelope: &Envelope, hooks: &dyn DeliveryHoo
                     .close(CloseCode::KICKED, "disconnected by the server");
             }
         }
+        Envelope::UserMessage { user, data, ts } => {
+            // Every local connection of the user, native and Socket.IO (each namespace's
+            // socket), once; not journaled: it has no position in any room.
+            let conns = registry.conns_of_user(user);
+            let mut encoded = Encoded::new(Event::UserMessage { data, ts: *ts });
+            let (mut frames, mut bytes) = (0u64, 0u64);
+            for conn in conns {
+                let Some(payload) = encoded.get(conn.outbound.format()) else {
+                    continue;
+                };
+                let len = payload.len() as u64;
+                match conn.outbound.push(payload) {
+                    Ok(()) => {
+                        frames += 1;
+                        bytes += len;
+                    }
+                    Err(PushError::SlowConsumer) => hooks.slow_consumer(),
+                    Err(PushError::Closed) => {}
+                }
+            }
+            if frames > 0 {
+                hooks.delivered(frames, bytes);
+            }
+        }
         Envelope::Probe { .. } => {}
     }
 }

@@ -12,6 +12,9 @@ pub struct Identity {
     pub user: String,
     /// Room-name patterns the user may use; `None` means any room.
     pub rooms: Option<Vec<String>>,
+    /// The token's `exp`, in ms since the Unix epoch: the connection is closed then (4011)
+    /// unless it `refresh`es. `None`: no `exp` (or no token), no deadline.
+    pub expires_at_ms: Option<u64>,
 }
 
 impl Identity {
@@ -57,6 +60,8 @@ struct Claims {
     sub: Option<String>,
     #[serde(default)]
     rooms: Option<Vec<String>>,
+    #[serde(default)]
+    exp: Option<u64>,
 }
 
 pub struct Authenticator {
@@ -117,6 +122,11 @@ impl Authenticator {
                     return Ok(Identity {
                         user: claims.sub.unwrap_or_else(|| format!("anon:{ip}")),
                         rooms: claims.rooms,
+                        // Past `exp` plus the leeway the check allowed: the token is
+                        // refused from then on, so the connection ends then too.
+                        expires_at_ms: claims
+                            .exp
+                            .map(|exp| exp.saturating_add(validation.leeway).saturating_mul(1000)),
                     });
                 }
                 Err(e) if *e.kind() == jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
@@ -157,5 +167,6 @@ pub fn anonymous(ip: IpAddr) -> Identity {
     Identity {
         user: format!("anon:{ip}"),
         rooms: None,
+        expires_at_ms: None,
     }
 }

@@ -16,7 +16,7 @@ use protocol::envelope::Envelope;
 use protocol::frame::Publication;
 use room_state::{
     ArchiveFeed, MemoryState, RateLimits, RedisSettings, RedisState, RoomStore, SessionStore,
-    StateError, TrafficCounters,
+    StateError, TrafficCounters, UserRegistry,
 };
 use std::sync::Arc;
 
@@ -27,6 +27,8 @@ pub struct Backends {
     pub traffic: Arc<dyn TrafficCounters>,
     /// Saved Socket.IO socket state, for connection state recovery.
     pub sessions: Arc<dyn SessionStore>,
+    /// Every live connection of a user, on every node (`crate::users`).
+    pub users: Arc<dyn UserRegistry>,
     pub fanout: Arc<dyn FanOut>,
     /// What the archiver reads: dirty rooms, messages after a cursor, leases.
     pub archive_feed: Arc<dyn ArchiveFeed>,
@@ -49,6 +51,7 @@ impl Backends {
             limits: state.clone(),
             sessions: state.clone(),
             archive_feed: state.clone(),
+            users: state.clone(),
             traffic: state,
             fanout,
             name: "memory",
@@ -92,6 +95,7 @@ impl Backends {
             limits: state.clone(),
             sessions: state.clone(),
             archive_feed: state.clone(),
+            users: state.clone(),
             traffic: state,
             fanout: Arc::new(fanout),
             name: "redis-cluster",

@@ -140,7 +140,8 @@ pub struct Config {
     #[arg(long, env = "ROOMCAST_MAX_CONNS_PER_IP", default_value_t = 1000)]
     pub max_conns_per_ip: usize,
 
-    /// Connections one user may hold on this node (0 = unlimited; close 4008 above it).
+    /// Connections one user may hold across the cluster (0 = unlimited; close 4008 above it),
+    /// counted in the user registry; a dead node's stop counting once it is reaped.
     #[arg(long, env = "ROOMCAST_MAX_CONNS_PER_USER", default_value_t = 100)]
     pub max_conns_per_user: usize,
 

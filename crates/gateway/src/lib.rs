@@ -32,6 +32,7 @@ mod client_ip;
 mod clock;
 mod config;
 mod drain;
+mod expiry;
 mod history;
 mod http;
 mod metrics;
@@ -45,6 +46,7 @@ mod socketio;
 mod telemetry;
 mod traffic;
 mod transport;
+mod users;
 
 pub use config::Config;
 pub use metrics::Metrics;

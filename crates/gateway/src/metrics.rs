@@ -59,7 +59,7 @@ impl DisconnectReason {
 }
 
 /// The client ops: the `op` label of op durations and backend errors.
-const OPS: [&str; 7] = protocol::frame::Op::NAMES;
+const OPS: [&str; 8] = protocol::frame::Op::NAMES;
 
 /// Buckets of every latency histogram, in seconds.
 const LATENCY_BUCKETS: [f64; 13] = [

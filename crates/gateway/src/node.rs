@@ -52,10 +52,18 @@ pub struct Node {
     /// The latest claim of this node's death that it has seen (ms; 0: none).
     claim_seen_ms: AtomicU64,
     conn_seq: AtomicU64,
+    /// When this node last reconciled its user registry entries, and the connection sequence
+    /// number then: entries issued before it and no longer local are stale (see `upkeep`).
+    users_reconciled_ms: AtomicU64,
+    users_reconciled_seq: AtomicU64,
+    /// Reaped nodes whose user registry entries are still to remove (a failed attempt).
+    users_unreaped: parking_lot::Mutex<Vec<String>>,
     /// Whether what earlier incarnations of this node id left is cleared (see `upkeep`).
     earlier_cleared: AtomicBool,
     /// Connection cap, handshake rate, connections per address and per user.
     pub gate: Gate,
+    /// Every connection's token deadline, closed by one ticker (`crate::expiry`).
+    pub expiries: Arc<crate::expiry::Expiries>,
     /// The Engine.IO long-polling sessions this node owns.
     pub polling: crate::socketio::polling::Sessions,
     /// Live nodes' addresses by `sid` tag, from the last upkeep round (see `peer_addr`).
@@ -170,7 +178,11 @@ impl Node {
             claim_seen_ms: AtomicU64::new(0),
             conn_seq: AtomicU64::new(0),
             earlier_cleared: AtomicBool::new(false),
+            users_reconciled_ms: AtomicU64::new(now_ms()),
+            users_reconciled_seq: AtomicU64::new(0),
+            users_unreaped: Default::default(),
             gate,
+            expiries: Arc::default(),
             polling: Default::default(),
             peers: RwLock::default(),
             relay: Default::default(),

@@ -90,6 +90,8 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener) -> Running {
     node.refresh_traffic().await;
     let upkeep = tokio::spawn(node.clone().run_upkeep());
     let archiver = crate::archiver::start(&node);
+    // Ends with the runtime, like the heartbeat tickers: nothing to stop at a drain.
+    tokio::spawn(node.expiries.clone().run());
     let (stop, stop_rx) = watch::channel(false);
     let accept = tokio::spawn(accept_loop(node.clone(), listener, stop_rx));
     Running {

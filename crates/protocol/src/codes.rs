@@ -89,6 +89,8 @@ impl CloseCode {
     pub const SLOW_CONSUMER: u16 = 4009;
     /// The client did not answer heartbeats in time.
     pub const HEARTBEAT_TIMEOUT: u16 = 4010;
+    /// The token's `exp` passed without a `refresh`.
+    pub const TOKEN_EXPIRED: u16 = 4011;
 
     /// Whether a peer may send this code in a Close frame (RFC 6455 section 7.4, plus the IANA
     /// registered 1012–1014).

@@ -8,7 +8,7 @@
 //! defensive as for client frames: a peer node or a corrupted channel can send anything.
 //!
 //! Wire form: a map with `t` (`message`, `presence`, `room_closed`, `disconnect_user`,
-//! `probe`) and the variant's fields; `message` has `room, offset, epoch, from, data, ts`.
+//! `user_message`, `probe`) and the variant's fields; `message` has `room, offset, epoch, from, data, ts`.
 //!
 //! One `message` envelope is not built by this codec: the Redis publish script builds it in
 //! Lua, inside the atomic step that assigns the offset. It takes the map's names from
@@ -52,6 +52,8 @@ pub enum Envelope {
     RoomClosed { room: String, reason: String },
     /// Disconnect every connection of a user, on every node (server API).
     DisconnectUser { user: String },
+    /// An event for every connection of a user, on every node (server API); not stored.
+    UserMessage { user: String, data: Data, ts: u64 },
     /// A node's pub/sub self-probe, sent to itself through one shard.
     Probe { node: String, seq: u64 },
 }
@@ -79,6 +81,11 @@ enum Wire {
     },
     DisconnectUser {
         user: String,
+    },
+    UserMessage {
+        user: String,
+        data: String,
+        ts: u64,
     },
     Probe {
         node: String,
@@ -110,6 +117,11 @@ impl From<Envelope> for Wire {
             },
             Envelope::RoomClosed { room, reason } => Wire::RoomClosed { room, reason },
             Envelope::DisconnectUser { user } => Wire::DisconnectUser { user },
+            Envelope::UserMessage { user, data, ts } => Wire::UserMessage {
+                user,
+                data: data.as_json().to_string(),
+                ts,
+            },
             Envelope::Probe { node, seq } => Wire::Probe { node, seq },
         }
     }
@@ -148,6 +160,11 @@ impl TryFrom<Wire> for Envelope {
             },
             Wire::RoomClosed { room, reason } => Envelope::RoomClosed { room, reason },
             Wire::DisconnectUser { user } => Envelope::DisconnectUser { user },
+            Wire::UserMessage { user, data, ts } => Envelope::UserMessage {
+                user,
+                data: Data::from_json_text(data).map_err(|e| e.to_string())?,
+                ts,
+            },
             Wire::Probe { node, seq } => Envelope::Probe { node, seq },
         })
     }
@@ -176,7 +193,9 @@ impl Envelope {
         match self {
             Envelope::Message(p) => Some(&p.room),
             Envelope::Presence { room, .. } | Envelope::RoomClosed { room, .. } => Some(room),
-            Envelope::DisconnectUser { .. } | Envelope::Probe { .. } => None,
+            Envelope::DisconnectUser { .. }
+            | Envelope::UserMessage { .. }
+            | Envelope::Probe { .. } => None,
         }
     }
 }
@@ -208,6 +227,11 @@ mod tests {
                 reason: "closed".into(),
             },
             Envelope::DisconnectUser { user: "u".into() },
+            Envelope::UserMessage {
+                user: "u".into(),
+                data: Data::from_value(&serde_json::json!({"n": [1, "é"]})).expect("d"),
+                ts: 7,
+            },
             Envelope::Probe {
                 node: "n".into(),
                 seq: 9,

@@ -107,11 +107,16 @@ pub enum Op {
         before: Option<u64>,
     },
     Ping,
+    /// A new token for an open connection, before the current one expires. The same user
+    /// (`sub`) is required; the connection's deadline becomes the new token's `exp`.
+    Refresh {
+        token: String,
+    },
 }
 
 impl Op {
     /// Every op's name, as [`Op::name`] gives it.
-    pub const NAMES: [&'static str; 7] = [
+    pub const NAMES: [&'static str; 8] = [
         "create_room",
         "join",
         "leave",
@@ -119,6 +124,7 @@ impl Op {
         "presence",
         "history",
         "ping",
+        "refresh",
     ];
 
     /// The op's wire name, used as a metrics label.
@@ -131,6 +137,7 @@ impl Op {
             Op::Presence { .. } => "presence",
             Op::History { .. } => "history",
             Op::Ping => "ping",
+            Op::Refresh { .. } => "refresh",
         }
     }
 
@@ -143,7 +150,7 @@ impl Op {
             | Op::Publish { room, .. }
             | Op::Presence { room }
             | Op::History { room, .. } => Some(room),
-            Op::Ping => None,
+            Op::Ping | Op::Refresh { .. } => None,
         }
     }
 }
@@ -286,6 +293,12 @@ pub enum OkBody {
     Pong {
         pong: u64,
     },
+    /// `refresh`: the connection's new deadline (ms since the Unix epoch), `null` for a
+    /// token without `exp`.
+    #[serde(rename_all = "camelCase")]
+    Refreshed {
+        expires_at: Option<u64>,
+    },
     /// `leave`: an empty object.
     Empty {},
 }
@@ -358,6 +371,12 @@ pub enum Event<'a> {
     Reconnect {
         after_ms: u64,
         reason: &'a str,
+    },
+    /// An application event for every connection of one user (`POST /api/users/{user}/publish`):
+    /// not in any room, not stored, at most once.
+    UserMessage {
+        data: &'a Data,
+        ts: u64,
     },
 }
 

@@ -10,6 +10,7 @@
 //! - [`lease`]: [`LeasedBuckets`], a node's slices of the shared publish buckets.
 //! - [`traffic`]: the [`TrafficCounters`] trait: room creations per second, node heartbeats.
 //! - [`sessions`]: the [`SessionStore`] trait: saved Socket.IO socket state, taken once.
+//! - [`users`]: the [`UserRegistry`] trait: every live connection of a user, per node.
 //! - [`recovery`]: the pure rule that decides whether a `since` position can be recovered.
 //! - [`model`]: plain data passed through the traits.
 //! - [`observer`]: the [`CommandObserver`] a backend reports its remote commands to (metrics).
@@ -40,6 +41,7 @@ pub mod rooms;
 pub mod sessions;
 pub mod testsuite;
 pub mod traffic;
+pub mod users;
 
 pub use archive_feed::{ArchiveFeed, ArchiveRead, DirtyRoom, ARCHIVE_BACKLOG_CAP, ARCHIVE_SHARDS};
 pub use error::StateError;
@@ -55,3 +57,4 @@ pub use redis::{RedisSettings, RedisState};
 pub use rooms::{PublishSink, RoomStore};
 pub use sessions::SessionStore;
 pub use traffic::TrafficCounters;
+pub use users::{RemovedUserConn, UserAdmission, UserConn, UserRegistry};

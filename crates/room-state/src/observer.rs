@@ -26,6 +26,8 @@ pub enum Command {
     ClaimDeadNodes,
     Heartbeat,
     ResetEpoch,
+    UserAdd,
+    UserRemove,
     /// A publish to an ephemeral room: one SPUBLISH, no script.
     EphemeralPublish,
     /// The archiver reads a room's messages after its cursor.
@@ -38,7 +40,7 @@ pub enum Command {
 
 impl Command {
     /// Every command, in discriminant order.
-    pub const ALL: [Command; 19] = [
+    pub const ALL: [Command; 21] = [
         Command::Create,
         Command::Join,
         Command::Leave,
@@ -54,6 +56,8 @@ impl Command {
         Command::ClaimDeadNodes,
         Command::Heartbeat,
         Command::ResetEpoch,
+        Command::UserAdd,
+        Command::UserRemove,
         Command::EphemeralPublish,
         Command::ArchiveRead,
         Command::ArchiveAdvance,
@@ -78,6 +82,8 @@ impl Command {
             Command::ClaimDeadNodes => "claim_dead_nodes",
             Command::Heartbeat => "heartbeat",
             Command::ResetEpoch => "reset_epoch",
+            Command::UserAdd => "user_add",
+            Command::UserRemove => "user_remove",
             Command::EphemeralPublish => "ephemeral_publish",
             Command::ArchiveRead => "archive_read",
             Command::ArchiveAdvance => "archive_advance",

@@ -856,3 +856,158 @@ where
     tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     assert!(store.lease(&short, "b", 100, real + 250).await.unwrap());
 }
+
+/// The user registry: a cap over every node's connections, and a dead node's connections no
+/// longer counted once its heartbeat lapsed and it was reaped (as the claimer of a dead node
+/// does: [`TrafficCounters::live_nodes`] no longer lists it, then
+/// [`crate::UserRegistry::remove_node_users`]).
+pub async fn users(
+    registry: &dyn crate::UserRegistry,
+    traffic: &dyn TrafficCounters,
+    prefix: &str,
+) {
+    use crate::users::{UserAdmission, UserConn};
+    let t = 1_650_000_000_000u64;
+    let user = format!("{prefix}alice");
+    let (a, b) = (format!("{prefix}node-a"), format!("{prefix}node-b"));
+    let conn = |node: &str, n: u32| UserConn {
+        conn_id: format!("{node}.i.{n}"),
+        node: node.to_string(),
+        transport: if n.is_multiple_of(2) {
+            "native"
+        } else {
+            "socketio"
+        }
+        .into(),
+        since_ms: t + u64::from(n),
+    };
+    assert!(registry.user_conns(&user).await.unwrap().is_empty());
+    assert_eq!(
+        registry
+            .add_user_conn(&user, &conn(&a, 1), 3)
+            .await
+            .unwrap(),
+        UserAdmission::Admitted { first: true }
+    );
+    assert_eq!(
+        registry
+            .add_user_conn(&user, &conn(&a, 2), 3)
+            .await
+            .unwrap(),
+        UserAdmission::Admitted { first: false }
+    );
+    assert_eq!(
+        registry
+            .add_user_conn(&user, &conn(&b, 3), 3)
+            .await
+            .unwrap(),
+        UserAdmission::Admitted { first: false }
+    );
+    // The cap spans nodes; a retry of a counted connection still passes.
+    assert_eq!(
+        registry
+            .add_user_conn(&user, &conn(&b, 4), 3)
+            .await
+            .unwrap(),
+        UserAdmission::Full { count: 3 }
+    );
+    assert!(matches!(
+        registry
+            .add_user_conn(&user, &conn(&b, 3), 3)
+            .await
+            .unwrap(),
+        UserAdmission::Admitted { .. }
+    ));
+    let other = format!("{prefix}bob");
+    assert!(matches!(
+        registry
+            .add_user_conn(&other, &conn(&b, 9), 3)
+            .await
+            .unwrap(),
+        UserAdmission::Admitted { first: true }
+    ));
+    let conns = registry.user_conns(&user).await.unwrap();
+    assert_eq!(conns, vec![conn(&a, 1), conn(&a, 2), conn(&b, 3)]);
+    let mut held = registry.node_user_conns(&b).await.unwrap();
+    held.sort();
+    let mut expected = vec![
+        (other.clone(), conn(&b, 9).conn_id),
+        (user.clone(), conn(&b, 3).conn_id),
+    ];
+    expected.sort();
+    assert_eq!(held, expected);
+
+    // A disconnect frees a place; a removal by the wrong node or of an unknown id does not.
+    assert!(!registry
+        .remove_user_conn(&user, &b, &conn(&a, 2).conn_id)
+        .await
+        .unwrap());
+    assert!(!registry.remove_user_conn(&user, &a, "nope").await.unwrap());
+    assert!(!registry
+        .remove_user_conn(&user, &a, &conn(&a, 2).conn_id)
+        .await
+        .unwrap());
+    assert_eq!(registry.user_conns(&user).await.unwrap().len(), 2);
+    assert!(matches!(
+        registry
+            .add_user_conn(&user, &conn(&b, 4), 3)
+            .await
+            .unwrap(),
+        UserAdmission::Admitted { first: false }
+    ));
+
+    // Node a stops heartbeating and b goes on: a lapses and is reaped, its connections with
+    // it, and no other node's. The current incarnation of a restarted node is kept.
+    let info = |id: &str| NodeInfo {
+        id: id.to_string(),
+        addr: "127.0.0.1:1".into(),
+        connections: 2,
+        started_at: t,
+    };
+    traffic.heartbeat(&info(&a), t, 3_000).await.unwrap();
+    traffic.heartbeat(&info(&b), t, 3_000).await.unwrap();
+    traffic
+        .heartbeat(&info(&b), t + 3_000, 3_000)
+        .await
+        .unwrap();
+    let live = traffic.live_nodes(t + 4_000).await.unwrap();
+    assert!(live.iter().any(|n| n.id == b) && !live.iter().any(|n| n.id == a));
+    let keep = format!("{a}.j.");
+    let kept = UserConn {
+        conn_id: format!("{keep}1"),
+        ..conn(&a, 5)
+    };
+    assert!(matches!(
+        registry.add_user_conn(&user, &kept, 0).await.unwrap(),
+        UserAdmission::Admitted { .. }
+    ));
+    let removed = registry.remove_node_users(&a, Some(&keep)).await.unwrap();
+    assert_eq!(removed.len(), 1, "{removed:?}");
+    assert_eq!(removed[0].conn_id, conn(&a, 1).conn_id);
+    assert!(!removed[0].last);
+    assert_eq!(
+        registry.user_conns(&user).await.unwrap(),
+        vec![kept.clone(), conn(&b, 3), conn(&b, 4)]
+    );
+    assert!(registry
+        .remove_node_users(&a, Some(&keep))
+        .await
+        .unwrap()
+        .is_empty());
+
+    // The last connection of a user: `last` at disconnect and at reaping.
+    assert!(!registry
+        .remove_user_conn(&user, &b, &conn(&b, 3).conn_id)
+        .await
+        .unwrap());
+    assert!(!registry
+        .remove_user_conn(&user, &a, &kept.conn_id)
+        .await
+        .unwrap());
+    let removed = registry.remove_node_users(&b, None).await.unwrap();
+    let mut lasts: Vec<(String, bool)> = removed.into_iter().map(|r| (r.user, r.last)).collect();
+    lasts.sort();
+    assert_eq!(lasts, vec![(user.clone(), true), (other.clone(), true)]);
+    assert!(registry.user_conns(&user).await.unwrap().is_empty());
+    assert!(registry.user_conns(&other).await.unwrap().is_empty());
+}

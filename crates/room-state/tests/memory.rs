@@ -80,3 +80,9 @@ async fn archive_backlog_cap_refuses_then_recovers() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn users() {
+    let state = MemoryState::new();
+    testsuite::users(&state, &state, "t:").await;
+}

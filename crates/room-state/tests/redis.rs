@@ -216,3 +216,9 @@ async fn a_connections_publishes_are_sequenced_in_its_order() {
     );
     store.close(&room).await.unwrap();
 }
+
+#[tokio::test]
+async fn users() {
+    let state = state().await;
+    testsuite::users(&*state, &*state, &prefix("users")).await;
+}

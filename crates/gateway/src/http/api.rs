@@ -6,6 +6,10 @@
 //! - `POST   /api/users/{user}/disconnect` closes the user's connections on every node
 //! - the archive's message routes: `GET`/`DELETE /api/rooms/{room}/messages`,
 //!   `DELETE /api/users/{user}/messages` ([`super::api_messages`])
+//! - `GET    /api/users/{user}`           online or not, and where: nodes, connection ids,
+//!   transports (the user registry, `room_state::UserRegistry`)
+//! - `POST   /api/users/{user}/publish`   body: any JSON value; a `user_message` event to every
+//!   connection of the user on every node, at most once, not stored
 
 use super::api_messages;
 use super::query;
@@ -108,6 +112,11 @@ pub async fn handle(node: &Node, req: Request<Incoming>) -> Response<Body> {
         }
         (&Method::DELETE, ["api", "users", user, "messages"]) => {
             api_messages::purge_user(node, user).await
+        }
+        (&Method::GET, ["api", "users", user]) => user_info(node, user).await,
+        (&Method::POST, ["api", "users", user, "publish"]) => {
+            let user = user.to_string();
+            user_publish(node, &user, req).await
         }
         _ => error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
     }
@@ -258,6 +267,116 @@ async fn close_room(node: &Node, room: &str) -> Response<Body> {
         StatusCode::OK,
         &serde_json::json!({"closed": true, "members": former.len()}),
     )
+}
+
+/// Where a user is connected, from the registry: an unknown user is simply offline.
+async fn user_info(node: &Node, user: &str) -> Response<Body> {
+    match node.backends.users.user_conns(user).await {
+        Ok(conns) => {
+            let mut nodes: Vec<&str> = conns.iter().map(|c| c.node.as_str()).collect();
+            nodes.sort_unstable();
+            nodes.dedup();
+            let connections: Vec<serde_json::Value> = conns
+                .iter()
+                .map(|c| {
+                    serde_json::json!({
+                        "connId": c.conn_id,
+                        "node": c.node,
+                        "transport": c.transport,
+                        "since": c.since_ms,
+                    })
+                })
+                .collect();
+            json(
+                StatusCode::OK,
+                &serde_json::json!({
+                    "user": user,
+                    "online": !conns.is_empty(),
+                    "nodes": nodes,
+                    "connections": connections,
+                }),
+            )
+        }
+        Err(e) => state_error(e),
+    }
+}
+
+/// The body of a publish API call as `Data`, under `--max-data-bytes`.
+async fn read_data(node: &Node, req: Request<Incoming>) -> Result<Data, Box<Response<Body>>> {
+    let limit = node.config.max_data_bytes;
+    let too_large = || {
+        Box::new(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "body is over --max-data-bytes",
+        ))
+    };
+    let body_limit = limit.saturating_add(limit / 3).saturating_add(64);
+    let body = Limited::new(req.into_body(), body_limit)
+        .collect()
+        .await
+        .map_err(|_| too_large())?
+        .to_bytes();
+    let value: serde_json::Value = protocol::value::from_slice(&body).map_err(|_| {
+        Box::new(error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "body must be JSON",
+        ))
+    })?;
+    let data = Data::from_value(&value).map_err(|e| {
+        Box::new(error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            &e.to_string(),
+        ))
+    })?;
+    if data.size() > limit {
+        return Err(too_large());
+    }
+    if data.byte_strings() > protocol::data::MAX_BYTE_STRINGS {
+        return Err(Box::new(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "data holds more than 10 byte strings",
+        )));
+    }
+    Ok(data)
+}
+
+/// A `user_message` to every connection of the user, through the node-wide channel (as
+/// `disconnect`): each node delivers to its own connections of the user. The answer counts
+/// what the registry listed when it was sent (a connection opening meanwhile may get it too);
+/// delivery itself is at most once and not acknowledged.
+async fn user_publish(node: &Node, user: &str, req: Request<Incoming>) -> Response<Body> {
+    let data = match read_data(node, req).await {
+        Ok(d) => d,
+        Err(r) => return *r,
+    };
+    // Best effort: the count is informative, the publish goes out whatever it says.
+    let listed = node.backends.users.user_conns(user).await.ok();
+    let envelope = Envelope::UserMessage {
+        user: user.to_string(),
+        data,
+        ts: now_ms(),
+    };
+    if let Err(e) = node.backends.fanout.publish(envelope).await {
+        tracing::warn!(error = %e, "user_message not published");
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "service temporarily unavailable",
+        );
+    }
+    let mut body = serde_json::json!({"accepted": true});
+    if let Some(conns) = listed {
+        let mut nodes: Vec<&str> = conns.iter().map(|c| c.node.as_str()).collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        body["connections"] = conns.len().into();
+        body["nodes"] = nodes.len().into();
+    }
+    json(StatusCode::OK, &body)
 }
 
 async fn disconnect(node: &Node, user: &str) -> Response<Body> {

@@ -66,7 +66,24 @@ impl Driver for Native {
             user_slot: _user_slot,
         } = self;
         match auth {
-            Ok(identity) => serve(&node, ws, format, identity, live).await,
+            Ok(identity) => {
+                // The cluster-wide count (the node's own was taken in `admit`): a refusal is
+                // the same close 4008, before anything else is sent.
+                let conn_id: Arc<str> = Arc::from(node.next_conn_id());
+                let entry = match crate::users::register(&node, &identity.user, &conn_id, "native")
+                    .await
+                {
+                    Ok(entry) => entry,
+                    Err(refusal) => {
+                        node.metrics.rejected(refusal.rejection);
+                        Box::pin(crate::transport::reject(ws, refusal.code, &refusal.reason)).await;
+                        return DisconnectReason::Policy;
+                    }
+                };
+                let reason = serve(&node, ws, format, identity, conn_id, live).await;
+                drop(entry);
+                reason
+            }
             // `admit` let no refused token through.
             Err(_) => DisconnectReason::Auth,
         }
@@ -78,6 +95,7 @@ async fn serve(
     ws: Ws,
     format: Format,
     identity: Identity,
+    conn_id: Arc<str>,
     live: Live,
 ) -> DisconnectReason {
     let config = &node.config;
@@ -91,7 +109,7 @@ async fn serve(
         },
         node.metrics.clone(),
     );
-    let session = open_session(node, identity, &socket.outbound, &live);
+    let session = open_session(node, identity, conn_id, &socket.outbound, &live);
     let reason = ops_loop(node, &mut socket, &session, format).await;
     let end = socket.finish(config.write_timeout).await;
     // Boxed, like the ops below: this future lives as long as the connection, and inline
@@ -107,8 +125,19 @@ async fn serve(
 }
 
 /// Registers the connection and greets it: `welcome`, then the traffic status.
-fn open_session(node: &Node, identity: Identity, outbound: &Arc<Outbound>, live: &Live) -> Session {
-    let conn_id: Arc<str> = Arc::from(node.next_conn_id());
+fn open_session(
+    node: &Node,
+    identity: Identity,
+    conn_id: Arc<str>,
+    outbound: &Arc<Outbound>,
+    live: &Live,
+) -> Session {
+    node.expiries.track(
+        &conn_id,
+        identity.expires_at_ms,
+        outbound,
+        crate::expiry::Notice::Native,
+    );
     let user: Arc<str> = Arc::from(identity.user.as_str());
     live.add(conn_id.clone(), user.clone());
     node.registry.register(LocalConn {

@@ -12,6 +12,9 @@ use room_state::NodeInfo;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+/// How often a node compares its user registry entries with its live connections.
+const USERS_RECONCILE_MS: u64 = 30_000;
+
 /// The cluster-wide counters the traffic level is computed from.
 struct Counters {
     /// Room creations per second over the window.
@@ -46,6 +49,57 @@ impl Node {
         }
         self.check_readiness().await;
         self.update_traffic(&counters, now);
+        self.reconcile_user_entries(now).await;
+    }
+
+    /// Every [`USERS_RECONCILE_MS`]: removes this node's user registry entries whose
+    /// connection is gone (their removal at disconnect failed through every retry), so a
+    /// backend outage does not take places from users until the node restarts. Only entries
+    /// issued before the previous round are judged: a connection being admitted right now is
+    /// in the registry before it is local.
+    async fn reconcile_user_entries(&self, now: u64) {
+        let last = self.users_reconciled_ms.load(Ordering::Acquire);
+        if now.saturating_sub(last) < USERS_RECONCILE_MS {
+            return;
+        }
+        self.users_reconciled_ms.store(now, Ordering::Release);
+        let seq_now = self.conn_seq.load(Ordering::Acquire);
+        let floor = self.users_reconciled_seq.swap(seq_now, Ordering::AcqRel);
+        let listed = match self.backends.users.node_user_conns(&self.id).await {
+            Ok(listed) => listed,
+            Err(e) => {
+                tracing::debug!(error = %e, "user registry reconcile skipped");
+                return;
+            }
+        };
+        let local: std::collections::HashSet<Arc<str>> =
+            self.registry.all().into_iter().map(|c| c.conn_id).collect();
+        let prefix = format!("{}.", self.conn_id_prefix());
+        let mut removed = 0usize;
+        for (user, conn_id) in listed {
+            // Earlier incarnations' entries are `clear_earlier_incarnations`' business.
+            let Some(seq) = conn_id
+                .strip_prefix(&prefix)
+                .and_then(|s| u64::from_str_radix(s, 16).ok())
+            else {
+                continue;
+            };
+            if seq > floor || local.contains(conn_id.as_str()) {
+                continue;
+            }
+            if self
+                .backends
+                .users
+                .remove_user_conn(&user, &self.id, &conn_id)
+                .await
+                .is_ok()
+            {
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            tracing::info!(removed, "stale user registry entries removed");
+        }
     }
 
     /// Heartbeats this node into the registry of nodes. Tracks how long heartbeats have
@@ -158,6 +212,7 @@ impl Node {
     /// Removes the members of nodes whose heartbeat expired, and tells their rooms. Each dead
     /// node is claimed by exactly one live node.
     async fn reap_dead_nodes(&self, now: u64) {
+        self.retry_unreaped_users().await;
         let dead = match self.backends.traffic.claim_dead_nodes(now).await {
             Ok(dead) => dead,
             Err(e) => {
@@ -176,6 +231,9 @@ impl Node {
             tracing::info!(%node, members = removed.len(), "dead node reaped");
             self.metrics.dead_nodes_reaped.inc();
             self.announce_leaves(removed).await;
+            if !self.remove_user_entries(&node, None).await {
+                self.users_unreaped.lock().push(node);
+            }
         }
     }
 
@@ -194,7 +252,11 @@ impl Node {
             .await
         {
             Ok(removed) => {
-                self.earlier_cleared.store(true, Ordering::Release);
+                // Both or neither: the room removal is idempotent, so a failed user cleanup
+                // runs the whole step again next round.
+                if self.remove_user_entries(&self.id, Some(&keep)).await {
+                    self.earlier_cleared.store(true, Ordering::Release);
+                }
                 if !removed.is_empty() {
                     tracing::info!(
                         members = removed.len(),
@@ -204,6 +266,37 @@ impl Node {
                 self.announce_leaves(removed).await;
             }
             Err(e) => tracing::warn!(error = %e, "earlier incarnation not cleared yet"),
+        }
+    }
+
+    /// Removes a dead node's (or an earlier incarnation's) connections from the user
+    /// registry, so they no longer count under `--max-conns-per-user`. Each removal says
+    /// whether it was the user's last connection: where `user_offline` will come from.
+    /// Returns whether it succeeded; the callers retry in a later round, since a dead node is
+    /// claimed only once.
+    async fn remove_user_entries(&self, node: &str, keep: Option<&str>) -> bool {
+        match self.backends.users.remove_node_users(node, keep).await {
+            Ok(removed) => {
+                if !removed.is_empty() {
+                    let offline = removed.iter().filter(|r| r.last).count();
+                    tracing::info!(%node, connections = removed.len(), offline, "user registry entries removed");
+                }
+                true
+            }
+            Err(e) => {
+                tracing::warn!(%node, error = %e, "user registry entries not removed yet");
+                false
+            }
+        }
+    }
+
+    /// Retries the user registry cleanup of reaped nodes whose cleanup failed.
+    async fn retry_unreaped_users(&self) {
+        let pending = std::mem::take(&mut *self.users_unreaped.lock());
+        for node in pending {
+            if !self.remove_user_entries(&node, None).await {
+                self.users_unreaped.lock().push(node);
+            }
         }
     }
 

@@ -126,6 +126,7 @@ pub async fn cleanup(node: &Node, conn_id: &str, user: &str) {
         }
     }
     node.registry.unregister(conn_id);
+    node.expiries.remove(conn_id);
 }
 
 /// After a connection's task failed: closes its socket (1011) and leaves its rooms.

@@ -6,10 +6,12 @@
 //! - [`membership`]: `join`, `leave`, and the cleanup of a closing connection.
 //! - [`messages`]: `publish` (sequenced, or ephemeral: see `messages::store_publish`),
 //!   `presence`, `history`.
+//! - [`refresh`]: a new token on an open connection.
 
 mod create;
 mod membership;
 mod messages;
+mod refresh;
 
 pub use membership::{abandon, cleanup, leave_room};
 pub use messages::{admit_publish, store_publish};
@@ -129,6 +131,7 @@ pub async fn handle(node: &Node, s: &Session, op: Op) -> (OpResult, After) {
             After::Nothing,
         ),
         Op::Ping => (Ok(OkBody::Pong { pong: now_ms() }), After::Nothing),
+        Op::Refresh { token } => (refresh::refresh(node, s, &token), After::Nothing),
     };
     timer.observe_duration();
     result

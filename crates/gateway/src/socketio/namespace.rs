@@ -123,8 +123,9 @@ struct Socket {
     sid: String,
     /// Roomcast mode: the ops' view of this socket. `None` in conformance mode.
     session: Option<Arc<Session>>,
-    /// Its place under `--max-conns-per-user`.
+    /// Its place under `--max-conns-per-user`: on this node, and in the cluster.
     _user_slot: Option<UserSlot>,
+    _user_entry: Option<crate::users::UserEntry>,
     /// The recovery id handed out in the CONNECT reply (roomcast mode, recovery on).
     pid: Option<String>,
     /// Forwards a non-`/` namespace's events into the connection (see module docs).
@@ -181,7 +182,7 @@ fn prefix_op(op: &mut Op, prefix: &str) {
         | Op::Publish { room, .. }
         | Op::Presence { room }
         | Op::History { room, .. } => room,
-        Op::CreateRoom { room: None, .. } | Op::Ping => return,
+        Op::CreateRoom { room: None, .. } | Op::Ping | Op::Refresh { .. } => return,
     };
     room.insert_str(0, prefix);
 }
@@ -273,7 +274,22 @@ impl<'a> Sockets<'a> {
                 return Next::Continue;
             }
         };
-        let (session, forwarder) = self.open_session(&ns, identity);
+        // The cluster-wide count, after the node's own (in `admit`).
+        let conn_id: Arc<str> = Arc::from(self.node.next_conn_id());
+        let user_entry =
+            match crate::users::register(self.node, &identity.user, &conn_id, "socketio").await {
+                Ok(entry) => entry,
+                Err(refusal) => {
+                    self.node.metrics.rejected(refusal.rejection);
+                    let data = Some(json!({ "code": "connection_limit" }));
+                    push(
+                        &self.outbound,
+                        sio::connect_error(&ns, &refusal.reason, data),
+                    );
+                    return Next::Continue;
+                }
+            };
+        let (session, forwarder) = self.open_session(&ns, identity, conn_id);
         let recovery_on = !self.node.config.socketio_recovery_window.is_zero();
         let mut sid = session.conn_id.to_string();
         let mut pid = recovery_on.then(random_id);
@@ -300,6 +316,7 @@ impl<'a> Sockets<'a> {
                 sid,
                 session: Some(Arc::new(session)),
                 _user_slot: Some(user_slot),
+                _user_entry: Some(user_entry),
                 pid,
                 forwarder,
             },
@@ -321,6 +338,7 @@ impl<'a> Sockets<'a> {
                 sid,
                 session: None,
                 _user_slot: None,
+                _user_entry: None,
                 pid: None,
                 forwarder: None,
             },
@@ -349,6 +367,7 @@ impl<'a> Sockets<'a> {
         &self,
         ns: &str,
         identity: Identity,
+        conn_id: Arc<str>,
     ) -> (Session, Option<tokio::task::JoinHandle<()>>) {
         let prefix = room_prefix(ns);
         let identity = Identity {
@@ -357,6 +376,7 @@ impl<'a> Sockets<'a> {
             rooms: identity
                 .rooms
                 .map(|patterns| patterns.iter().map(|p| format!("{prefix}{p}")).collect()),
+            expires_at_ms: identity.expires_at_ms,
         };
         let (outbound, forwarder) = if ns == "/" {
             (self.outbound.clone(), None)
@@ -375,9 +395,17 @@ impl<'a> Sockets<'a> {
         if !self.node.config.socketio_recovery_window.is_zero() {
             outbound.start_journal(recovery::JOURNAL_LEN);
         }
-        let conn_id: Arc<str> = Arc::from(self.node.next_conn_id());
         let user: Arc<str> = Arc::from(identity.user.as_str());
         self.live.add(conn_id.clone(), user.clone());
+        // The connection's own queue: the expiry notice is a DISCONNECT of this namespace.
+        self.node.expiries.track(
+            &conn_id,
+            identity.expires_at_ms,
+            &self.outbound,
+            crate::expiry::Notice::SocketIo {
+                namespace: Arc::from(ns),
+            },
+        );
         self.node.registry.register(LocalConn {
             conn_id: conn_id.clone(),
             user,

@@ -176,6 +176,7 @@ pub fn disconnect_reason(
             CloseCode::KICKED => DisconnectReason::Kicked,
             CloseCode::SLOW_CONSUMER => DisconnectReason::SlowConsumer,
             CloseCode::HEARTBEAT_TIMEOUT => DisconnectReason::Timeout,
+            CloseCode::TOKEN_EXPIRED => DisconnectReason::Auth,
             _ => fallback,
         },
         Some(WriterEnd::HeartbeatTimeout) => DisconnectReason::Timeout,

@@ -7,10 +7,11 @@ mod archive_feed;
 mod limits;
 mod rooms;
 mod traffic;
+mod users;
 
 use parking_lot::{Mutex, RwLock};
 use rooms::Room;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
@@ -40,6 +41,8 @@ pub struct MemoryState {
     dirty: Mutex<HashMap<String, u64>>,
     /// Leases (`ArchiveFeed::lease`): name → holder, expiry (ms).
     leases: Mutex<HashMap<String, (String, u64)>>,
+    /// The user registry: user → connection id → connection.
+    users: Mutex<HashMap<String, BTreeMap<String, crate::users::UserConn>>>,
 }
 
 impl Default for MemoryState {
@@ -63,6 +66,7 @@ impl MemoryState {
             archiving: AtomicBool::new(false),
             dirty: Mutex::new(HashMap::new()),
             leases: Mutex::new(HashMap::new()),
+            users: Mutex::new(HashMap::new()),
         }
     }
 

@@ -14,6 +14,8 @@
 //! | `rc:{r:ROOM}:ch` | shard channel | MessagePack envelopes for the room (`protocol::channel`); an ephemeral room's messages with offset 0 and epoch `""` |
 //! | `rc:{rooms:K}` | sorted set | room → expiry ms (`+inf` while occupied); K = 0..15 |
 //! | `rc:{n:NODE}:mem` | set | `room\nconn` of every member held by a node |
+//! | `rc:{n:NODE}:users` | set | `user\nconn` of every user connection held by a node |
+//! | `rc:{u:USER}:c` | hash | conn id → `node\ttransport\tsince` (the user registry) |
 //! | `rc:nodes` | hash | node id → `addr\tconnections\tstarted\texpires` |
 //! | `rc:{l:KEY}:w` | sorted set | sliding-window log (rate limits) |
 //! | `rc:{l:KEY}:b` | hash | token bucket `tokens`, `ts` |
@@ -80,6 +82,17 @@ pub fn room_index_shard(k: u64) -> String {
 
 pub fn node_members(node: &str) -> String {
     format!("rc:{{n:{node}}}:mem")
+}
+
+/// The user connections a node holds (`users`), found again when the node is reaped.
+pub fn node_users(node: &str) -> String {
+    format!("rc:{{n:{node}}}:users")
+}
+
+/// A user's live connections on every node. A user name holding `}` only moves the key to
+/// another slot: the key is used alone.
+pub fn user_conns(user: &str) -> String {
+    format!("rc:{{u:{user}}}:c")
 }
 
 pub const NODES: &str = "rc:nodes";

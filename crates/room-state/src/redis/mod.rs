@@ -13,6 +13,7 @@ mod rooms;
 mod scripts;
 mod sessions;
 mod traffic;
+mod users;
 mod warm;
 
 use crate::ephemeral::EphemeralRooms;
@@ -122,6 +123,8 @@ fn lua(command: Command) -> Option<String> {
         Command::ArchiveRead => scripts::archive_read(),
         Command::ArchiveAdvance => scripts::ARCHIVE_ADVANCE.into(),
         Command::Lease => scripts::LEASE.into(),
+        Command::UserAdd => scripts::USER_ADD.into(),
+        Command::UserRemove => scripts::USER_REMOVE.into(),
         Command::EphemeralPublish => return None,
     })
 }

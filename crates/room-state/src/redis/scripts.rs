@@ -463,3 +463,25 @@ if current and current ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', tonumber(ARGV[2]))
 return 1
 "#;
+
+/// The user registry's admission: KEYS[1] the user's hash; ARGV conn id, value, cap (0: none).
+/// Returns `{admitted, count}`: the count after adding, or the count that refused it.
+pub const USER_ADD: &str = r#"
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  return {1, redis.call('HLEN', KEYS[1])}
+end
+local n = redis.call('HLEN', KEYS[1])
+local max = tonumber(ARGV[3])
+if max > 0 and n >= max then
+  return {0, n}
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return {1, n + 1}
+"#;
+
+/// Removes one connection of a user: `{removed, left}`. An empty hash is gone by itself.
+pub const USER_REMOVE: &str = r#"
+local removed = redis.call('HDEL', KEYS[1], ARGV[1])
+return {removed, redis.call('HLEN', KEYS[1])}
+"#;

@@ -1,0 +1,109 @@
+//! A connection's entry in the cluster-wide user registry (`room_state::UserRegistry`):
+//! what makes `--max-conns-per-user` hold across nodes, and what `GET /api/users/{user}`
+//! reads. The node's own per-user count (`admission::gate`) is checked first, as before: it
+//! costs no round trip and refuses most of what the registry would.
+//!
+//! An entry is a guard: dropping it removes the connection from the registry, in a task
+//! of its own, retried, so no path out of a connection (a panic included) forgets it. What
+//! still escapes (the backend down through every retry) is removed by the node's own
+//! reconcile every 30 s, or when the node is reaped or restarts (`node/upkeep.rs`).
+//!
+//! A registry that cannot be reached does not lock users out: the connection is admitted
+//! under the node's own cap (fail open), counted in `roomcast_backend_errors_total{op="users"}`.
+
+use crate::admission::{Refusal, Rejection};
+use crate::clock::now_ms;
+use crate::node::Node;
+use protocol::CloseCode;
+use room_state::{UserAdmission, UserConn, UserRegistry};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Attempts at removing an entry before it is left to the node's reaping.
+const REMOVE_ATTEMPTS: u32 = 3;
+
+/// One connection counted in the registry; dropping it removes it.
+pub struct UserEntry {
+    registry: Arc<dyn UserRegistry>,
+    user: String,
+    node: String,
+    conn_id: String,
+}
+
+impl std::fmt::Debug for UserEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserEntry")
+            .field("user", &self.user)
+            .field("conn_id", &self.conn_id)
+            .finish()
+    }
+}
+
+impl Drop for UserEntry {
+    fn drop(&mut self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let registry = self.registry.clone();
+        let (user, node, conn_id) = (
+            std::mem::take(&mut self.user),
+            std::mem::take(&mut self.node),
+            std::mem::take(&mut self.conn_id),
+        );
+        runtime.spawn(async move {
+            for attempt in 1..=REMOVE_ATTEMPTS {
+                match registry.remove_user_conn(&user, &node, &conn_id).await {
+                    Ok(_last) => return,
+                    Err(e) if attempt == REMOVE_ATTEMPTS => {
+                        tracing::warn!(error = %e, %conn_id, "user registry entry left to reaping");
+                    }
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(250 * u64::from(attempt))).await
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Counts connection `conn_id` of `user` in the cluster-wide registry, or refuses it over
+/// `--max-conns-per-user` with the same refusal as the node's own cap (close 4008; Socket.IO
+/// `connect_error` code `connection_limit`).
+pub async fn register(
+    node: &Node,
+    user: &str,
+    conn_id: &str,
+    transport: &'static str,
+) -> Result<UserEntry, Refusal> {
+    let conn = UserConn {
+        conn_id: conn_id.to_string(),
+        node: node.id.clone(),
+        transport: transport.to_string(),
+        since_ms: now_ms(),
+    };
+    let max = node.config.max_conns_per_user as u64;
+    let entry = || UserEntry {
+        registry: node.backends.users.clone(),
+        user: user.to_string(),
+        node: node.id.clone(),
+        conn_id: conn_id.to_string(),
+    };
+    match node.backends.users.add_user_conn(user, &conn, max).await {
+        Ok(UserAdmission::Admitted { .. }) => Ok(entry()),
+        // Not counted: nothing to remove.
+        Ok(UserAdmission::Full { .. }) => Err(Refusal {
+            rejection: Rejection::UserLimit,
+            code: CloseCode::CONNECTION_POLICY,
+            reason: "too many connections for this user".into(),
+        }),
+        Err(e) => {
+            // May have been applied (a timeout): the entry still removes it at the end.
+            tracing::warn!(error = %e, "user registry unavailable: admitted under the node's own cap");
+            node.metrics
+                .backend_errors
+                .with_label_values(&["users"])
+                .inc();
+            Ok(entry())
+        }
+    }
+}
