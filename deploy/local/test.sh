@@ -48,6 +48,9 @@ if [ $rc2 -ne 0 ]; then
   deploy/local/redis-cluster.sh start "$FAILOVER" || exit 1
   cargo test --workspace --test failover --test shards --test retries -- --test-threads=1 ; rc2=$?
 fi
+# The archiver across a gateway kill -9 and a failover of the shared cluster: every acknowledged
+# message in PostgreSQL exactly once (alone: it holds the archive leases and fails a primary over).
+cargo test --workspace --test archive serial_ ; rc9=$?
 # The archive across a real PostgreSQL restart mid-write (alone: it restarts the server).
 ROOMCAST_TEST_POSTGRES_RESTART="$PWD/deploy/local/postgres.sh restart $POSTGRES" \
   cargo test --workspace --test postgres serial_ ; rc8=$?
@@ -75,4 +78,4 @@ CHAOS_QUICK=1 CHAOS_DURABLE=0 deploy/local/chaos.sh ; rc6=$?
 # reconnect storm, one user flooding 3 nodes, slow readers, a 2,000-member room. Asserts
 # bounds and correctness, not timing.
 loadtest/floods.sh --short ; rc7=$?
-[ $rc -eq 0 ] && [ $rc2 -eq 0 ] && [ $rc3 -eq 0 ] && [ $rc4 -eq 0 ] && [ $rc5 -eq 0 ] && [ $rc6 -eq 0 ] && [ $rc7 -eq 0 ] && [ $rc8 -eq 0 ]
+[ $rc -eq 0 ] && [ $rc2 -eq 0 ] && [ $rc3 -eq 0 ] && [ $rc4 -eq 0 ] && [ $rc5 -eq 0 ] && [ $rc6 -eq 0 ] && [ $rc7 -eq 0 ] && [ $rc8 -eq 0 ] && [ $rc9 -eq 0 ]
