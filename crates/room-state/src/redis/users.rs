@@ -137,27 +137,20 @@ impl UserRegistry for RedisState {
         keep_prefix: Option<&str>,
     ) -> Result<Vec<RemovedUserConn>, StateError> {
         let index = keys::node_users(node);
-        let entries: Vec<String> = self
-            .on(&index)
-            .smembers(&index)
-            .await
-            .map_err(|e| self.failed(e))?;
         let mut removed = Vec::new();
-        for item in entries {
-            let Some((user, conn_id)) = item.rsplit_once('\n') else {
-                continue;
-            };
+        for (user, conn_id) in self.node_user_conns(node).await? {
             if keep_prefix.is_some_and(|p| conn_id.starts_with(p)) {
                 continue;
             }
-            let last = self.remove_from_user(user, conn_id).await?;
+            let last = self.remove_from_user(&user, &conn_id).await?;
+            // Entry by entry: the set may hold the node's current incarnation's entries.
+            let item = entry(&user, &conn_id);
+            let _: Result<Value, _> = self.on(&index).srem(&index, item.as_str()).await;
             removed.push(RemovedUserConn {
-                user: user.to_string(),
-                conn_id: conn_id.to_string(),
+                user,
+                conn_id,
                 last,
             });
-            // Entry by entry: the set may hold the node's current incarnation's entries.
-            let _: Result<Value, _> = self.on(&index).srem(&index, item.as_str()).await;
         }
         Ok(removed)
     }
