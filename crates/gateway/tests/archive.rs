@@ -237,7 +237,7 @@ async fn serial_a_killed_gateway_and_a_failover_lose_nothing_from_the_archive() 
         acked += 1;
         publish_retrying(&mut c, &room, acked).await;
     }
-    settled().await;
+    cluster_settled_at(first_redis_port()).await;
     let archive = archive::open(&pg).await.unwrap();
     caught_up(archive.as_ref(), &room, &epoch, acked).await;
     // Newest to first, a page of 100 at a time.
@@ -326,26 +326,4 @@ fn fail_over_room(room: &str) {
         .expect("no replica");
     let out = redis_cli(replica, &["cluster", "failover"]);
     assert!(out.contains("OK"), "{out}");
-}
-
-/// Every node of the cluster says ok, with 3 replicas again.
-async fn settled() {
-    let base = first_redis_port();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let ok = (base..base + 6)
-            .all(|p| redis_cli(p, &["cluster", "info"]).contains("cluster_state:ok"));
-        let replicas = redis_cli(base, &["cluster", "nodes"])
-            .lines()
-            .filter(|l| l.contains("slave") && !l.contains("fail"))
-            .count();
-        if ok && replicas == 3 {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "cluster did not settle"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }

@@ -602,7 +602,11 @@ pub fn base_port() -> u16 {
 
 /// Waits until every node agrees that the cluster is healthy and fully replicated again.
 pub async fn cluster_settled() {
-    let base = base_port();
+    cluster_settled_at(base_port()).await
+}
+
+/// [`cluster_settled`] for the cluster whose first node listens on `base`.
+pub async fn cluster_settled_at(base: u16) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let ok = (base..base + 6)
