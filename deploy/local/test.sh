@@ -20,6 +20,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Each stage says how long it took, so that the CI log shows where the 25 minutes go.
+T0=$SECONDS
+stage() { echo "== [make test] $* (at $((SECONDS - T0)) s)" >&2; }
+
 deploy/local/redis-cluster.sh start "$SHARED" || exit 1
 deploy/local/redis-cluster.sh start "$FAILOVER" || exit 1
 export ROOMCAST_TEST_REDIS_CLUSTER=$(deploy/local/redis-cluster.sh urls "$SHARED")
@@ -35,9 +39,12 @@ export ROOMCAST_TEST_POSTGRES=$(deploy/local/postgres.sh url "$POSTGRES")
 # resolve other features for shared dependencies and rebuild most of the tree (minutes on 2
 # cores). The test build (dev-dependencies unify extra features) and the binaries' build are
 # the two builds a run makes.
+stage build
 cargo build --workspace --bins || exit 1
+stage tests
 # Everything but the failover tests, in parallel; then those, one at a time.
 cargo test --workspace --all-targets --no-fail-fast -- --skip serial_ ; rc=$?
+stage serial failover tests
 cargo test --workspace --test failover --test shards --test retries -- --test-threads=1 ; rc2=$?
 if [ $rc2 -ne 0 ]; then
   # Known intermittent failure under investigation (see the session notes): one acknowledged
@@ -50,32 +57,42 @@ if [ $rc2 -ne 0 ]; then
 fi
 # The archiver across a gateway kill -9 and a failover of the shared cluster: every acknowledged
 # message in PostgreSQL exactly once (alone: it holds the archive leases and fails a primary over).
+stage serial archive test
 cargo test --workspace --test archive serial_ ; rc9=$?
 # The archive across a real PostgreSQL restart mid-write (alone: it restarts the server).
+stage serial postgres restart test
 ROOMCAST_TEST_POSTGRES_RESTART="$PWD/deploy/local/postgres.sh restart $POSTGRES" \
   cargo test --workspace --test postgres serial_ ; rc8=$?
 # A stock socket.io-client against a real roomcast process, then python-socketio's client.
+stage socket.io clients
 crates/gateway/tests/socketio-client/run.sh ; rc5=$?
 crates/gateway/tests/socketio-python/run.sh || rc5=1
 # No sticky sessions: socket.io-client through nginx round-robin in front of three gateways
 # (its own Redis Cluster on 7700, gateways 8191-8193, nginx 8190).
+stage socket.io cluster through nginx
 REDIS_BASE=7700 NGINX_PORT=8190 GATEWAY_PORTS="8191 8192 8193" \
   crates/gateway/tests/socketio-client/cluster.sh || rc5=1
 # The official Socket.IO / Engine.IO protocol suites, when a socket.io clone is given
 # (SOCKETIO_REPO; they are not vendored). Skipped, and said so, otherwise.
+stage socket.io protocol suites
 crates/gateway/tests/socketio-protocol/run.sh || rc5=1
 # The load-test tool, tiny, against an embedded node (no timing asserted).
+stage load tool smoke
 loadtest/smoke.sh ; rc4=$?
 # Deployment artefacts, each checked by a real tool (the shared cluster serves the scrape).
+stage deployment artefacts
 deploy/check-artifacts.sh ; rc3=$?
 # Fault injection, short, in the default (non-durable) mode: its own cluster (Redis 7300,
 # gateways 8181-8183, nginx 8180) under load through six faults, a primary's SIGSTOP among
 # them; fails on a silent loss, a divergence, a duplicate, or a client left out (a loss behind
 # an announced epoch change is allowed in this mode; docs/reliability.md). The durable mode
 # is covered here by the serial failover and retry tests; `make chaos` runs both modes.
+stage "chaos (short)"
 CHAOS_QUICK=1 CHAOS_DURABLE=0 deploy/local/chaos.sh ; rc6=$?
 # Floods and slow consumers, short: its own cluster (Redis 7400, gateways 8281-8283); a
 # reconnect storm, one user flooding 3 nodes, slow readers, a 2,000-member room. Asserts
 # bounds and correctness, not timing.
+stage "floods (short)"
 loadtest/floods.sh --short ; rc7=$?
+stage done
 [ $rc -eq 0 ] && [ $rc2 -eq 0 ] && [ $rc3 -eq 0 ] && [ $rc4 -eq 0 ] && [ $rc5 -eq 0 ] && [ $rc6 -eq 0 ] && [ $rc7 -eq 0 ] && [ $rc8 -eq 0 ] && [ $rc9 -eq 0 ]

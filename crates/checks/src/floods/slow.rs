@@ -400,7 +400,29 @@ async fn readers(members: &[Member], room: &str, start: u64) -> Result<Readers> 
             e.1 = e.1.max(*l / 1000);
         }
     }
-    let presence = members[0].0.ok("presence", json!({ "room": room })).await?;
+    // Ask an open member: if a reader was closed, the bounds say so with its close code,
+    // rather than the whole check ending on a send error.
+    let asker = members.iter().find(|(p, _)| p.is_open()).ok_or_else(|| {
+        let codes: Vec<u64> = (members.iter())
+            .map(|(p, _)| {
+                p.stats
+                    .close_code
+                    .load(std::sync::atomic::Ordering::Acquire)
+            })
+            .collect();
+        anyhow::anyhow!("every reader was closed (close codes {codes:?})")
+    })?;
+    if !m.open {
+        let codes: Vec<u64> = (members.iter())
+            .map(|(p, _)| {
+                p.stats
+                    .close_code
+                    .load(std::sync::atomic::Ordering::Acquire)
+            })
+            .collect();
+        eprintln!("readers closed: close codes {codes:?} (0 = open, 1 = ended without one)");
+    }
+    let presence = asker.0.ok("presence", json!({ "room": room })).await?;
     m.in_room = conn_ids(&presence).collect();
     m.in_room.sort();
     m.expected = members.iter().map(|(p, _)| p.conn_id.clone()).collect();
