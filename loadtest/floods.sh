@@ -15,7 +15,7 @@
 # --short is the cheap version that `make test` runs; without it, the full sizes (`make
 # floods`). Uses its own Redis Cluster (ports 7400-7405, FLOODS_REDIS_BASE) and gateways on
 # 8281-8283; stops everything it started. FLOODS_OUT=DIR keeps the JSON results there;
-# FLOODS_NO_BUILD=1 skips the build; FLOODS_PROFILE=debug runs the debug build (make test).
+# FLOODS_NO_BUILD=1 skips the build; FLOODS_PROFILE picks the build (below).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -41,20 +41,22 @@ SECRET=floods-secret
 SOURCES=127.0.0.2-127.0.0.41
 mkdir -p "$STATE/bin" "$OUT"
 
-# FLOODS_PROFILE: release (default; the full sizes measure it) or debug (`make test` runs the
-# short version on the debug build it already has, rather than a second, optimised build of
-# everything: the bounds are about correctness and memory, not speed).
+# FLOODS_PROFILE: the cargo profile of the gateways and checks: release (default; the full sizes
+# measure it), quick-release (`make test`: optimised at level 1, a fraction of release's
+# compile time) or debug (unoptimised: on a busy machine its clients fall behind and get cut as
+# slow consumers, so the slow check sends fewer, larger frames there; not used by make test).
 PROFILE=${FLOODS_PROFILE:-release}
+case "$PROFILE" in
+  debug | dev) PROFILE=debug BUILD=() ;;
+  release) BUILD=(--release) ;;
+  *) BUILD=(--profile "$PROFILE") ;;
+esac
 if [ "${FLOODS_NO_BUILD:-0}" != 1 ]; then
-  if [ "$PROFILE" = release ]; then
-    cargo build --release --workspace --bins || exit 1
-  else
-    cargo build --workspace --bins || exit 1
-  fi
+  cargo build "${BUILD[@]}" --workspace --bins || exit 1
 fi
 # Run copies: a rebuild of target/ during the run (another build on the machine) must not
 # change the binaries halfway.
-BIN_DIR=target/$([ "$PROFILE" = release ] && echo release || echo debug)
+BIN_DIR=target/$PROFILE
 cp "$BIN_DIR/roomcast" "$BIN_DIR/roomcast-checks" "$STATE/bin/" || exit 1
 GW=$STATE/bin/roomcast
 FLOODS=("$STATE/bin/roomcast-checks" floods)
@@ -156,10 +158,10 @@ run_flood() {
 
 run_slow() {
   if [ "$SHORT" = 1 ]; then
-    # The unoptimised build (make test) moves the same bytes in fewer, larger frames: a debug
-    # gateway and client cannot write 1,000 frames/s to 35 readers on a busy 2-core machine and
-    # still count the healthy readers as healthy. 150 × 8 KiB/s for 8 s still overfills every
-    # slow reader's 256 KiB queue many times over, which is what this check is about.
+    # The unoptimised build moves the same bytes in fewer, larger frames: a debug gateway and
+    # client cannot write 1,000 frames/s to 35 readers on a busy 2-core machine and still count
+    # the healthy readers as healthy. 150 × 8 KiB/s for 8 s still overfills every slow
+    # reader's 256 KiB queue many times over, which is what this check is about.
     local rate=1000 payload=2048 secs=6
     [ "$PROFILE" = debug ] && rate=150 payload=8192 secs=8
     start_gateways slow 1 --outbound-queue-bytes 262144 --write-timeout 8s \
