@@ -301,11 +301,11 @@ impl Node {
     }
 
     /// Tells the rooms of removed members that they left.
-    async fn announce_leaves(&self, removed: Vec<(String, room_state::MemberRecord)>) {
-        for (room, member) in removed {
+    async fn announce_leaves(&self, removed: Vec<room_state::Departed>) {
+        for d in removed {
             let leave = PresenceAction::Leave;
             let fanout = &*self.backends.fanout;
-            announce(fanout, room, leave, member.user, member.conn_id).await;
+            announce(fanout, d.room, leave, d.member.user, d.member.conn_id).await;
         }
     }
 
