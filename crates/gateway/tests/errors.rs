@@ -267,6 +267,7 @@ async fn unavailable_and_internal_hide_their_details() {
         limits: state.clone(),
         sessions: state.clone(),
         archive_feed: state.clone(),
+        events: state.clone(),
         users: state.clone(),
         traffic: state,
         fanout,
