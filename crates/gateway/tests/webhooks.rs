@@ -86,7 +86,10 @@ async fn every_event_type_arrives_signed_and_in_order() {
         ("room_vacated", ""),
         ("room_closed", ""),
     ]);
-    until(&app, "the room's events", |e| of_room(e, &room).len() >= expected.len()).await;
+    until(&app, "the room's events", |e| {
+        of_room(e, &room).len() >= expected.len()
+    })
+    .await;
     until(&app, "both offline", |e| {
         of_user(e, "bob").len() >= 2 && of_user(e, "ann").len() >= 2
     })
@@ -150,7 +153,10 @@ async fn a_failing_app_gets_the_same_batch_again_in_order() {
             ("member_joined", "carl"),
         ]));
     }
-    until(&app, "the room's events", |e| of_room(e, &room).len() >= expected.len()).await;
+    until(&app, "the room's events", |e| {
+        of_room(e, &room).len() >= expected.len()
+    })
+    .await;
     assert_eq!(of_room(&app.deduped(), &room), expected);
     // Two refusals (the room's shard and the user's may share them); every refused event
     // was sent again and accepted, and nothing of a shard overtook a refused batch.
@@ -163,7 +169,9 @@ async fn a_failing_app_gets_the_same_batch_again_in_order() {
         .map(|e| e["id"].clone())
         .collect();
     until(&app, "every refused event accepted", |e| {
-        refused_ids.iter().all(|id| e.iter().any(|a| &a["id"] == id))
+        refused_ids
+            .iter()
+            .all(|id| e.iter().any(|a| &a["id"] == id))
     })
     .await;
     // Without --webhook-secret: no signature.

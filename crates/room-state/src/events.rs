@@ -34,8 +34,7 @@ pub trait EventQueue: Send + Sync {
     async fn append_event(&self, queue: &str, body: &str, now_ms: u64) -> Result<(), StateError>;
 
     /// Up to `limit` of the oldest events of `queue`, oldest first. Reading removes nothing.
-    async fn read_events(&self, queue: &str, limit: usize)
-        -> Result<Vec<QueuedEvent>, StateError>;
+    async fn read_events(&self, queue: &str, limit: usize) -> Result<Vec<QueuedEvent>, StateError>;
 
     /// Removes the given entries (a delivered batch). Entries already gone are ignored.
     async fn ack_events(&self, queue: &str, entries: &[String]) -> Result<(), StateError>;

@@ -52,8 +52,8 @@ pub use lease::LeasedBuckets;
 pub use limits::RateLimits;
 pub use memory::MemoryState;
 pub use model::{
-    Decision, Departed, Departure, Grant, Idempotency, JoinOutcome, MemberRecord, NodeInfo, Published, Publisher,
-    RoomConfig, RoomInfo,
+    Decision, Departed, Departure, Grant, Idempotency, JoinOutcome, MemberRecord, NodeInfo,
+    Published, Publisher, RoomConfig, RoomInfo,
 };
 pub use observer::{Command, CommandObserver};
 pub use redis::{RedisSettings, RedisState};

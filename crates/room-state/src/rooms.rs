@@ -2,7 +2,8 @@
 
 use crate::error::StateError;
 use crate::model::{
-    Departed, Departure, Idempotency, JoinOutcome, MemberRecord, Published, Publisher, RoomConfig, RoomInfo,
+    Departed, Departure, Idempotency, JoinOutcome, MemberRecord, Published, Publisher, RoomConfig,
+    RoomInfo,
 };
 use async_trait::async_trait;
 use protocol::frame::{Member, Publication, Since};

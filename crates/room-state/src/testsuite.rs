@@ -220,7 +220,10 @@ pub async fn rooms(store: &dyn RoomStore, prefix: &str) {
         .collect();
     assert!(users.contains(&"fred".to_string()) && !users.contains(&"erin".to_string()));
     let out = store.depart(&restart, &new.conn_id, now).await.unwrap();
-    assert!(out.was_member && out.vacated, "the last member out vacates the room");
+    assert!(
+        out.was_member && out.vacated,
+        "the last member out vacates the room"
+    );
     store.close(&restart).await.unwrap();
 
     // A dead node that held a room's last members vacates it, once.
@@ -235,7 +238,13 @@ pub async fn rooms(store: &dyn RoomStore, prefix: &str) {
     assert_eq!(swept.len(), 2);
     assert_eq!(swept.iter().filter(|d| d.vacated).count(), 1);
     let rejoin = member(&format!("{prefix}c9"), "hank", "n1");
-    assert!(store.join(&lonely, &rejoin, None, now).await.unwrap().occupied);
+    assert!(
+        store
+            .join(&lonely, &rejoin, None, now)
+            .await
+            .unwrap()
+            .occupied
+    );
     let out = store.depart(&lonely, &rejoin.conn_id, now).await.unwrap();
     assert!(out.vacated);
     assert_eq!(
@@ -1041,7 +1050,10 @@ pub async fn event_queue(queue: &dyn crate::EventQueue, prefix: &str) {
         let body = format!("{{\"n\":{i}}}");
         queue.append_event(&a, &body, 1_000 + i).await.unwrap();
     }
-    queue.append_event(&b, "{\"other\":true}", 2_000).await.unwrap();
+    queue
+        .append_event(&b, "{\"other\":true}", 2_000)
+        .await
+        .unwrap();
     let head = queue.read_events(&a, 3).await.unwrap();
     assert_eq!(
         head.iter().map(|e| e.body.as_str()).collect::<Vec<_>>(),

@@ -23,11 +23,7 @@ impl EventQueue for MemoryState {
         Ok(())
     }
 
-    async fn read_events(
-        &self,
-        queue: &str,
-        limit: usize,
-    ) -> Result<Vec<QueuedEvent>, StateError> {
+    async fn read_events(&self, queue: &str, limit: usize) -> Result<Vec<QueuedEvent>, StateError> {
         Ok(self
             .events
             .lock()

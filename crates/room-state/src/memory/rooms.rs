@@ -4,7 +4,8 @@ use super::{new_epoch, MemoryState};
 use crate::archive_feed::ARCHIVE_BACKLOG_CAP;
 use crate::error::StateError;
 use crate::model::{
-    Departed, Departure, Idempotency, JoinOutcome, MemberRecord, Published, Publisher, RoomConfig, RoomInfo,
+    Departed, Departure, Idempotency, JoinOutcome, MemberRecord, Published, Publisher, RoomConfig,
+    RoomInfo,
 };
 use crate::recovery::recover;
 use crate::rooms::RoomStore;

@@ -23,17 +23,19 @@ impl EventQueue for RedisState {
         let key = keys::event_queue(queue);
         let _: Value = self
             .on(&key)
-            .xadd(&key, false, ("MAXLEN", "~", MAX_QUEUED), "*", vec![("e", body)])
+            .xadd(
+                &key,
+                false,
+                ("MAXLEN", "~", MAX_QUEUED),
+                "*",
+                vec![("e", body)],
+            )
             .await
             .map_err(|e| self.failed(e))?;
         Ok(())
     }
 
-    async fn read_events(
-        &self,
-        queue: &str,
-        limit: usize,
-    ) -> Result<Vec<QueuedEvent>, StateError> {
+    async fn read_events(&self, queue: &str, limit: usize) -> Result<Vec<QueuedEvent>, StateError> {
         let key = keys::event_queue(queue);
         let raw: Vec<(String, HashMap<String, String>)> = self
             .on(&key)
@@ -68,9 +70,6 @@ impl EventQueue for RedisState {
 
     async fn queued_events(&self, queue: &str) -> Result<u64, StateError> {
         let key = keys::event_queue(queue);
-        self.on(&key)
-            .xlen(&key)
-            .await
-            .map_err(|e| self.failed(e))
+        self.on(&key).xlen(&key).await.map_err(|e| self.failed(e))
     }
 }

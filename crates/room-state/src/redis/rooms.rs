@@ -5,7 +5,8 @@ use super::{array, fred_error, int, string, RedisState};
 use crate::error::StateError;
 use crate::memory::new_epoch;
 use crate::model::{
-    Departed, Departure, Idempotency, JoinOutcome, MemberRecord, Published, Publisher, RoomConfig, RoomInfo,
+    Departed, Departure, Idempotency, JoinOutcome, MemberRecord, Published, Publisher, RoomConfig,
+    RoomInfo,
 };
 use crate::observer::Command;
 use crate::rooms::RoomStore;
