@@ -180,3 +180,29 @@ async fn a_failing_app_gets_the_same_batch_again_in_order() {
     assert_eq!(app.accepted().len(), app.deduped().len());
     node.drain().await;
 }
+
+#[tokio::test]
+async fn a_drain_delivers_the_events_of_the_connections_it_closes() {
+    let app = App::start().await;
+    let url = app.url();
+    let node = support::start(&["--webhook-url", &url]).await;
+    let room = unique("drain");
+    let mut dan = Client::connect(node.addr, "dan", Fmt::Json).await;
+    dan.ok(json!({"op": "create_room", "room": room})).await;
+    until(&app, "the join", |e| of_room(e, &room).len() >= 3).await;
+    // The drain closes dan's connection; what that queues is sent before the node stops.
+    node.drain().await;
+    let events = app.deduped();
+    assert_eq!(
+        of_room(&events, &room),
+        pairs(&[
+            ("room_created", "dan"),
+            ("room_occupied", ""),
+            ("member_joined", "dan"),
+            ("member_left", "dan"),
+            ("room_vacated", ""),
+        ])
+    );
+    assert_eq!(of_user(&events, "dan"), ["user_online", "user_offline"]);
+    drop(dan);
+}

@@ -107,6 +107,8 @@ impl Worker {
         let mut next_renew = Instant::now() + LEASE_RENEW.mul_f64(fastrand::f64() / 4.0);
         let mut held_until: Option<Instant> = None;
         let mut retry_at = Instant::now();
+        // The last POST failed: a drain does not try it again (the next holder will).
+        let mut failing = false;
         let mut backoff = FIRST_BACKOFF;
         loop {
             let stopping = *stop.borrow();
@@ -145,8 +147,13 @@ impl Worker {
                 continue;
             }
             if Instant::now() < retry_at {
-                if stopping {
+                if stopping && failing {
                     break;
+                }
+                // Draining and only idle: read now what the closing connections queued.
+                if stopping {
+                    retry_at = Instant::now();
+                    continue;
                 }
                 sleep_until(retry_at.min(next_renew), &mut stop).await;
                 continue;
@@ -155,10 +162,12 @@ impl Worker {
                 Ok(head) => head,
                 Err(e) => {
                     tracing::debug!(error = %e, shard = self.shard, "webhook queue not read");
+                    failing = true;
                     retry_at = Instant::now() + IDLE_POLL;
                     continue;
                 }
             };
+            failing = false;
             self.set_oldest(head.first().map_or(0, |e| e.appended_ms));
             if head.is_empty() {
                 if stopping {
@@ -171,16 +180,19 @@ impl Worker {
             match self.poster.post(&bodies).await {
                 Ok(()) => {
                     backoff = FIRST_BACKOFF;
+                    failing = false;
                     series.delivered.inc_by(head.len() as u64);
                     let entries: Vec<String> = head.into_iter().map(|e| e.entry).collect();
                     if let Err(e) = events.ack_events(&queue, &entries).await {
                         // Sent again next round: a duplicate, which the ids let the app drop.
                         tracing::warn!(error = %e, shard = self.shard, "delivered webhook batch not removed; it will be sent again");
+                        failing = true;
                         retry_at = Instant::now() + IDLE_POLL;
                     }
                 }
                 Err(e) => {
                     series.failures.inc();
+                    failing = true;
                     tracing::warn!(error = %e, shard = self.shard, events = bodies.len(), ?backoff, "webhook POST failed; retrying");
                     if stopping {
                         break;
