@@ -206,3 +206,40 @@ async fn a_drain_delivers_the_events_of_the_connections_it_closes() {
     assert_eq!(of_user(&events, "dan"), ["user_online", "user_offline"]);
     drop(dan);
 }
+
+#[tokio::test]
+async fn a_slow_app_times_out_and_gets_the_batch_again_while_clients_carry_on() {
+    let app = App::start().await;
+    app.delay_next(&[Duration::from_secs(2)]);
+    let url = app.url();
+    let node = support::start(&["--webhook-url", &url, "--webhook-timeout", "300ms"]).await;
+    let room = unique("slow");
+    let mut eve = Client::connect(node.addr, "eve", Fmt::Json).await;
+    eve.ok(json!({"op": "create_room", "room": room})).await;
+    // Ops do not wait for the app: they only queue.
+    for _ in 0..3 {
+        eve.ok(json!({"op": "leave", "room": room})).await;
+        eve.ok(json!({"op": "join", "room": room})).await;
+    }
+    until(&app, "the room's events", |e| of_room(e, &room).len() >= 15).await;
+    let events = of_room(&app.deduped(), &room);
+    assert_eq!(
+        events[..3],
+        pairs(&[
+            ("room_created", "eve"),
+            ("room_occupied", ""),
+            ("member_joined", "eve"),
+        ])
+    );
+    assert_eq!(events.len(), 15);
+    // The slow POST was given up on at the gateway (the app's handler was cancelled with the
+    // connection, so it recorded nothing) and sent again.
+    let failures = http(node.addr, "GET", "/metrics", None, "").await.1;
+    assert!(
+        failures
+            .lines()
+            .any(|l| l.starts_with("roomcast_webhook_failures_total ") && !l.ends_with(" 0")),
+        "no failure counted"
+    );
+    node.drain().await;
+}

@@ -28,6 +28,7 @@ pub struct Received {
 struct State {
     received: Mutex<Vec<Received>>,
     answers: Mutex<VecDeque<u16>>,
+    delays: Mutex<VecDeque<std::time::Duration>>,
     down: AtomicBool,
 }
 
@@ -79,6 +80,11 @@ impl App {
         self.state.answers.lock().extend(statuses);
     }
 
+    /// Answers the next POSTs only after these delays (a slow app).
+    pub fn delay_next(&self, delays: &[std::time::Duration]) {
+        self.state.delays.lock().extend(delays);
+    }
+
     /// Down: new connections closed at once, requests on kept-alive ones answered 503.
     pub fn set_down(&self, down: bool) {
         self.state.down.store(down, Ordering::Release);
@@ -118,6 +124,10 @@ async fn answer(
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let body = req.into_body().collect().await?.to_bytes();
+    let delay = state.delays.lock().pop_front();
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
     let status = if state.down.load(Ordering::Acquire) {
         503
     } else {
