@@ -121,7 +121,9 @@ impl Running {
         if let Some(webhooks) = self.webhooks {
             // After the last connections closed: their leave and offline events are queued.
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            webhooks.stop(left.max(Duration::from_secs(1))).await;
+            webhooks
+                .stop(&self.node, left.max(Duration::from_secs(1)))
+                .await;
         }
         self.upkeep.abort();
     }

@@ -221,7 +221,11 @@ async fn a_slow_app_times_out_and_gets_the_batch_again_while_clients_carry_on() 
         eve.ok(json!({"op": "leave", "room": room})).await;
         eve.ok(json!({"op": "join", "room": room})).await;
     }
-    until(&app, "the room's events", |e| of_room(e, &room).len() >= 15).await;
+    // Both shards (the room's and eve's) delivered: the slow POST was one of them.
+    until(&app, "the room's events and eve online", |e| {
+        of_room(e, &room).len() >= 15 && !of_user(e, "eve").is_empty()
+    })
+    .await;
     let events = of_room(&app.deduped(), &room);
     assert_eq!(
         events[..3],

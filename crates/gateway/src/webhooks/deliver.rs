@@ -77,7 +77,11 @@ impl Delivery {
     /// The drain's last stage: each worker sends what its shard holds while the app accepts
     /// it, then gives its lease up so that another node takes the shard at once. Waits at most
     /// `within`; what is left stays queued for the next lease holder.
-    pub async fn stop(self, within: Duration) {
+    pub async fn stop(self, node: &Node, within: Duration) {
+        // First what the closing connections emitted reaches the queue.
+        let deadline = tokio::time::Instant::now() + within;
+        node.webhooks.flushed(within / 2).await;
+        let within = deadline.saturating_duration_since(tokio::time::Instant::now());
         let _ = self.stop.send(true);
         let all = futures_util::future::join_all(self.tasks);
         if tokio::time::timeout(within, all).await.is_err() {

@@ -8,8 +8,11 @@
 //! (memory), never from this node's local view, so each change is reported once, cluster-wide.
 //! The event goes into room-state's [`EventQueue`], shard [`event_shard`] of its room (or
 //! user), *right after* the state change: the queue is in another slot than the room, so not
-//! in the same script. A node that dies between the two loses that one event (see
-//! docs/webhooks.md, "Guarantees").
+//! in the same script. The op does not wait for it: [`Webhooks::emit`] hands the event to
+//! the shard's appender task (one per shard, so a shard's events are appended in the order
+//! they were made, and a queue shard whose primary is down delays no op and no other shard).
+//! A node that dies before the append loses those events (see docs/webhooks.md,
+//! "Guarantees").
 //!
 //! [`deliver`] runs on every node: one worker per queue shard, working it while it holds the
 //! shard's lease, so each shard has one reader and one batch in flight: order per shard, hence
@@ -24,12 +27,17 @@ use crate::clock::now_ms;
 use crate::config::Config;
 use crate::metrics::Metrics;
 pub use event::{Cause, Event, Kind};
-use room_state::{event_shard, EventQueue};
+use room_state::{event_shard, EventQueue, EVENT_SHARDS};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::mpsc;
 
-/// Attempts at queueing one event before it is counted lost.
-const APPEND_ATTEMPTS: u32 = 3;
+/// Attempts at appending one event before it is counted lost.
+const APPEND_ATTEMPTS: u32 = 5;
+/// Events waiting for their shard's appender; past this a new event is counted lost (the
+/// queue's Redis primary has been unreachable for a while).
+const APPENDER_BACKLOG: usize = 10_000;
 
 /// The queue (shard) an event goes to: `wh:K`.
 pub fn queue_name(shard: u64) -> String {
@@ -43,7 +51,10 @@ pub struct Webhooks {
 }
 
 struct Inner {
-    queue: Arc<dyn EventQueue>,
+    /// Per shard: the appender's inbox (event JSON, when made, its type for the logs).
+    appenders: Vec<mpsc::Sender<(String, u64, &'static str)>>,
+    /// Events handed to an appender and not yet appended (or given up on).
+    pending: Arc<AtomicUsize>,
     node: String,
     metrics: Arc<Metrics>,
 }
@@ -57,7 +68,7 @@ impl std::fmt::Debug for Webhooks {
 }
 
 impl Webhooks {
-    /// On when `--webhook-url` is set.
+    /// On when `--webhook-url` is set; starts the appenders (needs the runtime).
     pub fn new(
         config: &Config,
         queue: Arc<dyn EventQueue>,
@@ -67,9 +78,29 @@ impl Webhooks {
         if config.webhook_url.is_none() {
             return Webhooks::default();
         }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::error!("webhooks off: no runtime to run them on");
+            return Webhooks::default();
+        };
+        let pending = Arc::new(AtomicUsize::new(0));
+        let appenders = (0..EVENT_SHARDS)
+            .map(|shard| {
+                let (tx, rx) = mpsc::channel(APPENDER_BACKLOG);
+                let appender = append(
+                    rx,
+                    queue.clone(),
+                    queue_name(shard),
+                    pending.clone(),
+                    metrics.clone(),
+                );
+                runtime.spawn(appender);
+                tx
+            })
+            .collect();
         Webhooks {
             inner: Some(Arc::new(Inner {
-                queue,
+                appenders,
+                pending,
                 node: node.to_string(),
                 metrics,
             })),
@@ -80,8 +111,8 @@ impl Webhooks {
         self.inner.is_some()
     }
 
-    /// Queues `event` (retried a few times; a failure is logged and counted, never returned:
-    /// the state change it reports has happened).
+    /// Queues `event`: hands it to its shard's appender and returns at once. A failure is
+    /// logged and counted, never returned: the state change it reports has happened.
     pub async fn emit(&self, event: Event) {
         let Some(inner) = &self.inner else {
             return;
@@ -89,30 +120,70 @@ impl Webhooks {
         let id = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
         let now = now_ms();
         let body = event.to_json(&id, now, &inner.node);
-        let queue = queue_name(event_shard(&event.order_key()));
-        let series = &inner.metrics.webhooks;
-        for attempt in 1..=APPEND_ATTEMPTS {
-            match inner.queue.append_event(&queue, &body, now).await {
-                Ok(()) => {
-                    series.events.with_label_values(&["queued"]).inc();
-                    return;
-                }
-                Err(e) if attempt == APPEND_ATTEMPTS => {
-                    tracing::warn!(error = %e, kind = event.kind.as_str(), "webhook event lost: not queued");
-                    series.events.with_label_values(&["lost"]).inc();
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await,
-            }
+        let shard = event_shard(&event.order_key()) as usize;
+        let Some(appender) = inner.appenders.get(shard) else {
+            return;
+        };
+        inner.pending.fetch_add(1, Ordering::AcqRel);
+        if appender.try_send((body, now, event.kind.as_str())).is_err() {
+            inner.pending.fetch_sub(1, Ordering::AcqRel);
+            tracing::warn!(
+                kind = event.kind.as_str(),
+                "webhook event lost: its shard's backlog is full"
+            );
+            inner
+                .metrics
+                .webhooks
+                .events
+                .with_label_values(&["lost"])
+                .inc();
         }
     }
 
     /// Queues events in order.
     pub async fn emit_all(&self, events: Vec<Event>) {
-        if self.inner.is_none() {
-            return;
-        }
         for event in events {
             self.emit(event).await;
         }
+    }
+
+    /// Waits until every event emitted so far is appended (or given up on), at most
+    /// `within`: the drain's step before its last deliveries.
+    pub async fn flushed(&self, within: Duration) {
+        let Some(inner) = &self.inner else {
+            return;
+        };
+        let deadline = tokio::time::Instant::now() + within;
+        while inner.pending.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// One shard's appender: appends its events in the order they were emitted, each retried
+/// with backoff before the next (so a retry never lands after a later event).
+async fn append(
+    mut inbox: mpsc::Receiver<(String, u64, &'static str)>,
+    queue: Arc<dyn EventQueue>,
+    name: String,
+    pending: Arc<AtomicUsize>,
+    metrics: Arc<Metrics>,
+) {
+    let series = &metrics.webhooks;
+    while let Some((body, now, kind)) = inbox.recv().await {
+        for attempt in 1..=APPEND_ATTEMPTS {
+            match queue.append_event(&name, &body, now).await {
+                Ok(()) => {
+                    series.events.with_label_values(&["queued"]).inc();
+                    break;
+                }
+                Err(e) if attempt == APPEND_ATTEMPTS => {
+                    tracing::warn!(error = %e, kind, "webhook event lost: not queued");
+                    series.events.with_label_values(&["lost"]).inc();
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await,
+            }
+        }
+        pending.fetch_sub(1, Ordering::AcqRel);
     }
 }
