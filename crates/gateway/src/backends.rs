@@ -15,8 +15,8 @@ use fan_out::{
 use protocol::envelope::Envelope;
 use protocol::frame::Publication;
 use room_state::{
-    ArchiveFeed, MemoryState, RateLimits, RedisSettings, RedisState, RoomStore, SessionStore,
-    StateError, TrafficCounters, UserRegistry,
+    ArchiveFeed, EventQueue, MemoryState, RateLimits, RedisSettings, RedisState, RoomStore,
+    SessionStore, StateError, TrafficCounters, UserRegistry,
 };
 use std::sync::Arc;
 
@@ -32,6 +32,8 @@ pub struct Backends {
     pub fanout: Arc<dyn FanOut>,
     /// What the archiver reads: dirty rooms, messages after a cursor, leases.
     pub archive_feed: Arc<dyn ArchiveFeed>,
+    /// The webhook event queue (`crate::webhooks`).
+    pub events: Arc<dyn EventQueue>,
     pub name: &'static str,
 }
 
@@ -51,6 +53,7 @@ impl Backends {
             limits: state.clone(),
             sessions: state.clone(),
             archive_feed: state.clone(),
+            events: state.clone(),
             users: state.clone(),
             traffic: state,
             fanout,
@@ -95,6 +98,7 @@ impl Backends {
             limits: state.clone(),
             sessions: state.clone(),
             archive_feed: state.clone(),
+            events: state.clone(),
             users: state.clone(),
             traffic: state,
             fanout: Arc::new(fanout),

@@ -195,6 +195,25 @@ pub struct Config {
     #[arg(long, env = "ROOMCAST_ARCHIVE_RETENTION", value_parser = duration)]
     pub archive_retention: Option<Duration>,
 
+    // --- Webhooks (docs/webhooks.md) -----------------------------------------------------
+    /// Where room, member and user events are POSTed, in batches (a JSON array), at least
+    /// once and in order per room: `http://host:port/path`. Unset: no events are made.
+    #[arg(long, env = "ROOMCAST_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+
+    /// Signs every webhook body: header `X-Roomcast-Signature: sha256=<hex HMAC-SHA256 of
+    /// the body>`. Unset: no signature header.
+    #[arg(long, env = "ROOMCAST_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+
+    /// A webhook POST that has not answered after this fails and is retried.
+    #[arg(long, env = "ROOMCAST_WEBHOOK_TIMEOUT", default_value = "5s", value_parser = duration)]
+    pub webhook_timeout: Duration,
+
+    /// The most events in one webhook POST.
+    #[arg(long, env = "ROOMCAST_WEBHOOK_BATCH", default_value_t = 100)]
+    pub webhook_batch: usize,
+
     // --- Traffic monitor ----------------------------------------------------------------
     /// Room creations per minute from which the level is `high`.
     #[arg(long, env = "ROOMCAST_TRAFFIC_HIGH", default_value_t = 500)]
@@ -345,6 +364,17 @@ impl Config {
         }
         if self.archive_retention.is_some_and(|d| d.is_zero()) {
             return Err("--archive-retention must be positive".into());
+        }
+        if let Some(url) = &self.webhook_url {
+            if !url.starts_with("http://") || url.parse::<hyper::Uri>().is_err() {
+                return Err("--webhook-url must be an http:// URL".into());
+            }
+        }
+        if self.webhook_secret.is_some() && self.webhook_url.is_none() {
+            return Err("--webhook-secret needs a --webhook-url".into());
+        }
+        if self.webhook_batch == 0 || self.webhook_timeout.is_zero() {
+            return Err("--webhook-batch and --webhook-timeout must be positive".into());
         }
         if self.jwt_secret.is_none() && self.jwt_public_key.is_empty() && !self.allow_anonymous {
             return Err(

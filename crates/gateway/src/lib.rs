@@ -17,6 +17,8 @@
 //!   (traffic, heartbeat, dead nodes, readiness).
 //! - [`archiver`]: copies every acknowledged message into the archive (`--archive`), and
 //!   `--archive-retention`.
+//! - [`webhooks`]: room, member and user events, queued durably and POSTed to the app
+//!   (`--webhook-url`).
 //! - [`traffic`]: the traffic monitor's levels and creation pause.
 //! - [`auth`] and [`client_ip`]: who a client is.
 //! - [`metrics`], [`telemetry`], [`clock`]: Prometheus, logs, timestamps.
@@ -47,6 +49,7 @@ mod telemetry;
 mod traffic;
 mod transport;
 mod users;
+mod webhooks;
 
 pub use config::Config;
 pub use metrics::Metrics;

@@ -115,6 +115,8 @@ pub struct Metrics {
     redis_by_command: Vec<(Histogram, IntCounter)>,
     // The archiver.
     pub archive: ArchiveSeries,
+    // Webhooks.
+    pub webhooks: WebhookSeries,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -180,6 +182,7 @@ impl Metrics {
             redis_by_command,
         } = RedisSeries::new(&r)?;
         let archive = ArchiveSeries::new(&r)?;
+        let webhooks = WebhookSeries::new(&r)?;
         Ok(Metrics {
             registry: r.0,
             connections,
@@ -222,6 +225,7 @@ impl Metrics {
             redis_errors,
             redis_by_command,
             archive,
+            webhooks,
         })
     }
 
@@ -617,6 +621,53 @@ impl RedisSeries {
             redis_duration,
             redis_errors,
             redis_by_command,
+        })
+    }
+}
+
+/// Webhooks (`crate::webhooks`): what was queued, delivered, retried, and how far behind.
+pub struct WebhookSeries {
+    /// Events made on this node, by `result`: `queued`, `lost` (the queue refused it through
+    /// every retry).
+    pub events: IntCounterVec,
+    /// Events the app acknowledged (2xx), sent by this node.
+    pub delivered: IntCounter,
+    /// POSTs that failed (not 2xx, timeout, no connection); each is retried.
+    pub failures: IntCounter,
+    /// Age of the oldest undelivered event in the shards this node delivers.
+    pub lag_seconds: IntGauge,
+    /// Queue shards this node delivers (holds the lease of).
+    pub shards_held: IntGauge,
+}
+
+impl WebhookSeries {
+    fn new(r: &Series) -> prometheus::Result<WebhookSeries> {
+        let events = r.counter_vec(
+            "webhook_events_total",
+            "Webhook events made on this node, by result (queued, lost).",
+            &["result"],
+        )?;
+        for result in ["queued", "lost"] {
+            events.with_label_values(&[result]);
+        }
+        Ok(WebhookSeries {
+            events,
+            delivered: r.counter(
+                "webhook_delivered_total",
+                "Webhook events the app acknowledged (2xx), sent by this node.",
+            )?,
+            failures: r.counter(
+                "webhook_failures_total",
+                "Webhook POSTs that failed (not 2xx, timeout, no connection) and are retried.",
+            )?,
+            lag_seconds: r.gauge(
+                "webhook_lag_seconds",
+                "Age of the oldest undelivered webhook event in the shards this node delivers.",
+            )?,
+            shards_held: r.gauge(
+                "webhook_shards_held",
+                "Webhook queue shards this node delivers (holds the lease of).",
+            )?,
         })
     }
 }

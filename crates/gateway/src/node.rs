@@ -29,6 +29,8 @@ pub struct Node {
     /// a node restarted under the same `--node-id` never issues an id again.
     pub incarnation: String,
     pub backends: Backends,
+    /// Webhook events (`--webhook-url`; a no-op without it).
+    pub webhooks: crate::webhooks::Webhooks,
     /// The archive (`--archive`), or `None` when it is off: see [`Node::archive`].
     archive: Option<Arc<dyn archive::Archive>>,
     /// This node's slices of the users' shared publish buckets.
@@ -157,7 +159,10 @@ impl Node {
             max_per_user: config.max_conns_per_user,
         });
         let started_at = now_ms();
+        let webhooks =
+            crate::webhooks::Webhooks::new(&config, backends.events.clone(), &id, metrics.clone());
         Ok(Arc::new(Node {
+            webhooks,
             id,
             addr,
             started_at,

@@ -63,6 +63,7 @@ pub struct Running {
     accept: tokio::task::JoinHandle<()>,
     upkeep: tokio::task::JoinHandle<()>,
     archiver: Option<crate::archiver::Archiver>,
+    webhooks: Option<crate::webhooks::deliver::Delivery>,
 }
 
 impl std::fmt::Debug for Running {
@@ -90,6 +91,7 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener) -> Running {
     node.refresh_traffic().await;
     let upkeep = tokio::spawn(node.clone().run_upkeep());
     let archiver = crate::archiver::start(&node);
+    let webhooks = crate::webhooks::deliver::start(&node);
     // Ends with the runtime, like the heartbeat tickers: nothing to stop at a drain.
     tokio::spawn(node.expiries.clone().run());
     let (stop, stop_rx) = watch::channel(false);
@@ -101,6 +103,7 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener) -> Running {
         accept,
         upkeep,
         archiver,
+        webhooks,
     }
 }
 
@@ -114,6 +117,13 @@ impl Running {
             // Stage 6 (drain.rs): at least a second, even when the deadline has passed.
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             archiver.stop(left.max(Duration::from_secs(1))).await;
+        }
+        if let Some(webhooks) = self.webhooks {
+            // After the last connections closed: their leave and offline events are queued.
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            webhooks
+                .stop(&self.node, left.max(Duration::from_secs(1)))
+                .await;
         }
         self.upkeep.abort();
     }

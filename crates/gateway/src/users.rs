@@ -14,6 +14,7 @@
 use crate::admission::{Refusal, Rejection};
 use crate::clock::now_ms;
 use crate::node::Node;
+use crate::webhooks::{Event, Kind, Webhooks};
 use protocol::CloseCode;
 use room_state::{UserAdmission, UserConn, UserRegistry};
 use std::sync::Arc;
@@ -25,6 +26,8 @@ const REMOVE_ATTEMPTS: u32 = 3;
 /// One connection counted in the registry; dropping it removes it.
 pub struct UserEntry {
     registry: Arc<dyn UserRegistry>,
+    /// `user_offline` when the removal was the user's last connection.
+    webhooks: Webhooks,
     user: String,
     node: String,
     conn_id: String,
@@ -45,6 +48,7 @@ impl Drop for UserEntry {
             return;
         };
         let registry = self.registry.clone();
+        let webhooks = self.webhooks.clone();
         let (user, node, conn_id) = (
             std::mem::take(&mut self.user),
             std::mem::take(&mut self.node),
@@ -53,7 +57,13 @@ impl Drop for UserEntry {
         runtime.spawn(async move {
             for attempt in 1..=REMOVE_ATTEMPTS {
                 match registry.remove_user_conn(&user, &node, &conn_id).await {
-                    Ok(_last) => return,
+                    Ok(last) => {
+                        if last {
+                            let offline = Event::user(Kind::UserOffline, &user, &conn_id);
+                            webhooks.emit(offline).await;
+                        }
+                        return;
+                    }
                     Err(e) if attempt == REMOVE_ATTEMPTS => {
                         tracing::warn!(error = %e, %conn_id, "user registry entry left to reaping");
                     }
@@ -84,12 +94,20 @@ pub async fn register(
     let max = node.config.max_conns_per_user as u64;
     let entry = || UserEntry {
         registry: node.backends.users.clone(),
+        webhooks: node.webhooks.clone(),
         user: user.to_string(),
         node: node.id.clone(),
         conn_id: conn_id.to_string(),
     };
     match node.backends.users.add_user_conn(user, &conn, max).await {
-        Ok(UserAdmission::Admitted { .. }) => Ok(entry()),
+        Ok(UserAdmission::Admitted { first }) => {
+            if first {
+                node.webhooks
+                    .emit(Event::user(Kind::UserOnline, user, conn_id))
+                    .await;
+            }
+            Ok(entry())
+        }
         // Not counted: nothing to remove.
         Ok(UserAdmission::Full { .. }) => Err(Refusal {
             rejection: Rejection::UserLimit,

@@ -179,6 +179,14 @@ impl RoomStore for Faulty {
     async fn leave(&self, room: &str, conn_id: &str, now_ms: u64) -> Result<bool, StateError> {
         self.inner.leave(room, conn_id, now_ms).await
     }
+    async fn depart(
+        &self,
+        room: &str,
+        conn_id: &str,
+        now_ms: u64,
+    ) -> Result<room_state::Departure, StateError> {
+        self.inner.depart(room, conn_id, now_ms).await
+    }
     async fn publish(
         &self,
         room: &str,
@@ -224,7 +232,7 @@ impl RoomStore for Faulty {
         &self,
         node: &str,
         keep_prefix: Option<&str>,
-    ) -> Result<Vec<(String, MemberRecord)>, StateError> {
+    ) -> Result<Vec<room_state::Departed>, StateError> {
         self.inner.remove_node_members(node, keep_prefix).await
     }
     async fn maintain(&self, now_ms: u64) -> Result<Vec<String>, StateError> {
@@ -259,6 +267,7 @@ async fn unavailable_and_internal_hide_their_details() {
         limits: state.clone(),
         sessions: state.clone(),
         archive_feed: state.clone(),
+        events: state.clone(),
         users: state.clone(),
         traffic: state,
         fanout,

@@ -11,6 +11,7 @@
 //! - [`traffic`]: the [`TrafficCounters`] trait: room creations per second, node heartbeats.
 //! - [`sessions`]: the [`SessionStore`] trait: saved Socket.IO socket state, taken once.
 //! - [`users`]: the [`UserRegistry`] trait: every live connection of a user, per node.
+//! - [`events`]: the [`EventQueue`] trait: the durable, sharded queue of webhook events.
 //! - [`recovery`]: the pure rule that decides whether a `since` position can be recovered.
 //! - [`model`]: plain data passed through the traits.
 //! - [`observer`]: the [`CommandObserver`] a backend reports its remote commands to (metrics).
@@ -30,6 +31,7 @@
 pub mod archive_feed;
 mod ephemeral;
 pub mod error;
+pub mod events;
 pub mod lease;
 pub mod limits;
 pub mod memory;
@@ -45,12 +47,13 @@ pub mod users;
 
 pub use archive_feed::{ArchiveFeed, ArchiveRead, DirtyRoom, ARCHIVE_BACKLOG_CAP, ARCHIVE_SHARDS};
 pub use error::StateError;
+pub use events::{event_shard, EventQueue, QueuedEvent, EVENT_SHARDS};
 pub use lease::LeasedBuckets;
 pub use limits::RateLimits;
 pub use memory::MemoryState;
 pub use model::{
-    Decision, Grant, Idempotency, JoinOutcome, MemberRecord, NodeInfo, Published, Publisher,
-    RoomConfig, RoomInfo,
+    Decision, Departed, Departure, Grant, Idempotency, JoinOutcome, MemberRecord, NodeInfo,
+    Published, Publisher, RoomConfig, RoomInfo,
 };
 pub use observer::{Command, CommandObserver};
 pub use redis::{RedisSettings, RedisState};

@@ -103,6 +103,9 @@ pub struct JoinOutcome {
     pub members: Vec<Member>,
     /// The connection was already a member (the join changed nothing).
     pub already_member: bool,
+    /// The room had no member anywhere before this join (`room_occupied`), as the backend's
+    /// atomic join saw it: exactly one join per empty-to-occupied change says so.
+    pub occupied: bool,
     /// With `since`: whether every message after it was still in history.
     pub recovered: Option<bool>,
     /// With `since`: the messages after it, oldest first; empty when not recovered.
@@ -110,6 +113,25 @@ pub struct JoinOutcome {
     /// The room is ephemeral ([`RoomConfig::is_ephemeral`]). Carried by the join so that the
     /// gateway knows it without asking again on every publish.
     pub ephemeral: bool,
+}
+
+/// What [`crate::RoomStore::depart`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Departure {
+    /// The connection was a member (and is no longer).
+    pub was_member: bool,
+    /// It was the room's last member anywhere (`room_vacated`), as the backend's atomic
+    /// leave saw it: exactly one leave per occupied-to-empty change says so.
+    pub vacated: bool,
+}
+
+/// A member removed with its node ([`crate::RoomStore::remove_node_members`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Departed {
+    pub room: String,
+    pub member: MemberRecord,
+    /// Its removal left the room with no member anywhere.
+    pub vacated: bool,
 }
 
 /// A rate-limit decision.

@@ -2,7 +2,8 @@
 
 use crate::error::StateError;
 use crate::model::{
-    Idempotency, JoinOutcome, MemberRecord, Published, Publisher, RoomConfig, RoomInfo,
+    Departed, Departure, Idempotency, JoinOutcome, MemberRecord, Published, Publisher, RoomConfig,
+    RoomInfo,
 };
 use async_trait::async_trait;
 use protocol::frame::{Member, Publication, Since};
@@ -39,7 +40,14 @@ pub trait RoomStore: Send + Sync {
     ) -> Result<JoinOutcome, StateError>;
 
     /// Removes a member. Returns whether it was one. An absent room is not an error.
-    async fn leave(&self, room: &str, conn_id: &str, now_ms: u64) -> Result<bool, StateError>;
+    async fn leave(&self, room: &str, conn_id: &str, now_ms: u64) -> Result<bool, StateError> {
+        Ok(self.depart(room, conn_id, now_ms).await?.was_member)
+    }
+
+    /// [`RoomStore::leave`], also saying whether the room is now empty everywhere (the
+    /// webhooks' `room_vacated`).
+    async fn depart(&self, room: &str, conn_id: &str, now_ms: u64)
+        -> Result<Departure, StateError>;
 
     /// Assigns the next offset, appends to history and hands the publication to the fan-out,
     /// atomically. `publisher` must be a member; `None` is the server API, which needs none.
@@ -125,12 +133,13 @@ pub trait RoomStore: Send + Sync {
 
     /// Removes every member held by `node` and returns them with their rooms: all of them for
     /// a dead node; for a node restarted under the same id, those of its earlier incarnations,
-    /// i.e. all but the connection ids that start with `keep_prefix`.
+    /// i.e. all but the connection ids that start with `keep_prefix`. Each removal says, as a
+    /// leave does, whether it emptied its room.
     async fn remove_node_members(
         &self,
         node: &str,
         keep_prefix: Option<&str>,
-    ) -> Result<Vec<(String, MemberRecord)>, StateError>;
+    ) -> Result<Vec<Departed>, StateError>;
 
     /// Periodic upkeep, such as expiring empty rooms. Returns the rooms that expired.
     async fn maintain(&self, now_ms: u64) -> Result<Vec<String>, StateError>;

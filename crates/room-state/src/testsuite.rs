@@ -66,14 +66,10 @@ pub async fn rooms(store: &dyn RoomStore, prefix: &str) {
         (0, created.epoch.as_str(), 1)
     );
     assert!(!j.already_member);
-    assert!(
-        store
-            .join(&room, &a, None, now)
-            .await
-            .unwrap()
-            .already_member
-    );
-    store.join(&room, &b, None, now).await.unwrap();
+    assert!(j.occupied, "the first member occupies the room");
+    let again = store.join(&room, &a, None, now).await.unwrap();
+    assert!(again.already_member && !again.occupied);
+    assert!(!store.join(&room, &b, None, now).await.unwrap().occupied);
     let c = member(&format!("{prefix}c3"), "carol", "n1");
     assert_eq!(
         store.join(&room, &c, None, now).await.unwrap_err(),
@@ -191,9 +187,10 @@ pub async fn rooms(store: &dyn RoomStore, prefix: &str) {
         .unwrap();
     assert_eq!(swept.len(), 1);
     assert_eq!(
-        (swept[0].0.as_str(), swept[0].1.user.as_str()),
+        (swept[0].room.as_str(), swept[0].member.user.as_str()),
         (room.as_str(), "dave")
     );
+    assert!(!swept[0].vacated, "others are still in the room");
     assert_eq!(store.info(&room).await.unwrap().members.len(), 1);
 
     // A node restarted under the same id sweeps its earlier incarnations' members only.
@@ -209,7 +206,7 @@ pub async fn rooms(store: &dyn RoomStore, prefix: &str) {
     assert_eq!(
         swept
             .iter()
-            .map(|(_, m)| m.user.as_str())
+            .map(|d| d.member.user.as_str())
             .collect::<Vec<_>>(),
         vec!["erin"]
     );
@@ -222,8 +219,39 @@ pub async fn rooms(store: &dyn RoomStore, prefix: &str) {
         .map(|m| m.user)
         .collect();
     assert!(users.contains(&"fred".to_string()) && !users.contains(&"erin".to_string()));
-    assert!(store.leave(&restart, &new.conn_id, now).await.unwrap());
+    let out = store.depart(&restart, &new.conn_id, now).await.unwrap();
+    assert!(
+        out.was_member && out.vacated,
+        "the last member out vacates the room"
+    );
     store.close(&restart).await.unwrap();
+
+    // A dead node that held a room's last members vacates it, once.
+    let lonely = format!("{prefix}lonely");
+    let gone = format!("{prefix}gone");
+    store.create(&lonely, &config(None, 3), now).await.unwrap();
+    for i in 0..2 {
+        let m = member(&format!("{gone}.1.{i}"), "gina", &gone);
+        store.join(&lonely, &m, None, now).await.unwrap();
+    }
+    let swept = store.remove_node_members(&gone, None).await.unwrap();
+    assert_eq!(swept.len(), 2);
+    assert_eq!(swept.iter().filter(|d| d.vacated).count(), 1);
+    let rejoin = member(&format!("{prefix}c9"), "hank", "n1");
+    assert!(
+        store
+            .join(&lonely, &rejoin, None, now)
+            .await
+            .unwrap()
+            .occupied
+    );
+    let out = store.depart(&lonely, &rejoin.conn_id, now).await.unwrap();
+    assert!(out.vacated);
+    assert_eq!(
+        store.depart(&lonely, &rejoin.conn_id, now).await.unwrap(),
+        crate::Departure::default()
+    );
+    store.close(&lonely).await.unwrap();
 
     // Retiring an epoch restarts offsets and history, once.
     let (fresh, changed) = store.reset_epoch(&room, &created.epoch).await.unwrap();
@@ -1010,4 +1038,46 @@ pub async fn users(
     assert_eq!(lasts, vec![(user.clone(), true), (other.clone(), true)]);
     assert!(registry.user_conns(&user).await.unwrap().is_empty());
     assert!(registry.user_conns(&other).await.unwrap().is_empty());
+}
+
+/// The webhook event queue: order, reading without removing, acknowledging a batch, queues
+/// kept apart. `now_ms` explicit (the memory backend stamps entries with it).
+pub async fn event_queue(queue: &dyn crate::EventQueue, prefix: &str) {
+    let (a, b) = (format!("{prefix}q0"), format!("{prefix}q1"));
+    assert!(queue.read_events(&a, 10).await.unwrap().is_empty());
+    assert_eq!(queue.queued_events(&a).await.unwrap(), 0);
+    for i in 0..5 {
+        let body = format!("{{\"n\":{i}}}");
+        queue.append_event(&a, &body, 1_000 + i).await.unwrap();
+    }
+    queue
+        .append_event(&b, "{\"other\":true}", 2_000)
+        .await
+        .unwrap();
+    let head = queue.read_events(&a, 3).await.unwrap();
+    assert_eq!(
+        head.iter().map(|e| e.body.as_str()).collect::<Vec<_>>(),
+        vec!["{\"n\":0}", "{\"n\":1}", "{\"n\":2}"]
+    );
+    assert!(head.iter().all(|e| e.appended_ms > 0));
+    // Reading again gives the same head: nothing is removed before the acknowledgement.
+    assert_eq!(queue.read_events(&a, 3).await.unwrap(), head);
+    let ids: Vec<String> = head.iter().map(|e| e.entry.clone()).collect();
+    queue.ack_events(&a, &ids).await.unwrap();
+    queue.ack_events(&a, &ids).await.unwrap();
+    let rest = queue.read_events(&a, 10).await.unwrap();
+    assert_eq!(
+        rest.iter().map(|e| e.body.as_str()).collect::<Vec<_>>(),
+        vec!["{\"n\":3}", "{\"n\":4}"]
+    );
+    assert_eq!(queue.queued_events(&a).await.unwrap(), 2);
+    assert_eq!(queue.queued_events(&b).await.unwrap(), 1);
+    let ids: Vec<String> = rest.iter().map(|e| e.entry.clone()).collect();
+    queue.ack_events(&a, &ids).await.unwrap();
+    assert_eq!(queue.queued_events(&a).await.unwrap(), 0);
+    let other = queue.read_events(&b, 10).await.unwrap();
+    queue
+        .ack_events(&b, &[other[0].entry.clone()])
+        .await
+        .unwrap();
 }

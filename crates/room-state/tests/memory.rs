@@ -39,6 +39,11 @@ async fn archive_feed() {
     testsuite::archive_feed(&MemoryState::new(), "t:").await;
 }
 
+#[tokio::test]
+async fn event_queue() {
+    testsuite::event_queue(&MemoryState::new(), "t:").await;
+}
+
 /// Memory only (10,000 publishes): past `ARCHIVE_BACKLOG_CAP` unarchived messages a room's
 /// publishes are refused `unavailable`, and accepted again once the cursor moves. The Redis
 /// script applies the same rule (`scripts::publish`, {-5}).

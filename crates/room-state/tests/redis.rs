@@ -72,6 +72,11 @@ async fn archive_feed() {
 }
 
 #[tokio::test]
+async fn event_queue() {
+    testsuite::event_queue(&*state().await, &prefix("events")).await;
+}
+
+#[tokio::test]
 async fn sessions() {
     testsuite::sessions(&*state().await, &prefix("sessions")).await;
 }

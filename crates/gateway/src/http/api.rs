@@ -256,6 +256,8 @@ async fn close_room(node: &Node, room: &str) -> Response<Body> {
         Err(StateError::NotFound) if was_asleep => Vec::new(),
         Err(e) => return state_error(e),
     };
+    let event = crate::webhooks::Event::room(crate::webhooks::Kind::RoomClosed, room);
+    node.webhooks.emit(event).await;
     let closed = Envelope::RoomClosed {
         room: room.to_string(),
         reason: "closed".to_string(),

@@ -7,6 +7,7 @@ use crate::clock::now_ms;
 use crate::presence::announce;
 use crate::reconnect::send_reconnect;
 use crate::traffic::WINDOW_MS;
+use crate::webhooks::{Cause, Event as Webhook, Kind};
 use protocol::frame::{Event, PresenceAction};
 use room_state::NodeInfo;
 use std::sync::atomic::Ordering;
@@ -87,14 +88,17 @@ impl Node {
             if seq > floor || local.contains(conn_id.as_str()) {
                 continue;
             }
-            if self
+            if let Ok(last) = self
                 .backends
                 .users
                 .remove_user_conn(&user, &self.id, &conn_id)
                 .await
-                .is_ok()
             {
                 removed += 1;
+                if last {
+                    let offline = Webhook::user(Kind::UserOffline, &user, &conn_id);
+                    self.webhooks.emit(offline).await;
+                }
             }
         }
         if removed > 0 {
@@ -281,6 +285,11 @@ impl Node {
                     let offline = removed.iter().filter(|r| r.last).count();
                     tracing::info!(%node, connections = removed.len(), offline, "user registry entries removed");
                 }
+                // Exactly as if they had disconnected: this node is the one that removed them.
+                let events = removed.iter().filter(|r| r.last).map(|r| {
+                    Webhook::user(Kind::UserOffline, &r.user, &r.conn_id).caused_by(Cause::NodeDead)
+                });
+                self.webhooks.emit_all(events.collect()).await;
                 true
             }
             Err(e) => {
@@ -301,11 +310,19 @@ impl Node {
     }
 
     /// Tells the rooms of removed members that they left.
-    async fn announce_leaves(&self, removed: Vec<(String, room_state::MemberRecord)>) {
-        for (room, member) in removed {
+    async fn announce_leaves(&self, removed: Vec<room_state::Departed>) {
+        // As if each had left: who left, then the room empty when it was the last one.
+        let events = removed.iter().flat_map(|d| {
+            let m = &d.member;
+            let left = Webhook::member(Kind::MemberLeft, &d.room, &m.user, &m.conn_id);
+            let vacated = d.vacated.then(|| Webhook::room(Kind::RoomVacated, &d.room));
+            [left.caused_by(Cause::NodeDead)].into_iter().chain(vacated)
+        });
+        self.webhooks.emit_all(events.collect::<Vec<_>>()).await;
+        for d in removed {
             let leave = PresenceAction::Leave;
             let fanout = &*self.backends.fanout;
-            announce(fanout, room, leave, member.user, member.conn_id).await;
+            announce(fanout, d.room, leave, d.member.user, d.member.conn_id).await;
         }
     }
 

@@ -5,6 +5,7 @@ use super::membership::join;
 use super::{forbidden, state_error, After, OpResult, Session};
 use crate::clock::now_ms;
 use crate::node::Node;
+use crate::webhooks::{Event, Kind};
 use protocol::frame::{ErrorBody, OkBody, RoomOptions};
 use protocol::ErrorCode;
 use room_state::{RoomConfig, RoomInfo, StateError};
@@ -146,7 +147,11 @@ async fn create_named(
             None => format!("{}{}", s.room_prefix, room_code()),
         };
         match node.backends.rooms.create(&name, config, now).await {
-            Ok(info) => return Ok(info),
+            Ok(info) => {
+                let created = Event::room(Kind::RoomCreated, &name).with_user(&s.identity.user);
+                node.webhooks.emit(created).await;
+                return Ok(info);
+            }
             Err(StateError::RoomExists) if room.is_none() && attempt < 5 => attempt += 1,
             Err(e) => return Err(state_error(node, "create_room", e)),
         }

@@ -5,6 +5,7 @@ use super::{forbidden, state_error, After, OpResult, Session};
 use crate::clock::now_ms;
 use crate::node::Node;
 use crate::presence::announce;
+use crate::webhooks::{Event, Kind};
 use protocol::frame::{ErrorBody, OkBody, PresenceAction, Since};
 use protocol::{CloseCode, ErrorCode};
 use room_state::{MemberRecord, StateError};
@@ -51,6 +52,14 @@ pub(super) async fn join(
         }
     };
     if !outcome.already_member {
+        // The room's first member anywhere: occupied first, then who joined.
+        let occupied = outcome
+            .occupied
+            .then(|| Event::room(Kind::RoomOccupied, room));
+        let joined = Event::member(Kind::MemberJoined, room, &member.user, &member.conn_id);
+        node.webhooks
+            .emit_all(occupied.into_iter().chain([joined]).collect())
+            .await;
         let (user, conn_id) = (member.user.clone(), member.conn_id.clone());
         announce(
             &*node.backends.fanout,
@@ -87,11 +96,20 @@ pub async fn leave_room(
     user: &str,
     room: &str,
 ) -> Result<bool, StateError> {
-    let was_member = node.backends.rooms.leave(room, conn_id, now_ms()).await?;
+    let departure = node.backends.rooms.depart(room, conn_id, now_ms()).await?;
+    let was_member = departure.was_member;
     if node.registry.leave(room, conn_id) == Some(true) {
         node.backends.fanout.unsubscribe(room);
     }
     if was_member {
+        // Who left, then (the room's last member anywhere) that it is empty.
+        let left = Event::member(Kind::MemberLeft, room, user, conn_id);
+        let vacated = departure
+            .vacated
+            .then(|| Event::room(Kind::RoomVacated, room));
+        node.webhooks
+            .emit_all([left].into_iter().chain(vacated).collect())
+            .await;
         let (user, conn_id) = (user.to_string(), conn_id.to_string());
         announce(
             &*node.backends.fanout,

@@ -4,6 +4,7 @@
 //! lock is ever held across an `.await` (the trait methods are async only to match Redis).
 
 mod archive_feed;
+mod events;
 mod limits;
 mod rooms;
 mod traffic;
@@ -12,7 +13,7 @@ mod users;
 use parking_lot::{Mutex, RwLock};
 use rooms::Room;
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 
 use crate::ephemeral::EphemeralRooms;
@@ -43,6 +44,10 @@ pub struct MemoryState {
     leases: Mutex<HashMap<String, (String, u64)>>,
     /// The user registry: user → connection id → connection.
     users: Mutex<HashMap<String, BTreeMap<String, crate::users::UserConn>>>,
+    /// The webhook event queues (`EventQueue`): queue name → events, oldest first.
+    events: Mutex<HashMap<String, VecDeque<crate::events::QueuedEvent>>>,
+    /// Makes event entry ids unique within the process.
+    event_seq: AtomicU64,
 }
 
 impl Default for MemoryState {
@@ -67,6 +72,8 @@ impl MemoryState {
             dirty: Mutex::new(HashMap::new()),
             leases: Mutex::new(HashMap::new()),
             users: Mutex::new(HashMap::new()),
+            events: Mutex::new(HashMap::new()),
+            event_seq: AtomicU64::new(0),
         }
     }
 

@@ -4,7 +4,8 @@ use super::{new_epoch, MemoryState};
 use crate::archive_feed::ARCHIVE_BACKLOG_CAP;
 use crate::error::StateError;
 use crate::model::{
-    Idempotency, JoinOutcome, MemberRecord, Published, Publisher, RoomConfig, RoomInfo,
+    Departed, Departure, Idempotency, JoinOutcome, MemberRecord, Published, Publisher, RoomConfig,
+    RoomInfo,
 };
 use crate::recovery::recover;
 use crate::rooms::RoomStore;
@@ -258,6 +259,7 @@ impl RoomStore for MemoryState {
     ) -> Result<JoinOutcome, StateError> {
         self.with_room(room, Some(now_ms), |r| {
             let already_member = r.is_member(&member.conn_id);
+            let occupied = !already_member && r.members.is_empty();
             if !already_member {
                 if let Some(max) = r.config.max_members {
                     if r.members.len() >= max as usize {
@@ -282,6 +284,7 @@ impl RoomStore for MemoryState {
                 epoch: r.epoch.clone(),
                 members: r.member_list(),
                 already_member,
+                occupied,
                 recovered,
                 missed,
                 ephemeral: r.config.is_ephemeral(),
@@ -289,16 +292,25 @@ impl RoomStore for MemoryState {
         })
     }
 
-    async fn leave(&self, room: &str, conn_id: &str, now_ms: u64) -> Result<bool, StateError> {
+    async fn depart(
+        &self,
+        room: &str,
+        conn_id: &str,
+        now_ms: u64,
+    ) -> Result<Departure, StateError> {
         match self.with_room(room, None, |r| {
             let before = r.members.len();
             r.members.retain(|m| m.conn_id != conn_id);
-            if r.members.is_empty() && before > 0 {
+            let was_member = r.members.len() < before;
+            if r.members.is_empty() && was_member {
                 r.expires_at = Some(now_ms + r.config.ttl_secs * 1000);
             }
-            Ok(r.members.len() < before)
+            Ok(Departure {
+                was_member,
+                vacated: was_member && r.members.is_empty(),
+            })
         }) {
-            Err(StateError::NotFound) => Ok(false),
+            Err(StateError::NotFound) => Ok(Departure::default()),
             other => other,
         }
     }
@@ -395,17 +407,28 @@ impl RoomStore for MemoryState {
         &self,
         node: &str,
         keep_prefix: Option<&str>,
-    ) -> Result<Vec<(String, MemberRecord)>, StateError> {
+    ) -> Result<Vec<Departed>, StateError> {
         let rooms: Vec<Arc<Mutex<Room>>> = self.rooms.read().values().cloned().collect();
         let mut removed = Vec::new();
         let kept = |m: &MemberRecord| keep_prefix.is_some_and(|p| m.conn_id.starts_with(p));
+        let now_ms = protocol::clock::now_ms();
         for room in rooms {
             let mut r = room.lock();
             let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut r.members)
                 .into_iter()
                 .partition(|m| m.node == node && !kept(m));
             r.members = kept;
-            removed.extend(gone.into_iter().map(|m| (r.name.clone(), m)));
+            // As if they left one by one: the last one out empties the room.
+            let emptied = !gone.is_empty() && r.members.is_empty();
+            if emptied {
+                r.expires_at = Some(now_ms + r.config.ttl_secs * 1000);
+            }
+            let last = gone.len().saturating_sub(1);
+            removed.extend(gone.into_iter().enumerate().map(|(i, member)| Departed {
+                room: r.name.clone(),
+                member,
+                vacated: emptied && i == last,
+            }));
         }
         Ok(removed)
     }

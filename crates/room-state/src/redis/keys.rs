@@ -21,7 +21,8 @@
 //! | `rc:{l:KEY}:b` | hash | token bucket `tokens`, `ts` |
 //! | `rc:{tc:K}:c` | hash | second → room creations; K = 0..7 |
 //! | `rc:{arch:K}` | sorted set | dirty rooms (messages not archived yet) → when marked; K = 0..15 (`archive_feed::archive_shard`) |
-//! | `rc:{lease:NAME}` | string, PX | a lease's holder (an archive shard, retention) |
+//! | `rc:{lease:NAME}` | string, PX | a lease's holder (an archive shard, retention, a webhook queue) |
+//! | `rc:{q:NAME}` | stream | a webhook event queue (`EventQueue`): field `e`, the event's JSON |
 //!
 //! The meta hash also holds, when the archive is on: `arch`, the last archived offset of the
 //! epoch, and `ad`, when the room was marked dirty.
@@ -116,6 +117,11 @@ pub fn session(key: &str) -> String {
 /// The dirty-rooms index shard `k` of the archiver.
 pub fn archive_dirty(k: u64) -> String {
     format!("rc:{{arch:{k}}}")
+}
+
+/// A webhook event queue, alone in its slot.
+pub fn event_queue(name: &str) -> String {
+    format!("rc:{{q:{name}}}")
 }
 
 /// A lease, alone in its slot.

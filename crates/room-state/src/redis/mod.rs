@@ -7,6 +7,7 @@
 
 mod archive_feed;
 mod audit;
+mod events;
 mod keys;
 mod limits;
 mod rooms;

@@ -5,7 +5,8 @@ use super::{array, fred_error, int, string, RedisState};
 use crate::error::StateError;
 use crate::memory::new_epoch;
 use crate::model::{
-    Idempotency, JoinOutcome, MemberRecord, Published, Publisher, RoomConfig, RoomInfo,
+    Departed, Departure, Idempotency, JoinOutcome, MemberRecord, Published, Publisher, RoomConfig,
+    RoomInfo,
 };
 use crate::observer::Command;
 use crate::rooms::RoomStore;
@@ -57,7 +58,7 @@ impl RedisState {
         room: &str,
         conn_id: &str,
         now_ms: u64,
-    ) -> Result<Option<MemberRecord>, StateError> {
+    ) -> Result<Option<(MemberRecord, bool)>, StateError> {
         let k = RoomKeys::new(room);
         let reply = array(
             self.eval(Command::Leave, k.all(), vec![conn_id.to_string()])
@@ -73,7 +74,8 @@ impl RedisState {
             conn_id: conn_id.to_string(),
             node: node.to_string(),
         };
-        if int(reply.get(1))? == 1 {
+        let vacated = int(reply.get(1))? == 1;
+        if vacated {
             // Nobody is left anywhere: the room may expire and come back with other options.
             self.ephemeral.learn(room, false);
             let ttl = self
@@ -85,7 +87,7 @@ impl RedisState {
         if !record.node.is_empty() {
             self.track_member(&record.node, room, conn_id, false).await;
         }
-        Ok(Some(record))
+        Ok(Some((record, vacated)))
     }
 
     async fn room_ttl(&self, room: &str) -> Option<u64> {
@@ -298,6 +300,7 @@ impl RoomStore for RedisState {
         let offset = int(reply.get(1))? as u64;
         let epoch = string(reply.get(2))?;
         let already_member = int(reply.get(3))? == 1;
+        let occupied = !already_member && int(reply.get(7))? == 1;
         let recovered = match int(reply.get(5))? {
             -1 => None,
             r => Some(r == 1),
@@ -308,7 +311,7 @@ impl RoomStore for RedisState {
         let ephemeral = int(reply.get(8))? == 0;
         self.ephemeral.learn(room, ephemeral);
         if !already_member {
-            if int(reply.get(7))? == 1 {
+            if occupied {
                 self.index(room, None).await;
             }
             self.track_member(&member.node, room, &member.conn_id, true)
@@ -319,14 +322,26 @@ impl RoomStore for RedisState {
             epoch,
             members: members(reply.get(4)),
             already_member,
+            occupied,
             recovered,
             missed,
             ephemeral,
         })
     }
 
-    async fn leave(&self, room: &str, conn_id: &str, now_ms: u64) -> Result<bool, StateError> {
-        Ok(self.leave_inner(room, conn_id, now_ms).await?.is_some())
+    async fn depart(
+        &self,
+        room: &str,
+        conn_id: &str,
+        now_ms: u64,
+    ) -> Result<Departure, StateError> {
+        Ok(match self.leave_inner(room, conn_id, now_ms).await? {
+            Some((_, vacated)) => Departure {
+                was_member: true,
+                vacated,
+            },
+            None => Departure::default(),
+        })
     }
 
     async fn publish(
@@ -559,7 +574,7 @@ impl RoomStore for RedisState {
         &self,
         node: &str,
         keep_prefix: Option<&str>,
-    ) -> Result<Vec<(String, MemberRecord)>, StateError> {
+    ) -> Result<Vec<Departed>, StateError> {
         let key = keys::node_members(node);
         let entries: Vec<String> = self
             .on(&key)
@@ -575,8 +590,12 @@ impl RoomStore for RedisState {
             if keep_prefix.is_some_and(|p| conn.starts_with(p)) {
                 continue;
             }
-            if let Some(record) = self.leave_inner(room, conn, now).await? {
-                removed.push((room.to_string(), record));
+            if let Some((member, vacated)) = self.leave_inner(room, conn, now).await? {
+                removed.push(Departed {
+                    room: room.to_string(),
+                    member,
+                    vacated,
+                });
             }
             // Entry by entry: the set may hold members of the node's current incarnation.
             let _: Result<Value, _> = self.on(&key).srem(&key, entry.as_str()).await;

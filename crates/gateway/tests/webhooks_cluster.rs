@@ -1,0 +1,164 @@
+//! Webhooks across three real gateways on the Redis Cluster (`ROOMCAST_TEST_REDIS_CLUSTER`):
+//! occupied / vacated / online / offline are reported once for the whole cluster; a gateway
+//! killed with -9 while the app is down leaves events in the queue shards it delivered, which
+//! the others take over, and its members produce their leave / vacated / offline events
+//! through the node that claims it dead; after 30 s down, the app gets everything, in order
+//! per room. Serial: a killed node must be claimed by a node that has webhooks on, and the
+//! queues and leases are the cluster's own, so no other webhook test may share them.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+mod webhook_app;
+
+use serde_json::{json, Value};
+use std::time::Duration;
+use support::*;
+use webhook_app::{of_room, of_user, App};
+
+const VAR: &str = "ROOMCAST_TEST_REDIS_CLUSTER";
+
+/// Waits up to `secs` until `f` holds for what the app accepted, deduped by id.
+async fn until(app: &App, secs: u64, what: &str, f: impl Fn(&[Value]) -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let events = app.deduped();
+        if f(&events) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}; got {events:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(t, u)| (t.to_string(), u.to_string()))
+        .collect()
+}
+
+/// `roomcast_webhook_shards_held` of a gateway.
+async fn shards_held(g: &Gateway) -> u64 {
+    let (_, body) = http(g.addr, "GET", "/metrics", None, "").await;
+    body.lines()
+        .find_map(|l| l.strip_prefix("roomcast_webhook_shards_held "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn serial_webhooks_survive_a_killed_node_and_an_app_outage() {
+    let app = App::start().await;
+    let url = app.url();
+    let mut nodes = cluster_gateways::<3>(
+        VAR,
+        "wh",
+        &[
+            "--node-ttl",
+            "2s",
+            "--room-create-limit",
+            "100",
+            "--webhook-url",
+            &url,
+        ],
+    )
+    .await;
+    let (dora, gus, finn) = (unique("dora"), unique("gus"), unique("finn"));
+    let room = unique("whc");
+
+    // One user on two nodes, one room with members on two nodes: online once, occupied once.
+    let mut dora0 = Client::connect(nodes[0].addr, &dora, Fmt::Json).await;
+    dora0.ok(json!({"op": "create_room", "room": room})).await;
+    let mut dora1 = Client::connect(nodes[1].addr, &dora, Fmt::Json).await;
+    dora1.ok(json!({"op": "join", "room": room})).await;
+    drop(dora1);
+    let start = pairs(&[
+        ("room_created", &dora),
+        ("room_occupied", ""),
+        ("member_joined", &dora),
+        ("member_joined", &dora),
+        ("member_left", &dora),
+    ]);
+    until(&app, 15, "the room's first events", |e| {
+        of_room(e, &room).len() >= start.len()
+    })
+    .await;
+    assert_eq!(of_room(&app.deduped(), &room), start);
+    assert_eq!(of_user(&app.deduped(), &dora), ["user_online"]);
+
+    // The app goes down; events pile up in the queues, some in shards node 0 delivers.
+    app.set_down(true);
+    let down_at = tokio::time::Instant::now();
+    assert!(shards_held(&nodes[0]).await > 0, "node 0 delivers no shard");
+    let mut gus0 = Client::connect(nodes[0].addr, &gus, Fmt::Json).await;
+    let g_room = unique("whg");
+    gus0.ok(json!({"op": "create_room", "room": g_room})).await;
+    let mut finn2 = Client::connect(nodes[2].addr, &finn, Fmt::Json).await;
+    let rooms: Vec<String> = (0..8).map(|_| unique("whx")).collect();
+    for r in &rooms {
+        finn2.ok(json!({"op": "create_room", "room": r})).await;
+        finn2.ok(json!({"op": "leave", "room": r})).await;
+    }
+
+    // Node 0 dies with dora (the room's last member) and gus on it.
+    nodes[0].kill9();
+    let dead = nodes[0].id.clone();
+
+    // Down for 30 s in all, then back.
+    tokio::time::sleep_until(down_at + Duration::from_secs(30)).await;
+    app.set_down(false);
+
+    let mut expected_room = start.clone();
+    expected_room.extend(pairs(&[("member_left", &dora), ("room_vacated", "")]));
+    let expected_g = pairs(&[
+        ("room_created", &gus),
+        ("room_occupied", ""),
+        ("member_joined", &gus),
+        ("member_left", &gus),
+        ("room_vacated", ""),
+    ]);
+    let expected_x = pairs(&[
+        ("room_created", &finn),
+        ("room_occupied", ""),
+        ("member_joined", &finn),
+        ("member_left", &finn),
+        ("room_vacated", ""),
+    ]);
+    // The backoff is at most 30 s (jittered down to 15 s) by the time the app is back.
+    until(&app, 45, "every event after the outage", |e| {
+        of_room(e, &room).len() >= expected_room.len()
+            && of_room(e, &g_room).len() >= expected_g.len()
+            && rooms
+                .iter()
+                .all(|r| of_room(e, r).len() >= expected_x.len())
+            && of_user(e, &dora).len() >= 2
+            && of_user(e, &gus).len() >= 2
+            && !of_user(e, &finn).is_empty()
+    })
+    .await;
+    let events = app.deduped();
+    assert_eq!(of_room(&events, &room), expected_room);
+    assert_eq!(of_room(&events, &g_room), expected_g);
+    for r in &rooms {
+        assert_eq!(of_room(&events, r), expected_x, "room {r}");
+    }
+    assert_eq!(of_user(&events, &dora), ["user_online", "user_offline"]);
+    assert_eq!(of_user(&events, &gus), ["user_online", "user_offline"]);
+    // finn's socket is not read during the outage, so it answers no ping and may be closed
+    // for that (then offline follows): only the first event is certain.
+    assert_eq!(of_user(&events, &finn)[0], "user_online");
+    // The dead node's departures were made by the live node that claimed it.
+    let reaped: Vec<&Value> = events
+        .iter()
+        // (Earlier runs' dead gateways may be reaped now too: only this run's users count.)
+        .filter(|e| e["reason"] == "node_dead" && (e["user"] == dora || e["user"] == gus))
+        .collect();
+    assert_eq!(reaped.len(), 4, "{reaped:#?}"); // dora and gus: left, offline
+    assert!(reaped.iter().all(|e| e["node"] != dead.as_str()));
+    drop(finn2);
+    drop(gus0);
+    drop(dora0);
+}
