@@ -43,14 +43,17 @@ pub mod testsuite;
 pub mod traffic;
 pub mod users;
 
-pub use archive_feed::{ArchiveFeed, ArchiveRead, DirtyRoom, ARCHIVE_BACKLOG_CAP, ARCHIVE_SHARDS};
+pub use archive_feed::{
+    ArchiveFeed, ArchiveRead, DirtyRoom, SleepState, ARCHIVE_BACKLOG_CAP, ARCHIVE_SHARDS,
+    SLEEP_BACKSTOP_MS,
+};
 pub use error::StateError;
 pub use lease::LeasedBuckets;
 pub use limits::RateLimits;
 pub use memory::MemoryState;
 pub use model::{
     Decision, Grant, Idempotency, JoinOutcome, MemberRecord, NodeInfo, Published, Publisher,
-    RoomConfig, RoomInfo,
+    RoomConfig, RoomInfo, Wake,
 };
 pub use observer::{Command, CommandObserver};
 pub use redis::{RedisSettings, RedisState};

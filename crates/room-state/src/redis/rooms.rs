@@ -5,7 +5,7 @@ use super::{array, fred_error, int, string, RedisState};
 use crate::error::StateError;
 use crate::memory::new_epoch;
 use crate::model::{
-    Idempotency, JoinOutcome, MemberRecord, Published, Publisher, RoomConfig, RoomInfo,
+    Idempotency, JoinOutcome, MemberRecord, Published, Publisher, RoomConfig, RoomInfo, Wake,
 };
 use crate::observer::Command;
 use crate::rooms::RoomStore;
@@ -26,8 +26,18 @@ impl RedisState {
         ]
     }
 
+    /// How long an empty room's keys outlive its TTL: while the archive is on, the sleep
+    /// sweep removes rooms (saved first), and the keys' own expiry is only a backstop.
+    pub(super) fn ttl_extra_ms(&self) -> u64 {
+        if self.archiving.load(std::sync::atomic::Ordering::Acquire) {
+            crate::archive_feed::SLEEP_BACKSTOP_MS
+        } else {
+            0
+        }
+    }
+
     /// Marks a room occupied (`+inf`) or empty (expiring) in the active-rooms index.
-    async fn index(&self, room: &str, expires_at: Option<u64>) {
+    pub(super) async fn index(&self, room: &str, expires_at: Option<u64>) {
         let score = expires_at.map_or(f64::INFINITY, |t| t as f64);
         let key = keys::room_index(room);
         let r: Result<Value, _> = self
@@ -60,8 +70,12 @@ impl RedisState {
     ) -> Result<Option<MemberRecord>, StateError> {
         let k = RoomKeys::new(room);
         let reply = array(
-            self.eval(Command::Leave, k.all(), vec![conn_id.to_string()])
-                .await?,
+            self.eval(
+                Command::Leave,
+                k.all(),
+                vec![conn_id.to_string(), self.ttl_extra_ms().to_string()],
+            )
+            .await?,
         );
         if int(reply.first())? == 0 {
             return Ok(None);
@@ -260,6 +274,7 @@ impl RoomStore for RedisState {
             config.history_size.to_string(),
             ttl_ms.to_string(),
             now_ms.to_string(),
+            self.ttl_extra_ms().to_string(),
         ];
         let created = self.eval(Command::Create, k.all(), args).await?;
         if created.as_i64() != Some(1) {
@@ -274,6 +289,55 @@ impl RoomStore for RedisState {
             members: Vec::new(),
             config: config.clone(),
             created_at: now_ms,
+        })
+    }
+
+    async fn wake(&self, room: &str, wake: &Wake, now_ms: u64) -> Result<RoomInfo, StateError> {
+        let k = RoomKeys::new(room);
+        let config = &wake.config;
+        let ttl_ms = config.ttl_secs.max(1) * 1000;
+        let mut args = vec![
+            wake.epoch.clone(),
+            wake.offset.to_string(),
+            config.max_members.unwrap_or(0).to_string(),
+            config.history_size.to_string(),
+            ttl_ms.to_string(),
+            wake.created_at.to_string(),
+            self.ttl_extra_ms().to_string(),
+        ];
+        // The window's worth, in offset order (the stream's ids must rise).
+        let keep = config.history_size as usize;
+        let fits: Vec<&Publication> = wake
+            .history
+            .iter()
+            .filter(|p| p.epoch == wake.epoch && p.offset <= wake.offset && p.offset > 0)
+            .collect();
+        let mut last = 0;
+        for p in fits.iter().skip(fits.len().saturating_sub(keep)) {
+            if p.offset <= last {
+                continue;
+            }
+            last = p.offset;
+            args.extend([
+                p.offset.to_string(),
+                p.from.clone(),
+                p.ts.to_string(),
+                p.data.as_json().to_string(),
+            ]);
+        }
+        let woken = self.eval(Command::Wake, k.all(), args).await?;
+        if woken.as_i64() != Some(1) {
+            return Err(StateError::RoomExists);
+        }
+        self.index(room, Some(now_ms + ttl_ms)).await;
+        self.ephemeral.learn(room, config.is_ephemeral());
+        Ok(RoomInfo {
+            room: room.to_string(),
+            epoch: wake.epoch.clone(),
+            offset: wake.offset,
+            members: Vec::new(),
+            config: config.clone(),
+            created_at: wake.created_at,
         })
     }
 
@@ -585,6 +649,10 @@ impl RoomStore for RedisState {
     }
 
     async fn maintain(&self, now_ms: u64) -> Result<Vec<String>, StateError> {
+        if self.archiving.load(std::sync::atomic::Ordering::Acquire) {
+            // The sleep sweep reads the due entries, and drops each once its room is saved.
+            return Ok(Vec::new());
+        }
         // Redis expires the rooms themselves; this trims the index of expired ones.
         for shard in 0..keys::ROOM_INDEX_SHARDS {
             let key = keys::room_index_shard(shard);
