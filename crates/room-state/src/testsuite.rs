@@ -890,7 +890,10 @@ where
     store.leave(&room, &a.conn_id, left_at).await.unwrap();
     let expiry = left_at + 60_000;
     assert!(!due(
-        store.expired_rooms(shard, expiry - 1, 10_000).await.unwrap(),
+        store
+            .expired_rooms(shard, expiry - 1, 10_000)
+            .await
+            .unwrap(),
         &room
     ));
     assert!(due(
@@ -901,7 +904,12 @@ where
     store.maintain(expiry + 1).await.unwrap();
     let state = store.sleep_state(&room).await.unwrap().unwrap();
     assert_eq!(
-        (state.epoch.as_str(), state.offset, state.archived, state.members),
+        (
+            state.epoch.as_str(),
+            state.offset,
+            state.archived,
+            state.members
+        ),
         (created.epoch.as_str(), 5, 0, 0)
     );
     assert_eq!((state.config.clone(), state.created_at), (cfg.clone(), now));
@@ -915,25 +923,31 @@ where
         .advance_cursor(&room, &created.epoch, 5, now)
         .await
         .unwrap();
-    assert_eq!(
-        store.sleep_state(&room).await.unwrap().unwrap().archived,
-        5
-    );
+    assert_eq!(store.sleep_state(&room).await.unwrap().unwrap().archived, 5);
 
     // Not as read (another offset, another epoch): it stays.
     let t = expiry + 1;
-    assert!(!store.forget_slept(&room, &created.epoch, 4, t).await.unwrap());
+    assert!(!store
+        .forget_slept(&room, &created.epoch, 4, t)
+        .await
+        .unwrap());
     assert!(!store.forget_slept(&room, "other", 5, t).await.unwrap());
     assert!(store.info(&room).await.is_ok());
     // As read: gone, out of the index, and gone again is fine.
-    assert!(store.forget_slept(&room, &created.epoch, 5, t).await.unwrap());
+    assert!(store
+        .forget_slept(&room, &created.epoch, 5, t)
+        .await
+        .unwrap());
     assert_eq!(store.info(&room).await.unwrap_err(), StateError::NotFound);
     assert_eq!(store.sleep_state(&room).await.unwrap(), None);
     assert!(!due(
         store.expired_rooms(shard, t, 10_000).await.unwrap(),
         &room
     ));
-    assert!(store.forget_slept(&room, &created.epoch, 5, t).await.unwrap());
+    assert!(store
+        .forget_slept(&room, &created.epoch, 5, t)
+        .await
+        .unwrap());
     assert_eq!(
         store.join(&room, &a, None, t).await.unwrap_err(),
         StateError::NotFound

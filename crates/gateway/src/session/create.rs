@@ -145,6 +145,16 @@ async fn create_named(
             Some(room) => room.to_string(),
             None => format!("{}{}", s.room_prefix, room_code()),
         };
+        if room.is_some() {
+            // A sleeping room exists: it is woken, and its name is taken.
+            match crate::wake::wake(node, &name).await {
+                Ok(crate::wake::Woke::Awake) => {
+                    return Err(state_error(node, "create_room", StateError::RoomExists))
+                }
+                Ok(_) => {}
+                Err(e) => return Err(state_error(node, "create_room", e)),
+            }
+        }
         match node.backends.rooms.create(&name, config, now).await {
             Ok(info) => return Ok(info),
             Err(StateError::RoomExists) if room.is_none() && attempt < 5 => attempt += 1,

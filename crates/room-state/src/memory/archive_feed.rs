@@ -1,8 +1,8 @@
 //! `ArchiveFeed` for the embedded backend: the dirty marks and leases are maps beside the
 //! rooms; a room's cursor sits in the room, under its lock.
 
-use super::MemoryState;
 use super::rooms::Room;
+use super::MemoryState;
 use crate::archive_feed::{archive_shard, ArchiveFeed, ArchiveRead, DirtyRoom, SleepState};
 use crate::error::StateError;
 use async_trait::async_trait;
@@ -156,10 +156,8 @@ impl ArchiveFeed for MemoryState {
         };
         let mut r = existing.lock();
         if !r.closed {
-            let still = r.epoch == epoch
-                && r.offset == offset
-                && r.members.is_empty()
-                && r.expired(now_ms);
+            let still =
+                r.epoch == epoch && r.offset == offset && r.members.is_empty() && r.expired(now_ms);
             if !still {
                 return Ok(false);
             }
