@@ -162,8 +162,8 @@ impl ArchiveFeed for RedisState {
         Ok(())
     }
 
-    /// The rooms index shard is the archive shard: the same hash, the same count (a test
-    /// below holds them together).
+    /// The sleep index (`keys.rs`), whose shards are the archive shards: the same hash,
+    /// the same count (a test below holds them together).
     async fn expired_rooms(
         &self,
         shard: u64,
@@ -173,7 +173,7 @@ impl ArchiveFeed for RedisState {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let key = keys::room_index_shard(shard);
+        let key = keys::sleep_index_shard(shard);
         let limit = Some((0, limit as i64));
         let rooms: Vec<String> = self
             .on(&key)
@@ -204,8 +204,8 @@ impl ArchiveFeed for RedisState {
             members: int(reply.get(8))?.max(0) as usize,
         };
         if state.members > 0 {
-            // Due in the index but occupied: an index write that failed at a join. Put it
-            // right, so the sweep stops reading it.
+            // Due in the sleep index but occupied: an index write that failed at a join.
+            // Put it right (out of the sleep index), so the sweep stops reading it.
             self.index(room, None).await;
         }
         Ok(Some(state))
@@ -230,14 +230,15 @@ impl ArchiveFeed for RedisState {
             return Ok(false);
         }
         self.ephemeral.learn(room, false);
-        // Only a due entry: a node that woke the room meanwhile set a later one.
-        let index = keys::room_index(room);
-        self.eval(
-            Command::IndexForget,
-            vec![index],
-            vec![room.to_string(), now_ms.to_string()],
-        )
-        .await?;
+        // Only due entries: a node that woke the room meanwhile set later ones.
+        for index in [keys::sleep_index(room), keys::room_index(room)] {
+            self.eval(
+                Command::IndexForget,
+                vec![index],
+                vec![room.to_string(), now_ms.to_string()],
+            )
+            .await?;
+        }
         Ok(true)
     }
 
