@@ -18,7 +18,17 @@ use serde_json::{json, Value};
 use std::time::Duration;
 use support::*;
 
-const LIMITS: [&str; 4] = ["--publish-rate", "10000", "--publish-burst", "10000"];
+/// High publish limits, and a quick drain (no load balancer to wait for).
+const FLAGS: [&str; 8] = [
+    "--publish-rate",
+    "10000",
+    "--publish-burst",
+    "10000",
+    "--drain-delay",
+    "0s",
+    "--drain-window",
+    "200ms",
+];
 
 fn payload(i: u64) -> Value {
     if i.is_multiple_of(4) {
@@ -92,7 +102,7 @@ async fn a_single_node_keeps_its_rooms_across_a_graceful_restart() {
     std::fs::create_dir_all(&dir).unwrap();
     let url = format!("sqlite://{}/roomcast.db", dir.display());
     let mut args = vec!["--archive", url.as_str()];
-    args.extend(LIMITS);
+    args.extend(FLAGS);
     let room = unique("sleeper");
 
     let first = Gateway::spawn(&unique("sleep-one"), &args);
@@ -174,7 +184,7 @@ async fn a_room_expires_from_redis_and_another_gateway_wakes_it() {
         return;
     };
     let mut args = vec!["--redis-cluster", redis.as_str(), "--archive", pg.as_str()];
-    args.extend(LIMITS);
+    args.extend(FLAGS);
     let a = Gateway::spawn(&unique("sleep-a"), &args);
     let b = Gateway::spawn(&unique("sleep-b"), &args);
     // A node without the archive on the same cluster (as in `make test`'s shared cluster)
