@@ -3,6 +3,11 @@
 //! cursor's advance once a batch is committed, and a lease so that one node at a time works
 //! a shard of rooms (or runs a cluster-wide chore such as retention).
 //!
+//! It is also how rooms go to sleep: while the archive is on, an empty room past its TTL
+//! stays until the archiver's sweep has saved it to the archive and removes it
+//! ([`ArchiveFeed::expired_rooms`], [`ArchiveFeed::sleep_state`],
+//! [`ArchiveFeed::forget_slept`]), so no room leaves with messages the archive lacks.
+//!
 //! The publish path pays almost nothing for it: a publish marks its room dirty only when the
 //! room is not marked already (see the backends), so the cost is one mark per room per
 //! archive round, not one per message. The messages themselves are the history entries

@@ -2,8 +2,11 @@
 //! counters, behind traits with two implementations: in memory, and on Redis Cluster.
 //!
 //! Map of the crate:
-//! - [`rooms`]: the [`RoomStore`] trait: create, join (with recovery), leave, publish, history,
-//!   presence, close. Publish assigns gapless offsets per epoch, except in an *ephemeral*
+//! - [`rooms`]: the [`RoomStore`] trait: create, wake (a sleeping room back from the archive,
+//!   with its epoch and offset), join (with recovery), leave, publish, history, presence,
+//!   close.
+//! - [`archive_feed`]: the [`ArchiveFeed`] trait: what the gateway's archiver reads (dirty
+//!   rooms, messages after a cursor, leases) and its sleep sweep (rooms due, their removal). Publish assigns gapless offsets per epoch, except in an *ephemeral*
 //!   room (`history_size` 0), where it delivers without an offset, at most once
 //!   ([`RoomStore::publish_ephemeral`]; `ephemeral` tracks which rooms a node knows to be).
 //! - [`limits`]: the [`RateLimits`] trait: sliding windows and token buckets keyed by user.
