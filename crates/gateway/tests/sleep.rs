@@ -3,7 +3,8 @@
 //!
 //! - the embedded backend with a SQLite archive: a room, published to, survives a graceful
 //!   stop (SIGTERM) and a new start on the same file: same epoch, offsets going on, `since`
-//!   recovers from the refilled window, `history` answers every message;
+//!   recovers from the refilled window, `history` answers every message; and a room empty
+//!   past its TTL sleeps while the node runs, and a server publish wakes it;
 //! - Redis Cluster (`ROOMCAST_TEST_REDIS_CLUSTER`) with PostgreSQL (`ROOMCAST_TEST_POSTGRES`),
 //!   when both are set (otherwise `skipped`): a room empty past a 1 s TTL leaves Redis for the
 //!   archive (while a gateway without the archive trims the rooms index beside), the API reads
@@ -168,6 +169,45 @@ async fn a_single_node_keeps_its_rooms_across_a_graceful_restart() {
     history_has_all(&mut c, &room, 9).await;
     drop(c);
     stop(third);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn a_single_node_puts_an_empty_room_to_sleep_after_its_ttl() {
+    let dir = std::env::temp_dir().join(unique("roomcast-sleep-ttl"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let url = format!("sqlite://{}/roomcast.db", dir.display());
+    let mut args = vec!["--archive", url.as_str()];
+    args.extend(FLAGS);
+    let node = Gateway::spawn(&unique("sleep-ttl"), &args);
+    let room = unique("dozer");
+    let mut c = Client::connect(node.addr, "alice", Fmt::Json).await;
+    let created = c
+        .ok(json!({"op": "create_room", "room": room, "options": {"historySize": 2, "ttlSecs": 1}}))
+        .await;
+    let epoch = created["epoch"].as_str().unwrap().to_string();
+    publish(&mut c, &room, 1, 4).await;
+    c.ok(json!({"op": "leave", "room": room})).await;
+    let info = asleep(node.addr, &room).await;
+    assert_eq!(info["offset"], json!(4));
+    // A server publish wakes it too, and goes on from its offset.
+    let (status, body) = http_json(
+        node.addr,
+        "POST",
+        &format!("/api/rooms/{room}/publish"),
+        Some(API_KEY),
+        &payload(5).to_string(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (body["offset"].as_u64(), body["epoch"].as_str()),
+        (Some(5), Some(epoch.as_str()))
+    );
+    c.ok(json!({"op": "join", "room": room})).await;
+    history_has_all(&mut c, &room, 5).await;
+    drop(c);
+    stop(node);
     let _ = std::fs::remove_dir_all(dir);
 }
 
