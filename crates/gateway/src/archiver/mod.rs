@@ -215,7 +215,11 @@ async fn round(
             continue;
         }
         let r = archive_shard(archive, feed, shard as u64, node).await?;
-        sleep::sweep(archive, feed, shard as u64, node).await?;
+        // Sleeping is not archiving: a sweep that fails (it is retried next round) must not
+        // hold up the other shards' rounds.
+        if let Err(e) = sleep::sweep(archive, feed, shard as u64, node).await {
+            tracing::warn!(error = %e, shard, "sleep sweep failed");
+        }
         total.more |= r.more;
         total.lag_messages += r.lag_messages;
         total.oldest_mark_ms = match (total.oldest_mark_ms, r.oldest_mark_ms) {
