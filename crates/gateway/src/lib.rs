@@ -15,8 +15,9 @@
 //!   [`presence`]: join and leave announcements.
 //! - [`node`]: one node's shared state: backends, local registry, flags, and its upkeep
 //!   (traffic, heartbeat, dead nodes, readiness).
-//! - [`archiver`]: copies every acknowledged message into the archive (`--archive`), and
-//!   `--archive-retention`.
+//! - [`archiver`]: copies every acknowledged message into the archive (`--archive`),
+//!   `--archive-retention`, and puts rooms empty past their TTL to sleep in the archive;
+//!   [`wake`]: brings a sleeping room back when a client asks for it.
 //! - [`webhooks`]: room, member and user events, queued durably and POSTed to the app
 //!   (`--webhook-url`).
 //! - [`traffic`]: the traffic monitor's levels and creation pause.
@@ -49,6 +50,7 @@ mod telemetry;
 mod traffic;
 mod transport;
 mod users;
+mod wake;
 mod webhooks;
 
 pub use config::Config;

@@ -685,6 +685,10 @@ pub struct ArchiveSeries {
     pub shards_held: IntGauge,
     /// Messages dropped by `--archive-retention`.
     pub retention_dropped: IntCounter,
+    /// Rooms by `event`: `slept` (saved to the archive and removed from room-state), `woken`
+    /// (brought back by this node), `saved_at_drain` (the embedded backend's rooms, saved as
+    /// the node stops).
+    pub rooms: IntCounterVec,
 }
 
 impl ArchiveSeries {
@@ -696,6 +700,14 @@ impl ArchiveSeries {
         )?;
         for result in ["stored", "duplicate", "failed"] {
             messages.with_label_values(&[result]);
+        }
+        let rooms = r.counter_vec(
+            "archive_rooms_total",
+            "Rooms put to sleep in the archive, woken from it, or saved at a drain, by event.",
+            &["event"],
+        )?;
+        for event in ["slept", "woken", "saved_at_drain"] {
+            rooms.with_label_values(&[event]);
         }
         Ok(ArchiveSeries {
             lag_messages: r.gauge(
@@ -715,6 +727,7 @@ impl ArchiveSeries {
                 "archive_retention_dropped_total",
                 "Archived messages dropped by --archive-retention.",
             )?,
+            rooms,
         })
     }
 }

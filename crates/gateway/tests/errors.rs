@@ -166,6 +166,15 @@ impl RoomStore for Faulty {
         self.check()?;
         self.inner.create(room, config, now_ms).await
     }
+    async fn wake(
+        &self,
+        room: &str,
+        wake: &room_state::Wake,
+        now_ms: u64,
+    ) -> Result<RoomInfo, StateError> {
+        self.check()?;
+        self.inner.wake(room, wake, now_ms).await
+    }
     async fn join(
         &self,
         room: &str,

@@ -3,12 +3,18 @@
 //! cursor's advance once a batch is committed, and a lease so that one node at a time works
 //! a shard of rooms (or runs a cluster-wide chore such as retention).
 //!
+//! It is also how rooms go to sleep: while the archive is on, an empty room past its TTL
+//! stays until the archiver's sweep has saved it to the archive and removes it
+//! ([`ArchiveFeed::expired_rooms`], [`ArchiveFeed::sleep_state`],
+//! [`ArchiveFeed::forget_slept`]), so no room leaves with messages the archive lacks.
+//!
 //! The publish path pays almost nothing for it: a publish marks its room dirty only when the
 //! room is not marked already (see the backends), so the cost is one mark per room per
 //! archive round, not one per message. The messages themselves are the history entries
 //! every publish writes anyway.
 
 use crate::error::StateError;
+use crate::model::RoomConfig;
 use async_trait::async_trait;
 use protocol::frame::Publication;
 
@@ -19,6 +25,27 @@ pub const ARCHIVE_SHARDS: u64 = 16;
 /// room's publishes are refused (`unavailable`): the history is not trimmed past what the
 /// archive holds, so this bounds what a stalled archive costs in memory per room.
 pub const ARCHIVE_BACKLOG_CAP: u64 = 10_000;
+
+/// While the archive is on, an empty room's keys in Redis expire only this long after its TTL:
+/// the room is meant to leave Redis through the sleep sweep (saved to the archive first), and
+/// this only bounds what a room the sweep never reaches costs (its index entry lost). The
+/// sweep runs every archive round, so a room that reaches this had an archive down that long.
+pub const SLEEP_BACKSTOP_MS: u64 = 86_400_000;
+
+/// A room as the sleep sweep reads it: what the archive's sleeping record needs, and whether
+/// it may leave now (no member, everything archived).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SleepState {
+    pub room: String,
+    pub epoch: String,
+    /// The last offset assigned in `epoch`.
+    pub offset: u64,
+    /// The last offset of `epoch` the archive holds.
+    pub archived: u64,
+    pub config: RoomConfig,
+    pub created_at: u64,
+    pub members: usize,
+}
 
 /// A room with messages not yet archived.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,6 +113,38 @@ pub trait ArchiveFeed: Send + Sync {
     /// Gives the lease `name` up if `holder` holds it (a drained node hands its shards over
     /// at once instead of after the TTL).
     async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StateError>;
+
+    /// Up to `limit` rooms of shard `shard` (the same shards as the dirty rooms: the
+    /// archiver that holds a shard puts its rooms to sleep) that have been empty past their
+    /// TTL at `now_ms`. While the archive is on, such a room stays until
+    /// [`ArchiveFeed::forget_slept`] removes it: it never leaves on its own with messages
+    /// the archive lacks.
+    async fn expired_rooms(
+        &self,
+        shard: u64,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<String>, StateError>;
+
+    /// The room's state for its sleeping record; `None` when it is gone.
+    async fn sleep_state(&self, room: &str) -> Result<Option<SleepState>, StateError>;
+
+    /// After the room's sleeping record (`epoch`, `offset`) is saved: removes the room, in
+    /// one atomic step, if it is still as read: same epoch and offset, no member. True when
+    /// it is gone now (removed, or gone already: its index entry is dropped too); false when
+    /// it woke up in between (a join, a publish), and stays.
+    async fn forget_slept(
+        &self,
+        room: &str,
+        epoch: &str,
+        offset: u64,
+        now_ms: u64,
+    ) -> Result<bool, StateError>;
+
+    /// Every room, when the state dies with this process (the embedded backend: a drained
+    /// node saves them all, occupied or not); empty for a shared backend, whose rooms
+    /// outlive the node.
+    async fn dying_rooms(&self) -> Result<Vec<SleepState>, StateError>;
 }
 
 /// The dirty-rooms index shard of a room: stable across processes, like the room index.

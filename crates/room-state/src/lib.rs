@@ -2,8 +2,11 @@
 //! counters, behind traits with two implementations: in memory, and on Redis Cluster.
 //!
 //! Map of the crate:
-//! - [`rooms`]: the [`RoomStore`] trait: create, join (with recovery), leave, publish, history,
-//!   presence, close. Publish assigns gapless offsets per epoch, except in an *ephemeral*
+//! - [`rooms`]: the [`RoomStore`] trait: create, wake (a sleeping room back from the archive,
+//!   with its epoch and offset), join (with recovery), leave, publish, history, presence,
+//!   close.
+//! - [`archive_feed`]: the [`ArchiveFeed`] trait: what the gateway's archiver reads (dirty
+//!   rooms, messages after a cursor, leases) and its sleep sweep (rooms due, their removal). Publish assigns gapless offsets per epoch, except in an *ephemeral*
 //!   room (`history_size` 0), where it delivers without an offset, at most once
 //!   ([`RoomStore::publish_ephemeral`]; `ephemeral` tracks which rooms a node knows to be).
 //! - [`limits`]: the [`RateLimits`] trait: sliding windows and token buckets keyed by user.
@@ -45,7 +48,10 @@ pub mod testsuite;
 pub mod traffic;
 pub mod users;
 
-pub use archive_feed::{ArchiveFeed, ArchiveRead, DirtyRoom, ARCHIVE_BACKLOG_CAP, ARCHIVE_SHARDS};
+pub use archive_feed::{
+    ArchiveFeed, ArchiveRead, DirtyRoom, SleepState, ARCHIVE_BACKLOG_CAP, ARCHIVE_SHARDS,
+    SLEEP_BACKSTOP_MS,
+};
 pub use error::StateError;
 pub use events::{event_shard, EventQueue, QueuedEvent, EVENT_SHARDS};
 pub use lease::LeasedBuckets;
@@ -53,7 +59,7 @@ pub use limits::RateLimits;
 pub use memory::MemoryState;
 pub use model::{
     Decision, Departed, Departure, Grant, Idempotency, JoinOutcome, MemberRecord, NodeInfo,
-    Published, Publisher, RoomConfig, RoomInfo,
+    Published, Publisher, RoomConfig, RoomInfo, Wake,
 };
 pub use observer::{Command, CommandObserver};
 pub use redis::{RedisSettings, RedisState};

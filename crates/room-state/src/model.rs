@@ -94,6 +94,21 @@ pub struct RoomInfo {
     pub created_at: u64,
 }
 
+/// What a sleeping room wakes up with (`RoomStore::wake`): its epoch, offset and options
+/// as they were, and the end of its history, read back from the archive.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Wake {
+    pub epoch: String,
+    /// The last offset assigned before the sleep: the next publish gets `offset + 1`.
+    pub offset: u64,
+    pub config: RoomConfig,
+    pub created_at: u64,
+    /// The newest messages of `epoch`, oldest first, offsets up to `offset` (the backend
+    /// keeps those in its window); all archived already, so the archive cursor starts at
+    /// `offset`.
+    pub history: Vec<Publication>,
+}
+
 /// The result of a successful join.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JoinOutcome {

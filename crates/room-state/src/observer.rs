@@ -36,11 +36,19 @@ pub enum Command {
     ArchiveAdvance,
     /// A lease (an archive shard, retention) taken or renewed.
     Lease,
+    /// A sleeping room brought back from the archive.
+    Wake,
+    /// The sleep sweep reads a room.
+    SleepState,
+    /// The sleep sweep removes a room saved to the archive.
+    SleepForget,
+    /// The sleep sweep drops a room's due entry from the rooms index.
+    IndexForget,
 }
 
 impl Command {
     /// Every command, in discriminant order.
-    pub const ALL: [Command; 21] = [
+    pub const ALL: [Command; 25] = [
         Command::Create,
         Command::Join,
         Command::Leave,
@@ -62,6 +70,10 @@ impl Command {
         Command::ArchiveRead,
         Command::ArchiveAdvance,
         Command::Lease,
+        Command::Wake,
+        Command::SleepState,
+        Command::SleepForget,
+        Command::IndexForget,
     ];
 
     /// The command's name: the `command` label of the Redis metrics.
@@ -88,6 +100,10 @@ impl Command {
             Command::ArchiveRead => "archive_read",
             Command::ArchiveAdvance => "archive_advance",
             Command::Lease => "lease",
+            Command::Wake => "wake",
+            Command::SleepState => "sleep_state",
+            Command::SleepForget => "sleep_forget",
+            Command::IndexForget => "index_forget",
         }
     }
 }

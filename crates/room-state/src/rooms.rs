@@ -3,7 +3,7 @@
 use crate::error::StateError;
 use crate::model::{
     Departed, Departure, Idempotency, JoinOutcome, MemberRecord, Published, Publisher, RoomConfig,
-    RoomInfo,
+    RoomInfo, Wake,
 };
 use async_trait::async_trait;
 use protocol::frame::{Member, Publication, Since};
@@ -27,6 +27,13 @@ pub trait RoomStore: Send + Sync {
         config: &RoomConfig,
         now_ms: u64,
     ) -> Result<RoomInfo, StateError>;
+
+    /// Brings a sleeping room back (see [`Wake`]): like `create`, but with the epoch, offset,
+    /// options and creation time it had, its history window refilled, and its archive
+    /// cursor at `offset`. Atomic like `create`: of two nodes waking the same room at once,
+    /// one makes it and the other gets `RoomExists` (then joins the room the first made), so
+    /// there is one epoch and no offset is assigned twice.
+    async fn wake(&self, room: &str, wake: &Wake, now_ms: u64) -> Result<RoomInfo, StateError>;
 
     /// Adds a member. `NotFound` if there is no such room, `RoomFull` at `max_members`.
     /// With `since`, also answers whether the messages after it can be recovered (never, in

@@ -885,6 +885,185 @@ where
     assert!(store.lease(&short, "b", 100, real + 250).await.unwrap());
 }
 
+/// Sleep and wake: while the archive is on, a room empty past its TTL stays until the sweep
+/// removes it (saved first), only if it is still as read; a woken room has its epoch, its
+/// offset going on, its window refilled and its cursor at the offset; two wakes at once make
+/// one room.
+pub async fn sleep<S>(store: &S, prefix: &str)
+where
+    S: RoomStore + crate::ArchiveFeed + ?Sized,
+{
+    use crate::archive_feed::archive_shard;
+    use crate::model::Wake;
+    let now = 1_700_000_000_000u64;
+    store.enable_archiving();
+    let room = format!("{prefix}sleepy");
+    let shard = archive_shard(&room);
+    let due = |rooms: Vec<String>, room: &str| rooms.iter().any(|r| r == room);
+    let cfg = RoomConfig {
+        max_members: Some(5),
+        history_size: 3,
+        ttl_secs: 60,
+    };
+    let created = store.create(&room, &cfg, now).await.unwrap();
+    let a = member(&format!("{prefix}s1"), "alice", "n1");
+    store.join(&room, &a, None, now).await.unwrap();
+    for n in 1..=5 {
+        store
+            .publish(&room, None, "alice", data(n), None, now + n)
+            .await
+            .unwrap();
+    }
+    let left_at = now + 10;
+    store.leave(&room, &a.conn_id, left_at).await.unwrap();
+    let expiry = left_at + 60_000;
+    assert!(!due(
+        store
+            .expired_rooms(shard, expiry - 1, 10_000)
+            .await
+            .unwrap(),
+        &room
+    ));
+    assert!(due(
+        store.expired_rooms(shard, expiry, 10_000).await.unwrap(),
+        &room
+    ));
+    // Past its TTL it is still there: it leaves only through the sweep, saved first.
+    store.maintain(expiry + 1).await.unwrap();
+    let state = store.sleep_state(&room).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            state.epoch.as_str(),
+            state.offset,
+            state.archived,
+            state.members
+        ),
+        (created.epoch.as_str(), 5, 0, 0)
+    );
+    assert_eq!((state.config.clone(), state.created_at), (cfg.clone(), now));
+    let messages = store
+        .read_unarchived(&room, 100)
+        .await
+        .unwrap()
+        .unwrap()
+        .messages;
+    store
+        .advance_cursor(&room, &created.epoch, 5, now)
+        .await
+        .unwrap();
+    assert_eq!(store.sleep_state(&room).await.unwrap().unwrap().archived, 5);
+
+    // Not as read (another offset, another epoch): it stays.
+    let t = expiry + 1;
+    assert!(!store
+        .forget_slept(&room, &created.epoch, 4, t)
+        .await
+        .unwrap());
+    assert!(!store.forget_slept(&room, "other", 5, t).await.unwrap());
+    assert!(store.info(&room).await.is_ok());
+    // As read: gone, out of the index, and gone again is fine.
+    assert!(store
+        .forget_slept(&room, &created.epoch, 5, t)
+        .await
+        .unwrap());
+    assert_eq!(store.info(&room).await.unwrap_err(), StateError::NotFound);
+    assert_eq!(store.sleep_state(&room).await.unwrap(), None);
+    assert!(!due(
+        store.expired_rooms(shard, t, 10_000).await.unwrap(),
+        &room
+    ));
+    assert!(store
+        .forget_slept(&room, &created.epoch, 5, t)
+        .await
+        .unwrap());
+    assert_eq!(
+        store.join(&room, &a, None, t).await.unwrap_err(),
+        StateError::NotFound
+    );
+
+    // Wake: same epoch, the offset goes on, the window refilled, the cursor at the offset.
+    let wake = Wake {
+        epoch: created.epoch.clone(),
+        offset: 5,
+        config: cfg.clone(),
+        created_at: now,
+        history: messages,
+    };
+    let woken = store.wake(&room, &wake, t).await.unwrap();
+    assert_eq!(
+        (woken.epoch.as_str(), woken.offset, woken.created_at),
+        (created.epoch.as_str(), 5, now)
+    );
+    assert_eq!(woken.config, cfg);
+    assert_eq!(
+        store.wake(&room, &wake, t).await.unwrap_err(),
+        StateError::RoomExists
+    );
+    assert_eq!(
+        store.create(&room, &cfg, t).await.unwrap_err(),
+        StateError::RoomExists
+    );
+    let (window, epoch) = store.history(&room, None, 100, None).await.unwrap();
+    assert_eq!(epoch, created.epoch);
+    assert_eq!(
+        window.iter().map(|p| p.offset).collect::<Vec<_>>(),
+        vec![3, 4, 5]
+    );
+    assert_eq!(window[2].data, data(5));
+    let since = Since {
+        offset: 3,
+        epoch: created.epoch.clone(),
+    };
+    let j = store.join(&room, &a, Some(&since), t).await.unwrap();
+    assert_eq!(j.recovered, Some(true));
+    assert_eq!(
+        j.missed.iter().map(|p| p.offset).collect::<Vec<_>>(),
+        vec![4, 5]
+    );
+    // An occupied room is never forgotten.
+    assert!(!store
+        .forget_slept(&room, &created.epoch, 5, t + 10_000_000)
+        .await
+        .unwrap());
+    let p = store
+        .publish(&room, None, "alice", data(6), None, t)
+        .await
+        .unwrap();
+    assert_eq!(
+        (p.publication.offset, p.publication.epoch.as_str()),
+        (6, created.epoch.as_str())
+    );
+    let read = store.read_unarchived(&room, 100).await.unwrap().unwrap();
+    assert_eq!(read.cursor, 5);
+    assert_eq!(
+        read.messages.iter().map(|p| p.offset).collect::<Vec<_>>(),
+        vec![6]
+    );
+
+    // Two wakes at once: one room, one epoch.
+    let twin = format!("{prefix}twin");
+    let wake = Wake {
+        epoch: "e-twin".into(),
+        offset: 7,
+        config: cfg.clone(),
+        created_at: now,
+        history: Vec::new(),
+    };
+    let (x, y) = tokio::join!(store.wake(&twin, &wake, t), store.wake(&twin, &wake, t));
+    assert_eq!(
+        [x.is_ok(), y.is_ok()].iter().filter(|ok| **ok).count(),
+        1,
+        "{x:?} {y:?}"
+    );
+    let info = store.info(&twin).await.unwrap();
+    assert_eq!((info.epoch.as_str(), info.offset), ("e-twin", 7));
+    let p = store
+        .publish(&twin, None, "bob", data(8), None, t)
+        .await
+        .unwrap();
+    assert_eq!(p.publication.offset, 8);
+}
+
 /// The user registry: a cap over every node's connections, and a dead node's connections no
 /// longer counted once its heartbeat lapsed and it was reaped (as the claimer of a dead node
 /// does: [`TrafficCounters::live_nodes`] no longer lists it, then

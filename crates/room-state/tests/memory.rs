@@ -35,6 +35,11 @@ async fn sessions() {
 }
 
 #[tokio::test]
+async fn sleep() {
+    testsuite::sleep(&MemoryState::new(), "t:").await;
+}
+
+#[tokio::test]
 async fn archive_feed() {
     testsuite::archive_feed(&MemoryState::new(), "t:").await;
 }

@@ -67,6 +67,11 @@ async fn traffic() {
 }
 
 #[tokio::test]
+async fn sleep() {
+    testsuite::sleep(&*state().await, &prefix("sleep")).await;
+}
+
+#[tokio::test]
 async fn archive_feed() {
     testsuite::archive_feed(&*state().await, &prefix("archive")).await;
 }

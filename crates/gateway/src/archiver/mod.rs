@@ -11,9 +11,11 @@
 //! commit, each room's cursor is moved. A crash between the commit and the cursor re-sends the
 //! batch, which the archive's primary key skips. A failed append moves nothing: the history
 //! keeps the messages (it is not trimmed past the cursor) and the round is retried with
-//! backoff.
+//! backoff. After each shard's round, its rooms empty past their TTL are put to sleep
+//! ([`sleep`]).
 
 mod retention;
+mod sleep;
 
 use crate::clock::now_ms;
 use crate::node::Node;
@@ -149,6 +151,7 @@ async fn run(
             }
         };
         if stopping {
+            sleep::save_dying(archive.as_ref(), feed.as_ref(), &node).await;
             break;
         }
         tokio::select! {
@@ -212,6 +215,11 @@ async fn round(
             continue;
         }
         let r = archive_shard(archive, feed, shard as u64, node).await?;
+        // Sleeping is not archiving: a sweep that fails (it is retried next round) must not
+        // hold up the other shards' rounds.
+        if let Err(e) = sleep::sweep(archive, feed, shard as u64, node).await {
+            tracing::warn!(error = %e, shard, "sleep sweep failed");
+        }
         total.more |= r.more;
         total.lag_messages += r.lag_messages;
         total.oldest_mark_ms = match (total.oldest_mark_ms, r.oldest_mark_ms) {

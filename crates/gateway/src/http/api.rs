@@ -194,12 +194,23 @@ async fn publish(node: &Node, room: &str, req: Request<Incoming>) -> Response<Bo
         key,
         window_ms: node.config.idempotency_window.as_millis() as u64,
     });
-    match node
-        .backends
-        .rooms
-        .publish(room, None, "server", data, idempotency, now_ms())
-        .await
-    {
+    let rooms = &node.backends.rooms;
+    let mut published = rooms
+        .publish(room, None, "server", data.clone(), idempotency, now_ms())
+        .await;
+    if matches!(published, Err(StateError::NotFound)) {
+        // Publishing to a sleeping room wakes it (`crate::wake`).
+        published = match crate::wake::wake(node, room).await {
+            Ok(crate::wake::Woke::NoArchive) => Err(StateError::NotFound),
+            Ok(_) => {
+                rooms
+                    .publish(room, None, "server", data, idempotency, now_ms())
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+    }
+    match published {
         Ok(p) => {
             if !p.duplicate {
                 node.metrics.messages_published.inc();
@@ -235,7 +246,32 @@ async fn room_info(node: &Node, room: &str) -> Response<Body> {
                 "createdAt": info.created_at,
             }),
         ),
+        Err(StateError::NotFound) => sleeping_room_info(node, room).await,
         Err(e) => state_error(e),
+    }
+}
+
+/// A room asleep in the archive, read without waking it: no members, `"asleep": true`.
+async fn sleeping_room_info(node: &Node, room: &str) -> Response<Body> {
+    let not_found = || state_error(StateError::NotFound);
+    let Some(archive) = node.archive() else {
+        return not_found();
+    };
+    match archive.load_room(room).await {
+        Ok(Some(saved)) => json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "room": saved.room,
+                "epoch": saved.epoch,
+                "offset": saved.offset,
+                "members": 0,
+                "presence": [],
+                "createdAt": saved.created_ms,
+                "asleep": true,
+            }),
+        ),
+        Ok(None) => not_found(),
+        Err(e) => state_error(crate::history::from_archive(e)),
     }
 }
 

@@ -146,6 +146,16 @@ async fn create_named(
             Some(room) => room.to_string(),
             None => format!("{}{}", s.room_prefix, room_code()),
         };
+        if room.is_some() {
+            // A sleeping room exists: it is woken, and its name is taken.
+            match crate::wake::wake(node, &name).await {
+                Ok(crate::wake::Woke::Awake) => {
+                    return Err(state_error(node, "create_room", StateError::RoomExists))
+                }
+                Ok(_) => {}
+                Err(e) => return Err(state_error(node, "create_room", e)),
+            }
+        }
         match node.backends.rooms.create(&name, config, now).await {
             Ok(info) => {
                 let created = Event::room(Kind::RoomCreated, &name).with_user(&s.identity.user);

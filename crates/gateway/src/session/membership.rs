@@ -6,9 +6,10 @@ use crate::clock::now_ms;
 use crate::node::Node;
 use crate::presence::announce;
 use crate::webhooks::{Event, Kind};
+use crate::wake::{wake, Woke};
 use protocol::frame::{ErrorBody, OkBody, PresenceAction, Since};
 use protocol::{CloseCode, ErrorCode};
-use room_state::{MemberRecord, StateError};
+use room_state::{JoinOutcome, MemberRecord, StateError};
 
 pub(super) async fn join(
     node: &Node,
@@ -37,12 +38,7 @@ pub(super) async fn join(
         conn_id: s.conn_id.to_string(),
         node: node.id.clone(),
     };
-    let outcome = match node
-        .backends
-        .rooms
-        .join(room, &member, since, now_ms())
-        .await
-    {
+    let outcome = match join_or_wake(node, room, &member, since).await {
         Ok(outcome) => outcome,
         Err(e) => {
             if !already_local && registry.leave(room, &s.conn_id) == Some(true) {
@@ -86,6 +82,25 @@ pub(super) async fn join(
         ephemeral: outcome.ephemeral,
     };
     (Ok(body), after)
+}
+
+/// The backend join; a room room-state does not know may be asleep in the archive: it is
+/// woken (`crate::wake`), and joined then.
+async fn join_or_wake(
+    node: &Node,
+    room: &str,
+    member: &MemberRecord,
+    since: Option<&Since>,
+) -> Result<JoinOutcome, StateError> {
+    let rooms = &node.backends.rooms;
+    match rooms.join(room, member, since, now_ms()).await {
+        Err(StateError::NotFound) => match wake(node, room).await? {
+            Woke::NoArchive => Err(StateError::NotFound),
+            // Not asleep: unless another node woke it just now, this asks again for nothing.
+            Woke::NotAsleep | Woke::Awake => rooms.join(room, member, since, now_ms()).await,
+        },
+        other => other,
+    }
 }
 
 /// Takes a connection out of a room: backend, registry, subscription, presence.

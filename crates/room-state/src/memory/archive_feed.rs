@@ -1,8 +1,9 @@
 //! `ArchiveFeed` for the embedded backend: the dirty marks and leases are maps beside the
 //! rooms; a room's cursor sits in the room, under its lock.
 
+use super::rooms::Room;
 use super::MemoryState;
-use crate::archive_feed::{archive_shard, ArchiveFeed, ArchiveRead, DirtyRoom};
+use crate::archive_feed::{archive_shard, ArchiveFeed, ArchiveRead, DirtyRoom, SleepState};
 use crate::error::StateError;
 use async_trait::async_trait;
 use std::sync::atomic::Ordering;
@@ -112,5 +113,82 @@ impl ArchiveFeed for MemoryState {
             leases.remove(name);
         }
         Ok(())
+    }
+
+    async fn expired_rooms(
+        &self,
+        shard: u64,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<String>, StateError> {
+        let rooms: Vec<_> = self.rooms.read().values().cloned().collect();
+        let mut expired: Vec<String> = rooms
+            .iter()
+            .filter_map(|room| {
+                let r = room.lock();
+                let due = !r.closed && r.expired(now_ms) && r.members.is_empty();
+                (due && archive_shard(&r.name) == shard).then(|| r.name.clone())
+            })
+            .collect();
+        expired.sort();
+        expired.truncate(limit);
+        Ok(expired)
+    }
+
+    async fn sleep_state(&self, room: &str) -> Result<Option<SleepState>, StateError> {
+        match self.with_room(room, None, |r| Ok(sleep_state(r))) {
+            Ok(state) => Ok(Some(state)),
+            Err(StateError::NotFound) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn forget_slept(
+        &self,
+        room: &str,
+        epoch: &str,
+        offset: u64,
+        now_ms: u64,
+    ) -> Result<bool, StateError> {
+        let mut rooms = self.rooms.write();
+        let Some(existing) = rooms.get(room).cloned() else {
+            return Ok(true);
+        };
+        let mut r = existing.lock();
+        if !r.closed {
+            let still =
+                r.epoch == epoch && r.offset == offset && r.members.is_empty() && r.expired(now_ms);
+            if !still {
+                return Ok(false);
+            }
+            r.closed = true;
+        }
+        rooms.remove(room);
+        self.ephemeral.learn(room, false);
+        self.dirty.lock().remove(room);
+        Ok(true)
+    }
+
+    async fn dying_rooms(&self) -> Result<Vec<SleepState>, StateError> {
+        let rooms: Vec<_> = self.rooms.read().values().cloned().collect();
+        Ok(rooms
+            .iter()
+            .filter_map(|room| {
+                let r = room.lock();
+                (!r.closed).then(|| sleep_state(&r))
+            })
+            .collect())
+    }
+}
+
+fn sleep_state(r: &Room) -> SleepState {
+    SleepState {
+        room: r.name.clone(),
+        epoch: r.epoch.clone(),
+        offset: r.offset,
+        archived: r.arch,
+        config: r.config.clone(),
+        created_at: r.created_at,
+        members: r.members.len(),
     }
 }

@@ -5,7 +5,7 @@ use crate::archive_feed::ARCHIVE_BACKLOG_CAP;
 use crate::error::StateError;
 use crate::model::{
     Departed, Departure, Idempotency, JoinOutcome, MemberRecord, Published, Publisher, RoomConfig,
-    RoomInfo,
+    RoomInfo, Wake,
 };
 use crate::recovery::recover;
 use crate::rooms::RoomStore;
@@ -18,18 +18,18 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 pub(crate) struct Room {
-    name: String,
+    pub(super) name: String,
     pub(super) epoch: String,
     pub(super) offset: u64,
-    config: RoomConfig,
+    pub(super) config: RoomConfig,
     /// In join order, so presence lists are stable.
-    members: Vec<MemberRecord>,
+    pub(super) members: Vec<MemberRecord>,
     pub(super) history: VecDeque<Publication>,
-    created_at: u64,
+    pub(super) created_at: u64,
     /// Set while the room is empty: when it expires.
     expires_at: Option<u64>,
     /// Set when the room was removed from the map, for holders of a stale `Arc`.
-    closed: bool,
+    pub(super) closed: bool,
     /// Idempotency keys published, and when each is forgotten.
     seen: Seen,
     /// The last offset of this epoch the archive holds (0: none).
@@ -96,8 +96,24 @@ impl Room {
         }
     }
 
-    fn expired(&self, now_ms: u64) -> bool {
+    pub(super) fn expired(&self, now_ms: u64) -> bool {
         self.expires_at.is_some_and(|at| now_ms >= at)
+    }
+
+    fn new(name: &str, epoch: String, config: &RoomConfig, now_ms: u64) -> Room {
+        Room {
+            name: name.to_string(),
+            epoch,
+            offset: 0,
+            config: config.clone(),
+            members: Vec::new(),
+            history: VecDeque::new(),
+            created_at: now_ms,
+            expires_at: Some(now_ms + config.ttl_secs * 1000),
+            closed: false,
+            seen: Seen::default(),
+            arch: 0,
+        }
     }
 }
 
@@ -110,7 +126,9 @@ impl MemoryState {
             .ok_or(StateError::NotFound)
     }
 
-    /// Runs `f` on a live room. Rooms that expired but were not swept yet count as absent.
+    /// Runs `f` on a live room. Rooms that expired but were not swept yet count as absent,
+    /// unless the archive is on: then a room leaves only through the sleep sweep (saved
+    /// first), and until then it is as alive as in Redis, where its keys stay too.
     pub(super) fn with_room<T>(
         &self,
         name: &str,
@@ -119,14 +137,33 @@ impl MemoryState {
     ) -> Result<T, StateError> {
         let room = self.room(name)?;
         let mut room = room.lock();
-        if room.closed || now_ms.is_some_and(|now| room.expired(now)) {
+        if self.gone(&room, now_ms) {
             return Err(StateError::NotFound);
         }
         f(&mut room)
     }
+
+    fn gone(&self, room: &Room, now_ms: Option<u64>) -> bool {
+        let archiving = self.archiving.load(Ordering::Acquire);
+        room.closed || (!archiving && now_ms.is_some_and(|now| room.expired(now)))
+    }
 }
 
 impl MemoryState {
+    /// Puts a new room in the map unless a live one has the name (create and wake).
+    fn insert_room(&self, name: &str, room: Room, now_ms: u64) -> Result<RoomInfo, StateError> {
+        let mut rooms = self.rooms.write();
+        if let Some(existing) = rooms.get(name) {
+            if !self.gone(&existing.lock(), Some(now_ms)) {
+                return Err(StateError::RoomExists);
+            }
+        }
+        let info = room.info();
+        self.ephemeral.learn(name, room.config.is_ephemeral());
+        rooms.insert(name.to_string(), Arc::new(Mutex::new(room)));
+        Ok(info)
+    }
+
     /// `publish`, which never waits: everything happens under the room's lock.
     fn publish_now(
         &self,
@@ -224,30 +261,20 @@ impl RoomStore for MemoryState {
         config: &RoomConfig,
         now_ms: u64,
     ) -> Result<RoomInfo, StateError> {
-        let mut rooms = self.rooms.write();
-        if let Some(existing) = rooms.get(room) {
-            let existing = existing.lock();
-            if !existing.closed && !existing.expired(now_ms) {
-                return Err(StateError::RoomExists);
-            }
-        }
-        let new = Room {
-            name: room.to_string(),
-            epoch: new_epoch(),
-            offset: 0,
-            config: config.clone(),
-            members: Vec::new(),
-            history: VecDeque::new(),
-            created_at: now_ms,
-            expires_at: Some(now_ms + config.ttl_secs * 1000),
-            closed: false,
-            seen: Seen::default(),
-            arch: 0,
-        };
-        let info = new.info();
-        rooms.insert(room.to_string(), Arc::new(Mutex::new(new)));
-        self.ephemeral.learn(room, config.is_ephemeral());
-        Ok(info)
+        self.insert_room(room, Room::new(room, new_epoch(), config, now_ms), now_ms)
+    }
+
+    async fn wake(&self, room: &str, wake: &Wake, now_ms: u64) -> Result<RoomInfo, StateError> {
+        let mut new = Room::new(room, wake.epoch.clone(), &wake.config, now_ms);
+        new.offset = wake.offset;
+        new.arch = wake.offset;
+        new.created_at = wake.created_at;
+        let keep = wake.config.history_size as usize;
+        let fits = |p: &&Publication| p.epoch == wake.epoch && p.offset <= wake.offset;
+        let history: Vec<&Publication> = wake.history.iter().filter(fits).collect();
+        let skip = history.len().saturating_sub(keep);
+        new.history = history.into_iter().skip(skip).cloned().collect();
+        self.insert_room(room, new, now_ms)
     }
 
     async fn join(
@@ -434,6 +461,10 @@ impl RoomStore for MemoryState {
     }
 
     async fn maintain(&self, now_ms: u64) -> Result<Vec<String>, StateError> {
+        if self.archiving.load(Ordering::Acquire) {
+            // Rooms leave through the sleep sweep, saved first (`ArchiveFeed::forget_slept`).
+            return Ok(Vec::new());
+        }
         let mut rooms = self.rooms.write();
         let mut expired = Vec::new();
         rooms.retain(|name, room| {

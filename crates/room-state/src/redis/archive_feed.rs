@@ -13,8 +13,9 @@
 use super::keys::{self, RoomKeys};
 use super::rooms::publications;
 use super::{array, int, string, RedisState};
-use crate::archive_feed::{archive_shard, ArchiveFeed, ArchiveRead, DirtyRoom};
+use crate::archive_feed::{archive_shard, ArchiveFeed, ArchiveRead, DirtyRoom, SleepState};
 use crate::error::StateError;
+use crate::model::RoomConfig;
 use crate::observer::Command;
 use async_trait::async_trait;
 use fred::prelude::*;
@@ -159,5 +160,109 @@ impl ArchiveFeed for RedisState {
         )
         .await?;
         Ok(())
+    }
+
+    /// The sleep index (`keys.rs`), whose shards are the archive shards: the same hash,
+    /// the same count (a test below holds them together).
+    async fn expired_rooms(
+        &self,
+        shard: u64,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<String>, StateError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let key = keys::sleep_index_shard(shard);
+        let limit = Some((0, limit as i64));
+        let rooms: Vec<String> = self
+            .on(&key)
+            .zrangebyscore(&key, f64::NEG_INFINITY, now_ms as f64, false, limit)
+            .await
+            .map_err(|e| self.failed(e))?;
+        Ok(rooms)
+    }
+
+    async fn sleep_state(&self, room: &str) -> Result<Option<SleepState>, StateError> {
+        let k = RoomKeys::new(room);
+        let reply = array(self.eval(Command::SleepState, k.all(), Vec::new()).await?);
+        if int(reply.first())? == 0 {
+            return Ok(None);
+        }
+        let max = int(reply.get(4))?;
+        let state = SleepState {
+            room: room.to_string(),
+            epoch: string(reply.get(1))?,
+            offset: int(reply.get(2))?.max(0) as u64,
+            archived: int(reply.get(3))?.max(0) as u64,
+            config: RoomConfig {
+                max_members: (max > 0).then_some(max as u32),
+                history_size: int(reply.get(5))?.max(0) as u32,
+                ttl_secs: int(reply.get(6))?.max(0) as u64 / 1000,
+            },
+            created_at: int(reply.get(7))?.max(0) as u64,
+            members: int(reply.get(8))?.max(0) as usize,
+        };
+        if state.members > 0 {
+            // Due in the sleep index but occupied: an index write that failed at a join.
+            // Put it right (out of the sleep index), so the sweep stops reading it.
+            self.index(room, None).await;
+        }
+        Ok(Some(state))
+    }
+
+    async fn forget_slept(
+        &self,
+        room: &str,
+        epoch: &str,
+        offset: u64,
+        now_ms: u64,
+    ) -> Result<bool, StateError> {
+        let k = RoomKeys::new(room);
+        let reply = self
+            .eval(
+                Command::SleepForget,
+                k.all(),
+                vec![epoch.to_string(), offset.to_string()],
+            )
+            .await?;
+        if int(Some(&reply))? != 1 {
+            return Ok(false);
+        }
+        self.ephemeral.learn(room, false);
+        // Only due entries: a node that woke the room meanwhile set later ones.
+        for index in [keys::sleep_index(room), keys::room_index(room)] {
+            self.eval(
+                Command::IndexForget,
+                vec![index],
+                vec![room.to_string(), now_ms.to_string()],
+            )
+            .await?;
+        }
+        Ok(true)
+    }
+
+    async fn dying_rooms(&self) -> Result<Vec<SleepState>, StateError> {
+        // Rooms in Redis outlive the node.
+        Ok(Vec::new())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_rooms_index_shards_are_the_archive_shards() {
+        // The archiver that holds archive shard K sweeps rooms index shard K for rooms to
+        // put to sleep: a room's two shards must be the same.
+        assert_eq!(
+            super::keys::ROOM_INDEX_SHARDS,
+            crate::archive_feed::ARCHIVE_SHARDS
+        );
+        for room in ["a", "game:42", "chat:x", ""] {
+            assert_eq!(
+                super::keys::shard_of(room, super::keys::ROOM_INDEX_SHARDS),
+                crate::archive_feed::archive_shard(room)
+            );
+        }
     }
 }

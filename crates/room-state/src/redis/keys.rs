@@ -13,6 +13,7 @@
 //! | `rc:{r:ROOM}:id:KEY` | string, PX = idempotency window | `epoch\toffset` of a publish's key |
 //! | `rc:{r:ROOM}:ch` | shard channel | MessagePack envelopes for the room (`protocol::channel`); an ephemeral room's messages with offset 0 and epoch `""` |
 //! | `rc:{rooms:K}` | sorted set | room → expiry ms (`+inf` while occupied); K = 0..15 |
+//! | `rc:{sleep:K}` | sorted set | while the archive is on: empty room → expiry ms, what the sleep sweep of archive shard K reads (not the rooms index: a node without the archive trims that one); K = 0..15 |
 //! | `rc:{n:NODE}:mem` | set | `room\nconn` of every member held by a node |
 //! | `rc:{n:NODE}:users` | set | `user\nconn` of every user connection held by a node |
 //! | `rc:{u:USER}:c` | hash | conn id → `node\ttransport\tsince` (the user registry) |
@@ -79,6 +80,15 @@ pub fn room_index(room: &str) -> String {
 
 pub fn room_index_shard(k: u64) -> String {
     format!("rc:{{rooms:{k}}}")
+}
+
+/// The empty rooms of archive shard `k`, due to sleep at their score (see the table above).
+pub fn sleep_index_shard(k: u64) -> String {
+    format!("rc:{{sleep:{k}}}")
+}
+
+pub fn sleep_index(room: &str) -> String {
+    sleep_index_shard(shard_of(room, ROOM_INDEX_SHARDS))
 }
 
 pub fn node_members(node: &str) -> String {

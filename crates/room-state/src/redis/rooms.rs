@@ -6,7 +6,7 @@ use crate::error::StateError;
 use crate::memory::new_epoch;
 use crate::model::{
     Departed, Departure, Idempotency, JoinOutcome, MemberRecord, Published, Publisher, RoomConfig,
-    RoomInfo,
+    RoomInfo, Wake,
 };
 use crate::observer::Command;
 use crate::rooms::RoomStore;
@@ -27,8 +27,18 @@ impl RedisState {
         ]
     }
 
+    /// How long an empty room's keys outlive its TTL: while the archive is on, the sleep
+    /// sweep removes rooms (saved first), and the keys' own expiry is only a backstop.
+    pub(super) fn ttl_extra_ms(&self) -> u64 {
+        if self.archiving.load(std::sync::atomic::Ordering::Acquire) {
+            crate::archive_feed::SLEEP_BACKSTOP_MS
+        } else {
+            0
+        }
+    }
+
     /// Marks a room occupied (`+inf`) or empty (expiring) in the active-rooms index.
-    async fn index(&self, room: &str, expires_at: Option<u64>) {
+    pub(super) async fn index(&self, room: &str, expires_at: Option<u64>) {
         let score = expires_at.map_or(f64::INFINITY, |t| t as f64);
         let key = keys::room_index(room);
         let r: Result<Value, _> = self
@@ -37,6 +47,21 @@ impl RedisState {
             .await;
         if let Err(e) = r {
             tracing::warn!(error = %e, room, "room index update failed");
+        }
+        if self.archiving.load(std::sync::atomic::Ordering::Acquire) {
+            // The sleep sweep's own index: empty rooms only, by when they are due.
+            let key = keys::sleep_index(room);
+            let r: Result<Value, _> = match expires_at {
+                Some(t) => {
+                    self.on(&key)
+                        .zadd(&key, None, None, false, false, (t as f64, room))
+                        .await
+                }
+                None => self.on(&key).zrem(&key, room).await,
+            };
+            if let Err(e) = r {
+                tracing::warn!(error = %e, room, "sleep index update failed");
+            }
         }
     }
 
@@ -61,8 +86,12 @@ impl RedisState {
     ) -> Result<Option<(MemberRecord, bool)>, StateError> {
         let k = RoomKeys::new(room);
         let reply = array(
-            self.eval(Command::Leave, k.all(), vec![conn_id.to_string()])
-                .await?,
+            self.eval(
+                Command::Leave,
+                k.all(),
+                vec![conn_id.to_string(), self.ttl_extra_ms().to_string()],
+            )
+            .await?,
         );
         if int(reply.first())? == 0 {
             return Ok(None);
@@ -262,6 +291,7 @@ impl RoomStore for RedisState {
             config.history_size.to_string(),
             ttl_ms.to_string(),
             now_ms.to_string(),
+            self.ttl_extra_ms().to_string(),
         ];
         let created = self.eval(Command::Create, k.all(), args).await?;
         if created.as_i64() != Some(1) {
@@ -276,6 +306,55 @@ impl RoomStore for RedisState {
             members: Vec::new(),
             config: config.clone(),
             created_at: now_ms,
+        })
+    }
+
+    async fn wake(&self, room: &str, wake: &Wake, now_ms: u64) -> Result<RoomInfo, StateError> {
+        let k = RoomKeys::new(room);
+        let config = &wake.config;
+        let ttl_ms = config.ttl_secs.max(1) * 1000;
+        let mut args = vec![
+            wake.epoch.clone(),
+            wake.offset.to_string(),
+            config.max_members.unwrap_or(0).to_string(),
+            config.history_size.to_string(),
+            ttl_ms.to_string(),
+            wake.created_at.to_string(),
+            self.ttl_extra_ms().to_string(),
+        ];
+        // The window's worth, in offset order (the stream's ids must rise).
+        let keep = config.history_size as usize;
+        let fits: Vec<&Publication> = wake
+            .history
+            .iter()
+            .filter(|p| p.epoch == wake.epoch && p.offset <= wake.offset && p.offset > 0)
+            .collect();
+        let mut last = 0;
+        for p in fits.iter().skip(fits.len().saturating_sub(keep)) {
+            if p.offset <= last {
+                continue;
+            }
+            last = p.offset;
+            args.extend([
+                p.offset.to_string(),
+                p.from.clone(),
+                p.ts.to_string(),
+                p.data.as_json().to_string(),
+            ]);
+        }
+        let woken = self.eval(Command::Wake, k.all(), args).await?;
+        if woken.as_i64() != Some(1) {
+            return Err(StateError::RoomExists);
+        }
+        self.index(room, Some(now_ms + ttl_ms)).await;
+        self.ephemeral.learn(room, config.is_ephemeral());
+        Ok(RoomInfo {
+            room: room.to_string(),
+            epoch: wake.epoch.clone(),
+            offset: wake.offset,
+            members: Vec::new(),
+            config: config.clone(),
+            created_at: wake.created_at,
         })
     }
 
@@ -549,6 +628,8 @@ impl RoomStore for RedisState {
         let former = member_records(reply.get(1));
         let index = keys::room_index(room);
         let _: Result<Value, _> = self.on(&index).zrem(&index, room).await;
+        let sleep = keys::sleep_index(room);
+        let _: Result<Value, _> = self.on(&sleep).zrem(&sleep, room).await;
         for m in &former {
             self.track_member(&m.node, room, &m.conn_id, false).await;
         }

@@ -36,15 +36,72 @@ local function entries(raw)
 end
 "#;
 
-/// KEYS: meta, members, who, history. ARGV: epoch, max, hist, ttl ms, now.
+/// KEYS: meta, members, who, history. ARGV: epoch, max, hist, ttl ms, now, and the ms the
+/// keys outlive the TTL (`SLEEP_BACKSTOP_MS` while the archive is on: the sleep sweep removes
+/// the room; '0' otherwise).
 /// Returns 1 when created, 0 when the room exists.
 pub const CREATE: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
 redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'offset', 0, 'max', ARGV[2], 'hist', ARGV[3],
   'ttl', ARGV[4], 'created', ARGV[5], 'seq', 0)
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[4]) + tonumber(ARGV[6] or '0'))
 return 1
+"#;
+
+/// KEYS: meta, members, who, history. ARGV: epoch, offset, max, hist, ttl ms, created, extra
+/// ms (as `CREATE`), then the history to restore, four values per message, oldest first:
+/// offset, from, ts, data.
+/// A sleeping room comes back as it was: like `CREATE` (0 when the room exists: another node
+/// woke it first), with its epoch and offset, and the archive cursor `arch` at the offset
+/// (everything up to it is archived: that is when a room may sleep).
+pub const WAKE: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('DEL', KEYS[3], KEYS[4])
+redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'offset', ARGV[2], 'max', ARGV[3], 'hist', ARGV[4],
+  'ttl', ARGV[5], 'created', ARGV[6], 'seq', 0, 'arch', ARGV[2])
+for i = 8, #ARGV, 4 do
+  redis.call('XADD', KEYS[4], ARGV[i] .. '-0', 'f', ARGV[i + 1], 'd', ARGV[i + 3], 't', ARGV[i + 2])
+end
+local keep = tonumber(ARGV[5]) + tonumber(ARGV[7])
+redis.call('PEXPIRE', KEYS[1], keep)
+if redis.call('EXISTS', KEYS[4]) == 1 then redis.call('PEXPIRE', KEYS[4], keep) end
+return 1
+"#;
+
+/// KEYS: meta, members, who, history.
+/// Returns {1, epoch, offset, arch, max, hist, ttl ms, created, members} or {0} gone.
+pub const SLEEP_STATE: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0} end
+local m = redis.call('HMGET', KEYS[1], 'epoch', 'offset', 'arch', 'max', 'hist', 'ttl', 'created')
+return {1, m[1], tonumber(m[2] or '0'), tonumber(m[3] or '0'), tonumber(m[4] or '0'),
+  tonumber(m[5] or '0'), tonumber(m[6] or '0'), tonumber(m[7] or '0'), redis.call('ZCARD', KEYS[2])}
+"#;
+
+/// KEYS: meta, members, who, history. ARGV: epoch, offset (as saved to the archive).
+/// Removes a room put to sleep if it is still as saved: same epoch and offset, no member.
+/// Returns 1 removed or gone already, 0 awake (it stays).
+pub const SLEEP_FORGET: &str = r#"
+local members = redis.call('ZCARD', KEYS[2])
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  if members == 0 then return 1 end
+  return 0
+end
+if members > 0 then return 0 end
+local m = redis.call('HMGET', KEYS[1], 'epoch', 'offset')
+if m[1] ~= ARGV[1] or tonumber(m[2] or '0') ~= tonumber(ARGV[2]) then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+return 1
+"#;
+
+/// KEYS: a rooms index shard. ARGV: room, now. Drops the room's entry if it is due (not if a
+/// wake or a join gave it a later expiry or `+inf` meanwhile). Returns 1 when dropped.
+pub const INDEX_FORGET: &str = r#"
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score and tonumber(score) <= tonumber(ARGV[2]) then
+  return redis.call('ZREM', KEYS[1], ARGV[1])
+end
+return 0
 "#;
 
 /// KEYS: meta, members, who, history. ARGV: new epoch, dhist, dttl, now, conn, user, node,
@@ -97,7 +154,8 @@ return {1, offset, epoch, already and 1 or 0, member_list(), recovered, missed, 
     )
 }
 
-/// KEYS: meta, members, who, history. ARGV: conn.
+/// KEYS: meta, members, who, history. ARGV: conn, the ms the keys outlive the TTL ('0', or
+/// `SLEEP_BACKSTOP_MS` while the archive is on: see `CREATE`).
 /// Returns {removed (0/1), now_empty (0/1), "user\nnode"}.
 pub const LEAVE: &str = r#"
 local info = redis.call('HGET', KEYS[3], ARGV[1]) or ''
@@ -107,6 +165,7 @@ redis.call('HDEL', KEYS[1], 'q:' .. ARGV[1])
 if removed == 1 and redis.call('ZCARD', KEYS[2]) == 0 then
   local ttl = tonumber(redis.call('HGET', KEYS[1], 'ttl') or '0')
   if ttl > 0 then
+    ttl = ttl + tonumber(ARGV[2] or '0')
     redis.call('PEXPIRE', KEYS[1], ttl)
     redis.call('PEXPIRE', KEYS[4], ttl)
   end
@@ -151,6 +210,10 @@ pub fn publish() -> String {
             &crate::archive_feed::ARCHIVE_BACKLOG_CAP.to_string(),
         )
         .replace("ARCHIVE_RESIGNAL_MS", &ARCHIVE_RESIGNAL_MS.to_string())
+        .replace(
+            "SLEEP_BACKSTOP_MS",
+            &crate::archive_feed::SLEEP_BACKSTOP_MS.to_string(),
+        )
 }
 
 /// A room marked dirty longer ago than this is marked again by its next publish: a mark that
@@ -215,6 +278,8 @@ end
 -- land in an empty room, whose keys must keep expiring.
 if ARGV[5] == '' and redis.call('ZCARD', KEYS[2]) == 0 then
   local ttl = tonumber(redis.call('HGET', KEYS[1], 'ttl') or '0')
+  -- While archiving, the sleep sweep removes the room; the keys' TTL is only a backstop.
+  if archiving then ttl = ttl + SLEEP_BACKSTOP_MS end
   if ttl > 0 then
     redis.call('PEXPIRE', KEYS[1], ttl)
     redis.call('PEXPIRE', KEYS[4], ttl)
