@@ -15,7 +15,8 @@
 //! - [`node`]: one node's shared state: backends, local registry, flags, and its upkeep
 //!   (traffic, heartbeat, dead nodes, readiness).
 //! - [`traffic`]: the traffic monitor's levels and creation pause.
-//! - [`auth`] and [`client_ip`]: who a client is.
+//! - [`auth`] and [`client_ip`]: who a client is; [`backend_hooks`]: the app's connect and
+//!   publish proxies.
 //! - [`metrics`], [`telemetry`], [`clock`]: Prometheus, logs, timestamps.
 //!
 //! The public surface is what `main` and the integration tests need: start or serve a node,
@@ -23,6 +24,7 @@
 
 mod admission;
 mod auth;
+mod backend_hooks;
 mod backends;
 mod client_ip;
 mod clock;

@@ -214,6 +214,9 @@ pub struct ErrorBody {
     pub message: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after_ms: Option<u64>,
+    /// The app's own code, when its proxy refused (`rejected`, or a refused connection).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 impl ErrorBody {
@@ -222,6 +225,7 @@ impl ErrorBody {
             code,
             message: message.into(),
             retry_after_ms: None,
+            reason: None,
         }
     }
 
