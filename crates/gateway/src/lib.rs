@@ -18,7 +18,8 @@
 //! - [`archiver`]: copies every acknowledged message into the archive (`--archive`), and
 //!   `--archive-retention`.
 //! - [`traffic`]: the traffic monitor's levels and creation pause.
-//! - [`auth`] and [`client_ip`]: who a client is.
+//! - [`auth`] and [`client_ip`]: who a client is; [`backend_hooks`]: the app's connect and
+//!   publish proxies.
 //! - [`metrics`], [`telemetry`], [`clock`]: Prometheus, logs, timestamps.
 //!
 //! The public surface is what `main` and the integration tests need: start or serve a node,
@@ -27,6 +28,7 @@
 mod admission;
 mod archiver;
 mod auth;
+mod backend_hooks;
 mod backends;
 mod client_ip;
 mod clock;

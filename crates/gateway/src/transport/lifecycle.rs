@@ -39,8 +39,9 @@ pub trait Driver: Send + 'static {
 
     /// The protocol's own admission after the upgrade (a token, the per-user limit); a
     /// refusal closes the connection with its code before anything else is sent.
-    fn admit(&mut self, _node: &Node) -> Result<(), Refusal> {
-        Ok(())
+    /// May ask the app (the connect proxy), so it is async.
+    fn admit(&mut self, _node: &Node) -> impl Future<Output = Result<(), Refusal>> + Send {
+        std::future::ready(Ok(()))
     }
 
     /// Speaks the protocol until the connection ends. Every session it opens goes into
@@ -91,7 +92,12 @@ pub async fn run<D: Driver>(
             return;
         }
     };
-    if let Err(refusal) = ticket.admit_ip(&node).and_then(|()| driver.admit(&node)) {
+    let admitted = match ticket.admit_ip(&node) {
+        // Boxed: the connect proxy's call is not kept in the connection's long-lived future.
+        Ok(()) => Box::pin(driver.admit(&node)).await,
+        Err(refusal) => Err(refusal),
+    };
+    if let Err(refusal) = admitted {
         node.metrics.rejected(refusal.rejection);
         if refusal.rejection == Rejection::Auth {
             node.metrics.disconnect(DisconnectReason::Auth);
@@ -240,6 +246,7 @@ mod tests {
             crate::socketio::connection::SocketIo {
                 mode: crate::socketio::connection::Mode::SocketIo,
                 ip: peer.ip(),
+                handshake: None,
             },
         ));
         let (fut, ticket) = upgrade();
