@@ -50,6 +50,7 @@ pub struct ConnectRequest<'a> {
 
 /// POSTed to `--publish-proxy` before a matching publish is sequenced.
 #[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct PublishRequest<'a> {
     /// The room, as the client names it (a Socket.IO namespace's prefix removed).
     pub room: &'a str,
