@@ -17,6 +17,9 @@ pub struct Identity {
     pub expires_at_ms: Option<u64>,
     /// What the app's connect proxy said about this connection (`info`), if anything.
     pub info: Option<std::sync::Arc<serde_json::Map<String, serde_json::Value>>>,
+    /// The token's user when the connect proxy named another: what `refresh` compares a new
+    /// token with (the client's tokens keep naming their own user).
+    pub token_user: Option<String>,
 }
 
 impl Identity {
@@ -143,6 +146,7 @@ impl Authenticator {
                             .exp
                             .map(|exp| exp.saturating_add(validation.leeway).saturating_mul(1000)),
                         info: None,
+                        token_user: None,
                     };
                     return Ok((identity, Some(data.claims)));
                 }
@@ -186,5 +190,6 @@ pub fn anonymous(ip: IpAddr) -> Identity {
         rooms: None,
         expires_at_ms: None,
         info: None,
+        token_user: None,
     }
 }

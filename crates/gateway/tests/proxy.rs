@@ -181,6 +181,10 @@ async fn connect_proxy_allows_with_user_grant_and_info_or_refuses_native() {
         json!({"user": "app-ann", "connId": c.conn_id(), "info": {"name": "ann", "tier": 2}})
     );
 
+    // The client's tokens keep naming the token's user: a refresh for it is accepted.
+    let fresh = token("ann", json!({"rooms": ["own-*"]}));
+    c.ok(json!({"op": "refresh", "token": fresh})).await;
+
     // Refused: close 4012 before any frame.
     let mut d = Client::open(
         node.addr,

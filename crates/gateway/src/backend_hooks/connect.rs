@@ -130,7 +130,10 @@ impl ConnectProxy {
 
 fn apply(identity: &mut Identity, allow: Allow) -> Option<Map<String, Value>> {
     if let Some(user) = allow.user {
-        identity.user = user;
+        if user != identity.user {
+            let token_user = std::mem::replace(&mut identity.user, user);
+            identity.token_user = Some(token_user);
+        }
     }
     if let (Some(rooms), Some(grant)) = (identity.rooms.as_mut(), allow.rooms) {
         rooms.extend(grant);

@@ -418,6 +418,7 @@ impl<'a> Sockets<'a> {
                 .map(|patterns| patterns.iter().map(|p| format!("{prefix}{p}")).collect()),
             expires_at_ms: identity.expires_at_ms,
             info: identity.info,
+            token_user: identity.token_user,
         };
         let (outbound, forwarder) = if ns == "/" {
             (self.outbound.clone(), None)
