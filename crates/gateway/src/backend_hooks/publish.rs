@@ -190,3 +190,37 @@ impl PublishProxy {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// Turns come in ticket order, whichever publish is ready first; a turn dropped after its
+    /// time passes it on, and one dropped early does not let a later one overtake.
+    #[tokio::test]
+    async fn turns_follow_tickets() {
+        let turns = Turns::default();
+        let (t0, t1, t2) = (turns.ticket(), turns.ticket(), turns.ticket());
+        let order = parking_lot::Mutex::new(Vec::new());
+        let go = |ticket: u64, delay_ms: u64| {
+            let (turns, order) = (&turns, &order);
+            async move {
+                let turn = Turn::new(turns, ticket);
+                tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+                turn.wait().await;
+                order.lock().push(ticket);
+            }
+        };
+        // The first is ready last.
+        tokio::join!(go(t0, 60), go(t1, 0), go(t2, 20));
+        assert_eq!(*order.lock(), vec![0, 1, 2]);
+
+        let (t3, t4) = (turns.ticket(), turns.ticket());
+        // Dropped before its turn: the turn stays where it is.
+        drop(Turn::new(&turns, t4));
+        assert_eq!(*turns.turn.borrow(), 3);
+        drop(Turn::new(&turns, t3));
+        assert_eq!(*turns.turn.borrow(), 4);
+    }
+}

@@ -1,5 +1,5 @@
 //! What roomcast POSTs to the app, and what it reads back: every JSON shape of the connect
-//! and publish proxies, in one place (docs/operations.md, "Connect and publish proxies",
+//! and publish proxies, in one place (docs/protocol.md, "The app's proxies",
 //! shows them with examples).
 //!
 //! Answers are parsed with `protocol::value` (no serde_json raw-value re-parsing, a bounded
