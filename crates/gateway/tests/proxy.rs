@@ -536,3 +536,35 @@ async fn proxies_across_two_gateways_on_redis_cluster() {
         .await;
     assert_eq!(e["code"], "rejected");
 }
+
+/// Not a test: connect latency with and without the connect proxy, 1,000 sequential native
+/// connects each (median and p99 printed; nothing asserted). Run it in release:
+/// `cargo test --release -p gateway --test proxy -- --ignored --nocapture connect_latency`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn connect_latency_with_and_without_the_connect_proxy() {
+    let app = App::start(|_, _| Answer::Ok(r#"{"info":{"n":1}}"#.into())).await;
+    let plain = start(&[]).await;
+    let proxied = start(&["--connect-proxy", &app.url("/connect")]).await;
+    let tok = token("lat", json!({}));
+    let query = format!("format=json&token={tok}");
+    // Interleaved, so that drift on a shared machine hits both alike.
+    let mut times = [Vec::with_capacity(1000), Vec::with_capacity(1000)];
+    for _ in 0..1000 {
+        for (i, addr) in [plain.addr, proxied.addr].into_iter().enumerate() {
+            let began = Instant::now();
+            let mut c = Client::connect_query(addr, &query, Fmt::Json).await;
+            times[i].push(began.elapsed());
+            let _ = c.ws.close(None).await;
+        }
+    }
+    let mut report = Vec::new();
+    for (name, mut t) in ["without", "with"].into_iter().zip(times) {
+        t.sort();
+        report.push(format!(
+            "{name} the connect proxy: median {:?}, p99 {:?}",
+            t[500], t[990]
+        ));
+    }
+    println!("{}", report.join("\n"));
+}
