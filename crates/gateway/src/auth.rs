@@ -15,6 +15,11 @@ pub struct Identity {
     /// The token's `exp`, in ms since the Unix epoch: the connection is closed then (4011)
     /// unless it `refresh`es. `None`: no `exp` (or no token), no deadline.
     pub expires_at_ms: Option<u64>,
+    /// What the app's connect proxy said about this connection (`info`), if anything.
+    pub info: Option<std::sync::Arc<serde_json::Map<String, serde_json::Value>>>,
+    /// The token's user when the connect proxy named another: what `refresh` compares a new
+    /// token with (the client's tokens keep naming their own user).
+    pub token_user: Option<String>,
 }
 
 impl Identity {
@@ -107,19 +112,32 @@ impl Authenticator {
 
     /// Verifies a token, or admits an anonymous client when that is allowed.
     pub fn authenticate(&self, token: Option<&str>, ip: IpAddr) -> Result<Identity, AuthError> {
+        self.authenticate_claims(token, ip)
+            .map(|(identity, _)| identity)
+    }
+
+    /// [`Authenticator::authenticate`], and every claim of the verified token (`None` for an
+    /// anonymous client): what the connect proxy shows the app.
+    pub fn authenticate_claims(
+        &self,
+        token: Option<&str>,
+        ip: IpAddr,
+    ) -> Result<(Identity, Option<serde_json::Value>), AuthError> {
         let Some(token) = token.filter(|t| !t.is_empty()) else {
             return if self.allow_anonymous {
-                Ok(anonymous(ip))
+                Ok((anonymous(ip), None))
             } else {
                 Err(AuthError::Missing)
             };
         };
         let mut result = Err(AuthError::Invalid);
         for (key, validation) in &self.keys {
-            match decode::<Claims>(token, key, validation) {
+            match decode::<serde_json::Value>(token, key, validation) {
                 Ok(data) => {
-                    let claims = data.claims;
-                    return Ok(Identity {
+                    // The claims we use must have their types; the rest is the app's.
+                    let claims = serde_json::from_value::<Claims>(data.claims.clone())
+                        .map_err(|_| AuthError::Invalid)?;
+                    let identity = Identity {
                         user: claims.sub.unwrap_or_else(|| format!("anon:{ip}")),
                         rooms: claims.rooms,
                         // Past `exp` plus the leeway the check allowed: the token is
@@ -127,7 +145,10 @@ impl Authenticator {
                         expires_at_ms: claims
                             .exp
                             .map(|exp| exp.saturating_add(validation.leeway).saturating_mul(1000)),
-                    });
+                        info: None,
+                        token_user: None,
+                    };
+                    return Ok((identity, Some(data.claims)));
                 }
                 Err(e) if *e.kind() == jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
                     result = Err(AuthError::Expired);
@@ -168,5 +189,7 @@ pub fn anonymous(ip: IpAddr) -> Identity {
         user: format!("anon:{ip}"),
         rooms: None,
         expires_at_ms: None,
+        info: None,
+        token_user: None,
     }
 }

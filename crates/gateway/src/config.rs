@@ -11,6 +11,23 @@ fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| e.to_string())
 }
 
+/// What a node does when the app behind a proxy flag cannot give an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailMode {
+    /// Refuse: the connection or publish fails with a retryable error.
+    Closed,
+    /// Go on without the app, as if no proxy were configured.
+    Open,
+}
+
+fn fail_mode(s: &str) -> Result<FailMode, String> {
+    match s {
+        "closed" => Ok(FailMode::Closed),
+        "open" => Ok(FailMode::Open),
+        _ => Err("expected open or closed".into()),
+    }
+}
+
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "roomcast",
@@ -289,6 +306,58 @@ pub struct Config {
     #[arg(long, env = "ROOMCAST_SOCKETIO_CONNECT_TIMEOUT", default_value = "45s", value_parser = duration)]
     pub socketio_connect_timeout: Duration,
 
+    // --- The app's back end (docs/operations.md, "Connect and publish proxies") -------------
+    /// POST every new connection (native, and each Socket.IO namespace CONNECT) to this
+    /// `http://` URL; the app allows it (with a user, a `rooms` grant, presence `info`) or
+    /// refuses it with a code the client sees.
+    #[arg(long, env = "ROOMCAST_CONNECT_PROXY")]
+    pub connect_proxy: Option<String>,
+
+    /// How long the connect proxy may take to answer; slower is a failure (`--connect-proxy-fail`).
+    #[arg(long, env = "ROOMCAST_CONNECT_PROXY_TIMEOUT", default_value = "2s", value_parser = duration)]
+    pub connect_proxy_timeout: Duration,
+
+    /// Connect-proxy requests in flight at once on this node; one over it is a failure at once.
+    #[arg(
+        long,
+        env = "ROOMCAST_CONNECT_PROXY_MAX_IN_FLIGHT",
+        default_value_t = 256
+    )]
+    pub connect_proxy_max_in_flight: usize,
+
+    /// When the connect proxy fails (down, slow, a non-2xx, garbage, over the in-flight
+    /// bound): `closed` refuses the connection (retry later), `open` lets it in as the token
+    /// alone would.
+    #[arg(long, env = "ROOMCAST_CONNECT_PROXY_FAIL", default_value = "closed", value_parser = fail_mode)]
+    pub connect_proxy_fail: FailMode,
+
+    /// POST every client publish (to the rooms of `--publish-proxy-rooms`) to this `http://`
+    /// URL before it is sequenced; the app accepts, rejects or rewrites it.
+    #[arg(long, env = "ROOMCAST_PUBLISH_PROXY")]
+    pub publish_proxy: Option<String>,
+
+    /// Room-name patterns the publish proxy applies to (comma separated; a name, or a prefix
+    /// ending in `*`, as in a token's `rooms` claim). Default: every room.
+    #[arg(long, env = "ROOMCAST_PUBLISH_PROXY_ROOMS", value_delimiter = ',')]
+    pub publish_proxy_rooms: Vec<String>,
+
+    /// How long the publish proxy may take to answer; slower is a failure (`--publish-proxy-fail`).
+    #[arg(long, env = "ROOMCAST_PUBLISH_PROXY_TIMEOUT", default_value = "2s", value_parser = duration)]
+    pub publish_proxy_timeout: Duration,
+
+    /// Publish-proxy requests in flight at once on this node; one over it is a failure at once.
+    #[arg(
+        long,
+        env = "ROOMCAST_PUBLISH_PROXY_MAX_IN_FLIGHT",
+        default_value_t = 1024
+    )]
+    pub publish_proxy_max_in_flight: usize,
+
+    /// When the publish proxy fails: `closed` answers the publish `unavailable` (not applied,
+    /// retry), `open` sequences it unchanged.
+    #[arg(long, env = "ROOMCAST_PUBLISH_PROXY_FAIL", default_value = "closed", value_parser = fail_mode)]
+    pub publish_proxy_fail: FailMode,
+
     // --- Drain --------------------------------------------------------------------------
     /// After SIGTERM: keep serving (unready) this long, so the load balancer notices.
     #[arg(long, env = "ROOMCAST_DRAIN_DELAY", default_value = "5s", value_parser = duration)]
@@ -375,6 +444,25 @@ impl Config {
         }
         if self.webhook_batch == 0 || self.webhook_timeout.is_zero() {
             return Err("--webhook-batch and --webhook-timeout must be positive".into());
+        }
+        for url in [&self.connect_proxy, &self.publish_proxy]
+            .into_iter()
+            .flatten()
+        {
+            crate::backend_hooks::parse_url(url)?;
+        }
+        if self.connect_proxy_max_in_flight == 0 || self.publish_proxy_max_in_flight == 0 {
+            return Err("--*-proxy-max-in-flight must be at least 1".into());
+        }
+        if self.connect_proxy_timeout.is_zero() || self.publish_proxy_timeout.is_zero() {
+            return Err("--*-proxy-timeout must be positive".into());
+        }
+        for pattern in &self.publish_proxy_rooms {
+            if pattern.is_empty() || pattern.trim_end_matches('*').contains('*') {
+                return Err(format!(
+                    "--publish-proxy-rooms: {pattern:?} must be a name or a prefix ending in *"
+                ));
+            }
         }
         if self.jwt_secret.is_none() && self.jwt_public_key.is_empty() && !self.allow_anonymous {
             return Err(

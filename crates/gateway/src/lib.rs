@@ -21,7 +21,8 @@
 //! - [`webhooks`]: room, member and user events, queued durably and POSTed to the app
 //!   (`--webhook-url`).
 //! - [`traffic`]: the traffic monitor's levels and creation pause.
-//! - [`auth`] and [`client_ip`]: who a client is.
+//! - [`auth`] and [`client_ip`]: who a client is; [`backend_hooks`]: the app's connect and
+//!   publish proxies.
 //! - [`metrics`], [`telemetry`], [`clock`]: Prometheus, logs, timestamps.
 //!
 //! The public surface is what `main` and the integration tests need: start or serve a node,
@@ -30,6 +31,7 @@
 mod admission;
 mod archiver;
 mod auth;
+mod backend_hooks;
 mod backends;
 mod client_ip;
 mod clock;

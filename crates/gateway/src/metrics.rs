@@ -89,6 +89,9 @@ pub struct Metrics {
     pub socketio_relayed: IntCounterVec,
     pub socketio_emitter_messages: IntCounterVec,
     op_durations: Vec<(&'static str, Histogram)>,
+    // The app's proxies.
+    pub proxy_requests: IntCounterVec,
+    pub proxy_duration: HistogramVec,
     // Delivery and pub/sub.
     pub messages_delivered: IntCounter,
     pub publish_latency: Histogram,
@@ -155,6 +158,17 @@ impl Metrics {
             socketio_emitter_messages,
             op_durations,
         } = OpSeries::new(&r)?;
+        let proxy_requests = r.counter_vec(
+            "proxy_requests_total",
+            "Calls to the app's connect and publish proxies, by kind and result: allow, deny (connect), accept, reject, rewrite (publish), or a failure (timeout, unreachable, status, garbage, overloaded) handled by the fail mode.",
+            &["kind", "result"],
+        )?;
+        let proxy_duration = r.histogram_vec(
+            "proxy_duration_seconds",
+            "Time the app's proxies took to answer (failures included), by kind.",
+            LATENCY_BUCKETS.to_vec(),
+            &["kind"],
+        )?;
         let DeliverySeries {
             messages_delivered,
             publish_latency,
@@ -204,6 +218,8 @@ impl Metrics {
             socketio_relayed,
             socketio_emitter_messages,
             op_durations,
+            proxy_requests,
+            proxy_duration,
             messages_delivered,
             publish_latency,
             subscribed_channels,

@@ -72,6 +72,8 @@ pub struct Node {
     peers: RwLock<HashMap<String, String>>,
     /// Kept-alive connections to peers, for relayed long-polling requests.
     pub relay: crate::socketio::forward::Relay,
+    /// The app's connect and publish proxies, when configured.
+    pub hooks: crate::backend_hooks::Hooks,
 }
 
 impl std::fmt::Debug for Node {
@@ -191,6 +193,7 @@ impl Node {
             polling: Default::default(),
             peers: RwLock::default(),
             relay: Default::default(),
+            hooks: crate::backend_hooks::Hooks::from_config(&config).map_err(anyhow::Error::msg)?,
             config,
         }))
     }

@@ -22,10 +22,12 @@ pub enum ErrorCode {
     /// `msgId`, which can never apply twice.
     Timeout,
     Internal,
+    /// The app's publish proxy refused the message (its own code is in `reason`).
+    Rejected,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 14] = [
         ErrorCode::BadRequest,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
@@ -39,6 +41,7 @@ impl ErrorCode {
         ErrorCode::Unavailable,
         ErrorCode::Timeout,
         ErrorCode::Internal,
+        ErrorCode::Rejected,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -56,6 +59,7 @@ impl ErrorCode {
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Timeout => "timeout",
             ErrorCode::Internal => "internal",
+            ErrorCode::Rejected => "rejected",
         }
     }
 }
@@ -77,6 +81,8 @@ impl CloseCode {
     pub const SERVICE_RESTART: u16 = 1012;
     /// The server hit an unexpected condition (a connection task failed).
     pub const INTERNAL_ERROR: u16 = 1011;
+    /// Try again later: the app's connect proxy could not answer (`--connect-proxy-fail closed`).
+    pub const TRY_AGAIN_LATER: u16 = 1013;
     /// Too many protocol errors in a row (10 undecodable or invalid frames).
     pub const TOO_MANY_ERRORS: u16 = 4000;
     /// Bad, missing or expired token.
@@ -91,6 +97,8 @@ impl CloseCode {
     pub const HEARTBEAT_TIMEOUT: u16 = 4010;
     /// The token's `exp` passed without a `refresh`.
     pub const TOKEN_EXPIRED: u16 = 4011;
+    /// The app's connect proxy refused the connection; the reason is its `code: message`.
+    pub const APP_REFUSED: u16 = 4012;
 
     /// Whether a peer may send this code in a Close frame (RFC 6455 section 7.4, plus the IANA
     /// registered 1012–1014).

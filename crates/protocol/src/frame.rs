@@ -211,6 +211,9 @@ impl Publication {
 pub struct Member {
     pub user: String,
     pub conn_id: String,
+    /// What the app's connect proxy said about the connection (`info`), when it said anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<serde_json::Value>,
 }
 
 /// The error body of a reply.
@@ -221,6 +224,9 @@ pub struct ErrorBody {
     pub message: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after_ms: Option<u64>,
+    /// The app's own code, when its proxy refused (`rejected`, or a refused connection).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 impl ErrorBody {
@@ -229,6 +235,7 @@ impl ErrorBody {
             code,
             message: message.into(),
             retry_after_ms: None,
+            reason: None,
         }
     }
 

@@ -31,6 +31,9 @@ pub struct MemberRecord {
     pub user: String,
     pub conn_id: String,
     pub node: String,
+    /// What the app's connect proxy said about the connection: a JSON object's text (compact,
+    /// so it holds no line break), shown by presence. `None`: nothing.
+    pub info: Option<String>,
 }
 
 impl MemberRecord {
@@ -38,6 +41,11 @@ impl MemberRecord {
         Member {
             user: self.user.clone(),
             conn_id: self.conn_id.clone(),
+            // Written by the gateway from a JSON object; anything else is not shown.
+            info: self
+                .info
+                .as_deref()
+                .and_then(|text| serde_json::from_str(text).ok()),
         }
     }
 }

@@ -21,6 +21,7 @@ fn member(conn: &str, user: &str, node: &str) -> MemberRecord {
         user: user.into(),
         conn_id: conn.into(),
         node: node.into(),
+        info: None,
     }
 }
 
@@ -43,7 +44,11 @@ pub async fn rooms(store: &dyn RoomStore, prefix: &str) {
 
     // Only create makes a room.
     let a = member(&format!("{prefix}c1"), "alice", "n1");
-    let b = member(&format!("{prefix}c2"), "bob", "n2");
+    // The connect proxy's `info` travels with a member, and presence shows it.
+    let b = MemberRecord {
+        info: Some(r#"{"name":"Bob","tier":2}"#.into()),
+        ..member(&format!("{prefix}c2"), "bob", "n2")
+    };
     assert_eq!(
         store.join(&room, &a, None, now).await.unwrap_err(),
         StateError::NotFound
@@ -79,6 +84,11 @@ pub async fn rooms(store: &dyn RoomStore, prefix: &str) {
     assert_eq!(
         members.iter().map(|m| m.user.as_str()).collect::<Vec<_>>(),
         vec!["alice", "bob"]
+    );
+    assert_eq!(members[0].info, None);
+    assert_eq!(
+        members[1].info,
+        Some(serde_json::json!({"name": "Bob", "tier": 2}))
     );
 
     // Membership gates publish, presence and history.
@@ -179,7 +189,10 @@ pub async fn rooms(store: &dyn RoomStore, prefix: &str) {
     assert!(store.count().await.unwrap() >= 1);
 
     // A dead node's members can be swept.
-    let d = member(&format!("{prefix}c4"), "dave", &format!("{prefix}dead"));
+    let d = MemberRecord {
+        info: Some(r#"{"n":1}"#.into()),
+        ..member(&format!("{prefix}c4"), "dave", &format!("{prefix}dead"))
+    };
     store.join(&room, &d, None, now).await.unwrap();
     let swept = store
         .remove_node_members(&format!("{prefix}dead"), None)
@@ -191,6 +204,7 @@ pub async fn rooms(store: &dyn RoomStore, prefix: &str) {
         (room.as_str(), "dave")
     );
     assert!(!swept[0].vacated, "others are still in the room");
+    assert_eq!(swept[0].member.node, format!("{prefix}dead"));
     assert_eq!(store.info(&room).await.unwrap().members.len(), 1);
 
     // A node restarted under the same id sweeps its earlier incarnations' members only.

@@ -167,6 +167,7 @@ async fn a_connections_publishes_are_sequenced_in_its_order() {
         conn_id: "c1".into(),
         user: "alice".into(),
         node: "n1".into(),
+        info: None,
     };
     store.join(&room, &member, None, now).await.unwrap();
     let data = |n: u64| Data::from_value(&serde_json::json!(n)).unwrap();

@@ -18,6 +18,7 @@ pub mod rejection;
 pub use rejection::Rejection;
 
 use crate::auth::{AuthError, Identity};
+use crate::backend_hooks::connect::Refused;
 use crate::client_ip::client_ip;
 use crate::http::response::{error, Body};
 use crate::node::Node;
@@ -36,6 +37,27 @@ pub struct Refusal {
 }
 
 impl Refusal {
+    /// A connection the app's connect proxy refused (close 4012, with the app's code and
+    /// message as the reason), or could not check (close 1013, try again later).
+    pub fn proxy(refused: &Refused) -> Refusal {
+        match refused {
+            Refused::App(e) => Refusal {
+                rejection: Rejection::Proxy,
+                code: CloseCode::APP_REFUSED,
+                reason: close_reason(&if e.message.is_empty() {
+                    e.code.clone()
+                } else {
+                    format!("{}: {}", e.code, e.message)
+                }),
+            },
+            Refused::Unavailable => Refusal {
+                rejection: Rejection::Proxy,
+                code: CloseCode::TRY_AGAIN_LATER,
+                reason: "the application could not check this connection; retry".into(),
+            },
+        }
+    }
+
     /// A refused token (close 4001).
     pub fn auth(e: &AuthError) -> Refusal {
         Refusal {
@@ -104,6 +126,15 @@ pub fn admit(
         _slot: slot,
         ip_slot: None,
     })
+}
+
+/// A close frame's reason holds at most 123 bytes (RFC 6455 5.5: 125 less the code).
+fn close_reason(s: &str) -> String {
+    let mut end = s.len().min(123);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
 }
 
 /// The browser `Origin` check (`--allowed-origins`). Clients that send no `Origin` are not

@@ -18,10 +18,12 @@ pub enum Rejection {
     UserLimit,
     /// `accept` failed (out of descriptors).
     AcceptError,
+    /// The app's connect proxy refused, or could not answer under `--connect-proxy-fail closed`.
+    Proxy,
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 7] = [
+    pub const ALL: [Rejection; 8] = [
         Rejection::IpLimit,
         Rejection::UserLimit,
         Rejection::Auth,
@@ -29,6 +31,7 @@ impl Rejection {
         Rejection::Capacity,
         Rejection::HandshakeRate,
         Rejection::AcceptError,
+        Rejection::Proxy,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -40,6 +43,7 @@ impl Rejection {
             Rejection::Auth => "auth",
             Rejection::UserLimit => "user_limit",
             Rejection::AcceptError => "accept_error",
+            Rejection::Proxy => "proxy",
         }
     }
 }

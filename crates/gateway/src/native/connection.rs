@@ -10,6 +10,7 @@
 
 use crate::admission::{self, gate::UserSlot, Refusal};
 use crate::auth::{AuthError, Identity};
+use crate::backend_hooks::connect::{Asking, Handshake};
 use crate::metrics::DisconnectReason;
 use crate::node::Node;
 use crate::session::{self, Session};
@@ -23,6 +24,7 @@ use protocol::codec::{decode_request, encode};
 use protocol::frame::{ErrorBody, Event, Op, Reply};
 use protocol::{CloseCode, DecodeError, ErrorCode, Format};
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::task::Poll;
 
@@ -36,6 +38,17 @@ pub struct Native {
     format: Format,
     auth: Result<Identity, AuthError>,
     user_slot: Option<UserSlot>,
+    /// What the connect proxy is shown, when there is one (boxed: most nodes have none, and
+    /// it is dropped once admitted).
+    proxy: Option<Box<ProxyAsk>>,
+}
+
+/// What the connect proxy is shown of a native handshake.
+#[derive(Debug)]
+pub struct ProxyAsk {
+    pub ip: IpAddr,
+    pub claims: Option<serde_json::Value>,
+    pub handshake: Handshake,
 }
 
 impl Native {
@@ -44,7 +57,14 @@ impl Native {
             format,
             auth,
             user_slot: None,
+            proxy: None,
         }
+    }
+
+    /// Asks the connect proxy about this connection at admission.
+    pub fn with_proxy(mut self, ask: ProxyAsk) -> Native {
+        self.proxy = Some(Box::new(ask));
+        self
     }
 }
 
@@ -53,8 +73,23 @@ impl Driver for Native {
         ["native", self.format.as_str()]
     }
 
-    fn admit(&mut self, node: &Node) -> Result<(), Refusal> {
-        let identity = self.auth.as_ref().map_err(Refusal::auth)?;
+    async fn admit(&mut self, node: &Node) -> Result<(), Refusal> {
+        let identity = self.auth.as_mut().map_err(|e| Refusal::auth(e))?;
+        if let (Some(proxy), Some(ask)) = (&node.hooks.connect, self.proxy.take()) {
+            let asking = Asking {
+                protocol: "native",
+                namespace: None,
+                ip: ask.ip,
+                claims: ask.claims.as_ref(),
+                handshake: &ask.handshake,
+                auth: None,
+            };
+            let info = proxy
+                .check(node, identity, asking)
+                .await
+                .map_err(|r| Refusal::proxy(&r))?;
+            identity.info = info.map(Arc::new);
+        }
         self.user_slot = Some(admission::admit_user(node, identity)?);
         Ok(())
     }
@@ -64,6 +99,7 @@ impl Driver for Native {
             format,
             auth,
             user_slot: _user_slot,
+            proxy: _,
         } = self;
         match auth {
             Ok(identity) => {
@@ -164,6 +200,7 @@ fn open_session(
         outbound: outbound.clone(),
         room_prefix: String::new(),
         publish_seq: Default::default(),
+        publish_turns: Default::default(),
     }
 }
 
@@ -227,23 +264,34 @@ async fn ops_loop(
             Op::Publish { room, data, msg_id } => {
                 let id = request.id;
                 let timer = node.metrics.op_duration("publish").start_timer();
-                if let Err(e) = Box::pin(session::admit_publish(node, session, &room, &data)).await
-                {
-                    timer.observe_duration();
-                    if in_flight.is_empty() {
-                        answer_publish(outbound, (id, Err(e)), format);
-                    } else {
-                        in_flight.push_back(Either::Right(future::ready((id, Err(e)))));
-                    }
-                    continue;
-                }
+                let admitted =
+                    match Box::pin(session::admit_publish(node, session, &room, &data)).await {
+                        Ok(admitted) => admitted,
+                        Err(e) => {
+                            timer.observe_duration();
+                            if in_flight.is_empty() {
+                                answer_publish(outbound, (id, Err(e)), format);
+                            } else {
+                                in_flight.push_back(Either::Right(future::ready((id, Err(e)))));
+                            }
+                            continue;
+                        }
+                    };
                 let mut publish = Box::pin(async move {
-                    let result =
-                        session::store_publish(node, session, &room, data, msg_id.as_ref()).await;
+                    let result = session::finish_publish(
+                        node,
+                        session,
+                        &room,
+                        data,
+                        msg_id.as_ref(),
+                        admitted,
+                    )
+                    .await;
                     timer.observe_duration();
                     (id, result)
                 });
-                // The first poll sends the store command: before the next request is read.
+                // The first poll sends the store command (or the publish proxy's call): before
+                // the next request is read.
                 let first = std::future::poll_fn(|cx| Poll::Ready(publish.as_mut().poll(cx)));
                 match first.await {
                     Poll::Ready(answer) if in_flight.is_empty() => {

@@ -2,9 +2,10 @@
 //! `Authorization: Bearer`), admits the connection, and hands the upgraded socket to the
 //! shared lifecycle with the native driver.
 
-use super::connection::Native;
+use super::connection::{Native, ProxyAsk};
 use crate::admission;
 use crate::auth::bearer;
+use crate::backend_hooks::connect::Handshake;
 use crate::http::query;
 use crate::http::response::{error, Body};
 use crate::node::Node;
@@ -48,7 +49,10 @@ pub fn upgrade(node: Arc<Node>, peer: SocketAddr, mut req: Request<Incoming>) ->
         .get("token")
         .map(String::as_str)
         .or_else(|| bearer(req.headers()));
-    let auth = node.auth.authenticate(token, ticket.ip);
+    let (auth, claims) = match node.auth.authenticate_claims(token, ticket.ip) {
+        Ok((identity, claims)) => (Ok(identity), claims),
+        Err(e) => (Err(e), None),
+    };
     let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
         Ok(pair) => pair,
         Err(_) => {
@@ -59,7 +63,14 @@ pub fn upgrade(node: Arc<Node>, peer: SocketAddr, mut req: Request<Incoming>) ->
             )
         }
     };
-    let driver = Native::new(format, auth);
+    let mut driver = Native::new(format, auth);
+    if node.hooks.connect.is_some() {
+        driver = driver.with_proxy(ProxyAsk {
+            ip: ticket.ip,
+            claims,
+            handshake: Handshake::new("websocket", &params),
+        });
+    }
     tokio::spawn(transport::run(node, upgrade, ticket, driver));
     response.map(|_| Full::new(Bytes::new()))
 }

@@ -37,6 +37,12 @@ pub(super) async fn join(
         user: s.identity.user.clone(),
         conn_id: s.conn_id.to_string(),
         node: node.id.clone(),
+        // Compact JSON text: what the backends store for presence to show.
+        info: s
+            .identity
+            .info
+            .as_ref()
+            .and_then(|info| serde_json::to_string(&**info).ok()),
     };
     let outcome = match join_or_wake(node, room, &member, since).await {
         Ok(outcome) => outcome,

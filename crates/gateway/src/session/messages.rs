@@ -2,11 +2,14 @@
 //! or in an ephemeral room a plain delivery), `presence` and `history`.
 
 use super::{forbidden, state_error, OpResult, Session};
+use crate::backend_hooks::publish::{Publishing, Turn};
 use crate::clock::now_ms;
 use crate::node::Node;
 use protocol::frame::{ErrorBody, MsgId, OkBody, MAX_HISTORY_LIMIT};
 use protocol::{Data, ErrorCode};
 use room_state::{Idempotency, Publisher};
+use std::future::Future;
+use std::task::Poll;
 
 pub(super) async fn publish(
     node: &Node,
@@ -15,21 +18,111 @@ pub(super) async fn publish(
     data: Data,
     msg_id: Option<&MsgId>,
 ) -> OpResult {
-    admit_publish(node, s, room, &data).await?;
-    store_publish(node, s, room, data, msg_id).await
+    let admitted = admit_publish(node, s, room, &data).await?;
+    finish_publish(node, s, room, data, msg_id, admitted).await
 }
 
-/// A publish's checks: the token's rooms, the size, and the user's publish budget. What a
-/// pipelined publish awaits before its store command is sent, in request order.
+/// What an admitted publish does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admitted {
+    /// Straight to the store.
+    Store,
+    /// The publish proxy first, then the store on this ticket's turn (see
+    /// `backend_hooks::publish`).
+    Proxy(u64),
+}
+
+/// A publish's checks: the token's rooms, the size, and the user's publish budget; for a room
+/// the publish proxy applies to, membership too (in the node's registry, so that the app is
+/// only asked about a member's message), and its ticket. What a pipelined publish awaits in
+/// request order, before its store command (or its proxy call) is sent.
 pub async fn admit_publish(
     node: &Node,
     s: &Session,
     room: &str,
     data: &Data,
-) -> Result<(), ErrorBody> {
+) -> Result<Admitted, ErrorBody> {
     if !s.identity.may_use(room) {
         return Err(forbidden(room));
     }
+    check_data(node, data)?;
+    let key = format!("publish:{}", s.identity.user);
+    let decision = node
+        .publish_budget
+        .take(
+            &key,
+            node.config.publish_rate,
+            node.config.publish_burst,
+            now_ms(),
+        )
+        .await
+        .map_err(|e| state_error(node, "publish", e))?;
+    if !decision.allowed {
+        node.metrics
+            .rate_limited
+            .with_label_values(&["publish"])
+            .inc();
+        return Err(
+            ErrorBody::new(ErrorCode::RateLimited, "publishing too fast")
+                .retry_after(decision.retry_after_ms),
+        );
+    }
+    match &node.hooks.publish {
+        Some(proxy) if proxy.applies(room) => {
+            // A join is a barrier for the connection's publishes, so a join sent before this
+            // publish is in the registry by now.
+            if !node.registry.is_in(room, &s.conn_id) {
+                return Err(ErrorBody::new(
+                    ErrorCode::NotMember,
+                    "not a member of this room",
+                ));
+            }
+            Ok(Admitted::Proxy(s.publish_turns.ticket()))
+        }
+        _ => Ok(Admitted::Store),
+    }
+}
+
+/// An admitted publish: the store, after the publish proxy when it applies. The app's call
+/// runs concurrently with the connection's other publishes; the store command waits for the
+/// publish's turn, so a connection's proxied publishes are sequenced in the order it sent
+/// them.
+pub async fn finish_publish(
+    node: &Node,
+    s: &Session,
+    room: &str,
+    data: Data,
+    msg_id: Option<&MsgId>,
+    admitted: Admitted,
+) -> OpResult {
+    let (Admitted::Proxy(ticket), Some(proxy)) = (admitted, &node.hooks.publish) else {
+        return store_publish(node, s, room, data, msg_id).await;
+    };
+    // Passes the turn on when dropped: at the first poll of the store, or on any error.
+    let turn = Turn::new(&s.publish_turns, ticket);
+    let who = Publishing {
+        room: room.strip_prefix(s.room_prefix.as_str()).unwrap_or(room),
+        user: &s.identity.user,
+        conn_id: &s.conn_id,
+    };
+    let verdict = proxy.check(node, who, data).await;
+    turn.wait().await;
+    let data = verdict?;
+    // A rewrite is held to the client's limits.
+    check_data(node, &data)?;
+    let mut store = std::pin::pin!(store_publish(node, s, room, data, msg_id));
+    // The first poll sends the store command (and takes the publish's sequence number):
+    // only then may the next publish go.
+    let first = std::future::poll_fn(|cx| Poll::Ready(store.as_mut().poll(cx))).await;
+    drop(turn);
+    match first {
+        Poll::Ready(result) => result,
+        Poll::Pending => store.await,
+    }
+}
+
+/// The data's size and its number of byte strings, under the node's limits.
+fn check_data(node: &Node, data: &Data) -> Result<(), ErrorBody> {
     // Byte strings count as their bytes, whatever form they came in (see `Data::size`).
     if data.size() > node.config.max_data_bytes {
         return Err(ErrorBody::new(
@@ -46,28 +139,7 @@ pub async fn admit_publish(
             ),
         ));
     }
-    let key = format!("publish:{}", s.identity.user);
-    let decision = node
-        .publish_budget
-        .take(
-            &key,
-            node.config.publish_rate,
-            node.config.publish_burst,
-            now_ms(),
-        )
-        .await
-        .map_err(|e| state_error(node, "publish", e))?;
-    if decision.allowed {
-        return Ok(());
-    }
-    node.metrics
-        .rate_limited
-        .with_label_values(&["publish"])
-        .inc();
-    Err(
-        ErrorBody::new(ErrorCode::RateLimited, "publishing too fast")
-            .retry_after(decision.retry_after_ms),
-    )
+    Ok(())
 }
 
 /// A publish, once admitted: the store sequences it. The store's command goes out on the

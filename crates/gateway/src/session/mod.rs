@@ -14,7 +14,7 @@ mod messages;
 mod refresh;
 
 pub use membership::{abandon, cleanup, leave_room};
-pub use messages::{admit_publish, store_publish};
+pub use messages::{admit_publish, finish_publish};
 
 use crate::auth::Identity;
 use crate::clock::now_ms;
@@ -55,6 +55,8 @@ pub struct Session {
     pub room_prefix: String,
     /// The last sequence number given to one of this connection's publishes.
     pub publish_seq: std::sync::atomic::AtomicU64,
+    /// The order of this connection's publishes through the publish proxy.
+    pub publish_turns: crate::backend_hooks::publish::Turns,
 }
 
 /// Work to do once the reply is queued.

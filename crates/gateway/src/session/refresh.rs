@@ -1,7 +1,8 @@
 //! `refresh`: a new token on an open connection. It must verify and name the same user;
 //! then the connection's deadline (`crate::expiry`) becomes the new token's `exp`. A refused
 //! token leaves the connection as it was, deadline included. The `rooms` claim stays the
-//! one the connection opened with.
+//! one the connection opened with, and so is a user the connect proxy named (a new token
+//! must name the user the first token named).
 
 use super::{OpResult, Session};
 use crate::auth::AuthError;
@@ -27,7 +28,9 @@ pub fn refresh(node: &Node, s: &Session, token: &str) -> OpResult {
             };
             ErrorBody::new(ErrorCode::Unauthorized, message)
         })?;
-    if identity.user != s.identity.user {
+    // A user the connect proxy renamed refreshes with tokens that name the token's user.
+    let token_user = s.identity.token_user.as_ref().unwrap_or(&s.identity.user);
+    if identity.user != *token_user {
         return Err(ErrorBody::new(
             ErrorCode::Forbidden,
             "the token is for another user",

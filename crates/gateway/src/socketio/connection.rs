@@ -9,6 +9,7 @@
 use super::engine::{Engine, Pings};
 use super::heartbeat;
 use super::namespace::{push, random_id, Next, Sockets};
+use crate::backend_hooks::connect::Handshake;
 use crate::config::Config;
 use crate::metrics::DisconnectReason;
 use crate::node::Node;
@@ -48,6 +49,8 @@ pub struct SocketIo {
     pub mode: Mode,
     /// The client's address, for anonymous identities.
     pub ip: IpAddr,
+    /// What the connect proxy is shown of the Engine.IO handshake, when there is one.
+    pub handshake: Option<Arc<Handshake>>,
 }
 
 impl Driver for SocketIo {
@@ -144,6 +147,7 @@ pub async fn serve(
         Pings::Ticker(liveness) => (Pongs::Ticker(liveness), None),
     };
     let mut sockets = Sockets::new(&node, driver.ip, outbound.clone(), live);
+    sockets.handshake = driver.handshake.clone();
     let (reason, recoverable) =
         packet_loop(cfg, &mut engine, &mut sockets, driver.mode, &pongs).await;
     if let Some(task) = heartbeat {

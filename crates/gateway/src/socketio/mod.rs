@@ -30,6 +30,7 @@ pub mod recovery;
 pub mod upgrade;
 
 use crate::admission;
+use crate::backend_hooks::connect::Handshake;
 use crate::http::query;
 use crate::http::response::{json, Body};
 use crate::node::Node;
@@ -106,10 +107,15 @@ async fn route(
     if params.get("EIO").map(String::as_str) != Some("4") {
         return refuse(StatusCode::BAD_REQUEST, 5, "Unsupported protocol version");
     }
+    // What the connect proxy is shown at each namespace CONNECT (only when there is one).
+    let handshake = node.hooks.connect.is_some().then(|| {
+        let transport = if websocket { "websocket" } else { "polling" };
+        Arc::new(Handshake::new(transport, &params))
+    });
     if websocket {
-        websocket_handshake(node, peer, req, mode)
+        websocket_handshake(node, peer, req, mode, handshake)
     } else {
-        polling::open::open(node, peer, req.headers(), mode).await
+        polling::open::open(node, peer, req.headers(), mode, handshake).await
     }
 }
 
@@ -119,6 +125,7 @@ fn websocket_handshake(
     peer: SocketAddr,
     mut req: Request<Incoming>,
     mode: Mode,
+    handshake: Option<Arc<Handshake>>,
 ) -> Response<Body> {
     let ticket = match admission::admit(&node, peer, req.headers()) {
         Ok(ticket) => ticket,
@@ -131,6 +138,7 @@ fn websocket_handshake(
     let driver = SocketIo {
         mode,
         ip: ticket.ip,
+        handshake,
     };
     tokio::spawn(transport::run(node, fut, ticket, driver));
     response.map(|_| http_body_util::Full::new(bytes::Bytes::new()))

@@ -10,6 +10,7 @@
 use super::recovery;
 use crate::admission::{self, gate::UserSlot, Refusal};
 use crate::auth::Identity;
+use crate::backend_hooks::connect::{Asking, Handshake, Refused};
 use crate::node::Node;
 use crate::session::{self, Session};
 use crate::transport::Live;
@@ -137,6 +138,8 @@ pub struct Sockets<'a> {
     pub node: &'a Arc<Node>,
     pub ip: IpAddr,
     pub outbound: Arc<Outbound>,
+    /// The Engine.IO handshake, for the connect proxy (when there is one).
+    pub handshake: Option<Arc<Handshake>>,
     joined: HashMap<String, Socket>,
     /// Whether any namespace was ever joined (the connect timeout stops then).
     pub ever_joined: bool,
@@ -199,6 +202,7 @@ impl<'a> Sockets<'a> {
             node,
             ip,
             outbound,
+            handshake: None,
             joined: HashMap::new(),
             ever_joined: false,
         }
@@ -262,14 +266,13 @@ impl<'a> Sockets<'a> {
             return Next::Continue;
         }
         let auth = p.payload.as_ref();
-        let (identity, user_slot) = match self.admit(auth) {
+        let (identity, user_slot) = match self.admit(&ns, auth).await {
             Ok(admitted) => admitted,
-            Err((refusal, code)) => {
+            Err((refusal, data)) => {
                 self.node.metrics.rejected(refusal.rejection);
-                let data = Some(json!({ "code": code }));
                 push(
                     &self.outbound,
-                    sio::connect_error(&ns, &refusal.reason, data),
+                    sio::connect_error(&ns, &refusal.reason, Some(data)),
                 );
                 return Next::Continue;
             }
@@ -346,17 +349,54 @@ impl<'a> Sockets<'a> {
         self.ever_joined = true;
     }
 
-    /// The CONNECT packet's token and the per-user limit. A refusal comes with the `code`
-    /// that the client's `connect_error` carries.
-    fn admit(&self, auth: Option<&Value>) -> Result<(Identity, UserSlot), (Refusal, &'static str)> {
+    /// The CONNECT packet's token, the connect proxy, and the per-user limit. A refusal
+    /// comes with the data (`{code, message?}`) that the client's `connect_error` carries.
+    ///
+    /// The connect proxy is asked here, at each namespace CONNECT, rather than at the
+    /// Engine.IO handshake: the token and the `auth` payload only exist here, identities are
+    /// per namespace, and this refusal is what the client library surfaces (`connect_error`,
+    /// where `io.use()` middleware refusals arrive too).
+    async fn admit(
+        &self,
+        ns: &str,
+        auth: Option<&Value>,
+    ) -> Result<(Identity, UserSlot), (Refusal, Value)> {
         let token = auth.and_then(|a| a.get("token")).and_then(Value::as_str);
-        let identity = self
+        let (mut identity, claims) = self
             .node
             .auth
-            .authenticate(token, self.ip)
-            .map_err(|e| (Refusal::auth(&e), "unauthorized"))?;
+            .authenticate_claims(token, self.ip)
+            .map_err(|e| (Refusal::auth(&e), json!({ "code": "unauthorized" })))?;
+        if let (Some(proxy), Some(handshake)) = (&self.node.hooks.connect, &self.handshake) {
+            let asking = Asking {
+                protocol: "socketio",
+                namespace: Some(ns),
+                ip: self.ip,
+                claims: claims.as_ref(),
+                handshake,
+                auth,
+            };
+            match proxy.check(self.node, &mut identity, asking).await {
+                Ok(info) => identity.info = info.map(Arc::new),
+                Err(refused) => {
+                    let data = match &refused {
+                        Refused::App(e) => json!({ "code": e.code, "message": e.message }),
+                        Refused::Unavailable => json!({ "code": "unavailable" }),
+                    };
+                    let mut refusal = Refusal::proxy(&refused);
+                    // The client's `connect_error` shows the app's own message, as an
+                    // `io.use()` middleware's `next(new Error(message))` would.
+                    if let Refused::App(e) = &refused {
+                        if !e.message.is_empty() {
+                            refusal.reason = e.message.clone();
+                        }
+                    }
+                    return Err((refusal, data));
+                }
+            }
+        }
         let slot = admission::admit_user(self.node, &identity)
-            .map_err(|refusal| (refusal, "connection_limit"))?;
+            .map_err(|refusal| (refusal, json!({ "code": "connection_limit" })))?;
         Ok((identity, slot))
     }
 
@@ -377,6 +417,8 @@ impl<'a> Sockets<'a> {
                 .rooms
                 .map(|patterns| patterns.iter().map(|p| format!("{prefix}{p}")).collect()),
             expires_at_ms: identity.expires_at_ms,
+            info: identity.info,
+            token_user: identity.token_user,
         };
         let (outbound, forwarder) = if ns == "/" {
             (self.outbound.clone(), None)
@@ -418,6 +460,7 @@ impl<'a> Sockets<'a> {
             outbound,
             room_prefix: prefix,
             publish_seq: Default::default(),
+            publish_turns: Default::default(),
         };
         (session, forwarder)
     }
@@ -514,15 +557,25 @@ impl<'a> Sockets<'a> {
         }
         if let Op::Publish { room, data, msg_id } = op {
             let timer = self.node.metrics.op_duration("publish").start_timer();
-            if let Err(error) = session::admit_publish(self.node, session, &room, &data).await {
-                reply(json!({ "error": error }));
-                return Next::Continue;
-            }
+            let admitted = match session::admit_publish(self.node, session, &room, &data).await {
+                Ok(admitted) => admitted,
+                Err(error) => {
+                    reply(json!({ "error": error }));
+                    return Next::Continue;
+                }
+            };
             let (node, session, outbound) =
                 (self.node.clone(), session.clone(), self.outbound.clone());
             return Next::Publish(Box::pin(async move {
-                let result =
-                    session::store_publish(&node, &session, &room, data, msg_id.as_ref()).await;
+                let result = session::finish_publish(
+                    &node,
+                    &session,
+                    &room,
+                    data,
+                    msg_id.as_ref(),
+                    admitted,
+                )
+                .await;
                 timer.observe_duration();
                 if let Some(id) = ack {
                     let body = match result {

@@ -39,8 +39,9 @@ pub trait Driver: Send + 'static {
 
     /// The protocol's own admission after the upgrade (a token, the per-user limit); a
     /// refusal closes the connection with its code before anything else is sent.
-    fn admit(&mut self, _node: &Node) -> Result<(), Refusal> {
-        Ok(())
+    /// May ask the app (the connect proxy), so it is async.
+    fn admit(&mut self, _node: &Node) -> impl Future<Output = Result<(), Refusal>> + Send {
+        std::future::ready(Ok(()))
     }
 
     /// Speaks the protocol until the connection ends. Every session it opens goes into
@@ -91,22 +92,35 @@ pub async fn run<D: Driver>(
             return;
         }
     };
-    if let Err(refusal) = ticket.admit_ip(&node).and_then(|()| driver.admit(&node)) {
-        node.metrics.rejected(refusal.rejection);
-        if refusal.rejection == Rejection::Auth {
-            node.metrics.disconnect(DisconnectReason::Auth);
-        }
-        // Boxed, here and below: this future lives as long as the connection, and an inline
-        // close handshake (or cleanup after a panic) would make it several times larger for a
-        // path most connections never take.
-        Box::pin(close::reject(ws, refusal.code, &refusal.reason)).await;
+    // Boxed, with the socket moved in and out: the admission (which may ask the app, the
+    // connect proxy) and a refusal's close handshake are not kept in the connection's
+    // long-lived future, and the socket is not held across an await of this one.
+    let Some(ws) = Box::pin(admit(&node, &mut ticket, &mut driver, ws)).await else {
         return;
-    }
+    };
     let labels = driver.labels();
     serve_admitted(node, ticket, labels, move |node, live| {
         driver.serve(node, ws, live)
     })
     .await;
+}
+
+/// The per-address limit and the driver's own admission; a refusal closes the socket with
+/// its code before anything else is sent (`None`).
+async fn admit<D: Driver>(node: &Node, ticket: &mut Ticket, driver: &mut D, ws: Ws) -> Option<Ws> {
+    let admitted = match ticket.admit_ip(node) {
+        Ok(()) => driver.admit(node).await,
+        Err(refusal) => Err(refusal),
+    };
+    let Err(refusal) = admitted else {
+        return Some(ws);
+    };
+    node.metrics.rejected(refusal.rejection);
+    if refusal.rejection == Rejection::Auth {
+        node.metrics.disconnect(DisconnectReason::Auth);
+    }
+    close::reject(ws, refusal.code, &refusal.reason).await;
+    None
 }
 
 /// Serves an admitted connection, whatever carries it (a WebSocket, or an Engine.IO
@@ -240,6 +254,7 @@ mod tests {
             crate::socketio::connection::SocketIo {
                 mode: crate::socketio::connection::Mode::SocketIo,
                 ip: peer.ip(),
+                handshake: None,
             },
         ));
         let (fut, ticket) = upgrade();

@@ -520,6 +520,7 @@ mod tests {
             user: "a".into(),
             conn_id: "c1".into(),
             node: "n".into(),
+            info: None,
         };
         state.join("r", &a, None, 1).await.unwrap();
         for n in 0..5 {

@@ -96,12 +96,13 @@ impl RedisState {
         if int(reply.first())? == 0 {
             return Ok(None);
         }
-        let info = string(reply.get(2))?;
-        let (user, node) = info.split_once('\n').unwrap_or((info.as_str(), ""));
+        let who = string(reply.get(2))?;
+        let mut parts = who.splitn(3, '\n');
         let record = MemberRecord {
-            user: user.to_string(),
+            user: parts.next().unwrap_or_default().to_string(),
             conn_id: conn_id.to_string(),
-            node: node.to_string(),
+            node: parts.next().unwrap_or_default().to_string(),
+            info: parts.next().map(str::to_string),
         };
         let vacated = int(reply.get(1))? == 1;
         if vacated {
@@ -133,7 +134,7 @@ fn members(v: Option<&Value>) -> Vec<Member> {
         .collect()
 }
 
-/// Decodes the scripts' `conn\nuser\nnode` member entries.
+/// Decodes the scripts' `conn\nuser\nnode[\ninfo]` member entries.
 fn member_records(v: Option<&Value>) -> Vec<MemberRecord> {
     let Some(Value::Array(items)) = v else {
         return Vec::new();
@@ -142,11 +143,12 @@ fn member_records(v: Option<&Value>) -> Vec<MemberRecord> {
         .iter()
         .filter_map(Value::as_string)
         .map(|s| {
-            let mut parts = s.splitn(3, '\n');
+            let mut parts = s.splitn(4, '\n');
             MemberRecord {
                 conn_id: parts.next().unwrap_or_default().to_string(),
                 user: parts.next().unwrap_or_default().to_string(),
                 node: parts.next().unwrap_or_default().to_string(),
+                info: parts.next().map(str::to_string),
             }
         })
         .collect()
@@ -370,7 +372,12 @@ impl RoomStore for RedisState {
         args.extend([
             member.conn_id.clone(),
             member.user.clone(),
-            member.node.clone(),
+            // The `who` field is `user\nnode`, and `\ninfo` after it when there is info
+            // (compact JSON: no line break of its own); the script stores it as it comes.
+            match &member.info {
+                Some(info) => format!("{}\n{info}", member.node),
+                None => member.node.clone(),
+            },
             since.map(|s| s.offset.to_string()).unwrap_or_default(),
             since.map(|s| s.epoch.clone()).unwrap_or_default(),
         ]);

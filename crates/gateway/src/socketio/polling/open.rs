@@ -6,6 +6,7 @@
 use super::session::Session;
 use super::{poll, Listed};
 use crate::admission;
+use crate::backend_hooks::connect::Handshake;
 use crate::http::response::Body;
 use crate::node::Node;
 use crate::socketio::connection::{self, Mode, SocketIo};
@@ -26,6 +27,7 @@ pub async fn open(
     peer: SocketAddr,
     headers: &HeaderMap,
     mode: Mode,
+    handshake: Option<Arc<Handshake>>,
 ) -> Response<Body> {
     let mut ticket = match admission::admit(&node, peer, headers) {
         Ok(ticket) => ticket,
@@ -60,6 +62,7 @@ pub async fn open(
     let driver = SocketIo {
         mode,
         ip: ticket.ip,
+        handshake,
     };
     let labels = driver.labels();
     tokio::spawn(serve_admitted(
