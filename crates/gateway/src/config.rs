@@ -195,6 +195,13 @@ pub struct Config {
     #[arg(long, env = "ROOMCAST_ARCHIVE_RETENTION", value_parser = duration)]
     pub archive_retention: Option<Duration>,
 
+    /// Unarchived messages a room may hold while the archive lags or is down; past it the
+    /// room's publishes are refused `unavailable` until the archiver catches up (its history
+    /// is not trimmed past what the archive holds, so this bounds the memory a stalled
+    /// archive costs per room).
+    #[arg(long, env = "ROOMCAST_ARCHIVE_BACKLOG_CAP", default_value_t = room_state::ARCHIVE_BACKLOG_CAP)]
+    pub archive_backlog_cap: u64,
+
     // --- Traffic monitor ----------------------------------------------------------------
     /// Room creations per minute from which the level is `high`.
     #[arg(long, env = "ROOMCAST_TRAFFIC_HIGH", default_value_t = 500)]
@@ -345,6 +352,9 @@ impl Config {
         }
         if self.archive_retention.is_some_and(|d| d.is_zero()) {
             return Err("--archive-retention must be positive".into());
+        }
+        if self.archive_backlog_cap == 0 {
+            return Err("--archive-backlog-cap must be at least 1".into());
         }
         if self.jwt_secret.is_none() && self.jwt_public_key.is_empty() && !self.allow_anonymous {
             return Err(

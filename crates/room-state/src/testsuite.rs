@@ -702,7 +702,7 @@ where
     let now = 1_700_000_000_000u64;
     let dirty =
         |rooms: Vec<crate::DirtyRoom>, room: &str| rooms.iter().filter(|d| d.room == room).count();
-    store.enable_archiving();
+    store.enable_archiving(crate::ARCHIVE_BACKLOG_CAP);
     let room = format!("{prefix}arch");
     let shard = archive_shard(&room);
     let created = store.create(&room, &config(None, 3), now).await.unwrap();
