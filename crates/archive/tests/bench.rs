@@ -8,18 +8,16 @@
 //! - `append_throughput`: messages/s into PostgreSQL and SQLite through `Archive::append`,
 //!   in batches of 500 (the archiver's batch), spread over 1,000 rooms; one writer (one node
 //!   working every shard) and, on PostgreSQL, four at once (four nodes sharing the shards).
-//! - `paging_at_a_million_rows`: 1,000,000 rows (one room of 500,000 interleaved with 5,000
-//!   rooms of 100), `EXPLAIN (ANALYZE, BUFFERS)` of the page query `postgres.rs` runs, first
-//!   page and deep page, and the latency of 1,000 pages of each through `Archive::page`.
 //!
-//! Each removes its rows afterwards.
+//! It removes its rows afterwards. The page query at a million rows is measured by
+//! loadtest/archive_paging.sh (SQL only: psql and pgbench).
 
 #![allow(clippy::unwrap_used)]
 
 use archive::{Archive, PostgresArchive, SqliteArchive};
 use protocol::frame::Publication;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 const BATCH: usize = 500;
 const MESSAGES: u64 = 100_000;
@@ -96,120 +94,4 @@ async fn append_throughput() {
         );
         purge_rooms(pg.as_ref(), &prefix).await;
     }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i].as_secs_f64() * 1000.0
-}
-
-/// Times `count` pages of 100 from `before(i)`; prints the median and p99 in ms.
-async fn time_pages(
-    archive: &PostgresArchive,
-    room: &str,
-    what: &str,
-    count: usize,
-    before: impl Fn(usize) -> Option<u64>,
-) {
-    let mut took = Vec::with_capacity(count);
-    for i in 0..count {
-        let started = Instant::now();
-        let page = archive.page(room, "e1", before(i), 100).await.unwrap();
-        took.push(started.elapsed());
-        assert_eq!(page.len(), 100);
-    }
-    took.sort();
-    println!(
-        "{what}: {count} pages of 100: median {:.3} ms, p99 {:.3} ms, max {:.3} ms",
-        percentile(&took, 0.5),
-        percentile(&took, 0.99),
-        percentile(&took, 1.0)
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a benchmark: run by hand with --ignored (docs/benchmarks.md)"]
-async fn paging_at_a_million_rows() {
-    let Ok(url) = std::env::var("ROOMCAST_TEST_POSTGRES") else {
-        println!("skipped: ROOMCAST_TEST_POSTGRES is not set");
-        return;
-    };
-    let archive = PostgresArchive::connect(&url, 2).await.unwrap();
-    let pool = archive.pool();
-    let p = format!("m{:x}-", fastrand::u32(..));
-    let big = format!("{p}big");
-    // A real payload (what the gateway's messages look like), copied into every row.
-    archive
-        .append(&[message(&format!("{p}seed"), 0)])
-        .await
-        .unwrap();
-    let started = Instant::now();
-    // Even rows: the big room's offsets 1..=500,000; odd rows: 5,000 rooms, 100 each; in
-    // one interleaved insert, so the big room's rows are spread over the whole heap as a
-    // busy room's are among many others'.
-    sqlx::query(
-        r#"INSERT INTO messages (room, epoch, "offset", user_id, created_ms, payload)
-           SELECT CASE WHEN g % 2 = 0 THEN $1 ELSE $2 || ((g / 2) % 5000)::text END,
-                  'e1',
-                  CASE WHEN g % 2 = 0 THEN g / 2 ELSE (g / 2) / 5000 + 1 END,
-                  'user' || (g % 97)::text,
-                  1700000000000 + g,
-                  (SELECT payload FROM messages WHERE room = $3 LIMIT 1)
-           FROM generate_series(1, 1000000) AS g"#,
-    )
-    .bind(&big)
-    .bind(&p)
-    .bind(format!("{p}seed0"))
-    .execute(pool)
-    .await
-    .unwrap();
-    sqlx::query("ANALYZE messages").execute(pool).await.unwrap();
-    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM messages")
-        .fetch_one(pool)
-        .await
-        .unwrap();
-    println!(
-        "filled 1,000,000 rows in {:.1} s (the table holds {total})",
-        started.elapsed().as_secs_f64()
-    );
-    // The page query exactly as postgres.rs sends it (a prepared statement, parameters
-    // bound); `before` i64::MAX is what a first page (no `before`) binds.
-    for (what, before) in [("first page", i64::MAX), ("deep page", 1_000i64)] {
-        let plan: Vec<String> = sqlx::query_scalar(
-            r#"EXPLAIN (ANALYZE, BUFFERS) SELECT room, epoch, "offset", user_id, created_ms, payload FROM messages
-               WHERE room = $1 AND epoch = $2 AND "offset" < $3
-               ORDER BY "offset" DESC LIMIT $4"#,
-        )
-        .bind(&big)
-        .bind("e1")
-        .bind(before)
-        .bind(100i64)
-        .fetch_all(pool)
-        .await
-        .unwrap();
-        println!("EXPLAIN (ANALYZE, BUFFERS), {what} (before {before}, limit 100):");
-        for line in plan {
-            println!("    {line}");
-        }
-    }
-    time_pages(&archive, &big, "first page", 1000, |_| None).await;
-    time_pages(&archive, &big, "deep pages (random before)", 1000, |_| {
-        Some(fastrand::u64(101..=500_000))
-    })
-    .await;
-    time_pages(
-        &archive,
-        &format!("{p}42"),
-        "first page of a room of 100",
-        1000,
-        |_| Some(101),
-    )
-    .await;
-    let gone = sqlx::query("DELETE FROM messages WHERE room LIKE $1 || '%'")
-        .bind(&p)
-        .execute(pool)
-        .await
-        .unwrap()
-        .rows_affected();
-    println!("removed {gone} rows");
 }
