@@ -2,7 +2,7 @@
 //! by hand against a real server (`ROOMCAST_TEST_POSTGRES`, as for tests/postgres.rs):
 //!
 //! ```text
-//! cargo test --release -p archive --test bench -- --ignored --nocapture --test-threads=1
+//! cargo test -p archive --test bench -- --ignored --nocapture --test-threads=1
 //! ```
 //!
 //! - `append_throughput`: messages/s into PostgreSQL and SQLite through `Archive::append`,
