@@ -566,12 +566,14 @@ def main():
         print(f"{rate:g} {note}")
     elif cmd == "page":
         page = main_page(sys.argv[2], sys.argv[3])
-        # The profile findings are kept by hand (what the numbers meant, what was done about
-        # them) and carried into every generated page as they are.
-        findings = os.path.join(sys.argv[3], "findings.md")
-        if os.path.exists(findings):
-            with open(findings) as f:
-                page = page.rstrip("\n") + "\n\n" + f.read()
+        # The archive's figures (measured by loadtest/archive_bench.sh and archive_paging.sh,
+        # not by bench.sh) and the profile findings (what the numbers meant, what was done
+        # about them) are kept by hand and carried into every generated page as they are.
+        for kept in ["archive.md", "findings.md"]:
+            path = os.path.join(sys.argv[3], kept)
+            if os.path.exists(path):
+                with open(path) as f:
+                    page = page.rstrip("\n") + "\n\n" + f.read()
         print(page)
     else:
         sys.exit(__doc__)

@@ -67,6 +67,11 @@ cargo test --workspace --test webhooks_cluster serial_ ; rc10=$?
 stage serial postgres restart test
 ROOMCAST_TEST_POSTGRES_RESTART="$PWD/deploy/local/postgres.sh restart $POSTGRES" \
   cargo test --workspace --test postgres serial_ ; rc8=$?
+# The archive going away under load: a PostgreSQL restart mid-load, and the backlog cap with the
+# archive cut off (alone: it restarts the server and holds the shared cluster's archive leases).
+stage serial archive outage tests
+ROOMCAST_TEST_POSTGRES_RESTART="$PWD/deploy/local/postgres.sh restart $POSTGRES" \
+  cargo test --workspace --test archive_outage serial_ -- --test-threads=1 ; rc11=$?
 # A stock socket.io-client against a real roomcast process, then python-socketio's client.
 stage socket.io clients
 crates/gateway/tests/socketio-client/run.sh ; rc5=$?
@@ -99,4 +104,4 @@ CHAOS_QUICK=1 CHAOS_DURABLE=0 deploy/local/chaos.sh ; rc6=$?
 stage "floods (short)"
 loadtest/floods.sh --short ; rc7=$?
 stage done
-[ $rc -eq 0 ] && [ $rc2 -eq 0 ] && [ $rc3 -eq 0 ] && [ $rc4 -eq 0 ] && [ $rc5 -eq 0 ] && [ $rc6 -eq 0 ] && [ $rc7 -eq 0 ] && [ $rc8 -eq 0 ] && [ $rc9 -eq 0 ] && [ $rc10 -eq 0 ]
+[ $rc -eq 0 ] && [ $rc2 -eq 0 ] && [ $rc3 -eq 0 ] && [ $rc4 -eq 0 ] && [ $rc5 -eq 0 ] && [ $rc6 -eq 0 ] && [ $rc7 -eq 0 ] && [ $rc8 -eq 0 ] && [ $rc9 -eq 0 ] && [ $rc10 -eq 0 ] && [ $rc11 -eq 0 ]

@@ -230,6 +230,12 @@ pub struct Config {
     /// The most events in one webhook POST.
     #[arg(long, env = "ROOMCAST_WEBHOOK_BATCH", default_value_t = 100)]
     pub webhook_batch: usize,
+    /// Unarchived messages a room may hold while the archive lags or is down; past it the
+    /// room's publishes are refused `unavailable` until the archiver catches up (its history
+    /// is not trimmed past what the archive holds, so this bounds the memory a stalled
+    /// archive costs per room).
+    #[arg(long, env = "ROOMCAST_ARCHIVE_BACKLOG_CAP", default_value_t = room_state::ARCHIVE_BACKLOG_CAP)]
+    pub archive_backlog_cap: u64,
 
     // --- Traffic monitor ----------------------------------------------------------------
     /// Room creations per minute from which the level is `high`.
@@ -463,6 +469,9 @@ impl Config {
                     "--publish-proxy-rooms: {pattern:?} must be a name or a prefix ending in *"
                 ));
             }
+        }
+        if self.archive_backlog_cap == 0 {
+            return Err("--archive-backlog-cap must be at least 1".into());
         }
         if self.jwt_secret.is_none() && self.jwt_public_key.is_empty() && !self.allow_anonymous {
             return Err(

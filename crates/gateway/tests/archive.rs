@@ -13,18 +13,13 @@ mod support;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
+use support::archival::{archived, caught_up, sqlite_url};
 use support::*;
 
 /// Messages per test: more than the room's history window, so the archiver must read past
 /// what `history` answers.
 const N: u64 = 60;
 const HISTORY: u64 = 5;
-
-fn sqlite_url(name: &str) -> (String, std::path::PathBuf) {
-    let dir = std::env::temp_dir().join(unique(&format!("roomcast-archive-{name}")));
-    std::fs::create_dir_all(&dir).unwrap();
-    (format!("sqlite://{}/roomcast.db", dir.display()), dir)
-}
 
 /// The payload of message `i`: JSON, with a byte string every tenth message.
 fn payload(i: u64) -> Value {
@@ -67,22 +62,6 @@ async fn create(c: &mut Client, room: &str, options: Value) -> String {
         .ok(json!({"op": "create_room", "room": room, "options": options}))
         .await;
     ok["epoch"].as_str().unwrap().to_string()
-}
-
-/// Waits until the archive holds offset `upto` of the room's epoch.
-async fn caught_up(archive: &dyn archive::Archive, room: &str, epoch: &str, upto: u64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let high = archive.high_water(room, epoch).await.unwrap();
-        if high == Some(upto) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the archive did not catch up: high water {high:?}, want {upto}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Every offset `1..=upto` is there exactly once, in order, with its payload.
@@ -241,14 +220,7 @@ async fn serial_a_killed_gateway_and_a_failover_lose_nothing_from_the_archive() 
     let archive = archive::open(&pg).await.unwrap();
     caught_up(archive.as_ref(), &room, &epoch, acked).await;
     // Newest to first, a page of 100 at a time.
-    let mut all = Vec::new();
-    let mut before = None;
-    loop {
-        let page = archive.page(&room, &epoch, before, 100).await.unwrap();
-        let Some(first) = page.first() else { break };
-        before = Some(first.offset);
-        all.splice(0..0, page);
-    }
+    let all = archived(archive.as_ref(), &room, &epoch).await;
     let offsets: Vec<u64> = all.iter().map(|p| p.offset).collect();
     assert_eq!(offsets, (1..=acked).collect::<Vec<_>>());
     for p in &all {

@@ -13,16 +13,11 @@ mod support;
 
 use serde_json::{json, Value};
 use std::time::Duration;
+use support::archival::sqlite_url;
 use support::*;
 
 const N: u64 = 40;
 const HISTORY: u64 = 5;
-
-fn sqlite_url(name: &str) -> (String, std::path::PathBuf) {
-    let dir = std::env::temp_dir().join(unique(&format!("roomcast-read-{name}")));
-    std::fs::create_dir_all(&dir).unwrap();
-    (format!("sqlite://{}/roomcast.db", dir.display()), dir)
-}
 
 /// Message `i`: JSON, with byte strings every seventh message.
 fn payload(i: u64) -> Value {

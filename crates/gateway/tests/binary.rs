@@ -16,7 +16,7 @@ use base64::Engine as _;
 use futures_util::{SinkExt, StreamExt};
 use protocol::value::Plain;
 use serde_json::{json, Value};
-use std::net::SocketAddr;
+use support::sio::{sio, sio_binary, sio_join, sio_text_starting, Ws};
 use support::*;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -115,63 +115,6 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// A raw Socket.IO client over WebSocket, connected to `/`.
-async fn sio(addr: SocketAddr) -> Ws {
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!(
-        "ws://{addr}/socket.io/?EIO=4&transport=websocket"
-    ))
-    .await
-    .unwrap();
-    assert!(sio_text(&mut ws).await.starts_with('0'));
-    ws.send(Message::text("40")).await.unwrap();
-    assert!(sio_text(&mut ws).await.starts_with("40"));
-    assert!(sio_text(&mut ws)
-        .await
-        .starts_with(r#"42["traffic_status""#));
-    ws
-}
-
-/// The next text message (pings answered).
-async fn sio_text(ws: &mut Ws) -> String {
-    loop {
-        match tokio::time::timeout(WAIT, ws.next()).await.unwrap() {
-            Some(Ok(Message::Text(t))) if t.as_str() == "2" => {
-                ws.send(Message::text("3")).await.unwrap()
-            }
-            Some(Ok(Message::Text(t))) => return t.to_string(),
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-            other => panic!("expected text, got {other:?}"),
-        }
-    }
-}
-
-/// The next binary message.
-async fn sio_binary(ws: &mut Ws) -> Vec<u8> {
-    match tokio::time::timeout(WAIT, ws.next()).await.unwrap() {
-        Some(Ok(Message::Binary(b))) => b.to_vec(),
-        other => panic!("expected an attachment, got {other:?}"),
-    }
-}
-
-/// The next text message starting with `prefix`, skipping others and attachments.
-async fn sio_text_starting(ws: &mut Ws, prefix: &str) -> String {
-    loop {
-        match tokio::time::timeout(WAIT, ws.next()).await.unwrap() {
-            Some(Ok(Message::Text(t))) if t.as_str() == "2" => {
-                ws.send(Message::text("3")).await.unwrap()
-            }
-            Some(Ok(Message::Text(t))) if t.starts_with(prefix) => return t.to_string(),
-            Some(Ok(
-                Message::Text(_) | Message::Binary(_) | Message::Ping(_) | Message::Pong(_),
-            )) => {}
-            other => panic!("expected text, got {other:?}"),
-        }
-    }
-}
-
 /// Checks a Socket.IO `message` event carrying [`wrapped`]: `452-["message",{…},"offset"]`
 /// with placeholders, then the two attachments in order.
 async fn sio_expect_message(ws: &mut Ws, room: &str) {
@@ -188,15 +131,6 @@ async fn sio_expect_message(ws: &mut Ws, room: &str) {
     assert!(v[2].is_string(), "the recovery offset: {t}");
     assert_eq!(sio_binary(ws).await, FILE);
     assert_eq!(sio_binary(ws).await, THUMB);
-}
-
-async fn sio_join(ws: &mut Ws, room: &str, ack: u64) -> String {
-    ws.send(Message::text(format!(
-        r#"42{ack}["join",{{"room":"{room}"}}]"#
-    )))
-    .await
-    .unwrap();
-    sio_text_starting(ws, &format!("43{ack}")).await
 }
 
 #[tokio::test]

@@ -23,7 +23,9 @@ pub const ARCHIVE_SHARDS: u64 = 16;
 
 /// How far the archive may fall behind in one room, beyond its history window, before the
 /// room's publishes are refused (`unavailable`): the history is not trimmed past what the
-/// archive holds, so this bounds what a stalled archive costs in memory per room.
+/// archive holds, so this bounds what a stalled archive costs in memory per room. The
+/// default of the gateway's `--archive-backlog-cap`, given to
+/// [`ArchiveFeed::enable_archiving`].
 pub const ARCHIVE_BACKLOG_CAP: u64 = 10_000;
 
 /// While the archive is on, an empty room's keys in Redis expire only this long after its TTL:
@@ -71,9 +73,11 @@ pub struct ArchiveRead {
 #[async_trait]
 pub trait ArchiveFeed: Send + Sync {
     /// Turns marking on: from now on publishes mark their rooms dirty and the history is
-    /// not trimmed past the archive cursor (up to [`ARCHIVE_BACKLOG_CAP`]). Off by default,
-    /// so a node without an archive leaves no marks behind. Set once at start.
-    fn enable_archiving(&self);
+    /// not trimmed past the archive cursor, up to `backlog_cap` unarchived messages per room
+    /// (at least 1; [`ARCHIVE_BACKLOG_CAP`] by default); past it a publish is refused
+    /// `unavailable`. Off by default, so a node without an archive leaves no marks behind.
+    /// Set once at start.
+    fn enable_archiving(&self, backlog_cap: u64);
 
     /// Up to `limit` dirty rooms of index shard `shard` (`0..ARCHIVE_SHARDS`), oldest mark
     /// first.

@@ -744,7 +744,7 @@ where
     let now = 1_700_000_000_000u64;
     let dirty =
         |rooms: Vec<crate::DirtyRoom>, room: &str| rooms.iter().filter(|d| d.room == room).count();
-    store.enable_archiving();
+    store.enable_archiving(crate::ARCHIVE_BACKLOG_CAP);
     let room = format!("{prefix}arch");
     let shard = archive_shard(&room);
     let created = store.create(&room, &config(None, 3), now).await.unwrap();
@@ -910,7 +910,7 @@ where
     use crate::archive_feed::archive_shard;
     use crate::model::Wake;
     let now = 1_700_000_000_000u64;
-    store.enable_archiving();
+    store.enable_archiving(crate::ARCHIVE_BACKLOG_CAP);
     let room = format!("{prefix}sleepy");
     let shard = archive_shard(&room);
     let due = |rooms: Vec<String>, room: &str| rooms.iter().any(|r| r == room);

@@ -49,14 +49,16 @@ async fn event_queue() {
     testsuite::event_queue(&MemoryState::new(), "t:").await;
 }
 
-/// Memory only (10,000 publishes): past `ARCHIVE_BACKLOG_CAP` unarchived messages a room's
-/// publishes are refused `unavailable`, and accepted again once the cursor moves. The Redis
-/// script applies the same rule (`scripts::publish`, {-5}).
+/// Memory only (a cap of 50, as `--archive-backlog-cap 50` sets): past the cap's unarchived
+/// messages a room's publishes are refused `unavailable`, and accepted again once the cursor
+/// moves. The Redis script applies the same rule (`scripts::publish`, {-5}); the gateway's
+/// `tests/archive_outage.rs` checks it there with the archive down.
 #[tokio::test]
 async fn archive_backlog_cap_refuses_then_recovers() {
-    use room_state::{ArchiveFeed, RoomConfig, RoomStore, StateError, ARCHIVE_BACKLOG_CAP};
+    use room_state::{ArchiveFeed, RoomConfig, RoomStore, StateError};
+    const CAP: u64 = 50;
     let state = MemoryState::new();
-    state.enable_archiving();
+    state.enable_archiving(CAP);
     let config = RoomConfig {
         max_members: None,
         history_size: 10,
@@ -64,7 +66,7 @@ async fn archive_backlog_cap_refuses_then_recovers() {
     };
     let info = state.create("capped", &config, 1).await.unwrap();
     let data = || protocol::Data::from_value(&serde_json::json!(1)).unwrap();
-    for _ in 0..ARCHIVE_BACKLOG_CAP {
+    for _ in 0..CAP {
         state
             .publish("capped", None, "u", data(), None, 2)
             .await
@@ -80,9 +82,9 @@ async fn archive_backlog_cap_refuses_then_recovers() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(read.messages.len() as u64, ARCHIVE_BACKLOG_CAP);
+    assert_eq!(read.messages.len() as u64, CAP);
     state
-        .advance_cursor("capped", &info.epoch, 100, 2)
+        .advance_cursor("capped", &info.epoch, 10, 2)
         .await
         .unwrap();
     state

@@ -59,7 +59,7 @@ impl std::fmt::Debug for Archiver {
 pub fn start(node: &Arc<Node>) -> Option<Archiver> {
     let archive = node.archive()?.clone();
     let feed = node.backends.archive_feed.clone();
-    feed.enable_archiving();
+    feed.enable_archiving(node.config.archive_backlog_cap);
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = vec![tokio::spawn(run(
         node.clone(),

@@ -3,7 +3,9 @@
 
 #![allow(clippy::unwrap_used, dead_code)]
 
+pub mod archival;
 pub mod raw_ws;
+pub mod sio;
 
 use futures_util::{SinkExt, StreamExt};
 use gateway::{Config, Running};

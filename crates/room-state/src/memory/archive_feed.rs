@@ -10,7 +10,10 @@ use std::sync::atomic::Ordering;
 
 #[async_trait]
 impl ArchiveFeed for MemoryState {
-    fn enable_archiving(&self) {
+    fn enable_archiving(&self, backlog_cap: u64) {
+        // Stored before the flag: a publish that sees the flag sees the cap.
+        self.archive_backlog_cap
+            .store(backlog_cap.max(1), Ordering::Release);
         self.archiving.store(true, Ordering::Release);
     }
 

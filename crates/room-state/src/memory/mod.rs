@@ -37,6 +37,8 @@ pub struct MemoryState {
     sessions: Mutex<HashMap<String, (String, u64)>>,
     /// Whether publishes mark rooms for the archiver (`ArchiveFeed::enable_archiving`).
     archiving: AtomicBool,
+    /// Unarchived messages per room past which a publish is refused (`--archive-backlog-cap`).
+    archive_backlog_cap: AtomicU64,
     /// Rooms with messages not yet archived → when marked. Locked after a room's lock,
     /// never before.
     dirty: Mutex<HashMap<String, u64>>,
@@ -69,6 +71,7 @@ impl MemoryState {
             reaped: Mutex::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
             archiving: AtomicBool::new(false),
+            archive_backlog_cap: AtomicU64::new(crate::archive_feed::ARCHIVE_BACKLOG_CAP),
             dirty: Mutex::new(HashMap::new()),
             leases: Mutex::new(HashMap::new()),
             users: Mutex::new(HashMap::new()),

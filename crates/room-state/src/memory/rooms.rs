@@ -1,7 +1,6 @@
 //! `RoomStore` for the embedded backend.
 
 use super::{new_epoch, MemoryState};
-use crate::archive_feed::ARCHIVE_BACKLOG_CAP;
 use crate::error::StateError;
 use crate::model::{
     Departed, Departure, Idempotency, JoinOutcome, MemberRecord, Published, Publisher, RoomConfig,
@@ -212,7 +211,8 @@ impl MemoryState {
                 });
             }
             let archiving = self.archiving.load(Ordering::Acquire);
-            if archiving && r.offset - r.arch.min(r.offset) >= ARCHIVE_BACKLOG_CAP {
+            let cap = self.archive_backlog_cap.load(Ordering::Acquire);
+            if archiving && r.offset - r.arch.min(r.offset) >= cap {
                 // The history keeps what the archive lacks; past the cap, refuse rather than
                 // lose messages from the archive.
                 return Err(StateError::Unavailable("archive backlog full".into()));

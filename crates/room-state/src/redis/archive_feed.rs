@@ -56,7 +56,10 @@ impl RedisState {
 
 #[async_trait]
 impl ArchiveFeed for RedisState {
-    fn enable_archiving(&self) {
+    fn enable_archiving(&self, backlog_cap: u64) {
+        // Stored before the flag: a publish that sees the flag sees the cap.
+        self.archive_backlog_cap
+            .store(backlog_cap.max(1), Ordering::Release);
         self.archiving.store(true, Ordering::Release);
     }
 

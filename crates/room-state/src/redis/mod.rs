@@ -150,6 +150,8 @@ pub struct RedisState {
     ephemeral: EphemeralRooms,
     /// Whether publishes mark rooms for the archiver (`ArchiveFeed::enable_archiving`).
     archiving: std::sync::atomic::AtomicBool,
+    /// Unarchived messages per room past which a publish is refused (`--archive-backlog-cap`).
+    archive_backlog_cap: std::sync::atomic::AtomicU64,
 }
 
 impl RedisState {
@@ -169,6 +171,9 @@ impl RedisState {
             audit: audit::Audit::default(),
             ephemeral: EphemeralRooms::default(),
             archiving: std::sync::atomic::AtomicBool::new(false),
+            archive_backlog_cap: std::sync::atomic::AtomicU64::new(
+                crate::archive_feed::ARCHIVE_BACKLOG_CAP,
+            ),
         });
         audit::start(&state);
         warm::start(&state);

@@ -461,11 +461,12 @@ impl RoomStore for RedisState {
             self.publish_deadline().to_string(),
             publisher.map_or(String::new(), |p| p.seq.to_string()),
             if self.archiving.load(std::sync::atomic::Ordering::Acquire) {
-                "1"
+                self.archive_backlog_cap
+                    .load(std::sync::atomic::Ordering::Acquire)
+                    .to_string()
             } else {
-                ""
-            }
-            .to_string(),
+                String::new()
+            },
         ]);
         // The script and the WAIT on one client, the room's primary's: WAIT follows the
         // write on the connection that carried it.

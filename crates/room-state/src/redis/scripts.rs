@@ -185,9 +185,9 @@ return {removed, 0, info}
 /// unless above the last one sequenced for the connection in this room, which the meta hash
 /// keeps in field `q:<conn>` (dropped at leave). A connection pipelines its publishes, and a
 /// re-sent one must not land after a later one (`model::Publisher`).
-/// ARGV[14]: '1' when the archive is on (`ArchiveFeed::enable_archiving`): the history is not
-/// trimmed past the archive cursor (`arch`), a room whose unarchived messages reach
-/// `ARCHIVE_BACKLOG_CAP` is refused ({-5}), and the room is marked dirty (`ad` = now) when it
+/// ARGV[14]: the backlog cap when the archive is on (`ArchiveFeed::enable_archiving`), ''
+/// when it is off: the history is not trimmed past the archive cursor (`arch`), a room whose
+/// unarchived messages reach the cap is refused ({-5}), and the room is marked dirty (`ad` = now) when it
 /// is not marked, or its mark is older than `ARCHIVE_RESIGNAL_MS` (a mark lost with a crashed
 /// gateway or a failed-over index primary comes back); the 4th reply element is then 1 and
 /// the caller adds the room to the dirty-rooms index (another slot, so not from here).
@@ -205,10 +205,6 @@ return {removed, 0, info}
 /// no history, no idempotency record.
 pub fn publish() -> String {
     publish_template()
-        .replace(
-            "ARCHIVE_BACKLOG_CAP",
-            &crate::archive_feed::ARCHIVE_BACKLOG_CAP.to_string(),
-        )
         .replace("ARCHIVE_RESIGNAL_MS", &ARCHIVE_RESIGNAL_MS.to_string())
         .replace(
             "SLEEP_BACKSTOP_MS",
@@ -245,12 +241,12 @@ if ARGV[11] ~= '' then
     if e and o then return {2, tonumber(o), e} end
   end
 end
-local archiving = ARGV[14] == '1'
+local archiving = ARGV[14] ~= ''
 local arch = 0
 if archiving then
   local a = redis.call('HMGET', KEYS[1], 'arch', 'offset')
   arch = tonumber(a[1] or '0')
-  if tonumber(a[2] or '0') - arch >= ARCHIVE_BACKLOG_CAP then return {-5} end
+  if tonumber(a[2] or '0') - arch >= tonumber(ARGV[14]) then return {-5} end
 end
 if ARGV[13] ~= '' and ARGV[13] ~= '0' then
   local field = 'q:' .. ARGV[5]
