@@ -36,11 +36,13 @@ pub enum Command {
     ArchiveAdvance,
     /// A lease (an archive shard, retention) taken or renewed.
     Lease,
+    /// Expired rooms taken out of the active-rooms index (once each, cluster-wide).
+    ExpireRooms,
 }
 
 impl Command {
     /// Every command, in discriminant order.
-    pub const ALL: [Command; 21] = [
+    pub const ALL: [Command; 22] = [
         Command::Create,
         Command::Join,
         Command::Leave,
@@ -62,6 +64,7 @@ impl Command {
         Command::ArchiveRead,
         Command::ArchiveAdvance,
         Command::Lease,
+        Command::ExpireRooms,
     ];
 
     /// The command's name: the `command` label of the Redis metrics.
@@ -88,6 +91,7 @@ impl Command {
             Command::ArchiveRead => "archive_read",
             Command::ArchiveAdvance => "archive_advance",
             Command::Lease => "lease",
+            Command::ExpireRooms => "expire_rooms",
         }
     }
 }

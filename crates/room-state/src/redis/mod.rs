@@ -124,6 +124,7 @@ fn lua(command: Command) -> Option<String> {
         Command::ArchiveRead => scripts::archive_read(),
         Command::ArchiveAdvance => scripts::ARCHIVE_ADVANCE.into(),
         Command::Lease => scripts::LEASE.into(),
+        Command::ExpireRooms => scripts::EXPIRE_ROOMS.into(),
         Command::UserAdd => scripts::USER_ADD.into(),
         Command::UserRemove => scripts::USER_REMOVE.into(),
         Command::EphemeralPublish => return None,
