@@ -567,11 +567,13 @@ def main():
     elif cmd == "page":
         page = main_page(sys.argv[2], sys.argv[3])
         # The profile findings are kept by hand (what the numbers meant, what was done about
-        # them) and carried into every generated page as they are.
-        findings = os.path.join(sys.argv[3], "findings.md")
-        if os.path.exists(findings):
-            with open(findings) as f:
-                page = page.rstrip("\n") + "\n\n" + f.read()
+        # them) and carried into every generated page as they are; so are the webhooks'
+        # figures, which loadtest/webhooks.sh measures apart from `make bench`.
+        for name in ("findings.md", "webhooks.md"):
+            kept = os.path.join(sys.argv[3], name)
+            if os.path.exists(kept):
+                with open(kept) as f:
+                    page = page.rstrip("\n") + "\n\n" + f.read()
         print(page)
     else:
         sys.exit(__doc__)
