@@ -2,9 +2,10 @@
 # What webhooks cost and how fast they go (docs/benchmarks.md, "Webhooks"), on 3 gateways and
 # a 6-process Redis Cluster of this machine, driven by roomcast-loadtest:
 #
-#   churn    clients create, join, publish, leave and reconnect as fast as they are answered
-#            (`churn` at a rate no run reaches): ops/s answered without error, with and
-#            without --webhook-url. Every
+#   churn    clients create, join, publish, leave and reconnect at RATE ops/s in all (each
+#            client waits for its answer, then 1/rate-per-client): ops/s answered without
+#            error, with and without --webhook-url. (Asking far more than the gateways answer
+#            makes reconnects fail and the runs measure errors, not ops.) Every
 #            op but publish makes events (joins, leaves, online/offline on reconnects).
 #   publish  the `max` chat shape (rooms of 10), steps x1.5: the highest publish rate whose
 #            step kept p99 <= 50 ms and 99.9% delivered, with and without --webhook-url
@@ -22,8 +23,14 @@
 #
 # Environment: LOADTEST (target/release/roomcast-loadtest), REPEATS (3), BASE (Redis ports
 # BASE..BASE+5, 9800; gateways BASE+11..BASE+13; the recording app BASE+30), SECS (churn
-# seconds, 15), CLIENTS (churn clients, 200), SHAPES ("churn publish"), DRAIN (1).
+# seconds, 15), CLIENTS (churn clients, 200), RATE (churn ops/s asked, 3000), SHAPES ("churn publish"), DRAIN (1).
 # Prints one line per run and the medians; raw lines go to target/bench/webhooks.txt.
+#
+# KNOWN ISSUE (2026-12-01): against these 3 gateways on Redis, every churn op comes back as a
+# client-side `io` error (ops_per_s=0, errors=io:N) although the gateways log nothing and the
+# app receives the connections' events; the same churn against one gateway on the embedded
+# backend works. Until that is found, the churn rows (and so the cost ratio) are not valid;
+# the publish rows and the drain line were not reached in the runs made so far.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,6 +40,7 @@ repeats=${REPEATS:-3}
 base=${BASE:-9800}
 secs=${SECS:-15}
 clients=${CLIENTS:-200}
+rate=${RATE:-3000}
 read -r -a shapes <<<"${SHAPES:-churn publish}"
 ports=($((base + 11)) $((base + 12)) $((base + 13)))
 urls=ws://127.0.0.1:${ports[0]},ws://127.0.0.1:${ports[1]},ws://127.0.0.1:${ports[2]}
@@ -132,13 +140,13 @@ drained() {
 
 churn() {
   "$lt" churn --url "$urls" --protocol json --jwt-secret "$secret" --clients "$clients" \
-    --rooms 50 --rate 1000000 --secs "$secs" --setup-secs 60 --quiet --json "$work/lt.json" >/dev/null
+    --rooms 50 --rate "$rate" --secs "$secs" --setup-secs 60 --quiet --json "$work/lt.json" >/dev/null
   python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["report"]; ok = sum(r["ops"].values()) - sum(r["errors"].values()); print("%.0f" % (ok / r["elapsed_seconds"]), end=" "); print(",".join("%s:%d" % e for e in r["errors"].items()) or "-")' "$work/lt.json"
 }
 
 publish() {
   "$lt" max --url "$urls" --protocol json --jwt-secret "$secret" --rooms 100 --members 10 \
-    --publishers 100 --start-rate 500 --factor 1.5 --steps 10 --step-secs 4 --warmup-secs 2 \
+    --publishers 100 --start-rate 1000 --factor 1.5 --steps 8 --step-secs 3 --warmup-secs 2 \
     --setup-secs 60 --stop-after-failed 1 --p99-bound-ms 50 --min-delivered 0.999 \
     --quiet --json "$work/lt.json" >/dev/null
   # The highest step rate (publishes/s) that kept p99 <= 50 ms with 99.9% delivered.
