@@ -247,3 +247,71 @@ async fn a_slow_app_times_out_and_gets_the_batch_again_while_clients_carry_on() 
     );
     node.drain().await;
 }
+
+/// The `reason` of each of `room`'s events, in order ("" when it has none).
+fn reasons(events: &[serde_json::Value], room: &str) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e["room"] == room)
+        .map(|e| e["reason"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_close_reports_its_members_and_an_expiry_reports_the_room_closed() {
+    let app = App::start().await;
+    let url = app.url();
+    let node = support::start(&["--webhook-url", &url]).await;
+    let (room, brief) = (unique("whcl"), unique("whex"));
+
+    // Closed through the API with two members: each left, the room vacated, then closed.
+    let mut ann = Client::connect(node.addr, "ann", Fmt::Json).await;
+    ann.ok(json!({"op": "create_room", "room": room})).await;
+    let mut bob = Client::connect(node.addr, "bob", Fmt::Json).await;
+    bob.ok(json!({"op": "join", "room": room})).await;
+    let path = format!("/api/rooms/{room}");
+    let (status, _) = http(node.addr, "DELETE", &path, Some(API_KEY), "").await;
+    assert_eq!(status, 200);
+    bob.event("room_closed").await;
+    // Leaving (or disconnecting) after the close is no second departure.
+    drop(bob);
+
+    // Nobody joins this one: it expires a second after its creation.
+    ann.ok(json!({"op": "create_room", "room": brief, "options": {"ttlSecs": 1}}))
+        .await;
+    ann.ok(json!({"op": "leave", "room": brief})).await;
+
+    let expected = pairs(&[
+        ("room_created", "ann"),
+        ("room_occupied", ""),
+        ("member_joined", "ann"),
+        ("member_joined", "bob"),
+        ("member_left", "ann"),
+        ("member_left", "bob"),
+        ("room_vacated", ""),
+        ("room_closed", ""),
+    ]);
+    let expired = pairs(&[
+        ("room_created", "ann"),
+        ("room_occupied", ""),
+        ("member_joined", "ann"),
+        ("member_left", "ann"),
+        ("room_vacated", ""),
+        ("room_closed", ""),
+    ]);
+    until(&app, "the close and the expiry", |e| {
+        of_room(e, &room).len() >= expected.len() && of_room(e, &brief).len() >= expired.len()
+    })
+    .await;
+    until(&app, "bob offline", |e| of_user(e, "bob").len() >= 2).await;
+    let events = app.deduped();
+    // The close's members come in the order the backend listed them.
+    let mut closed = of_room(&events, &room);
+    closed[4..6].sort();
+    assert_eq!(closed, expected);
+    let want: Vec<&str> = vec!["", "", "", "", "closed", "closed", "closed", "closed"];
+    assert_eq!(reasons(&events, &room), want);
+    assert_eq!(of_room(&events, &brief), expired);
+    assert_eq!(reasons(&events, &brief)[5], "expired");
+    drop(ann);
+}

@@ -2,7 +2,8 @@
 //! occupied / vacated / online / offline are reported once for the whole cluster; a gateway
 //! killed with -9 while the app is down leaves events in the queue shards it delivered, which
 //! the others take over, and its members produce their leave / vacated / offline events
-//! through the node that claims it dead; after 30 s down, the app gets everything, in order
+//! through the node that claims it dead; a close reports the members it removed, and an
+//! expiry is reported once; after 30 s down, the app gets everything, in order
 //! per room. Serial: a killed node must be claimed by a node that has webhooks on, and the
 //! queues and leases are the cluster's own, so no other webhook test may share them.
 
@@ -88,6 +89,61 @@ async fn serial_webhooks_survive_a_killed_node_and_an_app_outage() {
     .await;
     assert_eq!(of_room(&app.deduped(), &room), start);
     assert_eq!(of_user(&app.deduped(), &dora), ["user_online"]);
+
+    // A close through node 2 of a room with members on nodes 0 and 1: each member left once,
+    // the room vacated, then closed. A room nobody joins expires after 1 s: all three nodes
+    // trim the index, one reports it.
+    let (shut, brief) = (unique("whs"), unique("whe"));
+    dora0.ok(json!({"op": "create_room", "room": shut})).await;
+    let mut dora1 = Client::connect(nodes[1].addr, &dora, Fmt::Json).await;
+    dora1.ok(json!({"op": "join", "room": shut})).await;
+    let path = format!("/api/rooms/{shut}");
+    let (status, _) = http(nodes[2].addr, "DELETE", &path, Some(API_KEY), "").await;
+    assert_eq!(status, 200);
+    dora1.event("room_closed").await;
+    drop(dora1);
+    dora0
+        .ok(json!({"op": "create_room", "room": brief, "options": {"ttlSecs": 1}}))
+        .await;
+    dora0.ok(json!({"op": "leave", "room": brief})).await;
+    let closed = pairs(&[
+        ("room_created", &dora),
+        ("room_occupied", ""),
+        ("member_joined", &dora),
+        ("member_joined", &dora),
+        ("member_left", &dora),
+        ("member_left", &dora),
+        ("room_vacated", ""),
+        ("room_closed", ""),
+    ]);
+    let expired = pairs(&[
+        ("room_created", &dora),
+        ("room_occupied", ""),
+        ("member_joined", &dora),
+        ("member_left", &dora),
+        ("room_vacated", ""),
+        ("room_closed", ""),
+    ]);
+    until(&app, 15, "the close and the expiry", |e| {
+        of_room(e, &shut).len() >= closed.len() && of_room(e, &brief).len() >= expired.len()
+    })
+    .await;
+    // Three more maintenance rounds on every node: a second report would have come by now.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let events = app.deduped();
+    assert_eq!(of_room(&events, &shut), closed);
+    assert_eq!(of_room(&events, &brief), expired);
+    let last = events
+        .iter()
+        .rfind(|e| e["room"] == brief.as_str())
+        .unwrap();
+    assert_eq!(last["reason"], "expired");
+    let left = events
+        .iter()
+        .filter(|e| e["room"] == shut.as_str() && e["type"] == "member_left");
+    assert!(left.clone().all(|e| e["reason"] == "closed"));
+    assert_eq!(left.count(), 2);
+    assert_eq!(of_user(&events, &dora), ["user_online"]);
 
     // The app goes down; events pile up in the queues, some in shards node 0 delivers.
     app.set_down(true);

@@ -44,11 +44,13 @@ pub enum Command {
     SleepForget,
     /// The sleep sweep drops a room's due entry from the rooms index.
     IndexForget,
+    /// Expired rooms taken out of the active-rooms index (once each, cluster-wide).
+    ExpireRooms,
 }
 
 impl Command {
     /// Every command, in discriminant order.
-    pub const ALL: [Command; 25] = [
+    pub const ALL: [Command; 26] = [
         Command::Create,
         Command::Join,
         Command::Leave,
@@ -74,6 +76,7 @@ impl Command {
         Command::SleepState,
         Command::SleepForget,
         Command::IndexForget,
+        Command::ExpireRooms,
     ];
 
     /// The command's name: the `command` label of the Redis metrics.
@@ -104,6 +107,7 @@ impl Command {
             Command::SleepState => "sleep_state",
             Command::SleepForget => "sleep_forget",
             Command::IndexForget => "index_forget",
+            Command::ExpireRooms => "expire_rooms",
         }
     }
 }

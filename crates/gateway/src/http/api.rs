@@ -292,8 +292,7 @@ async fn close_room(node: &Node, room: &str) -> Response<Body> {
         Err(StateError::NotFound) if was_asleep => Vec::new(),
         Err(e) => return state_error(e),
     };
-    let event = crate::webhooks::Event::room(crate::webhooks::Kind::RoomClosed, room);
-    node.webhooks.emit(event).await;
+    node.webhooks.emit_all(close_events(room, &former)).await;
     let closed = Envelope::RoomClosed {
         room: room.to_string(),
         reason: "closed".to_string(),
@@ -305,6 +304,22 @@ async fn close_room(node: &Node, room: &str) -> Response<Body> {
         StatusCode::OK,
         &serde_json::json!({"closed": true, "members": former.len()}),
     )
+}
+
+/// What a close tells the app: each removed member left, the room (if it had any) went
+/// empty, then it closed; all with reason `closed`, in the order a leave would give them. The
+/// close script removed exactly these members, atomically, so no leave reports them too.
+fn close_events(room: &str, former: &[room_state::MemberRecord]) -> Vec<crate::webhooks::Event> {
+    use crate::webhooks::{Cause, Event, Kind};
+    let left = former
+        .iter()
+        .map(|m| Event::member(Kind::MemberLeft, room, &m.user, &m.conn_id));
+    let vacated = (!former.is_empty()).then(|| Event::room(Kind::RoomVacated, room));
+    let closed = Event::room(Kind::RoomClosed, room);
+    left.chain(vacated)
+        .chain([closed])
+        .map(|e| e.caused_by(Cause::Closed))
+        .collect()
 }
 
 /// Where a user is connected, from the registry: an unknown user is simply offline.

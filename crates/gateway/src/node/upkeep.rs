@@ -145,6 +145,13 @@ impl Node {
             b.traffic.live_nodes(now).await,
             b.rooms.maintain(now).await,
         );
+        if let Ok(expired) = &maintained {
+            // The backend reports each expiry once, cluster-wide (docs/webhooks.md).
+            let events = expired
+                .iter()
+                .map(|room| Webhook::room(Kind::RoomClosed, room).caused_by(Cause::Expired));
+            self.webhooks.emit_all(events.collect()).await;
+        }
         let (Ok(buckets), Ok(rooms), Ok(nodes), Ok(_)) = (buckets, rooms, nodes, maintained) else {
             return None;
         };

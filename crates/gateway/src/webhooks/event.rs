@@ -41,6 +41,23 @@ pub enum Cause {
     Normal,
     /// Its node was declared dead (or restarted) and a live node removed it.
     NodeDead,
+    /// The room was closed through the API (`room_closed` itself, and the `member_left` /
+    /// `room_vacated` of the members the close removed).
+    Closed,
+    /// The room expired: empty for its TTL (`room_closed` only).
+    Expired,
+}
+
+impl Cause {
+    /// The event's `reason`; none for a plain leave or disconnect.
+    fn reason(self) -> Option<&'static str> {
+        match self {
+            Cause::Normal => None,
+            Cause::NodeDead => Some("node_dead"),
+            Cause::Closed => Some("closed"),
+            Cause::Expired => Some("expired"),
+        }
+    }
 }
 
 /// One event, before it is queued.
@@ -119,8 +136,8 @@ impl Event {
                     map.insert(key.into(), json!(value));
                 }
             }
-            if self.cause == Cause::NodeDead {
-                map.insert("reason".into(), json!("node_dead"));
+            if let Some(reason) = self.cause.reason() {
+                map.insert("reason".into(), json!(reason));
             }
         }
         v.to_string()
@@ -145,5 +162,9 @@ mod tests {
         let e = Event::user(Kind::UserOnline, "ann", "c");
         assert_eq!(e.order_key(), "u:ann");
         assert_eq!(Event::room(Kind::RoomCreated, "x").order_key(), "r:x");
+        let e = Event::room(Kind::RoomClosed, "x").caused_by(Cause::Expired);
+        let v: serde_json::Value =
+            serde_json::from_str(&e.to_json("id2", 6, "n1")).unwrap_or_default();
+        assert_eq!(v["reason"], json!("expired"));
     }
 }

@@ -128,6 +128,7 @@ fn lua(command: Command) -> Option<String> {
         Command::SleepState => scripts::SLEEP_STATE.into(),
         Command::SleepForget => scripts::SLEEP_FORGET.into(),
         Command::IndexForget => scripts::INDEX_FORGET.into(),
+        Command::ExpireRooms => scripts::EXPIRE_ROOMS.into(),
         Command::UserAdd => scripts::USER_ADD.into(),
         Command::UserRemove => scripts::USER_REMOVE.into(),
         Command::EphemeralPublish => return None,

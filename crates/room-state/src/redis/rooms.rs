@@ -190,6 +190,10 @@ pub(super) fn publications(
 
 /// A publish script's answer for an ephemeral room (see `scripts::publish`).
 const EPHEMERAL: i64 = 4;
+/// Index entries a maintenance round looks at per index shard: the rest wait for the next.
+const EXPIRE_BATCH: i64 = 200;
+/// How long past its score an entry of a room that still exists is kept (see `maintain`).
+const STALE_INDEX_MS: u64 = 60_000;
 
 /// An ephemeral room's publication: not sequenced, so offset 0 and no epoch (see
 /// `protocol::frame::Publication`).
@@ -693,16 +697,56 @@ impl RoomStore for RedisState {
     }
 
     async fn maintain(&self, now_ms: u64) -> Result<Vec<String>, StateError> {
-        // Redis expires the rooms themselves; this trims the index of expired ones.
+        // Redis expires the rooms themselves; this takes them out of the index and reports
+        // each once: a room whose score passed and whose meta hash is gone expired (unless it
+        // was created again meanwhile, which the script's score check sees). A room still
+        // there is left alone (a join's index update may not have landed yet, or Redis has
+        // not expired it yet) until its entry is `STALE_INDEX_MS` old: then its index update
+        // was lost, and the entry is dropped without a report, as before.
+        let mut expired = Vec::new();
         for shard in 0..keys::ROOM_INDEX_SHARDS {
             let key = keys::room_index_shard(shard);
-            let _: Value = self
+            let due: Vec<(String, f64)> = self
                 .on(&key)
-                .zremrangebyscore(&key, f64::NEG_INFINITY, now_ms as f64)
+                .zrangebyscore(
+                    &key,
+                    f64::NEG_INFINITY,
+                    now_ms as f64,
+                    true,
+                    Some((0, EXPIRE_BATCH)),
+                )
                 .await
                 .map_err(|e| self.failed(e))?;
+            if due.is_empty() {
+                continue;
+            }
+            let mut args = vec![now_ms.to_string()];
+            for (room, score) in due {
+                let meta = RoomKeys::new(&room).meta;
+                let alive: u64 = self
+                    .on(&meta)
+                    .exists(&meta)
+                    .await
+                    .map_err(|e| self.failed(e))?;
+                let report = match alive {
+                    0 => "1",
+                    _ if score + (STALE_INDEX_MS as f64) < now_ms as f64 => "0",
+                    _ => continue,
+                };
+                args.push(room);
+                args.push(report.to_string());
+            }
+            if args.len() == 1 {
+                continue;
+            }
+            let reply = self.eval(Command::ExpireRooms, vec![key], args).await?;
+            for room in array(reply) {
+                if let Value::String(room) = room {
+                    expired.push(room.to_string());
+                }
+            }
         }
-        Ok(Vec::new())
+        Ok(expired)
     }
 
     async fn health(&self) -> Result<(), StateError> {

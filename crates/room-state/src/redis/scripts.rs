@@ -525,6 +525,24 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', tonumber(ARGV[2]))
 return 1
 "#;
 
+/// Takes expired rooms out of one active-rooms index shard: KEYS[1] the shard; ARGV[1] now
+/// (ms), then pairs (room, report): each room whose score is still at or below now is removed,
+/// and returned when its report is '1'. The score is checked here, atomically, because the
+/// room may have been created again (a new, later score) since the caller read it; and the
+/// removal decides which of the nodes running this at once reports the expiry.
+pub const EXPIRE_ROOMS: &str = r#"
+local now = tonumber(ARGV[1])
+local out = {}
+for i = 2, #ARGV - 1, 2 do
+  local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if score and tonumber(score) <= now then
+    redis.call('ZREM', KEYS[1], ARGV[i])
+    if ARGV[i + 1] == '1' then out[#out + 1] = ARGV[i] end
+  end
+end
+return out
+"#;
+
 /// The user registry's admission: KEYS[1] the user's hash; ARGV conn id, value, cap (0: none).
 /// Returns `{admitted, count}`: the count after adding, or the count that refused it.
 pub const USER_ADD: &str = r#"
