@@ -13,7 +13,9 @@ DATA_DIR ?= data
 
 run: ## One node on 127.0.0.1:8080, embedded backend, anonymous clients allowed, messages archived in $(DATA_DIR)/roomcast.db (SQLite).
 	mkdir -p $(DATA_DIR)
-	$(CARGO) run --release -p gateway --bin roomcast -- \
+	@# The whole workspace, like make test and every script: one feature set, one release build.
+	$(CARGO) build --release --workspace --bins
+	$(or $(CARGO_TARGET_DIR),target)/release/roomcast \
 		--listen 127.0.0.1:8080 --allow-anonymous --api-key dev-api-key \
 		--archive sqlite://$(DATA_DIR)/roomcast.db
 
