@@ -10,6 +10,11 @@
 //!
 //! A registry that cannot be reached does not lock users out: the connection is admitted
 //! under the node's own cap (fail open), counted in `roomcast_backend_errors_total{op="users"}`.
+//!
+//! The removals in flight are counted ([`Removals`]) so that a drain can wait for them: the
+//! process exits right after its last connection closes, and a removal cut off there would
+//! leave the entry counting against the user until a peer reaps the node (`--node-ttl`), with
+//! the `user_offline` it owes made late, as `node_dead`.
 
 use crate::admission::{Refusal, Rejection};
 use crate::clock::now_ms;
@@ -17,15 +22,52 @@ use crate::node::Node;
 use crate::webhooks::{Event, Kind, Webhooks};
 use protocol::CloseCode;
 use room_state::{UserAdmission, UserConn, UserRegistry};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 /// Attempts at removing an entry before it is left to the node's reaping.
 const REMOVE_ATTEMPTS: u32 = 3;
 
+/// The node's user registry removals in flight (each entry dropped and not yet removed or
+/// given up on).
+#[derive(Debug, Clone, Default)]
+pub struct Removals(Arc<AtomicUsize>);
+
+impl Removals {
+    /// Waits until no removal is in flight, at most `within`; whether none is.
+    pub async fn settled(&self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.0.load(Ordering::Acquire) > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
+    }
+}
+
+/// Counts one removal in flight until dropped (finished, given up on, or its task cancelled).
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn new(removals: &Removals) -> InFlight {
+        removals.0.fetch_add(1, Ordering::AcqRel);
+        InFlight(removals.0.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// One connection counted in the registry; dropping it removes it.
 pub struct UserEntry {
     registry: Arc<dyn UserRegistry>,
+    removals: Removals,
     /// `user_offline` when the removal was the user's last connection.
     webhooks: Webhooks,
     user: String,
@@ -49,12 +91,16 @@ impl Drop for UserEntry {
         };
         let registry = self.registry.clone();
         let webhooks = self.webhooks.clone();
+        // Counted before the task exists, so that a drain that sees no connection left also
+        // sees this removal.
+        let in_flight = InFlight::new(&self.removals);
         let (user, node, conn_id) = (
             std::mem::take(&mut self.user),
             std::mem::take(&mut self.node),
             std::mem::take(&mut self.conn_id),
         );
         runtime.spawn(async move {
+            let _in_flight = in_flight;
             for attempt in 1..=REMOVE_ATTEMPTS {
                 match registry.remove_user_conn(&user, &node, &conn_id).await {
                     Ok(last) => {
@@ -94,6 +140,7 @@ pub async fn register(
     let max = node.config.max_conns_per_user as u64;
     let entry = || UserEntry {
         registry: node.backends.users.clone(),
+        removals: node.user_removals.clone(),
         webhooks: node.webhooks.clone(),
         user: user.to_string(),
         node: node.id.clone(),
