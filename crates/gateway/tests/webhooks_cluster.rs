@@ -341,3 +341,57 @@ async fn serial_webhooks_through_bad_answers_on_three_gateways() {
         assert_eq!(open_connections(node).await, 0, "{}", node.id);
     }
 }
+
+/// A gateway started without `--webhook-url` in a cluster whose other nodes deliver webhooks
+/// says so in its log at start, naming the consequence (docs/operations.md, "Webhooks").
+/// Serial: the webhook node takes the cluster's queue leases (given back by its drain).
+#[tokio::test]
+async fn serial_a_node_without_webhooks_in_a_webhook_cluster_warns() {
+    let app = App::start().await;
+    let url = app.url();
+    let [with] = cluster_gateways::<1>(
+        VAR,
+        "whw",
+        &[
+            "--webhook-url",
+            &url,
+            "--drain-delay",
+            "0s",
+            "--drain-window",
+            "100ms",
+        ],
+    )
+    .await;
+    // Every shard taken: the first lease attempts are spread over 2 s.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while shards_held(&with).await < 16 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "shards never all held"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let [without] = cluster_gateways::<1>(VAR, "whn", &[]).await;
+    let log = std::env::temp_dir().join(format!("roomcast-test-{}.log", without.id));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let warning = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(line) = text
+            .lines()
+            .find(|l| l.contains("webhooks are on in this cluster"))
+        {
+            break serde_json::from_str::<Value>(line).unwrap();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no warning in {log:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(warning["level"], "WARN", "{warning}");
+    assert_eq!(warning["fields"]["holder"], with.id.as_str(), "{warning}");
+    // Drained, not killed: its leases are given back for the next test at once.
+    assert!(with.sigterm());
+    let mut with = with;
+    let _ = tokio::task::spawn_blocking(move || with.wait()).await;
+}
