@@ -497,6 +497,88 @@ async fn publish_proxy_failures_follow_the_fail_mode() {
     }
 }
 
+/// The bound on calls in flight: with one place (`--*-proxy-max-in-flight 1`) taken by a call
+/// the app holds, the next connect or publish fails at once (`overloaded`, handled by the fail
+/// mode, here `closed`) instead of queueing behind the slow app; the held call completes.
+#[tokio::test]
+async fn calls_over_the_in_flight_bound_fail_at_once() {
+    let app = App::start(|path, body| {
+        if body["query"]["hold"] == "1" || body["data"]["hold"] == json!(true) {
+            return Answer::Slow(Duration::from_secs(3));
+        }
+        match path {
+            "/connect" => connect_app(path, body),
+            _ => publish_app(path, body),
+        }
+    })
+    .await;
+    let (connect, publish) = (app.url("/connect"), app.url("/publish"));
+    let node = start(&[
+        "--connect-proxy",
+        &connect,
+        "--connect-proxy-max-in-flight",
+        "1",
+        "--connect-proxy-timeout",
+        "10s",
+        "--publish-proxy",
+        &publish,
+        "--publish-proxy-max-in-flight",
+        "1",
+        "--publish-proxy-timeout",
+        "10s",
+    ])
+    .await;
+    let addr = node.addr;
+    let held_user = unique("held");
+    let query = format!("format=json&token={}&hold=1", token(&held_user, json!({})));
+    let held = tokio::spawn(async move { Client::connect_query(addr, &query, Fmt::Json).await });
+    eventually("the held connect reached the app", || {
+        app.requests("/connect").len() == 1
+    })
+    .await;
+    let began = Instant::now();
+    let query = format!("format=json&token={}", token(&unique("over"), json!({})));
+    let mut over = Client::open(addr, &query, Fmt::Json).await;
+    assert_eq!(over.closed().await, 1013);
+    assert!(
+        began.elapsed() < Duration::from_secs(2),
+        "waited for the app"
+    );
+    // The held one is admitted when the app answers (`{}`: allowed as the token's user).
+    let mut first = held.await.unwrap();
+    assert_eq!(first.welcome["user"], json!(held_user));
+
+    // Publish: the same with one place.
+    let mut second = Client::connect(addr, &unique("pub"), Fmt::Json).await;
+    let room = unique("inflight");
+    first.ok(json!({"op": "create_room", "room": room})).await;
+    second.ok(json!({"op": "join", "room": room})).await;
+    first
+        .send(json!({"op": "publish", "id": 1077, "room": room, "data": {"hold": true}}))
+        .await;
+    eventually("the held publish reached the app", || {
+        app.requests("/publish").len() == 1
+    })
+    .await;
+    let began = Instant::now();
+    let reply = second
+        .request(json!({"op": "publish", "room": room, "data": {"x": 1}}))
+        .await;
+    assert_eq!(reply["error"]["code"], "unavailable", "{reply}");
+    assert!(reply["error"]["retryAfterMs"].is_u64(), "{reply}");
+    assert!(
+        began.elapsed() < Duration::from_secs(2),
+        "waited for the app"
+    );
+    assert_eq!(first.reply_to(1077).await["ok"]["offset"], 1);
+    let (_, metrics) = http(addr, "GET", "/metrics", None, "").await;
+    for kind in ["connect", "publish"] {
+        let line =
+            format!("roomcast_proxy_requests_total{{kind=\"{kind}\",result=\"overloaded\"}} 1");
+        assert!(metrics.lines().any(|l| l == line), "no {line}");
+    }
+}
+
 /// Long-polling on the wire, by hand: `GET`/`POST` on `/socket.io/` with a session id, each
 /// on whichever node the test names (the node that does not own the session relays it).
 const POLL: &str = "/socket.io/?EIO=4&transport=polling";

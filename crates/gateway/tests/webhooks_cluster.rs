@@ -12,12 +12,15 @@
 mod support;
 mod webhook_app;
 
+use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
+use sha2::Sha256;
 use std::time::Duration;
 use support::*;
 use webhook_app::{of_room, of_user, App};
 
 const VAR: &str = "ROOMCAST_TEST_REDIS_CLUSTER";
+const HOOK_SECRET: &str = "hook-secret";
 
 /// Waits up to `secs` until `f` holds for what the app accepted, deduped by id.
 async fn until(app: &App, secs: u64, what: &str, f: impl Fn(&[Value]) -> bool) {
@@ -230,7 +233,8 @@ async fn open_connections(g: &Gateway) -> u64 {
 
 /// The app answering badly on three gateways: too slowly for `--webhook-timeout`, HTTP 500,
 /// 503, a redirect, and 2xx with a body that is not JSON (`ok`, which webhooks ignore). Each
-/// failed batch is sent again until a 2xx: every event arrives, in order per room; clients
+/// failed batch is sent again until a 2xx: every event arrives, as specified (fields, signature),
+/// in order per room; clients
 /// are not held up meanwhile (every op answered at once), and every connection closes and
 /// produces its events. Serial, like the test above: the queues and leases are the cluster's.
 #[tokio::test]
@@ -243,7 +247,14 @@ async fn serial_webhooks_through_bad_answers_on_three_gateways() {
     let nodes = cluster_gateways::<3>(
         VAR,
         "whb",
-        &["--webhook-url", &url, "--webhook-timeout", "300ms"],
+        &[
+            "--webhook-url",
+            &url,
+            "--webhook-timeout",
+            "300ms",
+            "--webhook-secret",
+            HOOK_SECRET,
+        ],
     )
     .await;
     let users: Vec<String> = (0..3).map(|_| unique("whb")).collect();
@@ -309,8 +320,47 @@ async fn serial_webhooks_through_bad_answers_on_three_gateways() {
     for u in &users {
         assert_eq!(of_user(&events, u), ["user_online", "user_offline"], "{u}");
     }
-    // The bad answers were given, and every event they refused came again and was accepted.
+    // Every event as docs/webhooks.md specifies it: fields, and who made it.
+    let node_ids: Vec<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
+    let ours = events
+        .iter()
+        .filter(|e| e["room"] == room.as_str() || users.iter().any(|u| e["user"] == u.as_str()));
+    for e in ours {
+        let id = e["id"].as_str().unwrap();
+        assert!(
+            id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{e}"
+        );
+        assert!(e["ts"].as_u64().unwrap() > 0, "{e}");
+        assert!(node_ids.contains(&e["node"].as_str().unwrap()), "{e}");
+        let kind = e["type"].as_str().unwrap();
+        let has_conn = kind.starts_with("member_") || kind.starts_with("user_");
+        assert_eq!(e["conn"].is_string(), has_conn, "{e}");
+        assert!(
+            e.get("reason").is_none(),
+            "their own leaves and closes: {e}"
+        );
+    }
+    // Every POST, refused or not, is signed over its exact body; some carried a batch.
     let received = app.received();
+    for r in &received {
+        let mut mac = Hmac::<Sha256>::new_from_slice(HOOK_SECRET.as_bytes()).unwrap();
+        mac.update(r.body.as_bytes());
+        let hex: String = mac
+            .finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(r.signature, Some(format!("sha256={hex}")));
+    }
+    assert!(
+        received
+            .iter()
+            .any(|r| serde_json::from_str::<Vec<Value>>(&r.body).unwrap().len() > 1),
+        "no batch of more than one event"
+    );
+    // The bad answers were given, and every event they refused came again and was accepted.
     let refused: Vec<_> = received
         .iter()
         .filter(|r| !(200..300).contains(&r.status))
