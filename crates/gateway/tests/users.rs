@@ -1,8 +1,9 @@
 //! Users across the cluster, on three real gateway processes and the shared Redis Cluster
 //! (started by `make test`): the per-user cap spans nodes and forgets a killed node's
 //! connections once it is reaped, `GET /api/users/{user}` says where a user is, a user
-//! publish reaches the user's connections on every node and no one else. Token refresh and
-//! expiry run on one embedded node: they involve no other node.
+//! publish reaches the user's connections on every node and no one else, a drained node
+//! leaves no entry behind (serial: it pauses writes on a primary). Token refresh and expiry
+//! run on one embedded node: they involve no other node.
 
 #![allow(clippy::unwrap_used)]
 
