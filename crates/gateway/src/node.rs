@@ -62,8 +62,8 @@ pub struct Node {
     users_unreaped: parking_lot::Mutex<Vec<String>>,
     /// Whether what earlier incarnations of this node id left is cleared (see `upkeep`).
     earlier_cleared: AtomicBool,
-    /// User registry removals of closed connections still in flight (a drain waits for them).
-    pub user_removals: crate::users::Removals,
+    /// This node's user registry entries not yet removed (a drain waits for them).
+    pub user_entries: crate::users::Entries,
     /// Connection cap, handshake rate, connections per address and per user.
     pub gate: Gate,
     /// Every connection's token deadline, closed by one ticker (`crate::expiry`).
@@ -187,7 +187,7 @@ impl Node {
             claim_seen_ms: AtomicU64::new(0),
             conn_seq: AtomicU64::new(0),
             earlier_cleared: AtomicBool::new(false),
-            user_removals: crate::users::Removals::default(),
+            user_entries: crate::users::Entries::default(),
             users_reconciled_ms: AtomicU64::new(now_ms()),
             users_reconciled_seq: AtomicU64::new(0),
             users_unreaped: Default::default(),

@@ -11,10 +11,13 @@
 //! A registry that cannot be reached does not lock users out: the connection is admitted
 //! under the node's own cap (fail open), counted in `roomcast_backend_errors_total{op="users"}`.
 //!
-//! The removals in flight are counted ([`Removals`]) so that a drain can wait for them: the
-//! process exits right after its last connection closes, and a removal cut off there would
-//! leave the entry counting against the user until a peer reaps the node (`--node-ttl`), with
-//! the `user_offline` it owes made late, as `node_dead`.
+//! Each entry is counted ([`Entries`]) from its creation until its removal is done, so that
+//! a drain can wait for none to be left: the process exits right after its last connection
+//! closes, and a removal cut off there would leave the entry counting against the user until
+//! a peer reaps the node (`--node-ttl`), with the `user_offline` it owes made late, as
+//! `node_dead`. Counted from creation, not from the drop: a connection leaves the node's
+//! registry (what the drain watches) just before its entry is dropped, and a count that began
+//! at the drop could be read as zero in between.
 
 use crate::admission::{Refusal, Rejection};
 use crate::clock::now_ms;
@@ -29,16 +32,21 @@ use std::time::Duration;
 /// Attempts at removing an entry before it is left to the node's reaping.
 const REMOVE_ATTEMPTS: u32 = 3;
 
-/// The node's user registry removals in flight (each entry dropped and not yet removed or
-/// given up on).
+/// The node's user registry entries not yet removed: held by a connection, or being removed
+/// (or given up on) after it closed.
 #[derive(Debug, Clone, Default)]
-pub struct Removals(Arc<AtomicUsize>);
+pub struct Entries(Arc<AtomicUsize>);
 
-impl Removals {
-    /// Waits until no removal is in flight, at most `within`; whether none is.
-    pub async fn settled(&self, within: Duration) -> bool {
+impl Entries {
+    /// How many there are.
+    pub fn count(&self) -> usize {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// Waits until none is left, at most `within`; whether none is.
+    pub async fn none_left(&self, within: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + within;
-        while self.0.load(Ordering::Acquire) > 0 {
+        while self.count() > 0 {
             if tokio::time::Instant::now() >= deadline {
                 return false;
             }
@@ -48,17 +56,18 @@ impl Removals {
     }
 }
 
-/// Counts one removal in flight until dropped (finished, given up on, or its task cancelled).
-struct InFlight(Arc<AtomicUsize>);
+/// One entry counted in [`Entries`] until dropped (removed, given up on, or its removal task
+/// cancelled).
+struct Counted(Arc<AtomicUsize>);
 
-impl InFlight {
-    fn new(removals: &Removals) -> InFlight {
-        removals.0.fetch_add(1, Ordering::AcqRel);
-        InFlight(removals.0.clone())
+impl Counted {
+    fn new(entries: &Entries) -> Counted {
+        entries.0.fetch_add(1, Ordering::AcqRel);
+        Counted(entries.0.clone())
     }
 }
 
-impl Drop for InFlight {
+impl Drop for Counted {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
@@ -67,7 +76,8 @@ impl Drop for InFlight {
 /// One connection counted in the registry; dropping it removes it.
 pub struct UserEntry {
     registry: Arc<dyn UserRegistry>,
-    removals: Removals,
+    /// Moved into the removal task, so that the entry counts until it is removed.
+    counted: Option<Counted>,
     /// `user_offline` when the removal was the user's last connection.
     webhooks: Webhooks,
     user: String,
@@ -91,16 +101,14 @@ impl Drop for UserEntry {
         };
         let registry = self.registry.clone();
         let webhooks = self.webhooks.clone();
-        // Counted before the task exists, so that a drain that sees no connection left also
-        // sees this removal.
-        let in_flight = InFlight::new(&self.removals);
+        let counted = self.counted.take();
         let (user, node, conn_id) = (
             std::mem::take(&mut self.user),
             std::mem::take(&mut self.node),
             std::mem::take(&mut self.conn_id),
         );
         runtime.spawn(async move {
-            let _in_flight = in_flight;
+            let _counted = counted;
             for attempt in 1..=REMOVE_ATTEMPTS {
                 match registry.remove_user_conn(&user, &node, &conn_id).await {
                     Ok(last) => {
@@ -140,7 +148,7 @@ pub async fn register(
     let max = node.config.max_conns_per_user as u64;
     let entry = || UserEntry {
         registry: node.backends.users.clone(),
-        removals: node.user_removals.clone(),
+        counted: Some(Counted::new(&node.user_entries)),
         webhooks: node.webhooks.clone(),
         user: user.to_string(),
         node: node.id.clone(),
