@@ -951,7 +951,7 @@ async fn a_bad_app_leaves_no_connection_stuck_across_three_gateways() {
 
 /// Not a test: connect latency with and without the connect proxy, 1,000 sequential native
 /// connects each (median and p99 printed; nothing asserted). Run it in release:
-/// `cargo test --release -p gateway --test proxy -- --ignored --nocapture connect_latency`.
+/// `cargo test --release --workspace --test proxy -- --ignored --nocapture connect_latency`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn connect_latency_with_and_without_the_connect_proxy() {
@@ -979,4 +979,99 @@ async fn connect_latency_with_and_without_the_connect_proxy() {
         ));
     }
     println!("{}", report.join("\n"));
+}
+
+/// One connection per prefix, each publishing `per_client` messages to a room of its own, 16
+/// in flight at a time (the connection's pipeline). Rooms are named `<prefix>-…`, so
+/// `--publish-proxy-rooms checked-*` decides which go to the app. Per prefix: the summed rate
+/// (messages per second) of its connections, each over its own run.
+async fn publish_rates(addr: SocketAddr, prefixes: &[&str], per_client: u64) -> Vec<(String, f64)> {
+    let mut clients = Vec::new();
+    for prefix in prefixes {
+        let mut c = Client::connect(addr, &unique("thr"), Fmt::Json).await;
+        let room = unique(prefix);
+        c.ok(json!({"op": "create_room", "room": room, "options": {"historySize": 16}}))
+            .await;
+        clients.push((c, room, prefix.to_string()));
+    }
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|(mut c, room, prefix)| {
+            tokio::spawn(async move {
+                let began = Instant::now();
+                let (mut sent, mut answered) = (0u64, 0u64);
+                while answered < per_client {
+                    while sent < per_client && sent - answered < 16 {
+                        let id = 1000 + sent;
+                        c.send(
+                            json!({"op": "publish", "id": id, "room": room, "data": {"i": sent}}),
+                        )
+                        .await;
+                        sent += 1;
+                    }
+                    let m = c.recv_msg().await;
+                    if m.get("event").is_none() {
+                        assert!(m.get("ok").is_some(), "{m}");
+                        answered += 1;
+                    }
+                }
+                (prefix, per_client as f64 / began.elapsed().as_secs_f64())
+            })
+        })
+        .collect();
+    let mut rates: Vec<(String, f64)> = Vec::new();
+    for t in tasks {
+        let (prefix, rate) = t.await.unwrap();
+        match rates.iter_mut().find(|(p, _)| *p == prefix) {
+            Some((_, sum)) => *sum += rate,
+            None => rates.push((prefix, rate)),
+        }
+    }
+    rates
+}
+
+/// Not a test: client publish throughput with the publish proxy on a subset of rooms
+/// (`--publish-proxy-rooms checked-*`, the app in this process answering `{}`): 4 connections
+/// publishing to unproxied rooms, to proxied rooms, and 2 + 2 at once; 3 interleaved rounds,
+/// the median and each figure printed (nothing asserted). Run it in release:
+/// `cargo test --release --workspace --test proxy -- --ignored --nocapture publish_throughput`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn publish_throughput_with_the_publish_proxy_on_a_subset_of_rooms() {
+    let app = App::start(|_, _| Answer::Ok("{}".into())).await;
+    let node = start(&[
+        "--publish-proxy",
+        &app.url("/publish"),
+        "--publish-proxy-rooms",
+        "checked-*",
+        "--publish-rate",
+        "1000000",
+        "--publish-burst",
+        "1000000",
+    ])
+    .await;
+    let shapes: [(&str, &[&str]); 3] = [
+        ("4 unproxied", &["plain", "plain", "plain", "plain"]),
+        ("4 proxied", &["checked", "checked", "checked", "checked"]),
+        ("2 + 2", &["plain", "plain", "checked", "checked"]),
+    ];
+    let mut seen: Vec<(String, Vec<f64>)> = Vec::new();
+    for _ in 0..3 {
+        for (name, prefixes) in &shapes {
+            for (prefix, rate) in publish_rates(node.addr, prefixes, 2_000).await {
+                let key = format!("{name}: {prefix} rooms");
+                match seen.iter_mut().find(|(k, _)| *k == key) {
+                    Some((_, r)) => r.push(rate),
+                    None => seen.push((key, vec![rate])),
+                }
+            }
+        }
+    }
+    for (key, mut r) in seen {
+        r.sort_by(f64::total_cmp);
+        println!(
+            "{key}: median {:.0} msg/s ({:.0} / {:.0} / {:.0})",
+            r[1], r[0], r[1], r[2]
+        );
+    }
 }
