@@ -7,9 +7,14 @@
 //!    1012, in batches spread over `--drain-window`, so they do not land on the other nodes
 //!    all at once.
 //! 5. It returns when every connection is gone, or at `--drain-deadline`, whichever is first.
-//! 6. Then (`Running::drain`) the archiver, if any, runs one last round, so what was published
-//!    until the end is archived, and gives its shards' leases up for another node to take at
-//!    once; it gets what is left of the deadline, at least a second.
+//! 6. Then (`Running::drain`) the user registry entries of the closed connections are
+//!    removed (what is left of the deadline, at least a second when no connection is left):
+//!    each removal was handed to a task when its connection closed, and the process must not
+//!    exit under it.
+//! 7. The archiver, if any, runs one last round, so what was published until the end is
+//!    archived, and gives its shards' leases up for another node to take at once; it gets
+//!    what is left of the deadline, at least a second. Then webhooks send what their shards
+//!    hold (docs/webhooks.md, "Drain").
 
 use crate::node::Node;
 use crate::reconnect::send_reconnect;

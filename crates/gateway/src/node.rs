@@ -62,6 +62,8 @@ pub struct Node {
     users_unreaped: parking_lot::Mutex<Vec<String>>,
     /// Whether what earlier incarnations of this node id left is cleared (see `upkeep`).
     earlier_cleared: AtomicBool,
+    /// This node's user registry entries not yet removed (a drain waits for them).
+    pub user_entries: crate::users::Entries,
     /// Connection cap, handshake rate, connections per address and per user.
     pub gate: Gate,
     /// Every connection's token deadline, closed by one ticker (`crate::expiry`).
@@ -185,6 +187,7 @@ impl Node {
             claim_seen_ms: AtomicU64::new(0),
             conn_seq: AtomicU64::new(0),
             earlier_cleared: AtomicBool::new(false),
+            user_entries: crate::users::Entries::default(),
             users_reconciled_ms: AtomicU64::new(now_ms()),
             users_reconciled_seq: AtomicU64::new(0),
             users_unreaped: Default::default(),

@@ -113,8 +113,24 @@ impl Running {
         let deadline = tokio::time::Instant::now() + self.node.config.drain_deadline;
         drain::run(&self.node, &self.stop).await;
         let _ = self.accept.await;
+        // Stage 6 (drain.rs): the closed connections' user registry entries removed, so
+        // that their places and `user_offline` are not left to a peer's reaping; before the
+        // webhooks' flush, which sends the `user_offline` these removals queue. Connections
+        // still open at the deadline keep theirs: then only what is left of the deadline.
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let within = if self.node.registry.connection_count() == 0 {
+            left.max(Duration::from_secs(1))
+        } else {
+            left
+        };
+        if !self.node.user_entries.none_left(within).await {
+            tracing::warn!(
+                entries = self.node.user_entries.count(),
+                "user registry entries left at exit; left to reaping"
+            );
+        }
         if let Some(archiver) = self.archiver {
-            // Stage 6 (drain.rs): at least a second, even when the deadline has passed.
+            // Stage 7 (drain.rs): at least a second, even when the deadline has passed.
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             archiver.stop(left.max(Duration::from_secs(1))).await;
         }

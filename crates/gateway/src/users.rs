@@ -10,6 +10,14 @@
 //!
 //! A registry that cannot be reached does not lock users out: the connection is admitted
 //! under the node's own cap (fail open), counted in `roomcast_backend_errors_total{op="users"}`.
+//!
+//! Each entry is counted ([`Entries`]) from its creation until its removal is done, so that
+//! a drain can wait for none to be left: the process exits right after its last connection
+//! closes, and a removal cut off there would leave the entry counting against the user until
+//! a peer reaps the node (`--node-ttl`), with the `user_offline` it owes made late, as
+//! `node_dead`. Counted from creation, not from the drop: a connection leaves the node's
+//! registry (what the drain watches) just before its entry is dropped, and a count that began
+//! at the drop could be read as zero in between.
 
 use crate::admission::{Refusal, Rejection};
 use crate::clock::now_ms;
@@ -17,15 +25,59 @@ use crate::node::Node;
 use crate::webhooks::{Event, Kind, Webhooks};
 use protocol::CloseCode;
 use room_state::{UserAdmission, UserConn, UserRegistry};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 /// Attempts at removing an entry before it is left to the node's reaping.
 const REMOVE_ATTEMPTS: u32 = 3;
 
+/// The node's user registry entries not yet removed: held by a connection, or being removed
+/// (or given up on) after it closed.
+#[derive(Debug, Clone, Default)]
+pub struct Entries(Arc<AtomicUsize>);
+
+impl Entries {
+    /// How many there are.
+    pub fn count(&self) -> usize {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// Waits until none is left, at most `within`; whether none is.
+    pub async fn none_left(&self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.count() > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
+    }
+}
+
+/// One entry counted in [`Entries`] until dropped (removed, given up on, or its removal task
+/// cancelled).
+struct Counted(Arc<AtomicUsize>);
+
+impl Counted {
+    fn new(entries: &Entries) -> Counted {
+        entries.0.fetch_add(1, Ordering::AcqRel);
+        Counted(entries.0.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// One connection counted in the registry; dropping it removes it.
 pub struct UserEntry {
     registry: Arc<dyn UserRegistry>,
+    /// Moved into the removal task, so that the entry counts until it is removed.
+    counted: Option<Counted>,
     /// `user_offline` when the removal was the user's last connection.
     webhooks: Webhooks,
     user: String,
@@ -49,12 +101,14 @@ impl Drop for UserEntry {
         };
         let registry = self.registry.clone();
         let webhooks = self.webhooks.clone();
+        let counted = self.counted.take();
         let (user, node, conn_id) = (
             std::mem::take(&mut self.user),
             std::mem::take(&mut self.node),
             std::mem::take(&mut self.conn_id),
         );
         runtime.spawn(async move {
+            let _counted = counted;
             for attempt in 1..=REMOVE_ATTEMPTS {
                 match registry.remove_user_conn(&user, &node, &conn_id).await {
                     Ok(last) => {
@@ -94,6 +148,7 @@ pub async fn register(
     let max = node.config.max_conns_per_user as u64;
     let entry = || UserEntry {
         registry: node.backends.users.clone(),
+        counted: Some(Counted::new(&node.user_entries)),
         webhooks: node.webhooks.clone(),
         user: user.to_string(),
         node: node.id.clone(),

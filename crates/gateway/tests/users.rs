@@ -1,13 +1,15 @@
 //! Users across the cluster, on three real gateway processes and the shared Redis Cluster
 //! (started by `make test`): the per-user cap spans nodes and forgets a killed node's
 //! connections once it is reaped, `GET /api/users/{user}` says where a user is, a user
-//! publish reaches the user's connections on every node and no one else. Token refresh and
-//! expiry run on one embedded node: they involve no other node.
+//! publish reaches the user's connections on every node and no one else, a drained node
+//! leaves no entry behind (serial: it pauses writes on a primary). Token refresh and expiry
+//! run on one embedded node: they involve no other node.
 
 #![allow(clippy::unwrap_used)]
 
 mod support;
 
+use futures_util::StreamExt;
 use serde_json::{json, Value};
 use std::time::Duration;
 use support::*;
@@ -244,4 +246,94 @@ async fn socketio_refresh_user_message_and_expiry() {
     .unwrap();
     let ack = next_with(kept, "439").await.unwrap();
     assert!(ack.contains("expiresAt"), "{ack}");
+}
+
+/// The port of the primary that serves `key`'s slot in the cluster named by [`VAR`].
+fn primary_of(key: &str) -> u16 {
+    let base = port(redis_urls(VAR).split(',').next().unwrap());
+    let slot: u16 = redis_cli(base, &["cluster", "keyslot", key])
+        .trim()
+        .parse()
+        .unwrap();
+    let nodes = redis_cli(base, &["cluster", "nodes"]);
+    for line in nodes.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if !f[2].contains("master") || f[2].contains("fail") {
+            continue;
+        }
+        for range in &f[8..] {
+            let (a, b) = range.split_once('-').unwrap_or((range, range));
+            if let (Ok(a), Ok(b)) = (a.parse::<u16>(), b.parse::<u16>()) {
+                if (a..=b).contains(&slot) {
+                    return port(f[1]);
+                }
+            }
+        }
+    }
+    panic!("no primary for {key}");
+}
+
+/// A drained gateway leaves no user registry entry behind, even when the registry is slow
+/// at that moment: its process exits only after the removals of the connections it closed,
+/// so `GET /api/users/{user}` lists none of them at once (not a `--node-ttl` later, when a
+/// peer would reap the node as dead). The user's registry primary holds writes for 1.5 s
+/// across the drain (`CLIENT PAUSE ... WRITE`), which the drain itself needs not: it closes
+/// connections that are in no room. Serial: the pause holds every test's writes on that
+/// primary.
+#[tokio::test]
+async fn serial_a_drained_nodes_user_entries_are_gone_when_it_exits() {
+    let mut nodes: [Gateway; 2] = cluster_gateways(
+        VAR,
+        "ud",
+        &[
+            "--node-ttl",
+            "60s",
+            "--drain-delay",
+            "0s",
+            "--drain-window",
+            "300ms",
+            "--drain-deadline",
+            "5s",
+        ],
+    )
+    .await;
+    let user = unique("drained");
+    let stay = Client::connect(nodes[0].addr, &user, Fmt::Json).await;
+    let n = 20;
+    let mut readers = Vec::new();
+    for _ in 0..n {
+        let mut c = Client::connect(nodes[1].addr, &user, Fmt::Json).await;
+        // Read until the drain closes it (the close handshake needs a reader).
+        readers.push(tokio::spawn(async move {
+            while let Ok(Some(Ok(_))) =
+                tokio::time::timeout(Duration::from_secs(10), c.ws.next()).await
+            {}
+        }));
+    }
+    until_listed(nodes[0].addr, &user, n + 1).await;
+    let primary = primary_of(&format!("rc:{{u:{user}}}:c"));
+    let paused = redis_cli(primary, &["client", "pause", "1500", "write"]);
+    assert!(paused.contains("OK"), "{paused}");
+    assert!(nodes[1].sigterm());
+    // Polled, not waited for: the readers must run meanwhile.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = nodes[1].child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the drain never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    for r in readers {
+        r.await.unwrap();
+    }
+    // Read once the process is gone: nothing of it is left to reap.
+    let info = user_info(nodes[0].addr, &user).await;
+    let listed: Vec<Value> = info["connections"].as_array().unwrap().clone();
+    assert_eq!(listed.len(), 1, "left behind by the drained node: {info}");
+    assert_eq!(listed[0]["connId"], json!(stay.conn_id()));
 }

@@ -12,12 +12,15 @@
 mod support;
 mod webhook_app;
 
+use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
+use sha2::Sha256;
 use std::time::Duration;
 use support::*;
 use webhook_app::{of_room, of_user, App};
 
 const VAR: &str = "ROOMCAST_TEST_REDIS_CLUSTER";
+const HOOK_SECRET: &str = "hook-secret";
 
 /// Waits up to `secs` until `f` holds for what the app accepted, deduped by id.
 async fn until(app: &App, secs: u64, what: &str, f: impl Fn(&[Value]) -> bool) {
@@ -217,4 +220,228 @@ async fn serial_webhooks_survive_a_killed_node_and_an_app_outage() {
     drop(finn2);
     drop(gus0);
     drop(dora0);
+}
+
+/// `roomcast_connections` of a gateway, all protocols and formats summed.
+async fn open_connections(g: &Gateway) -> u64 {
+    let (_, body) = http(g.addr, "GET", "/metrics", None, "").await;
+    body.lines()
+        .filter(|l| l.starts_with("roomcast_connections{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// The app answering badly on three gateways: too slowly for `--webhook-timeout`, HTTP 500,
+/// 503, a redirect, and 2xx with a body that is not JSON (`ok`, which webhooks ignore). Each
+/// failed batch is sent again until a 2xx: every event arrives, as specified (fields, signature),
+/// in order per room; clients
+/// are not held up meanwhile (every op answered at once), and every connection closes and
+/// produces its events. Serial, like the test above: the queues and leases are the cluster's.
+#[tokio::test]
+async fn serial_webhooks_through_bad_answers_on_three_gateways() {
+    let app = App::start().await;
+    let url = app.url();
+    // The first POST answers after 2 s (given up on at 300 ms), the next three fail.
+    app.delay_next(&[Duration::from_secs(2)]);
+    app.answer_next(&[500, 503, 302]);
+    let nodes = cluster_gateways::<3>(
+        VAR,
+        "whb",
+        &[
+            "--webhook-url",
+            &url,
+            "--webhook-timeout",
+            "300ms",
+            "--webhook-secret",
+            HOOK_SECRET,
+        ],
+    )
+    .await;
+    let users: Vec<String> = (0..3).map(|_| unique("whb")).collect();
+    let room = unique("whbr");
+    let mut clients = Vec::new();
+    for (node, user) in nodes.iter().zip(&users) {
+        clients.push(Client::connect(node.addr, user, Fmt::Json).await);
+    }
+    // Ops made while the app fails, each answered at once (a generous bound: the machine is
+    // shared). Between nodes a pause, so that the room's events are queued in op order
+    // (docs/webhooks.md: two nodes' events at the same moment have no order).
+    let pause = Duration::from_millis(150);
+    let timed = std::time::Instant::now();
+    clients[0]
+        .ok(json!({"op": "create_room", "room": room}))
+        .await;
+    tokio::time::sleep(pause).await;
+    clients[1].ok(json!({"op": "join", "room": room})).await;
+    tokio::time::sleep(pause).await;
+    clients[2].ok(json!({"op": "join", "room": room})).await;
+    tokio::time::sleep(pause).await;
+    clients[1].ok(json!({"op": "leave", "room": room})).await;
+    tokio::time::sleep(pause).await;
+    clients[2]
+        .ok(json!({"op": "publish", "room": room, "data": 1}))
+        .await;
+    assert!(
+        timed.elapsed() < Duration::from_secs(3),
+        "ops held up by the app: {:?}",
+        timed.elapsed()
+    );
+    // Every connection closes (node 2's, then node 0's, then node 1's).
+    for i in [2, 0, 1] {
+        let mut c = clients.remove(
+            clients
+                .iter()
+                .position(|c| c.welcome["user"] == users[i].as_str())
+                .unwrap(),
+        );
+        c.ws.close(None).await.unwrap();
+        while let In::Msg(_) = c.recv().await {}
+        tokio::time::sleep(pause).await;
+    }
+
+    let expected = pairs(&[
+        ("room_created", &users[0]),
+        ("room_occupied", ""),
+        ("member_joined", &users[0]),
+        ("member_joined", &users[1]),
+        ("member_joined", &users[2]),
+        ("member_left", &users[1]),
+        ("member_left", &users[2]),
+        ("member_left", &users[0]),
+        ("room_vacated", ""),
+    ]);
+    // Leases of an earlier serial test's gateways may take 10 s to lapse, then the backoff.
+    until(&app, 40, "every event through the bad answers", |e| {
+        of_room(e, &room).len() >= expected.len() && users.iter().all(|u| of_user(e, u).len() >= 2)
+    })
+    .await;
+    let events = app.deduped();
+    assert_eq!(of_room(&events, &room), expected);
+    for u in &users {
+        assert_eq!(of_user(&events, u), ["user_online", "user_offline"], "{u}");
+    }
+    // Every event as docs/webhooks.md specifies it: fields, and who made it.
+    let node_ids: Vec<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
+    let ours = events
+        .iter()
+        .filter(|e| e["room"] == room.as_str() || users.iter().any(|u| e["user"] == u.as_str()));
+    for e in ours {
+        let id = e["id"].as_str().unwrap();
+        assert!(
+            id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{e}"
+        );
+        assert!(e["ts"].as_u64().unwrap() > 0, "{e}");
+        assert!(node_ids.contains(&e["node"].as_str().unwrap()), "{e}");
+        let kind = e["type"].as_str().unwrap();
+        let has_conn = kind.starts_with("member_") || kind.starts_with("user_");
+        assert_eq!(e["conn"].is_string(), has_conn, "{e}");
+        assert!(
+            e.get("reason").is_none(),
+            "their own leaves and closes: {e}"
+        );
+    }
+    // Every POST, refused or not, is signed over its exact body; some carried a batch.
+    let received = app.received();
+    for r in &received {
+        let mut mac = Hmac::<Sha256>::new_from_slice(HOOK_SECRET.as_bytes()).unwrap();
+        mac.update(r.body.as_bytes());
+        let hex: String = mac
+            .finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(r.signature, Some(format!("sha256={hex}")));
+    }
+    assert!(
+        received
+            .iter()
+            .any(|r| serde_json::from_str::<Vec<Value>>(&r.body).unwrap().len() > 1),
+        "no batch of more than one event"
+    );
+    // The bad answers were given, and every event they refused came again and was accepted.
+    let refused: Vec<_> = received
+        .iter()
+        .filter(|r| !(200..300).contains(&r.status))
+        .collect();
+    let mut statuses: Vec<u16> = refused.iter().map(|r| r.status).collect();
+    statuses.sort();
+    assert_eq!(statuses, [302, 500, 503]);
+    for r in refused {
+        for e in serde_json::from_str::<Vec<Value>>(&r.body).unwrap() {
+            assert!(
+                events.iter().any(|a| a["id"] == e["id"]),
+                "never accepted: {e}"
+            );
+        }
+    }
+    let mut failures = 0;
+    for node in &nodes {
+        let (_, body) = http(node.addr, "GET", "/metrics", None, "").await;
+        failures += body
+            .lines()
+            .find_map(|l| l.strip_prefix("roomcast_webhook_failures_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    assert!(failures >= 4, "timeout + three statuses: {failures}");
+    // No connection is left open anywhere.
+    for node in &nodes {
+        assert_eq!(open_connections(node).await, 0, "{}", node.id);
+    }
+}
+
+/// A gateway started without `--webhook-url` in a cluster whose other nodes deliver webhooks
+/// says so in its log at start, naming the consequence (docs/operations.md, "Webhooks").
+/// Serial: the webhook node takes the cluster's queue leases (given back by its drain).
+#[tokio::test]
+async fn serial_a_node_without_webhooks_in_a_webhook_cluster_warns() {
+    let app = App::start().await;
+    let url = app.url();
+    let [with] = cluster_gateways::<1>(
+        VAR,
+        "whw",
+        &[
+            "--webhook-url",
+            &url,
+            "--drain-delay",
+            "0s",
+            "--drain-window",
+            "100ms",
+        ],
+    )
+    .await;
+    // Every shard taken: the first lease attempts are spread over 2 s.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while shards_held(&with).await < 16 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "shards never all held"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let [without] = cluster_gateways::<1>(VAR, "whn", &[]).await;
+    let log = std::env::temp_dir().join(format!("roomcast-test-{}.log", without.id));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let warning = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(line) = text
+            .lines()
+            .find(|l| l.contains("webhooks are on in this cluster"))
+        {
+            break serde_json::from_str::<Value>(line).unwrap();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no warning in {log:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(warning["level"], "WARN", "{warning}");
+    assert_eq!(warning["fields"]["holder"], with.id.as_str(), "{warning}");
+    // Drained, not killed: its leases are given back for the next test at once.
+    assert!(with.sigterm());
+    let mut with = with;
+    let _ = tokio::task::spawn_blocking(move || with.wait()).await;
 }

@@ -118,6 +118,10 @@ pub trait ArchiveFeed: Send + Sync {
     /// at once instead of after the TTL).
     async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StateError>;
 
+    /// Who holds the lease `name` at `now_ms` (`None`: nobody, or it lapsed). Only reads: a
+    /// node that runs no worker for these leases can see whether others do.
+    async fn lease_holder(&self, name: &str, now_ms: u64) -> Result<Option<String>, StateError>;
+
     /// Up to `limit` rooms of shard `shard` (the same shards as the dirty rooms: the
     /// archiver that holds a shard puts its rooms to sleep) that have been empty past their
     /// TTL at `now_ms`. While the archive is on, such a room stays until

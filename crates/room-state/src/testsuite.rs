@@ -895,7 +895,12 @@ where
     assert!(store.lease(&lease, "a", 10_000, now).await.unwrap());
     store.release_lease(&lease, "b").await.unwrap();
     assert!(!store.lease(&lease, "b", 10_000, now).await.unwrap());
+    assert_eq!(
+        store.lease_holder(&lease, now).await.unwrap().as_deref(),
+        Some("a")
+    );
     store.release_lease(&lease, "a").await.unwrap();
+    assert_eq!(store.lease_holder(&lease, now).await.unwrap(), None);
     assert!(store.lease(&lease, "b", 10_000, now).await.unwrap());
     // A lapsed lease is free (a killed holder's shards move).
     let short = format!("{prefix}short");
@@ -903,6 +908,7 @@ where
     assert!(store.lease(&short, "a", 100, real).await.unwrap());
     assert!(!store.lease(&short, "b", 100, real + 10).await.unwrap());
     tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    assert_eq!(store.lease_holder(&short, real + 250).await.unwrap(), None);
     assert!(store.lease(&short, "b", 100, real + 250).await.unwrap());
 }
 

@@ -44,14 +44,21 @@ impl std::fmt::Debug for Delivery {
     }
 }
 
-/// Starts the workers when `--webhook-url` is set.
+/// The lease of queue shard `shard`: whoever holds it delivers the shard.
+fn lease_name(shard: u64) -> String {
+    format!("webhook:{shard}")
+}
+
+/// Starts the workers when `--webhook-url` is set. Without it, on Redis Cluster, checks
+/// once whether other nodes deliver webhooks ([`warn_if_on_elsewhere`]).
 pub fn start(node: &Arc<Node>) -> Option<Delivery> {
-    let url = node
-        .config
-        .webhook_url
-        .as_ref()?
-        .parse::<hyper::Uri>()
-        .ok()?;
+    let Some(url) = node.config.webhook_url.as_ref() else {
+        if !node.config.redis_cluster.is_empty() {
+            tokio::spawn(warn_if_on_elsewhere(node.clone()));
+        }
+        return None;
+    };
+    let url = url.parse::<hyper::Uri>().ok()?;
     let poster = Arc::new(Poster::new(
         url,
         node.config.webhook_secret.clone(),
@@ -71,6 +78,48 @@ pub fn start(node: &Arc<Node>) -> Option<Delivery> {
         })
         .collect();
     Some(Delivery { stop, tasks })
+}
+
+/// How many times a node without `--webhook-url` reads the webhook leases at start, one
+/// [`LEASE_RENEW`] apart, while the backend does not answer.
+const ELSEWHERE_ATTEMPTS: u32 = 30;
+
+/// A node without `--webhook-url` in a cluster whose other nodes have it queues none of its
+/// events (its connections' joins, leaves, online / offline, its rooms' creations, and the
+/// departures of the dead nodes it happens to reap), and nothing in the cluster can tell the
+/// app they are missing: so say it in this node's log, once, at start. Other nodes deliver
+/// webhooks when some queue shard's lease is held. Read after one renewal period, so that
+/// nodes started together have taken their leases.
+async fn warn_if_on_elsewhere(node: Arc<Node>) {
+    let feed = node.backends.archive_feed.clone();
+    for _ in 0..ELSEWHERE_ATTEMPTS {
+        tokio::time::sleep(LEASE_RENEW).await;
+        let mut holders = Vec::new();
+        let mut answered = true;
+        for shard in 0..EVENT_SHARDS {
+            match feed.lease_holder(&lease_name(shard), now_ms()).await {
+                Ok(Some(holder)) => holders.push(holder),
+                Ok(None) => {}
+                Err(_) => {
+                    answered = false;
+                    break;
+                }
+            }
+        }
+        if !answered {
+            continue;
+        }
+        if let Some(holder) = holders.first() {
+            tracing::warn!(
+                shards = holders.len(),
+                %holder,
+                "webhooks are on in this cluster but not on this node (no --webhook-url): \
+                 the events of its connections and rooms, and of the dead nodes it reaps, \
+                 will be missing; start every node with the same --webhook-url"
+            );
+        }
+        return;
+    }
 }
 
 impl Delivery {
@@ -101,7 +150,7 @@ struct Worker {
 
 impl Worker {
     async fn run(self, mut stop: watch::Receiver<bool>) {
-        let lease = format!("webhook:{}", self.shard);
+        let lease = lease_name(self.shard);
         let queue = queue_name(self.shard);
         let feed = self.node.backends.archive_feed.clone();
         let events = self.node.backends.events.clone();

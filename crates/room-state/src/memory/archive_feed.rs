@@ -118,6 +118,14 @@ impl ArchiveFeed for MemoryState {
         Ok(())
     }
 
+    async fn lease_holder(&self, name: &str, now_ms: u64) -> Result<Option<String>, StateError> {
+        let leases = self.leases.lock();
+        Ok(leases
+            .get(name)
+            .filter(|(_, expires)| *expires > now_ms)
+            .map(|(holder, _)| holder.clone()))
+    }
+
     async fn expired_rooms(
         &self,
         shard: u64,

@@ -165,6 +165,15 @@ impl ArchiveFeed for RedisState {
         Ok(())
     }
 
+    async fn lease_holder(&self, name: &str, _now_ms: u64) -> Result<Option<String>, StateError> {
+        // The key expires with the lease (`PX`): present means held.
+        let key = keys::lease(name);
+        self.on(&key)
+            .get::<Option<String>, _>(&key)
+            .await
+            .map_err(|e| self.failed(e))
+    }
+
     /// The sleep index (`keys.rs`), whose shards are the archive shards: the same hash,
     /// the same count (a test below holds them together).
     async fn expired_rooms(
