@@ -567,10 +567,11 @@ def main():
     elif cmd == "page":
         page = main_page(sys.argv[2], sys.argv[3])
         # The archive's figures (measured by loadtest/archive_bench.sh and archive_paging.sh),
-        # the webhooks' (loadtest/webhooks.sh), neither by bench.sh, and the profile findings
+        # the webhooks' (loadtest/webhooks.sh), none by bench.sh, and the profile findings
         # (what the numbers meant, what was done about them) are kept by hand and carried into
-        # every generated page as they are.
-        for kept in ["archive.md", "webhooks.md", "findings.md"]:
+        # every generated page as they are, as are the back-end hooks' (loadtest/hooks.sh), in
+        # the page's order: the findings, then webhooks and hooks side by side.
+        for kept in ["archive.md", "findings.md", "webhooks.md", "hooks.md"]:
             path = os.path.join(sys.argv[3], kept)
             if os.path.exists(path):
                 with open(path) as f:
