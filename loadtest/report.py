@@ -567,11 +567,11 @@ def main():
     elif cmd == "page":
         page = main_page(sys.argv[2], sys.argv[3])
         # The archive's figures (measured by loadtest/archive_bench.sh and archive_paging.sh),
-        # the webhooks' (loadtest/webhooks.sh), the proxies' (ignored tests in
-        # tests/proxy.rs), none by bench.sh, and the profile findings (what the numbers
-        # meant, what was done about them) are kept by hand and carried into every generated
-        # page as they are.
-        for kept in ["archive.md", "webhooks.md", "proxies.md", "findings.md"]:
+        # the webhooks' (loadtest/webhooks.sh), the proxies' (ignored tests in tests/proxy.rs)
+        # and the back-end hooks' (loadtest/hooks.sh), none by bench.sh, and the profile
+        # findings (what the numbers meant, what was done about them) are kept by hand and
+        # carried into every generated page as they are, in the page's order.
+        for kept in ["archive.md", "findings.md", "webhooks.md", "proxies.md", "hooks.md"]:
             path = os.path.join(sys.argv[3], kept)
             if os.path.exists(path):
                 with open(path) as f:

@@ -151,6 +151,11 @@ struct Args {
     /// Print only the summary.
     #[arg(long)]
     quiet: bool,
+    /// The run's id in room and user names (`lt-<id>-<room>`), random by default. A fixed one
+    /// lets a gateway flag name a subset of the rooms (`--publish-proxy-rooms lt-<id>-1*`);
+    /// rooms outlive a run in Redis, so give each run its own.
+    #[arg(long)]
+    run_name: Option<String>,
     #[command(flatten)]
     worker: WorkerFlags,
 }
@@ -526,7 +531,10 @@ async fn main() -> Result<()> {
     if let Some((worker, start_at, run_id)) = args.worker.get() {
         return child_worker(&args, worker, start_at, run_id).await;
     }
-    let run_id = format!("{:08x}", fastrand::u32(..));
+    let run_id = args
+        .run_name
+        .clone()
+        .unwrap_or_else(|| format!("{:08x}", fastrand::u32(..)));
     let start_at = now_us() + (args.setup() * 1e6) as u64;
     let (pids, gateways) = args.system_pids()?;
     let mut sampler = Sampler::new(pids.clone(), gateways);
