@@ -13,7 +13,7 @@
 use super::heartbeat::{Beat, Due};
 use crate::config::Config;
 use crate::metrics::Metrics;
-use fan_out::{OutFrame, Outbound};
+use fan_out::{header, FrameHeader, OutFrame, Outbound};
 use protocol::{CloseCode, Format};
 use bytes::Bytes;
 use std::io::IoSlice;
@@ -153,37 +153,6 @@ fn put_close(buf: &mut Vec<u8>, code: u16, reason: &str) {
     put_frame(buf, OP_CLOSE, &payload);
 }
 
-/// A data frame's header: at most 10 bytes (RFC 6455 section 5.2, unmasked).
-#[derive(Clone, Copy)]
-struct Header {
-    bytes: [u8; 10],
-    len: u8,
-}
-
-impl Header {
-    fn new(opcode: u8, payload_len: usize) -> Header {
-        let mut bytes = [0u8; 10];
-        bytes[0] = 0x80 | opcode;
-        let len = if payload_len < 126 {
-            bytes[1] = payload_len as u8;
-            2
-        } else if payload_len <= 0xffff {
-            bytes[1] = 126;
-            bytes[2..4].copy_from_slice(&(payload_len as u16).to_be_bytes());
-            4
-        } else {
-            bytes[1] = 127;
-            bytes[2..10].copy_from_slice(&(payload_len as u64).to_be_bytes());
-            10
-        };
-        Header { bytes, len }
-    }
-
-    fn as_slice(&self) -> &[u8] {
-        &self.bytes[..usize::from(self.len)]
-    }
-}
-
 /// The frames queued at one moment, encoded for one write.
 ///
 /// The first frame, when it is a plain data frame, is not copied: its header is built here and
@@ -192,7 +161,9 @@ impl Header {
 /// delivery then allocates and copies nothing here. Frames queued behind it are copied into
 /// `buf`, sized once from the queue's byte count.
 struct Batch {
-    lead: Option<(Header, Bytes)>,
+    /// What a direct write left of a frame ([`Outbound::take_rest`]): first of all.
+    rest: Option<Bytes>,
+    lead: Option<(FrameHeader, Bytes)>,
     buf: Vec<u8>,
     /// Set when the batch ends with our Close.
     closing: Option<u16>,
@@ -220,12 +191,13 @@ impl Batch {
     }
 
     /// The bytes to write, in order.
-    fn slices(&self) -> [IoSlice<'_>; 3] {
+    fn slices(&self) -> [IoSlice<'_>; 4] {
         let (header, payload): (&[u8], &[u8]) = match &self.lead {
             Some((h, p)) => (h.as_slice(), p),
             None => (&[], &[]),
         };
         [
+            IoSlice::new(self.rest.as_deref().unwrap_or_default()),
             IoSlice::new(header),
             IoSlice::new(payload),
             IoSlice::new(&self.buf),
@@ -233,11 +205,13 @@ impl Batch {
     }
 
     fn is_empty(&self) -> bool {
-        self.lead.is_none() && self.buf.is_empty()
+        self.rest.is_none() && self.lead.is_none() && self.buf.is_empty()
     }
 
     fn len(&self) -> usize {
-        self.buf.len() + self.lead.as_ref().map_or(0, |(_, p)| p.len())
+        self.rest.as_ref().map_or(0, Bytes::len)
+            + self.buf.len()
+            + self.lead.as_ref().map_or(0, |(_, p)| p.len())
     }
 }
 
@@ -250,13 +224,18 @@ fn batch(
     data_opcode: u8,
 ) -> Batch {
     let mut b = Batch {
+        rest: outbound.take_rest(),
         lead: None,
         buf: Vec::new(),
         closing: None,
         data_bytes: 0,
     };
+    if let Some(rest) = &b.rest {
+        outbound.written(rest.len());
+    }
     let mut next = Some(first);
     while let Some(frame) = next.take() {
+        outbound.took();
         match frame {
             // A Socket.IO bundle is a packet and its attachments: several messages, one item.
             OutFrame::Data(bytes)
@@ -273,11 +252,11 @@ fn batch(
                 outbound.written(bytes.len());
             }
             // The batch's first frame: written from where it is, not copied.
-            OutFrame::Data(bytes) if b.is_empty() => {
+            OutFrame::Data(bytes) if b.lead.is_none() && b.buf.is_empty() => {
                 outbound.written(bytes.len());
                 if !outbound.is_discarding() {
                     b.data_bytes += bytes.len() as u64;
-                    b.lead = Some((Header::new(data_opcode, bytes.len()), bytes));
+                    b.lead = Some((header(data_opcode, bytes.len()), bytes));
                 }
             }
             OutFrame::Data(bytes) => b.data(outbound, data_opcode, &bytes),
@@ -288,6 +267,8 @@ fn batch(
                 beat.pong_taken();
                 put_frame(&mut b.buf, OP_PONG, &payload)
             }
+            // Its rest was taken above.
+            OutFrame::Rest => {}
             OutFrame::Close(code, reason) => {
                 put_close(&mut b.buf, code, &reason);
                 b.closing = Some(code);
@@ -339,12 +320,20 @@ pub(super) async fn run<W: AsyncWrite + Unpin>(
     loop {
         let work = tokio::select! {
             frame = rx.recv() => match frame {
-                Some(first) => Work::Batch(batch(first, &mut rx, &outbound, &beat, data_opcode)),
-                None => return WriterEnd::SocketGone,
+                Some(first) => {
+                    // Nothing is taken off the queue before this: a push that would write
+                    // directly meanwhile sees `first` still pending, and queues behind it.
+                    outbound.start_writing().await;
+                    Work::Batch(batch(first, &mut rx, &outbound, &beat, data_opcode))
+                }
+                None => return end(&outbound, WriterEnd::SocketGone),
             },
-            due = beat.due(), if pings.is_some() => match due {
-                Due::Ping => Work::Ping,
-                Due::Timeout => Work::HeartbeatTimeout,
+            due = beat.due(), if pings.is_some() => {
+                outbound.start_writing().await;
+                match due {
+                    Due::Ping => Work::Ping,
+                    Due::Timeout => Work::HeartbeatTimeout,
+                }
             },
         };
         // By reference: the batch is not moved into a second place in the future.
@@ -357,19 +346,21 @@ pub(super) async fn run<W: AsyncWrite + Unpin>(
                     metrics.bytes_out.inc_by(b.data_bytes);
                 }
                 if !b.is_empty() && write(&mut io, &mut b.slices(), write_timeout).await.is_err() {
-                    return WriterEnd::SocketGone;
+                    return end(&outbound, WriterEnd::SocketGone);
                 }
                 if let Some(code) = b.closing {
                     // Boxed: once per connection, and kept out of the future that idles.
                     let _ = Box::pin(timeout(write_timeout, io.shutdown())).await;
-                    return WriterEnd::Closed(code);
+                    return end(&outbound, WriterEnd::Closed(code));
                 }
+                outbound.done_writing();
             }
             Work::Ping => {
                 let frame = &mut [IoSlice::new(kind.frame())];
                 if write(&mut io, frame, write_timeout).await.is_err() {
-                    return WriterEnd::SocketGone;
+                    return end(&outbound, WriterEnd::SocketGone);
                 }
+                outbound.done_writing();
                 // Once it is out: the client's time to answer starts now, not when the
                 // ticker asked (this task may have run late).
                 beat.pinged();
@@ -380,10 +371,17 @@ pub(super) async fn run<W: AsyncWrite + Unpin>(
                 let mut buf = Vec::new();
                 put_close(&mut buf, CloseCode::HEARTBEAT_TIMEOUT, why);
                 let _ = write(&mut io, &mut [IoSlice::new(&buf)], write_timeout).await;
-                return WriterEnd::HeartbeatTimeout;
+                return end(&outbound, WriterEnd::HeartbeatTimeout);
             }
         }
     }
+}
+
+/// The writer's last step, whatever the way out: no more direct writes (the socket is let go
+/// of). `writing` is not given back, so no push writes to the socket again.
+fn end(outbound: &Outbound, how: WriterEnd) -> WriterEnd {
+    outbound.stop_direct();
+    how
 }
 
 /// Writes `bufs` (in order, as one byte string) and flushes, within `limit`. The socket is
@@ -504,7 +502,7 @@ mod tests {
         for n in [0, 125, 126, 300, 0xffff, 0x10000, 70_000] {
             let mut b = Vec::new();
             put_frame(&mut b, OP_TEXT, &vec![0u8; n]);
-            assert_eq!(Header::new(OP_TEXT, n).as_slice(), &b[..b.len() - n], "{n}");
+            assert_eq!(header(OP_TEXT, n).as_slice(), &b[..b.len() - n], "{n}");
         }
         let mut b = Vec::new();
         put_close(&mut b, 4009, &"x".repeat(500));
