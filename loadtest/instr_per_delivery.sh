@@ -128,6 +128,11 @@ run() {
   local ir allocs delivered
   read -r ir allocs < <(count "$out/$name.out.1")
   delivered=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["report"]; print(sum(p["delivered"] for p in r["phases"]))' "$out/$name.json")
+  # A client that failed to connect changes the shape: the run does not count.
+  if grep -q " [1-9][0-9]* failed to connect" "$out/$name.loadtest.log"; then
+    echo "$name: some clients failed to connect (see $out/$name.loadtest.log); run again" >&2
+    exit 1
+  fi
   echo "$ir $allocs $delivered"
 }
 
