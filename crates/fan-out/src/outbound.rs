@@ -199,8 +199,6 @@ impl std::fmt::Debug for Direct {
     }
 }
 
-
-
 impl Outbound {
     /// A queue of at most `limit` bytes, and the receiver its writer task drains.
     pub fn new(format: Format, limit: usize) -> (Outbound, mpsc::UnboundedReceiver<OutFrame>) {
@@ -333,8 +331,7 @@ impl Outbound {
             return false;
         }
         // A Socket.IO bundle is several WebSocket messages: the writer takes it apart.
-        if self.format == Format::SocketIo && bytes.first() == Some(&protocol::socketio::BUNDLE)
-        {
+        if self.format == Format::SocketIo && bytes.first() == Some(&protocol::socketio::BUNDLE) {
             return false;
         }
         if self.pending.load(Ordering::Acquire) != 0 || !self.try_claim() {

@@ -13,9 +13,9 @@
 use super::heartbeat::{Beat, Due};
 use crate::config::Config;
 use crate::metrics::Metrics;
+use bytes::Bytes;
 use fan_out::{header, FrameHeader, OutFrame, Outbound};
 use protocol::{CloseCode, Format};
-use bytes::Bytes;
 use std::io::IoSlice;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -345,7 +345,11 @@ pub(super) async fn run<W: AsyncWrite + Unpin>(
                         .observe(outbound.queued_bytes() as f64);
                     metrics.bytes_out.inc_by(b.data_bytes);
                 }
-                if !b.is_empty() && write(&mut io, &mut b.slices(), write_timeout).await.is_err() {
+                if !b.is_empty()
+                    && write(&mut io, &mut b.slices(), write_timeout)
+                        .await
+                        .is_err()
+                {
                     return end(&outbound, WriterEnd::SocketGone);
                 }
                 if let Some(code) = b.closing {
@@ -401,8 +405,8 @@ async fn write<W: AsyncWrite + Unpin>(
     match Box::pin(timeout(limit, async move {
         IoSlice::advance_slices(&mut bufs, 0);
         while !bufs.is_empty() {
-            let n = std::future::poll_fn(|cx| Pin::new(&mut *io).poll_write_vectored(cx, bufs))
-                .await?;
+            let n =
+                std::future::poll_fn(|cx| Pin::new(&mut *io).poll_write_vectored(cx, bufs)).await?;
             if n == 0 {
                 return Err(std::io::ErrorKind::WriteZero.into());
             }
@@ -452,7 +456,9 @@ mod tests {
         let limit = Duration::from_millis(200);
         // Room for all of it: written at once.
         let (mut server, mut client) = tokio::io::duplex(1024);
-        write(&mut server, &mut [IoSlice::new(&[7; 100])], limit).await.unwrap();
+        write(&mut server, &mut [IoSlice::new(&[7; 100])], limit)
+            .await
+            .unwrap();
         let mut got = [0u8; 100];
         tokio::io::AsyncReadExt::read_exact(&mut client, &mut got)
             .await
@@ -473,19 +479,29 @@ mod tests {
             got
         });
         let data: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
-        write(&mut server, &mut [IoSlice::new(&data)], Duration::from_secs(5))
-            .await
-            .unwrap();
+        write(
+            &mut server,
+            &mut [IoSlice::new(&data)],
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
         assert_eq!(reader.await.unwrap(), data);
         // Nobody reads: the write gives up after the limit.
         let (mut server, _client) = tokio::io::duplex(16);
         let started = tokio::time::Instant::now();
-        assert_eq!(write(&mut server, &mut [IoSlice::new(&[0; 100])], limit).await, Err(()));
+        assert_eq!(
+            write(&mut server, &mut [IoSlice::new(&[0; 100])], limit).await,
+            Err(())
+        );
         assert!(started.elapsed() >= limit);
         // The peer is gone: an error at once.
         let (mut server, client) = tokio::io::duplex(16);
         drop(client);
-        assert_eq!(write(&mut server, &mut [IoSlice::new(&[0; 10])], limit).await, Err(()));
+        assert_eq!(
+            write(&mut server, &mut [IoSlice::new(&[0; 10])], limit).await,
+            Err(())
+        );
     }
 
     #[test]
