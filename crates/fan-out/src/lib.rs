@@ -37,6 +37,8 @@ pub use dispatch::{
 };
 pub use history::{HistorySource, Tail};
 pub use memory::MemoryFanOut;
-pub use outbound::{Journal, OutFrame, Outbound, Position, PushError};
+pub use outbound::{
+    header, DirectWrite, FrameHeader, Journal, OutFrame, Outbound, Position, PushError,
+};
 pub use redis::{RedisFanOut, RedisFanOutConfig};
 pub use registry::{LocalConn, Registry};

@@ -10,6 +10,7 @@ use parking_lot::Mutex;
 use protocol::frame::Publication;
 use protocol::Format;
 use std::collections::{HashMap, VecDeque};
+use std::io::IoSlice;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use tokio::sync::{mpsc, Notify};
@@ -92,6 +93,55 @@ pub enum OutFrame {
     Pong(Bytes),
     /// Send Close with this code and reason, then stop.
     Close(u16, String),
+    /// Wakes the writer for what a direct write left unwritten ([`Outbound::take_rest`]),
+    /// which it writes before anything else.
+    Rest,
+}
+
+/// A server (unmasked, final) data frame's header: text or binary, for `len` payload bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct FrameHeader {
+    bytes: [u8; 10],
+    len: u8,
+}
+
+impl FrameHeader {
+    pub fn as_slice(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+/// The header of a final, unmasked frame with this opcode (RFC 6455 section 5.2).
+pub fn header(opcode: u8, len: usize) -> FrameHeader {
+    let mut bytes = [0u8; 10];
+    bytes[0] = 0x80 | opcode;
+    let n = if len < 126 {
+        bytes[1] = len as u8;
+        2
+    } else if len <= 0xffff {
+        bytes[1] = 126;
+        bytes[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+        4
+    } else {
+        bytes[1] = 127;
+        bytes[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+        10
+    };
+    FrameHeader { bytes, len: n }
+}
+
+fn frame_header(text: bool, len: usize) -> FrameHeader {
+    header(if text { 0x1 } else { 0x2 }, len)
+}
+
+/// A socket that data can be written to without waiting: the write half the connection's
+/// writer task also uses. With one, a push to a connection whose queue is empty writes the
+/// frame at once, from the pushing thread, instead of queueing it and waking the writer task.
+pub trait DirectWrite: Send + Sync {
+    /// Writes what the socket takes now: the number of bytes taken, or `WouldBlock` when none.
+    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> std::io::Result<usize>;
+    /// `bytes` of data frames were written directly (what the writer task would have counted).
+    fn wrote_data(&self, bytes: u64);
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -118,6 +168,35 @@ pub struct Outbound {
     /// Wakes [`Outbound::closed`]: a transport with no writer task of its own (long-polling)
     /// learns of a close here rather than from its queue.
     on_close: Notify,
+    /// Whether a socket for direct writes is set (a WebSocket over TCP; see [`DirectWrite`]).
+    direct_on: AtomicBool,
+    /// Frames sent into the channel and not yet taken off it by a writer. A direct write
+    /// needs 0: anything queued goes first.
+    pending: AtomicUsize,
+    /// Whoever writes to the socket holds this: the writer task for a batch or a ping, a
+    /// pusher for one direct write. Writes never interleave, and a direct write is never
+    /// made while the writer has frames in hand.
+    writing: AtomicBool,
+    /// The socket and what a direct write left of a frame. Locked only by whoever holds
+    /// `writing` (and by the writer's end, to let go of the socket), so never contended.
+    direct: Mutex<Direct>,
+}
+
+#[derive(Default)]
+struct Direct {
+    sink: Option<Arc<dyn DirectWrite>>,
+    /// What a direct write left unwritten (the socket took part of the frame): the writer
+    /// writes it before anything else.
+    rest: Option<Bytes>,
+}
+
+impl std::fmt::Debug for Direct {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Direct")
+            .field("sink", &self.sink.is_some())
+            .field("rest", &self.rest.as_ref().map(Bytes::len))
+            .finish()
+    }
 }
 
 impl Outbound {
@@ -134,6 +213,10 @@ impl Outbound {
             journal: OnceLock::new(),
             closed_with: OnceLock::new(),
             on_close: Notify::new(),
+            direct_on: AtomicBool::new(false),
+            pending: AtomicUsize::new(0),
+            writing: AtomicBool::new(false),
+            direct: Mutex::new(Direct::default()),
         };
         (outbound, rx)
     }
@@ -202,6 +285,9 @@ impl Outbound {
         if self.closed.load(Ordering::Acquire) {
             return Err(PushError::Closed);
         }
+        if text.is_none() && self.write_direct(&bytes) {
+            return Ok(());
+        }
         let len = bytes.len();
         let before = self.queued.fetch_add(len, Ordering::AcqRel);
         if before + len > self.limit {
@@ -217,17 +303,103 @@ impl Outbound {
             None => OutFrame::Data(bytes),
             Some(text) => OutFrame::Message { text, bytes },
         };
-        if self.tx.send(frame).is_err() {
+        if self.send(frame).is_err() {
             self.queued.fetch_sub(len, Ordering::AcqRel);
             return Err(PushError::Closed);
         }
         Ok(())
     }
 
+    /// Every frame goes into the channel through here, counted in `pending`.
+    fn send(&self, frame: OutFrame) -> Result<(), ()> {
+        self.pending.fetch_add(1, Ordering::AcqRel);
+        if self.tx.send(frame).is_err() {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+            return Err(());
+        }
+        Ok(())
+    }
+
+    /// Writes one data frame (header and payload, from where they are) straight to the socket
+    /// when nothing is queued before it and nobody else is writing: no queue, no wake-up of
+    /// the writer task, no allocation. Returns false when the frame must be queued instead
+    /// (no socket, something queued, the writer busy, the socket full or failed: the writer
+    /// then meets the same state and deals with it). A frame the socket took only part of is
+    /// finished by the writer before anything else ([`Outbound::take_rest`]).
+    fn write_direct(&self, bytes: &Bytes) -> bool {
+        if !self.direct_on.load(Ordering::Acquire) {
+            return false;
+        }
+        // A Socket.IO bundle is several WebSocket messages: the writer takes it apart.
+        if self.format == Format::SocketIo && bytes.first() == Some(&protocol::socketio::BUNDLE) {
+            return false;
+        }
+        if self.pending.load(Ordering::Acquire) != 0 || !self.try_claim() {
+            return false;
+        }
+        // Checked again now that nobody else writes: a frame queued before we claimed goes
+        // first; a close asked for meanwhile stops data.
+        if self.pending.load(Ordering::Acquire) != 0 || self.closed.load(Ordering::Acquire) {
+            self.release();
+            return false;
+        }
+        let mut direct = self.direct.lock();
+        let Some(sink) = direct.sink.as_ref() else {
+            drop(direct);
+            self.release();
+            return false;
+        };
+        let header = frame_header(self.format.is_text(), bytes.len());
+        let head = header.as_slice();
+        let total = head.len() + bytes.len();
+        let written = match sink.try_write_vectored(&[IoSlice::new(head), IoSlice::new(bytes)]) {
+            Ok(n) => n,
+            Err(_) => 0,
+        };
+        if written == 0 {
+            // Nothing taken (full, or failed): queued like any frame.
+            drop(direct);
+            self.release();
+            return false;
+        }
+        sink.wrote_data(bytes.len() as u64);
+        if written < total {
+            // Part of the frame is on the wire: the rest must follow before any other byte,
+            // so it is handed to the writer, counted against the queue's bound like queued
+            // data, and the writer woken.
+            let rest = if written < head.len() {
+                let mut v = Vec::with_capacity(total - written);
+                v.extend_from_slice(&head[written..]);
+                v.extend_from_slice(bytes);
+                Bytes::from(v)
+            } else {
+                bytes.slice(written - head.len()..)
+            };
+            self.queued.fetch_add(rest.len(), Ordering::AcqRel);
+            direct.rest = Some(rest);
+            // Sent while still writing, so the writer (which must take `writing` first) finds
+            // the rest when it wakes. If the writer is gone, nothing more is written anyway.
+            let _ = self.send(OutFrame::Rest);
+        }
+        drop(direct);
+        self.release();
+        true
+    }
+
+    fn try_claim(&self) -> bool {
+        self.writing
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    fn release(&self) {
+        self.writing.store(false, Ordering::Release);
+    }
+
     /// Queues a pong; ignored once closing.
     pub fn pong(&self, payload: Bytes) {
         if !self.closed.load(Ordering::Acquire) {
-            let _ = self.tx.send(OutFrame::Pong(payload));
+            let _ = self.send(OutFrame::Pong(payload));
         }
     }
 
@@ -238,7 +410,7 @@ impl Outbound {
             return false;
         }
         let _ = self.closed_with.set((code, reason.to_string()));
-        let _ = self.tx.send(OutFrame::Close(code, reason.to_string()));
+        let _ = self.send(OutFrame::Close(code, reason.to_string()));
         self.on_close.notify_waiters();
         true
     }
@@ -286,6 +458,44 @@ impl Outbound {
     pub fn written(&self, len: usize) {
         self.queued.fetch_sub(len, Ordering::AcqRel);
     }
+
+    /// Every consumer of the queue reports each frame it takes off it (see `pending`).
+    pub fn took(&self) {
+        self.pending.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Lets pushes write to `sink` directly while nothing is queued. Set by the WebSocket
+    /// writer task that owns the socket, when it starts.
+    pub fn write_directly_to(&self, sink: Arc<dyn DirectWrite>) {
+        self.direct.lock().sink = Some(sink);
+        self.direct_on.store(true, Ordering::Release);
+    }
+
+    /// No more direct writes: the writer has ended. The socket is let go of here, so that it
+    /// is closed with the connection, not when the last holder of this queue drops it.
+    pub fn stop_direct(&self) {
+        self.direct_on.store(false, Ordering::Release);
+        self.direct.lock().sink = None;
+    }
+
+    /// The writer task waits for this before it writes anything (pushes that write directly
+    /// hold it for one non-blocking write), and calls [`Outbound::done_writing`] after.
+    pub async fn start_writing(&self) {
+        while !self.try_claim() {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// See [`Outbound::start_writing`].
+    pub fn done_writing(&self) {
+        self.release();
+    }
+
+    /// What a direct write left unwritten, to be written before anything else. Only while
+    /// writing ([`Outbound::start_writing`]).
+    pub fn take_rest(&self) -> Option<Bytes> {
+        self.direct.lock().rest.take()
+    }
 }
 
 #[cfg(test)]
@@ -306,6 +516,111 @@ mod tests {
         assert!(matches!(rx.try_recv(), Ok(OutFrame::Data(_))));
         assert!(matches!(rx.try_recv(), Ok(OutFrame::Close(4009, _))));
         assert!(!q.close(1000, "again"), "only the first close counts");
+    }
+
+    /// A socket that takes at most `room` bytes, then would block.
+    struct FakeSocket {
+        room: Mutex<usize>,
+        got: Mutex<Vec<u8>>,
+    }
+
+    impl DirectWrite for FakeSocket {
+        fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> std::io::Result<usize> {
+            let mut room = self.room.lock();
+            if *room == 0 {
+                return Err(std::io::ErrorKind::WouldBlock.into());
+            }
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(*room);
+                self.got.lock().extend_from_slice(&b[..take]);
+                *room -= take;
+                n += take;
+            }
+            Ok(n)
+        }
+
+        fn wrote_data(&self, _: u64) {}
+    }
+
+    fn socket(room: usize) -> Arc<FakeSocket> {
+        Arc::new(FakeSocket {
+            room: Mutex::new(room),
+            got: Mutex::new(Vec::new()),
+        })
+    }
+
+    #[test]
+    fn an_empty_queue_writes_directly_and_a_busy_one_queues_in_order() {
+        let (q, mut rx) = Outbound::new(Format::Json, 1 << 20);
+        let sock = socket(1000);
+        q.write_directly_to(sock.clone());
+        q.push(Bytes::from_static(b"hi")).expect("push");
+        assert_eq!(*sock.got.lock(), [0x81, 2, b'h', b'i']);
+        assert!(rx.try_recv().is_err(), "nothing queued");
+        assert_eq!(q.queued_bytes(), 0);
+
+        // A pong waits in the queue: data goes behind it, not around it.
+        q.pong(Bytes::from_static(b"p"));
+        q.push(Bytes::from_static(b"yo")).expect("push");
+        assert_eq!(sock.got.lock().len(), 4);
+        assert!(matches!(rx.try_recv(), Ok(OutFrame::Pong(_))));
+        q.took();
+        assert!(matches!(rx.try_recv(), Ok(OutFrame::Data(_))));
+        q.took();
+        q.written(2);
+
+        // The writer busy: queued.
+        assert!(q.try_claim());
+        q.push(Bytes::from_static(b"zz")).expect("push");
+        assert!(matches!(rx.try_recv(), Ok(OutFrame::Data(_))));
+        q.took();
+        q.written(2);
+        q.release();
+
+        // A full socket: queued.
+        *sock.room.lock() = 0;
+        q.push(Bytes::from_static(b"full")).expect("push");
+        assert!(matches!(rx.try_recv(), Ok(OutFrame::Data(_))));
+        q.took();
+        q.written(4);
+    }
+
+    #[test]
+    fn what_a_direct_write_leaves_goes_out_first() {
+        let (q, mut rx) = Outbound::new(Format::Json, 1 << 20);
+        // Part of the header only.
+        let sock = socket(1);
+        q.write_directly_to(sock.clone());
+        q.push(Bytes::from_static(b"abc")).expect("push");
+        assert_eq!(*sock.got.lock(), [0x81]);
+        // Then more: it queues behind the rest.
+        q.push(Bytes::from_static(b"d")).expect("push");
+        assert!(matches!(rx.try_recv(), Ok(OutFrame::Rest)));
+        assert!(matches!(rx.try_recv(), Ok(OutFrame::Data(d)) if &d[..] == b"d"));
+        assert_eq!(q.queued_bytes(), 4 + 1, "the rest counts against the bound");
+        assert!(q.try_claim());
+        assert_eq!(q.take_rest().as_deref(), Some(&[3, b'a', b'b', b'c'][..]));
+        q.release();
+
+        // Past the header: the rest is the payload's tail, shared, not copied.
+        let (q, mut rx) = Outbound::new(Format::MsgPack, 1 << 20);
+        let sock = socket(3);
+        q.write_directly_to(sock.clone());
+        let payload = Bytes::from(vec![1u8, 2, 3, 4]);
+        q.push(payload.clone()).expect("push");
+        assert_eq!(*sock.got.lock(), [0x82, 4, 1]);
+        assert!(matches!(rx.try_recv(), Ok(OutFrame::Rest)));
+        let rest = q.take_rest().expect("rest");
+        assert_eq!(&rest[..], &[2, 3, 4]);
+        assert_eq!(rest.as_ptr(), payload[1..].as_ptr());
+
+        // Once the writer ended, nothing is written directly.
+        q.stop_direct();
+        *sock.room.lock() = 100;
+        q.took();
+        q.push(Bytes::from_static(b"x")).expect("push");
+        assert_eq!(sock.got.lock().len(), 3);
     }
 
     #[test]

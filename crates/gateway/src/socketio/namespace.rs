@@ -674,7 +674,8 @@ async fn forward(
                 to.close(code, &reason);
                 return;
             }
-            OutFrame::Pong(_) => {}
+            // A namespace's own queue has no socket: neither comes here.
+            OutFrame::Pong(_) | OutFrame::Rest => {}
         }
     }
 }

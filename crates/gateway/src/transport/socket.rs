@@ -86,7 +86,15 @@ struct WriterParts {
 impl WriterParts {
     fn spawn(self, io: WriteHalf) -> JoinHandle<WriterEnd> {
         match io {
-            WriteHalf::Tcp(io) => self.spawn_on(io),
+            WriteHalf::Tcp(io) => {
+                // Shared with the queue, so that a push finding nothing queued writes at once.
+                let sink = Arc::new(TcpSink {
+                    half: io,
+                    metrics: self.metrics.clone(),
+                });
+                self.outbound.write_directly_to(sink.clone());
+                self.spawn_on(SharedTcp(sink))
+            }
             WriteHalf::Stream(io) => self.spawn_on(io),
         }
     }
@@ -101,6 +109,83 @@ impl WriterParts {
             self.config.write_timeout,
             self.metrics,
         ))
+    }
+}
+
+/// A TCP write half shared by the writer task and direct pushes ([`fan_out::DirectWrite`]).
+/// Everything goes through `&self` (`try_write_vectored`, readiness), and the two never
+/// write at once (`Outbound`'s `writing`).
+struct TcpSink {
+    half: OwnedWriteHalf,
+    metrics: Arc<Metrics>,
+}
+
+impl fan_out::DirectWrite for TcpSink {
+    fn try_write_vectored(&self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+        self.half.try_write_vectored(bufs)
+    }
+
+    fn wrote_data(&self, bytes: u64) {
+        self.metrics.bytes_out.inc_by(bytes);
+    }
+}
+
+/// The writer task's side of a [`TcpSink`].
+struct SharedTcp(Arc<TcpSink>);
+
+impl SharedTcp {
+    fn poll_with(
+        &self,
+        cx: &mut std::task::Context<'_>,
+        mut f: impl FnMut(&OwnedWriteHalf) -> std::io::Result<usize>,
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        loop {
+            std::task::ready!(self.0.half.as_ref().poll_write_ready(cx))?;
+            match f(&self.0.half) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                other => return std::task::Poll::Ready(other),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for SharedTcp {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.poll_with(cx, |h| h.try_write(buf))
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.poll_with(cx, |h| h.try_write_vectored(bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    /// What `OwnedWriteHalf` does when dropped, done now: the queue may hold the half a
+    /// little longer.
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(
+            socket2::SockRef::from(self.0.half.as_ref()).shutdown(std::net::Shutdown::Write),
+        )
     }
 }
 

@@ -13,8 +13,10 @@
 use super::heartbeat::{Beat, Due};
 use crate::config::Config;
 use crate::metrics::Metrics;
-use fan_out::{OutFrame, Outbound};
+use bytes::Bytes;
+use fan_out::{header, FrameHeader, OutFrame, Outbound};
 use protocol::{CloseCode, Format};
+use std::io::IoSlice;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
@@ -152,7 +154,16 @@ fn put_close(buf: &mut Vec<u8>, code: u16, reason: &str) {
 }
 
 /// The frames queued at one moment, encoded for one write.
+///
+/// The first frame, when it is a plain data frame, is not copied: its header is built here and
+/// its payload is the shared `Bytes` every recipient holds, written together with one vectored
+/// write. That is the whole batch whenever the writer keeps up (one frame per wake-up), so a
+/// delivery then allocates and copies nothing here. Frames queued behind it are copied into
+/// `buf`, sized once from the queue's byte count.
 struct Batch {
+    /// What a direct write left of a frame ([`Outbound::take_rest`]): first of all.
+    rest: Option<Bytes>,
+    lead: Option<(FrameHeader, Bytes)>,
     buf: Vec<u8>,
     /// Set when the batch ends with our Close.
     closing: Option<u16>,
@@ -163,10 +174,44 @@ impl Batch {
     /// One data frame. A slow consumer's backlog is dropped so its Close goes out promptly.
     fn data(&mut self, outbound: &Outbound, opcode: u8, bytes: &[u8]) {
         if !outbound.is_discarding() {
+            self.reserve(outbound, bytes.len());
             put_frame(&mut self.buf, opcode, bytes);
             self.data_bytes += bytes.len() as u64;
         }
         outbound.written(bytes.len());
+    }
+
+    /// Sizes `buf` on first use for everything queued now (headers included), so that a batch
+    /// costs one allocation rather than one per doubling.
+    fn reserve(&mut self, outbound: &Outbound, len: usize) {
+        if self.buf.capacity() == 0 {
+            let queued = outbound.queued_bytes().max(len);
+            self.buf.reserve((queued + queued / 8 + 16).min(BATCH + 16));
+        }
+    }
+
+    /// The bytes to write, in order.
+    fn slices(&self) -> [IoSlice<'_>; 4] {
+        let (header, payload): (&[u8], &[u8]) = match &self.lead {
+            Some((h, p)) => (h.as_slice(), p),
+            None => (&[], &[]),
+        };
+        [
+            IoSlice::new(self.rest.as_deref().unwrap_or_default()),
+            IoSlice::new(header),
+            IoSlice::new(payload),
+            IoSlice::new(&self.buf),
+        ]
+    }
+
+    fn is_empty(&self) -> bool {
+        self.rest.is_none() && self.lead.is_none() && self.buf.is_empty()
+    }
+
+    fn len(&self) -> usize {
+        self.rest.as_ref().map_or(0, Bytes::len)
+            + self.buf.len()
+            + self.lead.as_ref().map_or(0, |(_, p)| p.len())
     }
 }
 
@@ -179,12 +224,18 @@ fn batch(
     data_opcode: u8,
 ) -> Batch {
     let mut b = Batch {
+        rest: outbound.take_rest(),
+        lead: None,
         buf: Vec::new(),
         closing: None,
         data_bytes: 0,
     };
+    if let Some(rest) = &b.rest {
+        outbound.written(rest.len());
+    }
     let mut next = Some(first);
     while let Some(frame) = next.take() {
+        outbound.took();
         match frame {
             // A Socket.IO bundle is a packet and its attachments: several messages, one item.
             OutFrame::Data(bytes)
@@ -192,12 +243,21 @@ fn batch(
                     && bytes.first() == Some(&protocol::socketio::BUNDLE) =>
             {
                 if !outbound.is_discarding() {
+                    b.reserve(outbound, bytes.len());
                     for (text, part) in protocol::socketio::messages(&bytes) {
                         put_frame(&mut b.buf, if text { OP_TEXT } else { OP_BINARY }, part);
                         b.data_bytes += part.len() as u64;
                     }
                 }
                 outbound.written(bytes.len());
+            }
+            // The batch's first frame: written from where it is, not copied.
+            OutFrame::Data(bytes) if b.lead.is_none() && b.buf.is_empty() => {
+                outbound.written(bytes.len());
+                if !outbound.is_discarding() {
+                    b.data_bytes += bytes.len() as u64;
+                    b.lead = Some((header(data_opcode, bytes.len()), bytes));
+                }
             }
             OutFrame::Data(bytes) => b.data(outbound, data_opcode, &bytes),
             OutFrame::Message { text, bytes } => {
@@ -207,13 +267,15 @@ fn batch(
                 beat.pong_taken();
                 put_frame(&mut b.buf, OP_PONG, &payload)
             }
+            // Its rest was taken above.
+            OutFrame::Rest => {}
             OutFrame::Close(code, reason) => {
                 put_close(&mut b.buf, code, &reason);
                 b.closing = Some(code);
                 break;
             }
         }
-        if b.buf.len() < BATCH {
+        if b.len() < BATCH {
             next = rx.try_recv().ok();
         }
     }
@@ -258,12 +320,20 @@ pub(super) async fn run<W: AsyncWrite + Unpin>(
     loop {
         let work = tokio::select! {
             frame = rx.recv() => match frame {
-                Some(first) => Work::Batch(batch(first, &mut rx, &outbound, &beat, data_opcode)),
-                None => return WriterEnd::SocketGone,
+                Some(first) => {
+                    // Nothing is taken off the queue before this: a push that would write
+                    // directly meanwhile sees `first` still pending, and queues behind it.
+                    outbound.start_writing().await;
+                    Work::Batch(batch(first, &mut rx, &outbound, &beat, data_opcode))
+                }
+                None => return end(&outbound, WriterEnd::SocketGone),
             },
-            due = beat.due(), if pings.is_some() => match due {
-                Due::Ping => Work::Ping,
-                Due::Timeout => Work::HeartbeatTimeout,
+            due = beat.due(), if pings.is_some() => {
+                outbound.start_writing().await;
+                match due {
+                    Due::Ping => Work::Ping,
+                    Due::Timeout => Work::HeartbeatTimeout,
+                }
             },
         };
         // By reference: the batch is not moved into a second place in the future.
@@ -275,19 +345,26 @@ pub(super) async fn run<W: AsyncWrite + Unpin>(
                         .observe(outbound.queued_bytes() as f64);
                     metrics.bytes_out.inc_by(b.data_bytes);
                 }
-                if !b.buf.is_empty() && write(&mut io, &b.buf, write_timeout).await.is_err() {
-                    return WriterEnd::SocketGone;
+                if !b.is_empty()
+                    && write(&mut io, &mut b.slices(), write_timeout)
+                        .await
+                        .is_err()
+                {
+                    return end(&outbound, WriterEnd::SocketGone);
                 }
                 if let Some(code) = b.closing {
                     // Boxed: once per connection, and kept out of the future that idles.
                     let _ = Box::pin(timeout(write_timeout, io.shutdown())).await;
-                    return WriterEnd::Closed(code);
+                    return end(&outbound, WriterEnd::Closed(code));
                 }
+                outbound.done_writing();
             }
             Work::Ping => {
-                if write(&mut io, kind.frame(), write_timeout).await.is_err() {
-                    return WriterEnd::SocketGone;
+                let frame = &mut [IoSlice::new(kind.frame())];
+                if write(&mut io, frame, write_timeout).await.is_err() {
+                    return end(&outbound, WriterEnd::SocketGone);
                 }
+                outbound.done_writing();
                 // Once it is out: the client's time to answer starts now, not when the
                 // ticker asked (this task may have run late).
                 beat.pinged();
@@ -297,31 +374,44 @@ pub(super) async fn run<W: AsyncWrite + Unpin>(
                 outbound.close(CloseCode::HEARTBEAT_TIMEOUT, why);
                 let mut buf = Vec::new();
                 put_close(&mut buf, CloseCode::HEARTBEAT_TIMEOUT, why);
-                let _ = write(&mut io, &buf, write_timeout).await;
-                return WriterEnd::HeartbeatTimeout;
+                let _ = write(&mut io, &mut [IoSlice::new(&buf)], write_timeout).await;
+                return end(&outbound, WriterEnd::HeartbeatTimeout);
             }
         }
     }
 }
 
-/// Writes `buf` and flushes, within `limit`. The socket is first offered the bytes at once,
-/// without a timer and without waiting (a no-op waker: nothing is awaited): one with room in its
-/// send buffer takes a whole batch that way. Only a write that has to wait pays for a timer,
-/// boxed, so that the writer's future, which lives as long as the connection, holds neither a
-/// timer nor a write in progress while it waits for its queue.
-async fn write<W: AsyncWrite + Unpin>(io: &mut W, buf: &[u8], limit: Duration) -> Result<(), ()> {
-    let mut written = 0;
-    if write_now(
-        io,
-        &mut Context::from_waker(Waker::noop()),
-        buf,
-        &mut written,
-    )? {
+/// The writer's last step, whatever the way out: no more direct writes (the socket is let go
+/// of). `writing` is not given back, so no push writes to the socket again.
+fn end(outbound: &Outbound, how: WriterEnd) -> WriterEnd {
+    outbound.stop_direct();
+    how
+}
+
+/// Writes `bufs` (in order, as one byte string) and flushes, within `limit`. The socket is
+/// first offered the bytes at once, without a timer and without waiting (a no-op waker:
+/// nothing is awaited): one with room in its send buffer takes a whole batch that way, in one
+/// vectored write. Only a write that has to wait pays for a timer, boxed, so that the writer's
+/// future, which lives as long as the connection, holds neither a timer nor a write in progress
+/// while it waits for its queue.
+async fn write<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    mut bufs: &mut [IoSlice<'_>],
+    limit: Duration,
+) -> Result<(), ()> {
+    if write_now(io, &mut Context::from_waker(Waker::noop()), &mut bufs)? {
         return Ok(());
     }
-    let rest = &buf[written..];
     match Box::pin(timeout(limit, async move {
-        io.write_all(rest).await?;
+        IoSlice::advance_slices(&mut bufs, 0);
+        while !bufs.is_empty() {
+            let n =
+                std::future::poll_fn(|cx| Pin::new(&mut *io).poll_write_vectored(cx, bufs)).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            IoSlice::advance_slices(&mut bufs, n);
+        }
         io.flush().await
     }))
     .await
@@ -331,19 +421,20 @@ async fn write<W: AsyncWrite + Unpin>(io: &mut W, buf: &[u8], limit: Duration) -
     }
 }
 
-/// Writes what the socket takes now, from `buf[*written..]`, then flushes: `Ok(true)` when all
-/// is written and flushed, `Ok(false)` when the socket has to be waited for, `Err` when it
-/// failed.
+/// Writes what the socket takes now from `bufs` (advanced past what was written), then
+/// flushes: `Ok(true)` when all is written and flushed, `Ok(false)` when the socket has to be
+/// waited for, `Err` when it failed.
 fn write_now<W: AsyncWrite + Unpin>(
     io: &mut W,
     cx: &mut Context<'_>,
-    buf: &[u8],
-    written: &mut usize,
+    bufs: &mut &mut [IoSlice<'_>],
 ) -> Result<bool, ()> {
-    while *written < buf.len() {
-        match Pin::new(&mut *io).poll_write(cx, &buf[*written..]) {
+    // Empty slices first are dropped: a write of nothing is not asked for.
+    IoSlice::advance_slices(bufs, 0);
+    while !bufs.is_empty() {
+        match Pin::new(&mut *io).poll_write_vectored(cx, bufs) {
             Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Err(()),
-            Poll::Ready(Ok(n)) => *written += n,
+            Poll::Ready(Ok(n)) => IoSlice::advance_slices(bufs, n),
             Poll::Pending => return Ok(false),
         }
     }
@@ -365,7 +456,9 @@ mod tests {
         let limit = Duration::from_millis(200);
         // Room for all of it: written at once.
         let (mut server, mut client) = tokio::io::duplex(1024);
-        write(&mut server, &[7; 100], limit).await.unwrap();
+        write(&mut server, &mut [IoSlice::new(&[7; 100])], limit)
+            .await
+            .unwrap();
         let mut got = [0u8; 100];
         tokio::io::AsyncReadExt::read_exact(&mut client, &mut got)
             .await
@@ -386,19 +479,29 @@ mod tests {
             got
         });
         let data: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
-        write(&mut server, &data, Duration::from_secs(5))
-            .await
-            .unwrap();
+        write(
+            &mut server,
+            &mut [IoSlice::new(&data)],
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
         assert_eq!(reader.await.unwrap(), data);
         // Nobody reads: the write gives up after the limit.
         let (mut server, _client) = tokio::io::duplex(16);
         let started = tokio::time::Instant::now();
-        assert_eq!(write(&mut server, &[0; 100], limit).await, Err(()));
+        assert_eq!(
+            write(&mut server, &mut [IoSlice::new(&[0; 100])], limit).await,
+            Err(())
+        );
         assert!(started.elapsed() >= limit);
         // The peer is gone: an error at once.
         let (mut server, client) = tokio::io::duplex(16);
         drop(client);
-        assert_eq!(write(&mut server, &[0; 10], limit).await, Err(()));
+        assert_eq!(
+            write(&mut server, &mut [IoSlice::new(&[0; 10])], limit).await,
+            Err(())
+        );
     }
 
     #[test]
@@ -412,6 +515,11 @@ mod tests {
         let mut b = Vec::new();
         put_frame(&mut b, OP_TEXT, &vec![0u8; 70_000]);
         assert_eq!(&b[..10], &[0x81, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70]);
+        for n in [0, 125, 126, 300, 0xffff, 0x10000, 70_000] {
+            let mut b = Vec::new();
+            put_frame(&mut b, OP_TEXT, &vec![0u8; n]);
+            assert_eq!(header(OP_TEXT, n).as_slice(), &b[..b.len() - n], "{n}");
+        }
         let mut b = Vec::new();
         put_close(&mut b, 4009, &"x".repeat(500));
         assert_eq!(b.len(), 2 + 125);

@@ -129,6 +129,9 @@ fn encode(
     let mut data_bytes = 0u64;
     let mut next = Some(first);
     while let Some(frame) = next.take() {
+        // Counted off, so that once the session is upgraded the socket's writer sees an
+        // empty queue as empty (and pushes may write to the socket directly).
+        outbound.took();
         match frame {
             OutFrame::Data(bytes) => {
                 outbound.written(bytes.len());
@@ -157,8 +160,8 @@ fn encode(
                     data_bytes += bytes.len() as u64;
                 }
             }
-            // WebSocket-level; nothing to answer over HTTP.
-            OutFrame::Pong(_) => {}
+            // WebSocket-level; nothing to answer over HTTP (and no direct writes here).
+            OutFrame::Pong(_) | OutFrame::Rest => {}
             OutFrame::Close(_, reason) => {
                 session.close_answered_now();
                 // The client's own close is acknowledged with a noop, as the reference
