@@ -352,10 +352,11 @@ impl Outbound {
         let header = frame_header(self.format.is_text(), bytes.len());
         let head = header.as_slice();
         let total = head.len() + bytes.len();
-        let written = match sink.try_write_vectored(&[IoSlice::new(head), IoSlice::new(bytes)]) {
-            Ok(n) => n,
-            Err(_) => 0,
-        };
+        // An error takes nothing here: the frame is queued, and the writer meets the same
+        // error on its next write and ends the connection.
+        let written: usize = sink
+            .try_write_vectored(&[IoSlice::new(head), IoSlice::new(bytes)])
+            .unwrap_or(0);
         if written == 0 {
             // Nothing taken (full, or failed): queued like any frame.
             drop(direct);
