@@ -129,19 +129,10 @@ const OP_CLOSE: u8 = 0x8;
 const OP_PING: u8 = 0x9;
 const OP_PONG: u8 = 0xA;
 
-/// Appends one unmasked, final frame.
+/// Appends one unmasked, final frame (its header from [`header`], the one encoder of it that
+/// the direct write uses too).
 pub(super) fn put_frame(buf: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
-    buf.push(0x80 | opcode);
-    let n = payload.len();
-    if n < 126 {
-        buf.push(n as u8);
-    } else if n <= 0xffff {
-        buf.push(126);
-        buf.extend_from_slice(&(n as u16).to_be_bytes());
-    } else {
-        buf.push(127);
-        buf.extend_from_slice(&(n as u64).to_be_bytes());
-    }
+    buf.extend_from_slice(header(opcode, payload.len()).as_slice());
     buf.extend_from_slice(payload);
 }
 
