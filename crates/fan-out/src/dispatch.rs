@@ -1,6 +1,6 @@
 //! Local delivery of one envelope to this node's members of its room.
 
-use crate::outbound::PushError;
+use crate::outbound::{PushError, WriteMode};
 use crate::registry::{Registry, MAX_PENDING};
 use bytes::Bytes;
 use protocol::codec::encode;
@@ -83,8 +83,16 @@ pub fn broadcast(registry: &Registry, event: Event<'_>) {
     }
 }
 
-/// Delivers an envelope to local connections. Never waits.
-pub fn deliver(registry: &Registry, envelope: &Envelope, hooks: &dyn DeliveryHooks, now_ms: u64) {
+/// Delivers an envelope to local connections. Never waits. `mode` says whether pushes may
+/// write to sockets themselves ([`WriteMode`]): a caller with more envelopes waiting says
+/// [`WriteMode::Queued`].
+pub fn deliver(
+    registry: &Registry,
+    envelope: &Envelope,
+    hooks: &dyn DeliveryHooks,
+    now_ms: u64,
+    mode: WriteMode,
+) {
     match envelope {
         Envelope::Message(publication) => {
             hooks.publish_latency(now_ms.saturating_sub(publication.ts) as f64);
@@ -96,6 +104,7 @@ pub fn deliver(registry: &Registry, envelope: &Envelope, hooks: &dyn DeliveryHoo
                 Some(publication),
                 &mut encoded,
                 hooks,
+                mode,
             );
         }
         Envelope::Presence {
@@ -112,11 +121,11 @@ pub fn deliver(registry: &Registry, envelope: &Envelope, hooks: &dyn DeliveryHoo
             });
             // A joiner does not get its own join back.
             let skip = (*action == PresenceAction::Join).then_some(conn_id.as_str());
-            push_to_room(registry, room, skip, None, &mut encoded, hooks);
+            push_to_room(registry, room, skip, None, &mut encoded, hooks, mode);
         }
         Envelope::RoomClosed { room, reason } => {
             let mut encoded = Encoded::new(Event::RoomClosed { room, reason });
-            push_to_room(registry, room, None, None, &mut encoded, hooks);
+            push_to_room(registry, room, None, None, &mut encoded, hooks, mode);
             registry.clear_room(room);
         }
         Envelope::DisconnectUser { user } => {
@@ -136,7 +145,7 @@ pub fn deliver(registry: &Registry, envelope: &Envelope, hooks: &dyn DeliveryHoo
                     continue;
                 };
                 let len = payload.len() as u64;
-                match conn.outbound.push(payload) {
+                match conn.outbound.push_with(payload, mode) {
                     Ok(()) => {
                         frames += 1;
                         bytes += len;
@@ -164,6 +173,7 @@ fn push_to_room(
     publication: Option<&Publication>,
     encoded: &mut Encoded<'_>,
     hooks: &dyn DeliveryHooks,
+    mode: WriteMode,
 ) {
     let (mut frames, mut bytes) = (0u64, 0u64);
     registry.for_each_member(room, |m| {
@@ -193,8 +203,8 @@ fn push_to_room(
         let pushed = match publication {
             // An ephemeral message is not journaled: it has no position a Socket.IO client
             // could name (no recovery offset), and a recovery could not replay it anyway.
-            Some(p) if !p.is_ephemeral() => member.outbound.push_publication(payload, p),
-            _ => member.outbound.push(payload),
+            Some(p) if !p.is_ephemeral() => member.outbound.push_publication(payload, p, mode),
+            _ => member.outbound.push_with(payload, mode),
         };
         match pushed {
             Ok(()) => {
@@ -241,15 +251,21 @@ pub fn deliver_held(
     held: &[Publication],
     hooks: &dyn DeliveryHooks,
 ) {
+    // Several at once: the writer writes them together.
+    let mode = if held.len() > 1 {
+        WriteMode::Queued
+    } else {
+        WriteMode::Direct
+    };
     for publication in held {
         let Ok(bytes) = encode(&Event::Message(publication), conn.outbound.format()) else {
             continue;
         };
         let len = bytes.len() as u64;
         let pushed = if publication.is_ephemeral() {
-            conn.outbound.push(bytes)
+            conn.outbound.push_with(bytes, mode)
         } else {
-            conn.outbound.push_publication(bytes, publication)
+            conn.outbound.push_publication(bytes, publication, mode)
         };
         match pushed {
             Ok(()) => hooks.delivered(1, len),
@@ -336,7 +352,13 @@ mod tests {
         // A third joins while messages flow: they wait for its reply, then come in order.
         let (_, mut late) = member(&registry, "c", Format::Json);
         for n in 1..=3 {
-            deliver(&registry, &Envelope::Message(ephemeral(n)), &NoHooks, 1);
+            deliver(
+                &registry,
+                &Envelope::Message(ephemeral(n)),
+                &NoHooks,
+                1,
+                WriteMode::Direct,
+            );
         }
         let expected: Vec<String> = (1..=3)
             .map(|n| format!(r#"{{"event":"message","room":"r","from":"u","data":{n},"ts":1}}"#))

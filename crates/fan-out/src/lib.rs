@@ -38,7 +38,7 @@ pub use dispatch::{
 pub use history::{HistorySource, Tail};
 pub use memory::MemoryFanOut;
 pub use outbound::{
-    header, DirectWrite, FrameHeader, Journal, OutFrame, Outbound, Position, PushError,
+    header, DirectWrite, FrameHeader, Journal, OutFrame, Outbound, Position, PushError, WriteMode,
 };
 pub use redis::{RedisFanOut, RedisFanOutConfig};
 pub use registry::{LocalConn, Registry};

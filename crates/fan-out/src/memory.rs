@@ -2,6 +2,7 @@
 
 use crate::adapter::{FanOut, FanOutError};
 use crate::dispatch::{deliver, DeliveryHooks};
+use crate::outbound::WriteMode;
 use crate::registry::Registry;
 use async_trait::async_trait;
 use protocol::clock::now_ms;
@@ -25,9 +26,16 @@ impl MemoryFanOut {
     }
 
     /// Delivers synchronously. The memory room store calls this from its publish sink, under
-    /// the room's lock, which keeps delivery in offset order.
+    /// the room's lock, which keeps delivery in offset order. One envelope per call, nothing
+    /// known to be behind it: pushes may write directly.
     pub fn deliver_now(&self, envelope: &Envelope) {
-        deliver(&self.registry, envelope, &*self.hooks, now_ms());
+        deliver(
+            &self.registry,
+            envelope,
+            &*self.hooks,
+            now_ms(),
+            WriteMode::Direct,
+        );
     }
 }
 

@@ -144,6 +144,19 @@ pub trait DirectWrite: Send + Sync {
     fn wrote_data(&self, bytes: u64);
 }
 
+/// How a push may reach the socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteMode {
+    /// Written by the pusher itself when nothing is queued and the writer is idle: no queue,
+    /// no wake-up of the writer task. Best when frames come one at a time.
+    Direct,
+    /// Always through the queue. For a sender with a backlog: one syscall per frame per
+    /// recipient would cost more than the writer task, which wakes once and writes
+    /// everything queued by then in one write (a burst of presence events to a huge room
+    /// went from seconds behind to keeping up with this).
+    Queued,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum PushError {
     #[error("connection is closing")]
@@ -227,7 +240,12 @@ impl Outbound {
 
     /// Queues data. Never waits. Over the limit, the connection is closed with 4009.
     pub fn push(&self, bytes: Bytes) -> Result<(), PushError> {
-        self.enqueue(bytes, None)
+        self.enqueue(bytes, None, WriteMode::Direct)
+    }
+
+    /// [`Outbound::push`], written directly only when `mode` allows it.
+    pub fn push_with(&self, bytes: Bytes, mode: WriteMode) -> Result<(), PushError> {
+        self.enqueue(bytes, None, mode)
     }
 
     /// Starts recording the messages pushed with [`Outbound::push_publication`].
@@ -264,12 +282,17 @@ impl Outbound {
 
     /// Queues a message event, and journals it when a journal is kept: under the journal's
     /// lock, so that journal order is queue order.
-    pub fn push_publication(&self, bytes: Bytes, p: &Publication) -> Result<(), PushError> {
+    pub fn push_publication(
+        &self,
+        bytes: Bytes,
+        p: &Publication,
+        mode: WriteMode,
+    ) -> Result<(), PushError> {
         match self.journal.get() {
-            None => self.enqueue(bytes, None),
+            None => self.enqueue(bytes, None, mode),
             Some(j) => {
                 let mut j = j.lock();
-                self.enqueue(bytes, None)?;
+                self.enqueue(bytes, None, mode)?;
                 j.record(&p.room, &p.epoch, p.offset);
                 Ok(())
             }
@@ -278,14 +301,14 @@ impl Outbound {
 
     /// Queues a text (`true`) or binary data frame, under the same limit as [`Outbound::push`].
     pub fn push_message(&self, text: bool, bytes: Bytes) -> Result<(), PushError> {
-        self.enqueue(bytes, Some(text))
+        self.enqueue(bytes, Some(text), WriteMode::Queued)
     }
 
-    fn enqueue(&self, bytes: Bytes, text: Option<bool>) -> Result<(), PushError> {
+    fn enqueue(&self, bytes: Bytes, text: Option<bool>, mode: WriteMode) -> Result<(), PushError> {
         if self.closed.load(Ordering::Acquire) {
             return Err(PushError::Closed);
         }
-        if text.is_none() && self.write_direct(&bytes) {
+        if text.is_none() && mode == WriteMode::Direct && self.write_direct(&bytes) {
             return Ok(());
         }
         let len = bytes.len();
@@ -651,8 +674,12 @@ mod tests {
         q.journal_base("a", "e", 10);
         q.journal_base("b", "e", 20);
         for (room, offset) in [("a", 11), ("b", 21), ("a", 12)] {
-            q.push_publication(Bytes::from_static(b"x"), &publication(room, offset))
-                .expect("push");
+            q.push_publication(
+                Bytes::from_static(b"x"),
+                &publication(room, offset),
+                WriteMode::Direct,
+            )
+            .expect("push");
         }
         let j = q.journal().expect("journal");
         // The client got up to b:21, so a:11 too, but not a:12.
@@ -667,8 +694,12 @@ mod tests {
         // An offset the journal never saw fails.
         assert!(j.positions_at(Some(("a", &(Arc::from("e"), 99)))).is_none());
         // The bound: the oldest entry becomes the room's base.
-        q.push_publication(Bytes::from_static(b"x"), &publication("b", 22))
-            .expect("push");
+        q.push_publication(
+            Bytes::from_static(b"x"),
+            &publication("b", 22),
+            WriteMode::Direct,
+        )
+        .expect("push");
         let j = q.journal().expect("journal");
         assert_eq!(j.entries.len(), 3);
         assert_eq!(j.base.get("a"), Some(&(Arc::from("e"), 11)));

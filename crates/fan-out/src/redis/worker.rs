@@ -5,6 +5,7 @@
 use super::Inner;
 use crate::dispatch::deliver;
 use crate::history::Tail;
+use crate::outbound::WriteMode;
 use crate::sequencer::{Reconciled, Sequencer, Verdict};
 use protocol::clock::now_ms;
 use protocol::envelope::Envelope;
@@ -89,7 +90,7 @@ pub(super) async fn run(inner: Arc<Inner>, mut rx: mpsc::Receiver<Job>) {
                 Err(_) => {
                     for messages in parked.due(Instant::now()) {
                         for p in messages {
-                            on_message(&inner, &mut seq, p).await;
+                            on_message(&inner, &mut seq, p, WriteMode::Queued).await;
                         }
                     }
                     continue;
@@ -97,6 +98,14 @@ pub(super) async fn run(inner: Arc<Inner>, mut rx: mpsc::Receiver<Job>) {
             },
         };
         let Some(job) = job else { return };
+        // With more jobs waiting, deliveries go through the connections' queues: their
+        // writers then write each connection's share of the backlog at once, where direct
+        // writes would make one syscall per frame per recipient and fall further behind.
+        let mode = if rx.is_empty() {
+            WriteMode::Direct
+        } else {
+            WriteMode::Queued
+        };
         match job {
             Job::Hint {
                 room,
@@ -106,7 +115,7 @@ pub(super) async fn run(inner: Arc<Inner>, mut rx: mpsc::Receiver<Job>) {
                 seq.hint(&room, &epoch, offset);
                 if let Some((_, messages)) = parked.rooms.remove(&room) {
                     for p in messages {
-                        on_message(&inner, &mut seq, p).await;
+                        on_message(&inner, &mut seq, p, WriteMode::Queued).await;
                     }
                 }
             }
@@ -127,6 +136,7 @@ pub(super) async fn run(inner: Arc<Inner>, mut rx: mpsc::Receiver<Job>) {
                 &Envelope::Message(p),
                 &*inner.delivery,
                 now_ms(),
+                mode,
             ),
             Job::Envelope(Envelope::Message(p)) => {
                 if !seq.knows(&p.room) && inner.registry.has_room(&p.room) {
@@ -142,23 +152,23 @@ pub(super) async fn run(inner: Arc<Inner>, mut rx: mpsc::Receiver<Job>) {
                     let held = std::mem::take(held);
                     parked.rooms.remove(&p.room);
                     for q in held {
-                        on_message(&inner, &mut seq, q).await;
+                        on_message(&inner, &mut seq, q, WriteMode::Queued).await;
                     }
                 }
-                on_message(&inner, &mut seq, p).await
+                on_message(&inner, &mut seq, p, mode).await
             }
-            Job::Envelope(other) => on_other(&inner, &other),
+            Job::Envelope(other) => on_other(&inner, &other, mode),
         }
     }
 }
 
 /// A message: delivered once, in offset order, with any gap before it filled first.
-async fn on_message(inner: &Inner, seq: &mut Sequencer, p: Publication) {
+async fn on_message(inner: &Inner, seq: &mut Sequencer, p: Publication, mode: WriteMode) {
     if !inner.registry.has_room(&p.room) {
         return;
     }
     match seq.check(&p) {
-        Verdict::Deliver => deliver_message(inner, seq, p),
+        Verdict::Deliver => deliver_message(inner, seq, p, mode),
         Verdict::Duplicate => inner.pubsub.duplicate(),
         Verdict::Conflict => {
             tracing::warn!(room = %p.room, epoch = %p.epoch, offset = p.offset, "offset reused after state loss; retiring the epoch");
@@ -170,7 +180,7 @@ async fn on_message(inner: &Inner, seq: &mut Sequencer, p: Publication) {
             // the gap, or unreachable): pub/sub never sends a message twice, so holding this
             // one back would stall the room for good. Members see the offsets jump and can
             // read what they missed with `history`, or rejoin with `since`.
-            deliver_message(inner, seq, p);
+            deliver_message(inner, seq, p, WriteMode::Queued);
         }
     }
 }
@@ -190,7 +200,7 @@ async fn repair_gap(inner: &Inner, seq: &mut Sequencer, p: &Publication, after: 
         .into_iter()
         .filter(|q| q.epoch == p.epoch && q.offset > after && q.offset < p.offset)
     {
-        deliver_message(inner, seq, q);
+        deliver_message(inner, seq, q, WriteMode::Queued);
         n += 1;
     }
     inner.pubsub.repaired(n);
@@ -224,7 +234,7 @@ async fn reconcile(inner: &Inner, seq: &mut Sequencer, room: &str, tail: &Tail, 
             // history before anything else goes out.
             let n = missing.len() as u64;
             for m in missing {
-                Box::pin(on_message(inner, seq, m)).await;
+                Box::pin(on_message(inner, seq, m, WriteMode::Queued)).await;
             }
             inner.pubsub.repaired(n);
         }
@@ -235,19 +245,20 @@ async fn reconcile(inner: &Inner, seq: &mut Sequencer, room: &str, tail: &Tail, 
     }
 }
 
-fn deliver_message(inner: &Inner, seq: &mut Sequencer, p: Publication) {
+fn deliver_message(inner: &Inner, seq: &mut Sequencer, p: Publication, mode: WriteMode) {
     seq.delivered(&p);
     deliver(
         &inner.registry,
         &Envelope::Message(p),
         &*inner.delivery,
         now_ms(),
+        mode,
     );
 }
 
 /// Presence, room closed, disconnect: no offsets, delivered as they come.
-fn on_other(inner: &Inner, envelope: &Envelope) {
-    deliver(&inner.registry, envelope, &*inner.delivery, now_ms());
+fn on_other(inner: &Inner, envelope: &Envelope, mode: WriteMode) {
+    deliver(&inner.registry, envelope, &*inner.delivery, now_ms(), mode);
     // A closed room has no local members left: let its subscription go.
     if let Envelope::RoomClosed { room, .. } = envelope {
         inner.release_later(room);

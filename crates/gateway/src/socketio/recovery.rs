@@ -248,7 +248,10 @@ fn replay(
         }
         for p in &missed {
             if let Ok(bytes) = encode(&Event::Message(p), Format::SocketIo) {
-                let _ = session.outbound.push_publication(bytes, p);
+                // A replay: several at once, written together by the writer.
+                let _ = session
+                    .outbound
+                    .push_publication(bytes, p, fan_out::WriteMode::Queued);
             }
         }
         session::after_reply(node, session, after);
