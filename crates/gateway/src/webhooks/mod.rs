@@ -8,11 +8,13 @@
 //! (memory), never from this node's local view, so each change is reported once, cluster-wide.
 //! The event goes into room-state's [`EventQueue`], shard [`event_shard`] of its room (or
 //! user), *right after* the state change: the queue is in another slot than the room, so not
-//! in the same script. The op does not wait for it: [`Webhooks::emit`] hands the event to
-//! the shard's appender task (one per shard, so a shard's events are appended in the order
-//! they were made, and a queue shard whose primary is down delays no op and no other shard).
-//! A node that dies before the append loses those events (see docs/webhooks.md,
-//! "Guarantees").
+//! in the same script. [`Webhooks::emit`] hands the event to the shard's appender task (one per
+//! shard, so a shard's events are appended in the order they were made, and a queue shard
+//! whose primary is down holds up no other shard) and waits for the append, at most
+//! [`EMIT_WAIT`], before the op answers: a change the client has seen acknowledged is queued
+//! before any change it causes next, through any node (join through one gateway, then close
+//! through another: `member_joined` comes first). A node that dies before the append loses
+//! those events (see docs/webhooks.md, "Guarantees").
 //!
 //! [`deliver`] runs on every node: one worker per queue shard, working it while it holds the
 //! shard's lease, so each shard has one reader and one batch in flight: order per shard, hence
@@ -31,13 +33,21 @@ use room_state::{event_shard, EventQueue, EVENT_SHARDS};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// Attempts at appending one event before it is counted lost.
 const APPEND_ATTEMPTS: u32 = 5;
 /// Events waiting for their shard's appender; past this a new event is counted lost (the
 /// queue's Redis primary has been unreachable for a while).
 const APPENDER_BACKLOG: usize = 10_000;
+/// How long an op waits for its events to be queued before it answers anyway: normally one
+/// Redis round trip; longer only while the queue's primary is unreachable, when the op goes
+/// on and the event, appended later, may land after the next change's.
+pub const EMIT_WAIT: Duration = Duration::from_secs(1);
+
+/// What a shard's appender is handed: the event's JSON, when it was made, its type (for the
+/// logs), and who waits for the append.
+type Queued = (String, u64, &'static str, oneshot::Sender<()>);
 
 /// The queue (shard) an event goes to: `wh:K`.
 pub fn queue_name(shard: u64) -> String {
@@ -51,12 +61,43 @@ pub struct Webhooks {
 }
 
 struct Inner {
-    /// Per shard: the appender's inbox (event JSON, when made, its type for the logs).
-    appenders: Vec<mpsc::Sender<(String, u64, &'static str)>>,
+    /// Per shard: the appender's inbox.
+    appenders: Vec<mpsc::Sender<Queued>>,
     /// Events handed to an appender and not yet appended (or given up on).
     pending: Arc<AtomicUsize>,
     node: String,
     metrics: Arc<Metrics>,
+}
+
+impl Inner {
+    /// Hands one event to its shard's appender; what resolves once it is appended (or given
+    /// up on), unless it was lost at once.
+    fn hand_over(&self, event: Event) -> Option<oneshot::Receiver<()>> {
+        let id = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+        let now = now_ms();
+        let body = event.to_json(&id, now, &self.node);
+        let shard = event_shard(&event.order_key()) as usize;
+        let appender = self.appenders.get(shard)?;
+        let (done, appended) = oneshot::channel();
+        self.pending.fetch_add(1, Ordering::AcqRel);
+        if appender
+            .try_send((body, now, event.kind.as_str(), done))
+            .is_err()
+        {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+            tracing::warn!(
+                kind = event.kind.as_str(),
+                "webhook event lost: its shard's backlog is full"
+            );
+            self.metrics
+                .webhooks
+                .events
+                .with_label_values(&["lost"])
+                .inc();
+            return None;
+        }
+        Some(appended)
+    }
 }
 
 impl std::fmt::Debug for Webhooks {
@@ -111,39 +152,30 @@ impl Webhooks {
         self.inner.is_some()
     }
 
-    /// Queues `event`: hands it to its shard's appender and returns at once. A failure is
-    /// logged and counted, never returned: the state change it reports has happened.
+    /// Queues `event`: hands it to its shard's appender and waits until it is appended (or
+    /// given up on), at most [`EMIT_WAIT`]. A failure is logged and counted, never returned:
+    /// the state change it reports has happened.
     pub async fn emit(&self, event: Event) {
+        self.emit_all(vec![event]).await;
+    }
+
+    /// Queues events in order, and waits for all of them as [`Webhooks::emit`] does.
+    pub async fn emit_all(&self, events: Vec<Event>) {
         let Some(inner) = &self.inner else {
             return;
         };
-        let id = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
-        let now = now_ms();
-        let body = event.to_json(&id, now, &inner.node);
-        let shard = event_shard(&event.order_key()) as usize;
-        let Some(appender) = inner.appenders.get(shard) else {
-            return;
-        };
-        inner.pending.fetch_add(1, Ordering::AcqRel);
-        if appender.try_send((body, now, event.kind.as_str())).is_err() {
-            inner.pending.fetch_sub(1, Ordering::AcqRel);
-            tracing::warn!(
-                kind = event.kind.as_str(),
-                "webhook event lost: its shard's backlog is full"
-            );
-            inner
-                .metrics
-                .webhooks
-                .events
-                .with_label_values(&["lost"])
-                .inc();
-        }
-    }
-
-    /// Queues events in order.
-    pub async fn emit_all(&self, events: Vec<Event>) {
+        let mut appended = Vec::with_capacity(events.len());
         for event in events {
-            self.emit(event).await;
+            if let Some(done) = inner.hand_over(event) {
+                appended.push(done);
+            }
+        }
+        if appended.is_empty() {
+            return;
+        }
+        let all = futures_util::future::join_all(appended);
+        if tokio::time::timeout(EMIT_WAIT, all).await.is_err() {
+            tracing::debug!("webhook events not queued yet; the op goes on");
         }
     }
 
@@ -163,14 +195,14 @@ impl Webhooks {
 /// One shard's appender: appends its events in the order they were emitted, each retried
 /// with backoff before the next (so a retry never lands after a later event).
 async fn append(
-    mut inbox: mpsc::Receiver<(String, u64, &'static str)>,
+    mut inbox: mpsc::Receiver<Queued>,
     queue: Arc<dyn EventQueue>,
     name: String,
     pending: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
 ) {
     let series = &metrics.webhooks;
-    while let Some((body, now, kind)) = inbox.recv().await {
+    while let Some((body, now, kind, done)) = inbox.recv().await {
         for attempt in 1..=APPEND_ATTEMPTS {
             match queue.append_event(&name, &body, now).await {
                 Ok(()) => {
@@ -185,5 +217,7 @@ async fn append(
             }
         }
         pending.fetch_sub(1, Ordering::AcqRel);
+        // The op may have stopped waiting: nobody to tell then.
+        let _ = done.send(());
     }
 }
