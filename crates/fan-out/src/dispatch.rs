@@ -176,49 +176,63 @@ fn push_to_room(
     mode: WriteMode,
 ) {
     let (mut frames, mut bytes) = (0u64, 0u64);
-    registry.for_each_member(room, |m| {
-        let member = &m.conn;
-        if skip == Some(&*member.conn_id) {
-            return;
-        }
-        if publication.is_some_and(|p| m.covers(p)) {
-            return;
-        }
-        if let (Some(pending), Some(publication)) = (&m.pending, publication) {
-            let mut held = pending.lock();
-            if held.len() < MAX_PENDING {
-                held.push(publication.clone());
-            } else if member
-                .outbound
-                .close(CloseCode::SLOW_CONSUMER, "slow consumer")
-            {
-                hooks.slow_consumer();
-            }
-            return;
-        }
-        let Some(payload) = encoded.get(member.outbound.format()) else {
-            return;
+    registry.with_members(room, |members| {
+        // A big room's members are queued to: one write syscall per member, made here under
+        // the registry's lock, would hold up every join and leave on the node meanwhile,
+        // where the writer tasks make them on every core.
+        let mode = if members.len() > DIRECT_WRITE_MAX_MEMBERS {
+            WriteMode::Queued
+        } else {
+            mode
         };
-        let len = payload.len() as u64;
-        let pushed = match publication {
-            // An ephemeral message is not journaled: it has no position a Socket.IO client
-            // could name (no recovery offset), and a recovery could not replay it anyway.
-            Some(p) if !p.is_ephemeral() => member.outbound.push_publication(payload, p, mode),
-            _ => member.outbound.push_with(payload, mode),
-        };
-        match pushed {
-            Ok(()) => {
-                frames += 1;
-                bytes += len;
+        for m in members {
+            let member = &m.conn;
+            if skip == Some(&*member.conn_id) {
+                continue;
             }
-            Err(PushError::SlowConsumer) => hooks.slow_consumer(),
-            Err(PushError::Closed) => {}
+            if publication.is_some_and(|p| m.covers(p)) {
+                continue;
+            }
+            if let (Some(pending), Some(publication)) = (&m.pending, publication) {
+                let mut held = pending.lock();
+                if held.len() < MAX_PENDING {
+                    held.push(publication.clone());
+                } else if member
+                    .outbound
+                    .close(CloseCode::SLOW_CONSUMER, "slow consumer")
+                {
+                    hooks.slow_consumer();
+                }
+                continue;
+            }
+            let Some(payload) = encoded.get(member.outbound.format()) else {
+                continue;
+            };
+            let len = payload.len() as u64;
+            let pushed = match publication {
+                // An ephemeral message is not journaled: it has no position a Socket.IO
+                // client could name (no recovery offset), and a recovery could not replay it.
+                Some(p) if !p.is_ephemeral() => member.outbound.push_publication(payload, p, mode),
+                _ => member.outbound.push_with(payload, mode),
+            };
+            match pushed {
+                Ok(()) => {
+                    frames += 1;
+                    bytes += len;
+                }
+                Err(PushError::SlowConsumer) => hooks.slow_consumer(),
+                Err(PushError::Closed) => {}
+            }
         }
     });
     if frames > 0 {
         hooks.delivered(frames, bytes);
     }
 }
+
+/// Above this many local members in a room, its deliveries are queued, not written directly
+/// ([`WriteMode`]).
+const DIRECT_WRITE_MAX_MEMBERS: usize = 64;
 
 /// Queues one event, already encoded for Socket.IO, to chosen Socket.IO sockets (a
 /// `@socket.io/redis-emitter` broadcast: [`Registry::socketio_targets`]). Not journaled: such
@@ -318,6 +332,53 @@ mod tests {
             out.push(String::from_utf8_lossy(&b).into_owned());
         }
         out
+    }
+
+    /// A socket that takes everything, counting the writes.
+    #[derive(Default)]
+    struct Counting(std::sync::atomic::AtomicUsize);
+
+    impl crate::outbound::DirectWrite for Counting {
+        fn try_write_vectored(&self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok(bufs.iter().map(|b| b.len()).sum())
+        }
+        fn wrote_data(&self, _: u64) {}
+    }
+
+    /// `n` members of room "r" whose sockets take direct writes, and a presence event to them
+    /// in `mode`: how many frames went straight to a socket, and how many were queued.
+    fn direct_and_queued(n: usize, mode: WriteMode) -> (usize, usize) {
+        let registry = Registry::new();
+        let mut members = Vec::new();
+        for i in 0..n {
+            let (outbound, rx) = member(&registry, &format!("m{i}"), Format::Json);
+            let socket = Arc::new(Counting::default());
+            outbound.write_directly_to(socket.clone());
+            registry.activate("r", &format!("m{i}"), "e", 0);
+            members.push((socket, rx));
+        }
+        let presence = Envelope::Presence {
+            room: "r".into(),
+            action: PresenceAction::Leave,
+            user: "u".into(),
+            conn_id: "gone".into(),
+        };
+        deliver(&registry, &presence, &NoHooks, 1, mode);
+        let direct = members
+            .iter()
+            .map(|(s, _)| s.0.load(std::sync::atomic::Ordering::Relaxed))
+            .sum();
+        let queued = members.iter_mut().map(|(_, rx)| texts(rx).len()).sum();
+        (direct, queued)
+    }
+
+    #[test]
+    fn small_rooms_write_directly_and_big_rooms_and_backlogs_queue() {
+        assert_eq!(direct_and_queued(10, WriteMode::Direct), (10, 0));
+        assert_eq!(direct_and_queued(10, WriteMode::Queued), (0, 10));
+        let big = DIRECT_WRITE_MAX_MEMBERS + 1;
+        assert_eq!(direct_and_queued(big, WriteMode::Direct), (0, big));
     }
 
     #[test]

@@ -197,10 +197,14 @@ impl Registry {
     }
 
     /// Runs `f` on every local member of a room, under the read lock. `f` must not block.
-    pub fn for_each_member(&self, room: &str, mut f: impl FnMut(&RoomMember)) {
-        if let Some(members) = self.inner.read().rooms.get(room) {
-            members.iter().for_each(&mut f);
-        }
+    pub fn for_each_member(&self, room: &str, f: impl FnMut(&RoomMember)) {
+        self.with_members(room, |members| members.iter().for_each(f));
+    }
+
+    /// Runs `f` on a room's local members (empty when none), under the read lock. `f` must
+    /// not block.
+    pub fn with_members<R>(&self, room: &str, f: impl FnOnce(&[RoomMember]) -> R) -> R {
+        f(self.inner.read().rooms.get(room).map_or(&[], Vec::as_slice))
     }
 
     /// The Socket.IO sockets of `namespace` that an emitter broadcast reaches: those in any of
