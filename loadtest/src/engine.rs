@@ -95,6 +95,10 @@ struct Live {
     stop: watch::Sender<usize>,
     /// Everything sent has arrived after the last phase: receivers need not wait.
     drained: watch::Sender<bool>,
+    /// Publishers still sending. Nothing is drained before they are all done: a publish
+    /// sent at the very end of the last phase (and counted just after) would otherwise find
+    /// the receivers gone, and count as lost.
+    publishing: AtomicU64,
 }
 
 impl Live {
@@ -106,6 +110,7 @@ impl Live {
             bound_us,
             stop: watch::channel(usize::MAX).0,
             drained: watch::channel(false).0,
+            publishing: AtomicU64::new(0),
         }
     }
 
@@ -392,12 +397,13 @@ pub async fn run(plan: Arc<Plan>) -> Report {
         let Conn { sink, stream, .. } = conn;
         let sink = Arc::new(Mutex::new(sink));
         if let Some(p) = plan.publisher_of(g) {
-            writers.push(tokio::spawn(publisher(
-                plan.clone(),
-                p,
-                sink.clone(),
-                live.clone(),
-            )));
+            live.publishing.fetch_add(1, Ordering::AcqRel);
+            let (plan, sink, live) = (plan.clone(), sink.clone(), live.clone());
+            writers.push(tokio::spawn(async move {
+                let sent = publisher(plan, p, sink, live.clone()).await;
+                live.publishing.fetch_sub(1, Ordering::AcqRel);
+                sent
+            }));
         }
         readers.push(tokio::spawn(receive(
             plan.clone(),
@@ -575,7 +581,8 @@ async fn drain(plan: Arc<Plan>, live: Arc<Live>, end_us: u64) {
     }
     loop {
         let expected = Live::total(&live.sent) * plan.members;
-        if Live::total(&live.delivered) >= expected {
+        if live.publishing.load(Ordering::Acquire) == 0 && Live::total(&live.delivered) >= expected
+        {
             live.drained.send_replace(true);
             return;
         }
