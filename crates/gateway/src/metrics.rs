@@ -692,7 +692,8 @@ impl WebhookSeries {
 pub struct ArchiveSeries {
     /// Messages not yet archived in the dirty rooms this node read in its last round.
     pub lag_messages: IntGauge,
-    /// Age of the oldest dirty mark in the shards this node archives.
+    /// Age of the oldest dirty mark in the shards this node archives: when the room's oldest
+    /// unarchived message arrived, to within a round.
     pub lag_seconds: IntGauge,
     /// Messages handed to the archive, by `result`: `stored`, `duplicate` (already there: a
     /// retry after a crash or a failover), `failed` (the batch will be retried).

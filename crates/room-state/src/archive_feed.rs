@@ -94,8 +94,8 @@ pub trait ArchiveFeed: Send + Sync {
     /// After a batch up to `upto` of `epoch` is committed to the archive: moves the cursor to
     /// `upto` if it is still lower and the room still in `epoch`, and clears the dirty mark if
     /// nothing newer arrived. Returns whether the room is still dirty (more to read); it is
-    /// then marked with `mark_ms` if its mark had to be renewed (the archiver passes the
-    /// mark's original time, so the lag in seconds keeps counting from it).
+    /// then marked with `mark_ms` (the archiver passes when it read the room: what is left is
+    /// newer than that).
     async fn advance_cursor(
         &self,
         room: &str,

@@ -253,6 +253,11 @@ struct Read {
     room: String,
     epoch: String,
     upto: u64,
+    /// When it was read: the mark a room still dirty after the round gets. Its unarchived
+    /// messages are then newer than this, so the lag in seconds (the oldest mark) measures
+    /// them, not how long the room has been busy; and a busy room goes behind the rooms
+    /// marked before it rather than first again, so a shard with more busy rooms than a round
+    /// reads still gets to all of them.
     mark_ms: u64,
 }
 
@@ -278,6 +283,9 @@ async fn read_shard(
                 .oldest_mark_ms
                 .map_or(d.since_ms, |t| t.min(d.since_ms)),
         );
+        // What is left after this read is newer than this: a room still dirty after the
+        // round is marked again with it (see `Read::mark_ms`).
+        let read_ms = now_ms();
         let Some(read) = feed.read_unarchived(&d.room, BATCH - taken).await? else {
             continue;
         };
@@ -301,7 +309,7 @@ async fn read_shard(
             room: d.room,
             epoch: read.epoch,
             upto,
-            mark_ms: d.since_ms,
+            mark_ms: read_ms,
         });
     }
     Ok(())
