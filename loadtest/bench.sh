@@ -73,7 +73,9 @@ else
 fi
 started=$(date +%s)
 mkdir -p "$out" "$raw"
-rm -f "$out"/*.svg "$out"/*.txt "$raw"/*.json "$raw"/runs.jsonl "$raw"/perf.data*
+# Only this script's own outputs: the hand-run benchmarks' files (archive-*, hooks-*, …) stay.
+rm -f "$out"/max-*.svg "$out"/max-*.txt "$out"/steady-*.txt "$out"/idle-*.txt "$out"/profile-*.txt \
+  "$raw"/*.json "$raw"/runs.jsonl "$raw"/perf.data*
 loadavg_start=$(cut -d' ' -f1-3 /proc/loadavg)
 
 redis_pids() { cat "${TMPDIR:-/tmp}"/roomcast-redis-7000/700?/redis.pid 2>/dev/null | tr '\n' ' '; }
