@@ -33,11 +33,12 @@ use tokio::task::JoinHandle;
 /// batch was full): the archiver catches up as fast as one round after another goes.
 pub const ROUND: Duration = Duration::from_millis(200);
 /// How soon otherwise: with nothing dirty, or rooms that stay dirty only because new messages
-/// keep coming (a round reads all they had). A room's round costs three or four Redis calls
-/// whatever it carries, so rounds this far apart carry more messages each: under the chat
-/// shape (100 rooms of 10) rounds every 200 ms made about 1,700 archiver calls per second
-/// against 338 publishes, and cut the highest sustainable publish rate by a third. The price
-/// is archive lag: a message reaches the archive about a second after its publish.
+/// keep coming (a round reads all they had). A room's round costs four Redis calls whatever
+/// it carries, so rounds this far apart carry more messages each: under the chat shape (100
+/// rooms of 10) at 338 publishes/s, rounds every 200 ms took the cluster's commands from 6,884
+/// per second without the archive to 11,757, and a second apart to 9,403 (`INFO
+/// commandstats`, docs/bench/archive.md). The price is archive lag: a message reaches the
+/// archive about a second after its publish.
 ///
 /// The embedded backend keeps [`ROUND`]: its rounds cost no round trips, and what it has not
 /// archived is what a kill -9 of the node loses.
