@@ -196,11 +196,6 @@ impl Registry {
             .unwrap_or_default()
     }
 
-    /// Runs `f` on every local member of a room, under the read lock. `f` must not block.
-    pub fn for_each_member(&self, room: &str, f: impl FnMut(&RoomMember)) {
-        self.with_members(room, |members| members.iter().for_each(f));
-    }
-
     /// Runs `f` on a room's local members (empty when none), under the read lock. `f` must
     /// not block.
     pub fn with_members<R>(&self, room: &str, f: impl FnOnce(&[RoomMember]) -> R) -> R {
@@ -416,13 +411,17 @@ mod tests {
             data: protocol::Data::from_value(&serde_json::json!(offset)).expect("data"),
             ts: 0,
         };
-        r.for_each_member("x", |m| {
-            let pending = m.pending.as_ref().expect("pending");
-            pending.lock().extend([p(4), p(5), p(6)]);
+        r.with_members("x", |members| {
+            for m in members {
+                let pending = m.pending.as_ref().expect("pending");
+                pending.lock().extend([p(4), p(5), p(6)]);
+            }
         });
         let (conn, after) = r.activate("x", "a", "e", 5);
         assert!(conn.is_some());
         assert_eq!(after.iter().map(|p| p.offset).collect::<Vec<_>>(), vec![6]);
-        r.for_each_member("x", |m| assert!(m.pending.is_none()));
+        r.with_members("x", |members| {
+            assert!(members.iter().all(|m| m.pending.is_none()))
+        });
     }
 }
