@@ -451,6 +451,12 @@ impl Config {
         if self.webhook_batch == 0 || self.webhook_timeout.is_zero() {
             return Err("--webhook-batch and --webhook-timeout must be positive".into());
         }
+        if self.webhook_timeout >= crate::webhooks::deliver::MAX_POST_TIMEOUT {
+            return Err(format!(
+                "--webhook-timeout must be under {:?}: a POST must end within a shard's lease",
+                crate::webhooks::deliver::MAX_POST_TIMEOUT
+            ));
+        }
         for url in [&self.connect_proxy, &self.publish_proxy]
             .into_iter()
             .flatten()

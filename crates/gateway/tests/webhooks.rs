@@ -315,3 +315,23 @@ async fn a_close_reports_its_members_and_an_expiry_reports_the_room_closed() {
     assert_eq!(reasons(&events, &brief)[5], "expired");
     drop(ann);
 }
+
+#[test]
+fn a_webhook_timeout_past_the_shard_lease_is_refused() {
+    // A POST longer than what is left of a shard's lease after a renewal could overlap with
+    // the next holder's delivery of the same shard (docs/architecture.md, webhooks).
+    let with = |timeout: &str| {
+        support::bare_config(&[
+            "--allow-anonymous",
+            "--webhook-url",
+            "http://127.0.0.1:9/hooks",
+            "--webhook-timeout",
+            timeout,
+        ])
+        .validate()
+    };
+    assert!(with("5s").is_ok());
+    let err = with("8s").unwrap_err();
+    assert!(err.contains("--webhook-timeout must be under"), "{err}");
+    assert!(with("30s").is_err());
+}

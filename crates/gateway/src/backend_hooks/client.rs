@@ -3,8 +3,9 @@
 //! with), each call bounded in time and in answer size, and the calls in flight bounded by a
 //! semaphore that is never waited on: a node that already has `max_in_flight` calls out
 //! fails the next one at once ([`CallError::Overloaded`]) instead of queueing connections or
-//! publishes behind a slow app. The connect proxy, the publish proxy (and webhooks, later)
-//! each own one, so that one slow endpoint cannot starve another.
+//! publishes behind a slow app. The connect proxy and the publish proxy each own one, so that
+//! one slow endpoint cannot starve another (webhooks POST through their own client,
+//! `webhooks::post`, whose failures are retried rather than answered).
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};

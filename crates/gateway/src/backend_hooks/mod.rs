@@ -1,6 +1,7 @@
 //! The app's back end in the loop: the connect proxy ([`connect`]) and the publish proxy
-//! ([`publish`]), both JSON POSTs through a pooled, bounded HTTP client ([`client`], which
-//! webhooks are meant to reuse), with every JSON shape in [`wire`].
+//! ([`publish`]), both JSON POSTs through a pooled, bounded HTTP client ([`client`]), with
+//! every JSON shape in [`wire`]. Webhooks are not here: they are queued and retried
+//! (`webhooks`), not answered in line.
 //!
 //! Every call is counted in `roomcast_proxy_requests_total{kind,result}` and timed in
 //! `roomcast_proxy_duration_seconds{kind}`; an app that fails (down, slow, non-2xx, garbage,

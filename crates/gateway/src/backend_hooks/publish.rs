@@ -110,7 +110,8 @@ pub struct Publishing<'a> {
 }
 
 impl PublishProxy {
-    /// Whether the proxy applies to `room` (as the client names it).
+    /// Whether the proxy applies to `room`, by its full name (a Socket.IO namespace's prefix
+    /// included: `admin/x`), as docs/protocol.md says.
     pub fn applies(&self, room: &str) -> bool {
         self.rooms.is_empty()
             || self

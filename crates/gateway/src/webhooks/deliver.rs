@@ -24,8 +24,12 @@ use tokio::time::Instant;
 
 /// A shard's lease lasts this long without renewal: how long a killed node's shards wait.
 pub const LEASE_TTL: Duration = Duration::from_secs(10);
+/// The longest `--webhook-timeout`: a POST must end within what is left of the lease after a
+/// renewal, so a live, connected node never loses its shard mid-POST (two nodes delivering
+/// one shard at once would duplicate and could reorder a room's events).
+pub const MAX_POST_TIMEOUT: Duration = LEASE_TTL.saturating_sub(LEASE_RENEW);
 /// How often a held lease is renewed and a free one tried.
-const LEASE_RENEW: Duration = Duration::from_secs(2);
+pub const LEASE_RENEW: Duration = Duration::from_secs(2);
 /// How often an empty queue is read again.
 const IDLE_POLL: Duration = Duration::from_millis(200);
 /// Backoff after a failed POST, doubled up to [`MAX_BACKOFF`].

@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -11,6 +11,11 @@ use std::time::Duration;
 
 /// The signature header: `sha256=<hex HMAC-SHA256 of the body, keyed by --webhook-secret>`.
 pub const SIGNATURE_HEADER: &str = "x-roomcast-signature";
+
+/// The most of an answer's body read. What the app answers is not used; reading it to its
+/// end lets the connection be reused, and a longer body is dropped with its connection
+/// rather than read for as long as the timeout allows.
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
 /// Why a POST did not count as delivered.
 #[derive(Debug, thiserror::Error)]
@@ -67,8 +72,10 @@ impl Poster {
             let response = self.client.request(request).await?;
             let status = response.status();
             // Read the answer to its end, so the connection can be reused; what it says is
-            // not used.
-            let _ = response.into_body().collect().await;
+            // not used, and past MAX_ANSWER_BYTES the connection is dropped instead.
+            let _ = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
+                .collect()
+                .await;
             Ok::<_, PostError>(status)
         };
         let status = tokio::time::timeout(self.timeout, exchange)
