@@ -31,7 +31,7 @@ log=$(mktemp -d "${TMPDIR:-/tmp}/idle-rss.XXXXXX")
 # shellcheck disable=SC2086
 "$bin" --listen "127.0.0.1:$port" --jwt-secret "$secret" --publish-rate 1000000 \
   --publish-burst 1000000 --room-create-limit 1000000 --max-conns-per-ip 0 \
-  --traffic-high 1000000 --traffic-critical 1000000 --traffic-cap 1000000 \
+  --traffic-high 1000000 --traffic-critical 1000000 --traffic-cap 1000000 --max-handshake-rate 0 \
   ${GATEWAY_EXTRA:-} >"$log/gateway.log" 2>&1 &
 gw=$!
 lt_pid=

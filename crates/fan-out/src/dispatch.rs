@@ -296,13 +296,12 @@ mod tests {
     use crate::registry::LocalConn;
     use protocol::Data;
     use std::sync::Arc;
-    use tokio::sync::mpsc::UnboundedReceiver;
 
     fn member(
         registry: &Registry,
         id: &str,
         format: Format,
-    ) -> (Arc<Outbound>, UnboundedReceiver<OutFrame>) {
+    ) -> (Arc<Outbound>, crate::FrameReceiver) {
         let (outbound, rx) = Outbound::new(format, 1 << 20);
         let outbound = Arc::new(outbound);
         registry.register(LocalConn {
@@ -326,7 +325,7 @@ mod tests {
         }
     }
 
-    fn texts(rx: &mut UnboundedReceiver<OutFrame>) -> Vec<String> {
+    fn texts(rx: &mut crate::FrameReceiver) -> Vec<String> {
         let mut out = Vec::new();
         while let Ok(OutFrame::Data(b)) = rx.try_recv() {
             out.push(String::from_utf8_lossy(&b).into_owned());

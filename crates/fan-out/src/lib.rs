@@ -12,6 +12,8 @@
 //! - [`sequencer`]: per-room offset continuity: deliver, drop a duplicate, or repair a gap.
 //! - [`registry`]: the local registry: which connections this node holds, in which rooms, for
 //!   which users.
+//! - [`frames`]: the channel from a connection's queue to its writer, with no heap while
+//!   idle.
 //! - [`outbound`]: each connection's bounded outbound queue (in bytes). Pushing never waits; a
 //!   queue over its limit marks its connection a slow consumer, to be closed with 4009.
 //! - [`dispatch`]: local delivery of one envelope: encode once per format, push the same bytes
@@ -23,6 +25,7 @@
 
 pub mod adapter;
 pub mod dispatch;
+pub mod frames;
 pub mod history;
 pub mod memory;
 pub mod outbound;
@@ -35,6 +38,7 @@ pub use adapter::{FanOut, FanOutError};
 pub use dispatch::{
     broadcast, deliver, deliver_encoded, deliver_held, DeliveryHooks, NoHooks, PubSubHooks,
 };
+pub use frames::{FrameReceiver, TryRecvError};
 pub use history::{HistorySource, Tail};
 pub use memory::MemoryFanOut;
 pub use outbound::{

@@ -1,10 +1,11 @@
 //! A connection's outbound queue, bounded in bytes.
 //!
-//! The queue is an unbounded channel plus a byte counter: pushing is a non-blocking send
+//! The queue is an unbounded channel ([`crate::frames`]) plus a byte counter: pushing is a non-blocking send
 //! that is refused once the bytes still queued would exceed the limit. The connection's
 //! writer task subtracts what it has written. Control frames (pong, close) bypass the limit,
 //! because they are tiny and must not be lost.
 
+use crate::frames::{FrameReceiver, FrameSender};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use protocol::frame::Publication;
@@ -13,7 +14,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io::IoSlice;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 
 /// A position in a room: `(epoch, offset)`. The epoch is shared, so that journaling a
 /// delivery allocates nothing.
@@ -167,7 +168,7 @@ pub enum PushError {
 
 #[derive(Debug)]
 pub struct Outbound {
-    tx: mpsc::UnboundedSender<OutFrame>,
+    tx: FrameSender,
     queued: AtomicUsize,
     limit: usize,
     closed: AtomicBool,
@@ -214,8 +215,8 @@ impl std::fmt::Debug for Direct {
 
 impl Outbound {
     /// A queue of at most `limit` bytes, and the receiver its writer task drains.
-    pub fn new(format: Format, limit: usize) -> (Outbound, mpsc::UnboundedReceiver<OutFrame>) {
-        let (tx, rx) = mpsc::unbounded_channel();
+    pub fn new(format: Format, limit: usize) -> (Outbound, FrameReceiver) {
+        let (tx, rx) = crate::frames::channel();
         let outbound = Outbound {
             tx,
             queued: AtomicUsize::new(0),

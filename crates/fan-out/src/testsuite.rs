@@ -15,11 +15,10 @@ use protocol::{Data, Format};
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc::UnboundedReceiver;
 
 struct Conn {
     id: String,
-    rx: UnboundedReceiver<OutFrame>,
+    rx: crate::FrameReceiver,
     format: Format,
 }
 

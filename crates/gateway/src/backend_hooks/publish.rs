@@ -26,7 +26,7 @@ use protocol::frame::ErrorBody;
 use protocol::{Data, ErrorCode};
 use serde_json::value::RawValue;
 use std::sync::atomic::{AtomicU64, Ordering};
-use tokio::sync::watch;
+use tokio::sync::Notify;
 
 /// The publish proxy of a node.
 #[derive(Debug)]
@@ -41,19 +41,13 @@ pub struct PublishProxy {
 /// ticket in request order ([`Turns::ticket`], in the connection's read loop) and sends its
 /// store command only on its turn ([`Turn::wait`]); dropping the [`Turn`] (store command
 /// sent, or no store at all: rejected, failed) passes the turn on.
-#[derive(Debug)]
+// No heap behind it (a `Notify` and two counters, not a watch channel): every session has
+// one, proxy or not, and an idle connection's size counts (issue 12).
+#[derive(Debug, Default)]
 pub struct Turns {
     issued: AtomicU64,
-    turn: watch::Sender<u64>,
-}
-
-impl Default for Turns {
-    fn default() -> Turns {
-        Turns {
-            issued: AtomicU64::new(0),
-            turn: watch::Sender::new(0),
-        }
-    }
+    turn: AtomicU64,
+    moved: Notify,
 }
 
 impl Turns {
@@ -78,9 +72,16 @@ impl<'a> Turn<'a> {
     /// Waits until every publish ticketed before this one sent its store command (or gave
     /// up).
     pub async fn wait(&self) {
-        let mut rx = self.turns.turn.subscribe();
-        // The sender lives in the session, as long as this borrow: it cannot be closed.
-        let _ = rx.wait_for(|turn| *turn >= self.ticket).await;
+        loop {
+            // Registered before the check, so a turn passed on in between is not missed.
+            let moved = self.turns.moved.notified();
+            tokio::pin!(moved);
+            moved.as_mut().enable();
+            if self.turns.turn.load(Ordering::Acquire) >= self.ticket {
+                return;
+            }
+            moved.await;
+        }
     }
 }
 
@@ -89,14 +90,15 @@ impl Drop for Turn<'_> {
         // Only from its own turn: a publish dropped before its turn (the connection is gone)
         // must not let later ones overtake earlier ones.
         let ticket = self.ticket;
-        self.turns.turn.send_if_modified(|turn| {
-            if *turn == ticket {
-                *turn = ticket + 1;
-                true
-            } else {
-                false
-            }
-        });
+        let passed = self.turns.turn.compare_exchange(
+            ticket,
+            ticket + 1,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        if passed.is_ok() {
+            self.turns.moved.notify_waiters();
+        }
     }
 }
 
@@ -220,8 +222,8 @@ mod tests {
         let (t3, t4) = (turns.ticket(), turns.ticket());
         // Dropped before its turn: the turn stays where it is.
         drop(Turn::new(&turns, t4));
-        assert_eq!(*turns.turn.borrow(), 3);
+        assert_eq!(turns.turn.load(Ordering::Acquire), 3);
         drop(Turn::new(&turns, t3));
-        assert_eq!(*turns.turn.borrow(), 4);
+        assert_eq!(turns.turn.load(Ordering::Acquire), 4);
     }
 }

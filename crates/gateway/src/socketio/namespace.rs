@@ -634,7 +634,7 @@ fn event_prefix(namespace: &str) -> String {
 /// Carries a non-`/` namespace's events into the connection: `42[…]` becomes `42/ns,[…]`
 /// with the room prefix stripped. A close (slow consumer, kick) closes the connection.
 async fn forward(
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<OutFrame>,
+    mut rx: fan_out::FrameReceiver,
     from: Arc<Outbound>,
     to: Arc<Outbound>,
     namespace: String,

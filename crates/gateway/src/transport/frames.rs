@@ -275,7 +275,6 @@ mod tests {
     use std::time::Duration;
     use tokio::io::AsyncWriteExt;
     use tokio::net::{TcpListener, TcpStream};
-    use tokio::sync::mpsc::UnboundedReceiver;
 
     const MASK: [u8; 4] = [1, 2, 3, 4];
 
@@ -294,7 +293,7 @@ mod tests {
 
     /// A reader on one end of a real TCP connection, the client's end, and the outbound
     /// queue's receiver.
-    async fn tcp_frames(pending: Vec<u8>) -> (Frames, TcpStream, UnboundedReceiver<OutFrame>) {
+    async fn tcp_frames(pending: Vec<u8>) -> (Frames, TcpStream, fan_out::FrameReceiver) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap())
             .await

@@ -20,7 +20,7 @@ use super::frames::{Ending, Frames, Read, Source};
 use super::heartbeat::{self, Beat, Liveness};
 use super::writer::{self, PingKind, WriterConfig, WriterEnd};
 use crate::metrics::Metrics;
-use fan_out::{OutFrame, Outbound};
+use fan_out::Outbound;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use protocol::Format;
@@ -31,7 +31,6 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
@@ -76,7 +75,7 @@ enum WriteHalf {
 
 /// What the writer task needs besides the write half.
 struct WriterParts {
-    rx: UnboundedReceiver<OutFrame>,
+    rx: fan_out::FrameReceiver,
     outbound: Arc<Outbound>,
     beat: Arc<Beat>,
     config: WriterConfig,
@@ -386,7 +385,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Probe<S> {
     /// WebSocket by a new writer task, in queue order. The heartbeat state starts afresh here
     /// (pongs queued on a probe's placeholder were never sent, so they must not count against
     /// the cap), and only here is the connection registered with the ping ticker.
-    pub fn attach(mut self, outbound: Arc<Outbound>, rx: UnboundedReceiver<OutFrame>) -> Socket<S> {
+    pub fn attach(mut self, outbound: Arc<Outbound>, rx: fan_out::FrameReceiver) -> Socket<S> {
         let beat = Arc::new(Beat::new());
         if let Some(schedule) = self.config.writer.heartbeat {
             heartbeat::register(schedule, &beat);

@@ -22,7 +22,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::timeout;
 
 /// How the writer ended.
@@ -209,7 +208,7 @@ impl Batch {
 /// Encodes `first` and whatever else is queued, up to [`BATCH`] bytes or a Close.
 fn batch(
     first: OutFrame,
-    rx: &mut UnboundedReceiver<OutFrame>,
+    rx: &mut fan_out::FrameReceiver,
     outbound: &Outbound,
     beat: &Beat,
     data_opcode: u8,
@@ -294,7 +293,7 @@ const ENGINE_IO_PING_FRAME: [u8; 3] = [0x80 | OP_TEXT, 1, b'2'];
 /// first (the `select!` and what it returns end there), and only then is anything written.
 pub(super) async fn run<W: AsyncWrite + Unpin>(
     mut io: W,
-    mut rx: UnboundedReceiver<OutFrame>,
+    mut rx: fan_out::FrameReceiver,
     outbound: Arc<Outbound>,
     beat: Arc<Beat>,
     pings: Option<PingKind>,

@@ -12,7 +12,7 @@ mod users;
 
 use parking_lot::{Mutex, RwLock};
 use rooms::Room;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 
@@ -45,7 +45,9 @@ pub struct MemoryState {
     /// Leases (`ArchiveFeed::lease`): name → holder, expiry (ms).
     leases: Mutex<HashMap<String, (String, u64)>>,
     /// The user registry: user → connection id → connection.
-    users: Mutex<HashMap<String, BTreeMap<String, crate::users::UserConn>>>,
+    /// user → that user's connections. A list, not a map: a user has a handful, and an empty
+    /// `BTreeMap`'s first node (about 1 KiB) per connected user showed in idle RSS.
+    users: Mutex<HashMap<String, Vec<crate::users::UserConn>>>,
     /// The webhook event queues (`EventQueue`): queue name → events, oldest first.
     events: Mutex<HashMap<String, VecDeque<crate::events::QueuedEvent>>>,
     /// Makes event entry ids unique within the process.

@@ -15,8 +15,8 @@ impl UserRegistry for MemoryState {
     ) -> Result<UserAdmission, StateError> {
         let mut users = self.users.lock();
         let conns = users.entry(user.to_string()).or_default();
-        if conns.contains_key(&conn.conn_id) {
-            conns.insert(conn.conn_id.clone(), conn.clone());
+        if let Some(known) = conns.iter_mut().find(|c| c.conn_id == conn.conn_id) {
+            *known = conn.clone();
             return Ok(UserAdmission::Admitted { first: false });
         }
         let count = conns.len() as u64;
@@ -26,7 +26,7 @@ impl UserRegistry for MemoryState {
             }
             return Ok(UserAdmission::Full { count });
         }
-        conns.insert(conn.conn_id.clone(), conn.clone());
+        conns.push(conn.clone());
         Ok(UserAdmission::Admitted { first: count == 0 })
     }
 
@@ -40,10 +40,13 @@ impl UserRegistry for MemoryState {
         let Some(conns) = users.get_mut(user) else {
             return Ok(false);
         };
-        if conns.get(conn_id).is_none_or(|c| c.node != node) {
+        let Some(at) = conns
+            .iter()
+            .position(|c| c.conn_id == conn_id && c.node == node)
+        else {
             return Ok(false);
-        }
-        conns.remove(conn_id);
+        };
+        conns.swap_remove(at);
         let last = conns.is_empty();
         if last {
             users.remove(user);
@@ -52,12 +55,10 @@ impl UserRegistry for MemoryState {
     }
 
     async fn user_conns(&self, user: &str) -> Result<Vec<UserConn>, StateError> {
-        Ok(self
-            .users
-            .lock()
-            .get(user)
-            .map(|conns| conns.values().cloned().collect())
-            .unwrap_or_default())
+        let mut conns: Vec<UserConn> = self.users.lock().get(user).cloned().unwrap_or_default();
+        // In connection id order: a stable answer for the API and the tests.
+        conns.sort_by(|a, b| a.conn_id.cmp(&b.conn_id));
+        Ok(conns)
     }
 
     async fn node_user_conns(&self, node: &str) -> Result<Vec<(String, String)>, StateError> {
@@ -66,7 +67,7 @@ impl UserRegistry for MemoryState {
             .iter()
             .flat_map(|(user, conns)| {
                 conns
-                    .values()
+                    .iter()
                     .filter(|c| c.node == node)
                     .map(move |c| (user.clone(), c.conn_id.clone()))
             })
@@ -81,12 +82,12 @@ impl UserRegistry for MemoryState {
         let mut users = self.users.lock();
         let mut removed = Vec::new();
         users.retain(|user, conns| {
-            conns.retain(|conn_id, c| {
-                let gone = c.node == node && !keep_prefix.is_some_and(|p| conn_id.starts_with(p));
+            conns.retain(|c| {
+                let gone = c.node == node && !keep_prefix.is_some_and(|p| c.conn_id.starts_with(p));
                 if gone {
                     removed.push(RemovedUserConn {
                         user: user.clone(),
-                        conn_id: conn_id.clone(),
+                        conn_id: c.conn_id.clone(),
                         last: false,
                     });
                 }

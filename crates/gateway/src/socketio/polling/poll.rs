@@ -19,7 +19,6 @@ use protocol::CloseCode;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc::UnboundedReceiver;
 
 /// A response stops taking packets once it is this large (the rest waits for the next GET).
 pub const MAX_BODY: usize = 1 << 20;
@@ -122,7 +121,7 @@ fn encode(
     node: &Node,
     session: &Session,
     first: OutFrame,
-    rx: &mut UnboundedReceiver<OutFrame>,
+    rx: &mut fan_out::FrameReceiver,
     body: &mut Vec<u8>,
 ) {
     let outbound = &session.outbound;

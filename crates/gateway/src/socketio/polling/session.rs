@@ -14,7 +14,7 @@
 
 use crate::socketio::heartbeat::Clock;
 use crate::transport::Probe;
-use fan_out::{OutFrame, Outbound};
+use fan_out::Outbound;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use protocol::polling::Packet;
@@ -62,7 +62,7 @@ pub struct Session {
     pub outbound: Arc<Outbound>,
     /// The queue's receiving end while polling drains it (`None` once the upgrade took it).
     /// A GET holds the lock while it waits, so GETs never interleave.
-    pub(super) queue: Mutex<Option<mpsc::UnboundedReceiver<OutFrame>>>,
+    pub(super) queue: Mutex<Option<fan_out::FrameReceiver>>,
     pub(super) inbound: mpsc::Sender<Inbound>,
     /// A GET is in progress (a second one at the same time is an error).
     pub(super) polling: AtomicBool,
@@ -93,7 +93,7 @@ impl Session {
     pub fn new(
         sid: String,
         outbound: Arc<Outbound>,
-        rx: mpsc::UnboundedReceiver<OutFrame>,
+        rx: fan_out::FrameReceiver,
         clock: Arc<Clock>,
     ) -> (Arc<Session>, mpsc::Receiver<Inbound>) {
         // One POST at a time, plus an upgrade.
@@ -153,7 +153,7 @@ impl Session {
     }
 
     /// Takes the queue for the WebSocket writer, once the last GET let go of it.
-    pub async fn take_queue(&self) -> Option<mpsc::UnboundedReceiver<OutFrame>> {
+    pub async fn take_queue(&self) -> Option<fan_out::FrameReceiver> {
         self.queue.lock().await.take()
     }
 
