@@ -26,6 +26,8 @@ impl UserRegistry for MemoryState {
             }
             return Ok(UserAdmission::Full { count });
         }
+        // Exact: most users hold one connection, and a Vec's first growth makes room for 4.
+        conns.reserve_exact(1);
         conns.push(conn.clone());
         Ok(UserAdmission::Admitted { first: count == 0 })
     }
