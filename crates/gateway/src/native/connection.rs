@@ -94,70 +94,91 @@ impl Driver for Native {
         Ok(())
     }
 
-    async fn serve(self, node: Arc<Node>, ws: Ws, live: Live) -> DisconnectReason {
-        let Native {
-            format,
-            auth,
-            user_slot: _user_slot,
-            proxy: _,
-        } = self;
-        match auth {
-            Ok(identity) => {
-                // The cluster-wide count (the node's own was taken in `admit`): a refusal is
-                // the same close 4008, before anything else is sent.
-                let conn_id: Arc<str> = Arc::from(node.next_conn_id());
-                let entry = match crate::users::register(&node, &identity.user, &conn_id, "native")
-                    .await
-                {
-                    Ok(entry) => entry,
-                    Err(refusal) => {
-                        node.metrics.rejected(refusal.rejection);
-                        Box::pin(crate::transport::reject(ws, refusal.code, &refusal.reason)).await;
-                        return DisconnectReason::Policy;
-                    }
-                };
-                let reason = serve(&node, ws, format, identity, conn_id, live).await;
-                drop(entry);
-                reason
+    // An `async move` block rather than an async fn: its future lives as long as the
+    // connection, and an async fn's keeps each argument twice (see `lifecycle::run`).
+    #[allow(clippy::manual_async_fn)] // on purpose: the comment above says why
+    fn serve(
+        self,
+        node: Arc<Node>,
+        ws: Ws,
+        live: Live,
+    ) -> impl std::future::Future<Output = DisconnectReason> + Send {
+        async move {
+            let Native {
+                format,
+                auth,
+                user_slot: _user_slot,
+                proxy: _,
+            } = self;
+            match auth {
+                Ok(identity) => {
+                    // The cluster-wide count (the node's own was taken in `admit`): a refusal is
+                    // the same close 4008, before anything else is sent.
+                    let conn_id: Arc<str> = Arc::from(node.next_conn_id());
+                    let entry =
+                        match crate::users::register(&node, &identity.user, &conn_id, "native")
+                            .await
+                        {
+                            Ok(entry) => entry,
+                            Err(refusal) => {
+                                node.metrics.rejected(refusal.rejection);
+                                Box::pin(crate::transport::reject(
+                                    ws,
+                                    refusal.code,
+                                    &refusal.reason,
+                                ))
+                                .await;
+                                return DisconnectReason::Policy;
+                            }
+                        };
+                    let reason = serve(&node, ws, format, identity, conn_id, live).await;
+                    drop(entry);
+                    reason
+                }
+                // `admit` let no refused token through.
+                Err(_) => DisconnectReason::Auth,
             }
-            // `admit` let no refused token through.
-            Err(_) => DisconnectReason::Auth,
         }
     }
 }
 
-async fn serve(
+// An `async move` block rather than an async fn: this future lives as long as the
+// connection, and an async fn's keeps each argument twice (see `lifecycle::run`).
+#[allow(clippy::manual_async_fn)] // on purpose: the comment above says why
+fn serve(
     node: &Arc<Node>,
     ws: Ws,
     format: Format,
     identity: Identity,
     conn_id: Arc<str>,
     live: Live,
-) -> DisconnectReason {
-    let config = &node.config;
-    let mut socket = Socket::open(
-        ws,
-        SocketConfig {
-            format,
-            max_message_bytes: config.max_message_bytes,
-            queue_bytes: config.outbound_queue_bytes,
-            writer: WriterConfig::with_pings(config),
-        },
-        node.metrics.clone(),
-    );
-    let session = open_session(node, identity, conn_id, &socket.outbound, &live);
-    let reason = ops_loop(node, &mut socket, &session, format).await;
-    let end = socket.finish(config.write_timeout).await;
-    // Boxed, like the ops below: this future lives as long as the connection, and inline
-    // these would make every idle connection pay for their largest state.
-    Box::pin(session::cleanup(
-        node,
-        &session.conn_id,
-        &session.identity.user,
-    ))
-    .await;
-    live.remove(&session.conn_id);
-    disconnect_reason(end, &socket.outbound, reason)
+) -> impl std::future::Future<Output = DisconnectReason> + Send + '_ {
+    async move {
+        let config = &node.config;
+        let mut socket = Socket::open(
+            ws,
+            SocketConfig {
+                format,
+                max_message_bytes: config.max_message_bytes,
+                queue_bytes: config.outbound_queue_bytes,
+                writer: WriterConfig::with_pings(config),
+            },
+            node.metrics.clone(),
+        );
+        let session = open_session(node, identity, conn_id, &socket.outbound, &live);
+        let reason = ops_loop(node, &mut socket, &session, format).await;
+        let end = socket.finish(config.write_timeout).await;
+        // Boxed, like the ops below: this future lives as long as the connection, and inline
+        // these would make every idle connection pay for their largest state.
+        Box::pin(session::cleanup(
+            node,
+            &session.conn_id,
+            &session.identity.user,
+        ))
+        .await;
+        live.remove(&session.conn_id);
+        disconnect_reason(end, &socket.outbound, reason)
+    }
 }
 
 /// Registers the connection and greets it: `welcome`, then the traffic status.

@@ -60,24 +60,34 @@ impl Driver for SocketIo {
 
     /// A WebSocket-only session (no `sid`): the open packet offers no upgrade. Its Engine.IO
     /// pings come from the shared ping ticker, written by its writer task (see `serve`).
-    async fn serve(self, node: Arc<Node>, ws: Ws, live: Live) -> DisconnectReason {
-        let config = SocketConfig {
-            writer: WriterConfig::with_engine_io_pings(&node.config),
-            ..socket_config(&node.config)
-        };
-        let socket = Socket::open(ws, config, node.metrics.clone());
-        let cfg = &node.config;
-        push(
-            &socket.outbound,
-            sio::open_packet(
-                &random_id(),
-                &[],
-                cfg.socketio_ping_interval.as_millis() as u64,
-                cfg.socketio_ping_timeout.as_millis() as u64,
-                cfg.socketio_max_payload as u64,
-            ),
-        );
-        serve(node, Engine::websocket(socket), self, live).await
+    // An `async move` block rather than an async fn: this future lives as long as the
+    // connection, and an async fn's keeps each argument twice (see `lifecycle::run`).
+    #[allow(clippy::manual_async_fn)] // on purpose: the comment above says why
+    fn serve(
+        self,
+        node: Arc<Node>,
+        ws: Ws,
+        live: Live,
+    ) -> impl std::future::Future<Output = DisconnectReason> + Send {
+        async move {
+            let config = SocketConfig {
+                writer: WriterConfig::with_engine_io_pings(&node.config),
+                ..socket_config(&node.config)
+            };
+            let socket = Socket::open(ws, config, node.metrics.clone());
+            let cfg = &node.config;
+            push(
+                &socket.outbound,
+                sio::open_packet(
+                    &random_id(),
+                    &[],
+                    cfg.socketio_ping_interval.as_millis() as u64,
+                    cfg.socketio_ping_timeout.as_millis() as u64,
+                    cfg.socketio_max_payload as u64,
+                ),
+            );
+            serve(node, Engine::websocket(socket), self, live).await
+        }
     }
 }
 
@@ -123,44 +133,49 @@ impl Pongs {
 
 /// Serves one Engine.IO session whose open packet is queued: heartbeat, packets, and the
 /// end (the sockets saved for recovery or dropped, then the transport finished).
-pub async fn serve(
+// An `async move` block rather than an async fn: this future lives as long as the
+// connection, and an async fn's keeps each argument twice (see `lifecycle::run`).
+#[allow(clippy::manual_async_fn)] // on purpose: the comment above says why
+pub fn serve(
     node: Arc<Node>,
     mut engine: Engine,
     driver: SocketIo,
     live: Live,
-) -> DisconnectReason {
-    let cfg = &node.config;
-    let outbound = engine.outbound().clone();
-    // See `Pongs` for which heartbeat drives the pings.
-    let (pongs, heartbeat) = match engine.pings() {
-        Pings::Own(clock) => {
-            let pong = Arc::new(Notify::new());
-            let task = tokio::spawn(heartbeat::run(
-                clock,
-                outbound.clone(),
-                pong.clone(),
-                cfg.socketio_ping_interval,
-                cfg.socketio_ping_timeout,
-            ));
-            (Pongs::Task(pong), Some(task))
+) -> impl std::future::Future<Output = DisconnectReason> + Send {
+    async move {
+        let cfg = &node.config;
+        let outbound = engine.outbound().clone();
+        // See `Pongs` for which heartbeat drives the pings.
+        let (pongs, heartbeat) = match engine.pings() {
+            Pings::Own(clock) => {
+                let pong = Arc::new(Notify::new());
+                let task = tokio::spawn(heartbeat::run(
+                    clock,
+                    outbound.clone(),
+                    pong.clone(),
+                    cfg.socketio_ping_interval,
+                    cfg.socketio_ping_timeout,
+                ));
+                (Pongs::Task(pong), Some(task))
+            }
+            Pings::Ticker(liveness) => (Pongs::Ticker(liveness), None),
+        };
+        let mut sockets = Sockets::new(&node, driver.ip, outbound.clone(), live);
+        sockets.handshake = driver.handshake.clone();
+        let (reason, recoverable) =
+            packet_loop(cfg, &mut engine, &mut sockets, driver.mode, &pongs).await;
+        if let Some(task) = heartbeat {
+            task.abort();
         }
-        Pings::Ticker(liveness) => (Pongs::Ticker(liveness), None),
-    };
-    let mut sockets = Sockets::new(&node, driver.ip, outbound.clone(), live);
-    sockets.handshake = driver.handshake.clone();
-    let (reason, recoverable) =
-        packet_loop(cfg, &mut engine, &mut sockets, driver.mode, &pongs).await;
-    if let Some(task) = heartbeat {
-        task.abort();
+        // Save (or drop) the sockets first: a recovering client may be back within milliseconds.
+        // Boxed, like the packet handling below: this future lives as long as the connection,
+        // and inline these would make every idle connection pay for their largest state.
+        Box::pin(sockets.end_all(recoverable)).await;
+        let end = engine
+            .finish(cfg.write_timeout, reason == DisconnectReason::Client)
+            .await;
+        disconnect_reason(end, &outbound, reason)
     }
-    // Save (or drop) the sockets first: a recovering client may be back within milliseconds.
-    // Boxed, like the packet handling below: this future lives as long as the connection,
-    // and inline these would make every idle connection pay for their largest state.
-    Box::pin(sockets.end_all(recoverable)).await;
-    let end = engine
-        .finish(cfg.write_timeout, reason == DisconnectReason::Client)
-        .await;
-    disconnect_reason(end, &outbound, reason)
 }
 
 /// Reads packets until the connection ends. Returns why it ended and whether the sockets'
