@@ -60,6 +60,17 @@ down() {
 # Starts the gateway on port $1 in the background (its log is appended to, across restarts).
 start_gateway() {
   local p=$1 as=()
+  # A gateway still listening on the port (one killed a moment ago, or one this script lost
+  # track of) would make the new one fail to bind, and the pid file would then name a dead
+  # process while the old one lives on: wait for the port, then refuse.
+  for _ in $(seq 1 50); do
+    ss -Htln "sport = :$p" | grep -q . || break
+    sleep 0.1
+  done
+  if ss -Htln "sport = :$p" | grep -q .; then
+    echo "port $p is still in use: no gateway started there" >&2
+    return 1
+  fi
   if [ "${CLUSTER_UID_GATEWAY:-}" = "$p" ]; then
     as=(setpriv --reuid="${CLUSTER_UID:-64000}" --regid="${CLUSTER_UID:-64000}" --clear-groups)
   fi
