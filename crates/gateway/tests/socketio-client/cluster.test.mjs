@@ -221,8 +221,12 @@ for (const [name, opts] of [["default options", {}], ["polling only", { transpor
     const gone = once(s, "disconnect", 20000);
     process.kill(Number(pids[owner]), "SIGKILL");
     await gone;
-    // Any other gateway answers the dead owner's sid as unknown (400), not with a hang.
-    const other = GATEWAYS.find((g) => alive(`poll-${g.split(":").pop()}`));
+    // Any other gateway answers the dead owner's sid as unknown (400), not with a hang. Not
+    // the owner by its liveness: a killed process not yet reaped still answers kill(pid, 0).
+    const other = GATEWAYS.find((g) => {
+      const tag = `poll-${g.split(":").pop()}`;
+      return tag !== owner && alive(tag);
+    });
     const stale = await fetch(`${other}/socket.io/?EIO=4&transport=polling&sid=${deadSid}`);
     assert.equal(stale.status, 400);
     assert.deepEqual(await stale.json(), { code: 1, message: "Session ID unknown" });
