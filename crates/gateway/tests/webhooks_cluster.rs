@@ -369,7 +369,13 @@ async fn serial_webhooks_through_bad_answers_on_three_gateways() {
     statuses.sort();
     assert_eq!(statuses, [302, 500, 503]);
     for r in refused {
-        for e in serde_json::from_str::<Vec<Value>>(&r.body).unwrap() {
+        // Only this test's events: a batch may also carry what an earlier serial test's
+        // gateways left in the shared queues, delivered on its own schedule.
+        let batch = serde_json::from_str::<Vec<Value>>(&r.body).unwrap();
+        let mine = batch.into_iter().filter(|e| {
+            e["room"] == room.as_str() || users.iter().any(|u| e["user"] == u.as_str())
+        });
+        for e in mine {
             assert!(
                 events.iter().any(|a| a["id"] == e["id"]),
                 "never accepted: {e}"
