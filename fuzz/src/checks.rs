@@ -13,7 +13,7 @@
 //! `float_roundtrip` feature, as in the workspace) may parse a float one ULP off, so
 //! `decode(encode(x))` is only equal to `x` up to that.
 
-use protocol::codec::{decode_request, request_from_value};
+use protocol::codec::{decode_request, encode, encode_event, request_from_value};
 use protocol::data::{self, Data, MAX_DEPTH};
 use protocol::emitter;
 use protocol::envelope::Envelope;
@@ -487,6 +487,36 @@ fn check_data(d: &Data) {
         values_equivalent(&sio, &value),
         "Data changed through Socket.IO"
     );
+    // A message to Socket.IO clients: the direct encoding (`encode_event`) is the general
+    // one's JSON, sequenced and ephemeral alike.
+    for (offset, epoch) in [(7, "e1"), (0, "")] {
+        let p = protocol::Publication {
+            room: "chat:1".into(),
+            offset,
+            epoch: epoch.into(),
+            from: "u\"1".into(),
+            data: d.clone(),
+            ts: 1_700_000_000_000,
+        };
+        let event = protocol::Event::Message(&p);
+        let general = encode(&event, Format::SocketIo).expect("a message encodes");
+        let direct = encode_event(&event, Format::SocketIo).expect("a message encodes");
+        assert_eq!(
+            general.first() == Some(&socketio::BUNDLE),
+            direct.first() == Some(&socketio::BUNDLE),
+            "both bundle, or neither"
+        );
+        if general.first() != Some(&socketio::BUNDLE) {
+            let parse = |b: &[u8]| -> Value {
+                let text = std::str::from_utf8(b).expect("text").strip_prefix("42");
+                protocol::value::from_str(text.expect("an EVENT")).expect("parses")
+            };
+            assert!(
+                values_equivalent(&parse(&general), &parse(&direct)),
+                "the direct Socket.IO message differs"
+            );
+        }
+    }
 }
 
 /// The byte strings of a value, in document order.

@@ -3,7 +3,7 @@
 use crate::outbound::{PushError, WriteMode};
 use crate::registry::{Registry, MAX_PENDING};
 use bytes::Bytes;
-use protocol::codec::encode;
+use protocol::codec::encode_event;
 use protocol::envelope::Envelope;
 use protocol::frame::{Event, PresenceAction, Publication};
 use protocol::{CloseCode, Format};
@@ -66,7 +66,7 @@ impl<'a> Encoded<'a> {
     fn get(&mut self, format: Format) -> Option<Bytes> {
         let slot = &mut self.bytes[format.index()];
         if slot.is_none() {
-            *slot = encode(&self.event, format).ok();
+            *slot = encode_event(&self.event, format).ok();
         }
         slot.clone()
     }
@@ -272,7 +272,7 @@ pub fn deliver_held(
         WriteMode::Direct
     };
     for publication in held {
-        let Ok(bytes) = encode(&Event::Message(publication), conn.outbound.format()) else {
+        let Ok(bytes) = encode_event(&Event::Message(publication), conn.outbound.format()) else {
             continue;
         };
         let len = bytes.len() as u64;

@@ -17,7 +17,7 @@
 use crate::node::Node;
 use crate::session::{self, After, Session};
 use fan_out::{Journal, Position};
-use protocol::codec::encode;
+use protocol::codec::encode_event;
 use protocol::frame::{Event, OkBody, Op, Publication, Since};
 use protocol::socketio::parse_recovery_offset;
 use protocol::Format;
@@ -247,7 +247,7 @@ fn replay(
             session.outbound.journal_base(&room, epoch, *offset);
         }
         for p in &missed {
-            if let Ok(bytes) = encode(&Event::Message(p), Format::SocketIo) {
+            if let Ok(bytes) = encode_event(&Event::Message(p), Format::SocketIo) {
                 // A replay: several at once, written together by the writer.
                 let _ = session
                     .outbound
