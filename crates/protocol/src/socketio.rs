@@ -242,6 +242,24 @@ pub fn ack(namespace: &str, id: u64, args: &Value) -> String {
     format!("{}{id}{}", prefix('3', namespace), args)
 }
 
+/// `43<id>[{"ok":body}]`: an ACK whose one argument is a success reply with nothing to strip
+/// or attach (a publish's), printed straight from `body` rather than through a value tree.
+pub fn ack_ok<T: serde::Serialize + ?Sized>(
+    namespace: &str,
+    id: u64,
+    body: &T,
+) -> Result<String, serde_json::Error> {
+    #[derive(serde::Serialize)]
+    struct Ok<'a, T: ?Sized> {
+        ok: &'a T,
+    }
+    Ok(format!(
+        "{}{id}{}",
+        prefix('3', namespace),
+        serde_json::to_string(&[Ok { ok: body }])?
+    ))
+}
+
 /// `42["name",arg]`: an EVENT to the client.
 pub fn event(namespace: &str, name: &str, arg: &Value) -> String {
     format!(
@@ -421,6 +439,32 @@ impl<'a> Iterator for Messages<'a> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_printed_ack_is_the_value_trees_ack() {
+        use crate::frame::OkBody;
+        let bodies = [
+            OkBody::Published {
+                offset: 42,
+                duplicate: false,
+                epoch: None,
+            },
+            OkBody::Published {
+                offset: 7,
+                duplicate: true,
+                epoch: Some("e\"1".into()),
+            },
+            OkBody::PUBLISHED_EPHEMERAL,
+        ];
+        for body in bodies {
+            for ns in ["/", "/chat"] {
+                assert_eq!(
+                    ack_ok(ns, 12, &body).expect("prints"),
+                    ack(ns, 12, &json!([{ "ok": body }])),
+                );
+            }
+        }
+    }
 
     #[test]
     fn engine_packets() {

@@ -17,7 +17,7 @@ use crate::transport::Live;
 use bytes::Bytes;
 use fan_out::{LocalConn, OutFrame, Outbound};
 use protocol::codec::{encode, request_from_value};
-use protocol::frame::{ErrorBody, Event, Op};
+use protocol::frame::{ErrorBody, Event, OkBody, Op};
 use protocol::socketio::{self as sio, Kind, Packet};
 use protocol::{CloseCode, ErrorCode, Format};
 use serde_json::{json, Value};
@@ -608,7 +608,15 @@ impl<'a> Sockets<'a> {
                 .await;
                 timer.observe_duration();
                 if let Some(id) = ack {
+                    // A publish's success names no room and holds no bytes: printed straight,
+                    // one per publish, without the value tree the other replies go through.
                     let body = match result {
+                        Ok(
+                            body @ (OkBody::Published { .. } | OkBody::PublishedEphemeral { .. }),
+                        ) => match sio::ack_ok(&ns, id, &body) {
+                            Ok(text) => return push(&outbound, text),
+                            Err(_) => json!({ "ok": body }),
+                        },
                         Ok(body) => json!({ "ok": body }),
                         Err(error) => json!({ "error": error }),
                     };
