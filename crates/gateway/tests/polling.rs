@@ -550,3 +550,52 @@ async fn a_relayed_poll_the_client_abandons_ends_the_session_at_its_owner() {
     let r = get(b.addr, &sid).await;
     assert_eq!((r.status, r.code()), (400, json!(1)));
 }
+
+#[tokio::test]
+async fn a_relayed_poll_cut_off_by_the_relays_death_leaves_the_session_alive() {
+    let (a, b) = two_peers().await;
+    let (sid, _) = handshake(a.addr, SIO).await;
+    assert_eq!(post(a.addr, &sid, "40").await.body, "ok");
+    assert!(get(a.addr, &sid).await.body.starts_with("40{\"sid\":"));
+    // The relaying node (b) as the owner sees it: a long poll on a connection of its own.
+    let relayed = || async {
+        let mut s = TcpStream::connect(a.addr).await.unwrap();
+        let req = format!(
+            "GET {SIO}&sid={sid} HTTP/1.1\r\nHost: test\r\nx-roomcast-forwarded: {}\r\n\r\n",
+            b.node.id
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        s
+    };
+    let ask = |n: u32| format!("42{n}[\"presence\",{{\"room\":\"nowhere\"}}]");
+    // b dies (its connection closes), then the balancer sends the GET again, here.
+    drop(relayed().await);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let pending = tokio::spawn({
+        let (addr, sid) = (a.addr, sid.clone());
+        async move { get(addr, &sid).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(post(a.addr, &sid, &ask(1)).await.body, "ok");
+    let polled = pending.await.unwrap();
+    assert!(polled.body.contains("431["), "{}", polled.body);
+    // The GET sent again gets here before the owner saw the relayed one's connection close:
+    // it waits for it rather than ending the session as an overlap.
+    let cut = relayed().await;
+    let pending = tokio::spawn({
+        let (addr, sid) = (a.addr, sid.clone());
+        async move { get(addr, &sid).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(cut);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(post(a.addr, &sid, &ask(2)).await.body, "ok");
+    let polled = pending.await.unwrap();
+    assert!(polled.body.contains("432["), "{}", polled.body);
+    // Past the grace, the session lives on.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(a.node.polling.get(&sid).is_some());
+    assert_eq!(post(a.addr, &sid, &ask(3)).await.body, "ok");
+    assert!(get(a.addr, &sid).await.body.contains("433["));
+}

@@ -93,7 +93,10 @@ async fn route(
         };
         return match (websocket, req.method()) {
             (true, _) => upgrade::upgrade(node, session, req),
-            (false, &Method::GET) => polling::poll::poll(&node, session).await,
+            (false, &Method::GET) => {
+                let relayed = req.headers().contains_key(forward::FORWARDED);
+                polling::poll::poll(&node, session, relayed).await
+            }
             (false, &Method::POST) => polling::data::data(&node, session, req).await,
             (false, _) => refuse(StatusCode::BAD_REQUEST, 3, "Bad request"),
         };

@@ -71,5 +71,5 @@ pub async fn open(
         labels,
         move |node, live| connection::serve(node, engine, driver, live),
     ));
-    poll::poll(&node, session).await
+    poll::poll(&node, session, false).await
 }

@@ -4,8 +4,14 @@
 //! As the reference server does: a second GET while one is pending closes the session (the
 //! pending one answers `1`, the second gets 400); a GET the client abandons closes it too; a
 //! GET while the upgrade is paused waits at most [`PAUSED_WAIT`] and answers a noop `6`.
+//!
+//! A GET another node relayed is the exception to the first two (see [`RELAY_GRACE`]): when
+//! its connection breaks, the relaying node may have died while the client lives on and its
+//! balancer sends the GET again. So a GET that finds a relayed one pending waits a moment for
+//! it to end, and a relayed GET that broke off ends the session only if no GET follows. It
+//! had taken nothing from the queue, so letting it go loses nothing.
 
-use super::session::{Busy, Session, Stage};
+use super::session::{Session, Stage, RELAY_GRACE};
 use crate::http::response::Body;
 use crate::node::Node;
 use crate::socketio::{refuse, CLIENT_CLOSED};
@@ -33,35 +39,63 @@ enum NoPayload {
     Upgraded,
 }
 
-/// Answers one GET.
-pub async fn poll(node: &Node, session: Arc<Session>) -> Response<Body> {
+/// Answers one GET; `relayed`: another node relayed it.
+pub async fn poll(node: &Node, session: Arc<Session>, relayed: bool) -> Response<Body> {
     if session.stage() == Stage::Upgraded {
         return refuse(StatusCode::BAD_REQUEST, 3, "Bad request");
     }
-    if session.polling.swap(true, Ordering::AcqRel) {
+    if !session.begin_poll(relayed).await {
         session.fail(CloseCode::PROTOCOL_ERROR, "overlapping polls");
         return refuse(StatusCode::BAD_REQUEST, 3, "Bad request");
     }
-    let _busy = Busy(&session.polling);
+    let _busy = PollSlot(&session);
     // If the client gives up on this GET (hyper drops the future), the session ends, as with
     // the reference server: packets taken for a response nobody reads would be lost.
-    let mut abandoned = Abandoned(Some(&session));
+    let mut abandoned = Abandoned {
+        session: Some(session.clone()),
+        relayed,
+    };
     let payload = next_payload(node, &session).await;
-    abandoned.0 = None;
+    abandoned.session = None;
     match payload {
         Ok(body) => payload_response(body),
         Err(NoPayload::Upgraded) => refuse(StatusCode::BAD_REQUEST, 3, "Bad request"),
     }
 }
 
-/// Closes the session when dropped armed.
-struct Abandoned<'a>(Option<&'a Session>);
+/// Gives the pending-GET slot back when the GET ends, however it ends.
+struct PollSlot<'a>(&'a Session);
 
-impl Drop for Abandoned<'_> {
+impl Drop for PollSlot<'_> {
     fn drop(&mut self) {
-        if let Some(session) = self.0 {
+        self.0.end_poll();
+    }
+}
+
+/// Closes the session when dropped armed: at once for a direct GET, after [`RELAY_GRACE`]
+/// without another GET for a relayed one.
+struct Abandoned {
+    session: Option<Arc<Session>>,
+    relayed: bool,
+}
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        let Some(session) = self.session.take() else {
+            return;
+        };
+        let runtime = tokio::runtime::Handle::try_current();
+        let (true, Ok(runtime)) = (self.relayed, runtime) else {
             session.fail(CloseCode::NORMAL, "poll abandoned");
-        }
+            return;
+        };
+        let begun = session.polls_begun.load(Ordering::Acquire);
+        runtime.spawn(async move {
+            tokio::time::sleep(RELAY_GRACE).await;
+            if session.polls_begun.load(Ordering::Acquire) == begun {
+                session.fail(CloseCode::NORMAL, "poll abandoned");
+            }
+        });
     }
 }
 

@@ -18,9 +18,22 @@ use fan_out::Outbound;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use protocol::polling::Packet;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Mutex, Notify};
+
+/// A GET that came through a peer may be cut off with that peer (killed) while the client
+/// lives on: the balancer sends the GET again, to another node or here, maybe before this
+/// node has seen the relayed one's connection close. So a GET that finds a relayed GET pending
+/// waits this long for it to end, and a relayed GET that broke off ends the session only if no
+/// GET follows within this long (see [`super::poll`]).
+pub const RELAY_GRACE: Duration = Duration::from_secs(1);
+
+/// Which GET holds the session's one pending-GET slot ([`Session::begin_poll`]).
+const NO_GET: u8 = 0;
+const DIRECT_GET: u8 = 1;
+const RELAYED_GET: u8 = 2;
 
 /// A WebSocket whose probe succeeded.
 pub type ProbedSocket = Box<Probe<TokioIo<Upgraded>>>;
@@ -64,8 +77,12 @@ pub struct Session {
     /// A GET holds the lock while it waits, so GETs never interleave.
     pub(super) queue: Mutex<Option<fan_out::FrameReceiver>>,
     pub(super) inbound: mpsc::Sender<Inbound>,
-    /// A GET is in progress (a second one at the same time is an error).
-    pub(super) polling: AtomicBool,
+    /// Which GET is in progress, if any (a second one at the same time is an error).
+    poll: AtomicU8,
+    /// Wakes a GET waiting for a relayed one to end.
+    poll_ended: Notify,
+    /// How many GETs began: a relayed GET that broke off ends the session unless it grew.
+    pub(super) polls_begun: AtomicU64,
     /// A POST is in progress (likewise).
     pub(super) posting: AtomicBool,
     stage: AtomicU8,
@@ -103,7 +120,9 @@ impl Session {
             outbound,
             queue: Mutex::new(Some(rx)),
             inbound: tx,
-            polling: AtomicBool::new(false),
+            poll: AtomicU8::new(NO_GET),
+            poll_ended: Notify::new(),
+            polls_begun: AtomicU64::new(0),
             posting: AtomicBool::new(false),
             stage: AtomicU8::new(Stage::Polling as u8),
             close_taken: AtomicBool::new(false),
@@ -155,6 +174,41 @@ impl Session {
     /// Takes the queue for the WebSocket writer, once the last GET let go of it.
     pub async fn take_queue(&self) -> Option<fan_out::FrameReceiver> {
         self.queue.lock().await.take()
+    }
+
+    /// Takes the slot of the session's one pending GET; false for a GET that overlaps
+    /// another, which the reference server treats as a client error. Except when the pending
+    /// GET was relayed ([`RELAY_GRACE`]): this one waits at most that long for it to end.
+    pub(super) async fn begin_poll(&self, relayed: bool) -> bool {
+        let me = if relayed { RELAYED_GET } else { DIRECT_GET };
+        let deadline = tokio::time::Instant::now() + RELAY_GRACE;
+        loop {
+            let ended = self.poll_ended.notified();
+            tokio::pin!(ended);
+            // Registered before the slot is read, so an end in between wakes us.
+            ended.as_mut().enable();
+            match self
+                .poll
+                .compare_exchange(NO_GET, me, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => {
+                    self.polls_begun.fetch_add(1, Ordering::AcqRel);
+                    return true;
+                }
+                Err(RELAYED_GET) => {
+                    if tokio::time::timeout_at(deadline, ended).await.is_err() {
+                        return false;
+                    }
+                }
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// Gives the pending-GET slot back.
+    pub(super) fn end_poll(&self) {
+        self.poll.store(NO_GET, Ordering::Release);
+        self.poll_ended.notify_waiters();
     }
 
     /// A GET took the close from the queue.
