@@ -78,6 +78,10 @@ impl Parked {
     }
 }
 
+/// The most jobs waiting behind the current one for its deliveries still to be written
+/// directly (see `run`).
+const DIRECT_BACKLOG_MAX: usize = 32;
+
 /// Runs one worker until the adapter is dropped.
 pub(super) async fn run(inner: Arc<Inner>, mut rx: mpsc::Receiver<Job>) {
     let mut seq = Sequencer::new();
@@ -98,10 +102,14 @@ pub(super) async fn run(inner: Arc<Inner>, mut rx: mpsc::Receiver<Job>) {
             },
         };
         let Some(job) = job else { return };
-        // With more jobs waiting, deliveries go through the connections' queues: their
-        // writers then write each connection's share of the backlog at once, where direct
-        // writes would make one syscall per frame per recipient and fall further behind.
-        let mode = if rx.is_empty() {
+        // A short backlog is what one read from Redis brings on a busy node: written as it
+        // is delivered, so its last message does not wait for every recipient's writer task
+        // to be scheduled (at 2,563 publishes/s, rooms of 10, this halved p99 for the same
+        // CPU; docs/bench/findings.md). With a longer one the node is catching up:
+        // deliveries go through the connections' queues, whose writers write each
+        // connection's share of the backlog at once, where direct writes would make one
+        // syscall per frame per recipient and fall further behind.
+        let mode = if rx.len() < DIRECT_BACKLOG_MAX {
             WriteMode::Direct
         } else {
             WriteMode::Queued
