@@ -17,10 +17,14 @@
 //! only ever delays a timeout.
 //!
 //! The ticker cuts the interval into [`SLICES`] ticks and keeps the connections in as many
-//! buckets: a connection goes into the bucket of the tick after it registered and is first
-//! visited a whole interval later, so its first ping comes between one interval and one
-//! interval plus a tick after it opened (per-connection timers pinged at exactly one
-//! interval), and then one every interval. Each tick wakes only its bucket's connections.
+//! buckets: a connection goes into the bucket of the second tick after it registered and is
+//! first visited a whole interval after that tick, so its first ping comes between one
+//! interval and one interval plus two ticks after it opened (per-connection timers pinged at
+//! exactly one interval), and then one every interval. The second tick, not the next: a late
+//! ticker makes up lateness under a tick, so the next tick may be one that was due before the
+//! connection registered, and a ping counted from it came up to a tick early (a CI run saw a
+//! first ping 7/8 of an interval after the open). Each tick wakes only its bucket's
+//! connections.
 //!
 //! The ticker is an OS thread, not a Tokio task: it must outlive any one runtime (the tests
 //! run many nodes, on many runtimes, in one process) and it only sets flags and wakes tasks,
@@ -232,15 +236,21 @@ pub fn register(heartbeat: Heartbeat, beat: &Arc<Beat>) {
         ..heartbeat
     });
     let mut wheel = schedule.wheel.lock();
-    let next = wheel.ticks + 1;
-    wheel.buckets[(next % SLICES) as usize].push(Entry {
-        beat: Arc::downgrade(beat),
-        from: next + SLICES,
-    });
-    wheel.len += 1;
+    place(&mut wheel, beat);
     if wheel.len == 1 {
         schedule.wake.notify_one();
     }
+}
+
+/// Puts a connection that registers now in its bucket: that of the second tick from now,
+/// first visited a whole interval after it (see the module's doc).
+fn place(wheel: &mut Wheel, beat: &Arc<Beat>) {
+    let first = wheel.ticks + 2;
+    wheel.buckets[(first % SLICES) as usize].push(Entry {
+        beat: Arc::downgrade(beat),
+        from: first + SLICES,
+    });
+    wheel.len += 1;
 }
 
 fn schedule(heartbeat: Heartbeat) -> Arc<Schedule> {
@@ -413,26 +423,17 @@ mod tests {
         }
     }
 
-    fn add(wheel: &mut Wheel, beat: &Arc<Beat>) {
-        let next = wheel.ticks + 1;
-        wheel.buckets[(next % SLICES) as usize].push(Entry {
-            beat: Arc::downgrade(beat),
-            from: next + SLICES,
-        });
-        wheel.len += 1;
-    }
-
     #[test]
     fn each_connection_is_visited_once_per_interval_from_one_interval_on() {
         let mut w = wheel();
         let mut due = Vec::new();
         let a = Arc::new(Beat::new());
-        add(&mut w, &a);
+        place(&mut w, &a);
         w.ticks += 3;
         let b = Arc::new(Beat::new());
-        add(&mut w, &b);
+        place(&mut w, &b);
         let mut visits = (Vec::new(), Vec::new());
-        for _ in 0..3 * SLICES {
+        for _ in 0..4 * SLICES {
             visit(&mut w, 0, LIMITS, &mut due);
             for (beat, what) in due.drain(..) {
                 assert_eq!(what, Due::Ping);
@@ -444,9 +445,12 @@ mod tests {
             }
         }
         // `a` registered before tick 1, `b` before tick 4: each first visited a whole
-        // interval (SLICES ticks) after that tick, then every interval.
-        assert_eq!(visits.0, [1 + SLICES, 1 + 2 * SLICES, 1 + 3 * SLICES]);
-        assert_eq!(visits.1, [4 + SLICES, 4 + 2 * SLICES]);
+        // interval (SLICES ticks) after the tick after that one, then every interval.
+        assert_eq!(
+            visits.0,
+            [2 + SLICES, 2 + 2 * SLICES, 2 + 3 * SLICES, 2 + 4 * SLICES]
+        );
+        assert_eq!(visits.1, [5 + SLICES, 5 + 2 * SLICES, 5 + 3 * SLICES]);
         assert_eq!(w.len, 2);
     }
 
@@ -456,13 +460,13 @@ mod tests {
         let mut due = Vec::new();
         let silent = Arc::new(Beat::new());
         let gone = Arc::new(Beat::new());
-        add(&mut w, &silent);
-        add(&mut w, &gone);
+        place(&mut w, &silent);
+        place(&mut w, &gone);
         drop(gone);
         let seen = silent.last_seen.load(Ordering::Relaxed);
         // Pinged once, never answered.
         silent.pinged.store(seen + 1, Ordering::Relaxed);
-        for _ in 0..=SLICES {
+        for _ in 0..SLICES + 2 {
             visit(&mut w, seen + 10_000, LIMITS, &mut due);
         }
         assert_eq!(due.len(), 1);

@@ -556,8 +556,9 @@ mod tests {
             pong_timeout: Duration::from_millis(50),
             kind: PingKind::WebSocket,
         };
-        let (mut socket, mut client) = open(Some(heartbeat));
+        // Before the open: the ping is counted from the connection's registration in it.
         let started = tokio::time::Instant::now();
+        let (mut socket, mut client) = open(Some(heartbeat));
         // A ping, one interval after the open.
         let mut got = [0u8; 2];
         client.read_exact(&mut got).await.unwrap();
