@@ -66,10 +66,11 @@ else
   STEADY_SECS=20
 fi
 
-if [ -n "${CLUSTER_BIN:-}" ]; then
-  cargo build --release -q -p roomcast-loadtest
-else
-  cargo build --release -q -p gateway -p roomcast-loadtest
+# The gateway as it ships: the `dist` profile (release with LTO, see the root Cargo.toml).
+cargo build --release -q -p roomcast-loadtest
+if [ -z "${CLUSTER_BIN:-}" ]; then
+  cargo build --profile dist -q -p gateway --bin roomcast
+  export CLUSTER_BIN=target/dist/roomcast
 fi
 started=$(date +%s)
 mkdir -p "$out" "$raw"
