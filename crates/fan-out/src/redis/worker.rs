@@ -104,8 +104,8 @@ pub(super) async fn run(inner: Arc<Inner>, mut rx: mpsc::Receiver<Job>) {
         let Some(job) = job else { return };
         // A short backlog is what one read from Redis brings on a busy node: written as it
         // is delivered, so its last message does not wait for every recipient's writer task
-        // to be scheduled (at 2,563 publishes/s, rooms of 10, this halved p99 for the same
-        // CPU; docs/bench/findings.md). With a longer one the node is catching up:
+        // to be scheduled (at 2,563 publishes/s, rooms of 10, this cut p99 by about a third for
+        // the same CPU; docs/bench/findings.md). With a longer one the node is catching up:
         // deliveries go through the connections' queues, whose writers write each
         // connection's share of the backlog at once, where direct writes would make one
         // syscall per frame per recipient and fall further behind.
