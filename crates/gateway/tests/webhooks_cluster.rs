@@ -86,8 +86,10 @@ async fn serial_webhooks_survive_a_killed_node_and_an_app_outage() {
         ("member_joined", &dora),
         ("member_left", &dora),
     ]);
-    until(&app, 15, "the room's first events", |e| {
-        of_room(e, &room).len() >= start.len()
+    // The user's events ride in another shard than the room's: waited for too, not assumed
+    // to have come with them (a local CI run saw the room's first).
+    until(&app, 15, "the room's and the user's first events", |e| {
+        of_room(e, &room).len() >= start.len() && !of_user(e, &dora).is_empty()
     })
     .await;
     assert_eq!(of_room(&app.deduped(), &room), start);
