@@ -1,9 +1,9 @@
 //! A connection's outbound queue, bounded in bytes.
 //!
 //! The queue is an unbounded channel ([`crate::frames`]) plus a byte counter: pushing is a
-//! non-blocking send that is refused once the bytes still queued would exceed the limit. The connection's
-//! writer task subtracts what it has written. Control frames (pong, close) bypass the limit,
-//! because they are tiny and must not be lost.
+//! non-blocking send that is refused once the bytes still queued would exceed the limit. The
+//! connection's writer task subtracts what it has written. Control frames (pong, close) bypass
+//! the limit, because they are tiny and must not be lost.
 
 use crate::frames::{FrameReceiver, FrameSender};
 use bytes::Bytes;

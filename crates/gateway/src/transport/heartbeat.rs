@@ -23,7 +23,7 @@
 //! exactly one interval), and then one every interval. The second tick, not the next: a late
 //! ticker makes up lateness under a tick, so the next tick may be one that was due before the
 //! connection registered, and a ping counted from it came up to a tick early (a CI run saw a
-//! first ping 7/8 of an interval after the open). Each tick wakes only its bucket's
+//! first ping under one interval after the open). Each tick wakes only its bucket's
 //! connections.
 //!
 //! The ticker is an OS thread, not a Tokio task: it must outlive any one runtime (the tests
