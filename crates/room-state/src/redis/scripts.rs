@@ -14,6 +14,12 @@ local function ensure_meta(new_epoch, dhist, dttl, now)
     'ttl', dttl, 'created', now, 'seq', redis.call('ZCARD', KEYS[2]))
   return true
 end
+"#;
+
+/// The readers' helpers: a room's members with their user and node, and history entries in
+/// the form `history::parse` reads. Only the scripts that use them define them (a `local
+/// function` is a closure made on every call).
+const HELPERS: &str = r#"
 local function member_list()
   local ids = redis.call('ZRANGE', KEYS[2], 0, -1)
   local w = redis.call('HGETALL', KEYS[3])
@@ -111,7 +117,7 @@ return 0
 /// history size (0: ephemeral, where `since` never recovers: nothing is kept).
 pub fn join() -> String {
     format!(
-        "{ENSURE_META}{}",
+        "{ENSURE_META}{HELPERS}{}",
         r#"
 if not ensure_meta(ARGV[1], ARGV[2], ARGV[3], ARGV[4]) then return {0} end
 local conn = ARGV[5]
@@ -198,6 +204,11 @@ return {removed, 0, info}
 /// archive's backlog in this room is full.
 /// The SPUBLISH of the envelope happens inside the script, so delivery order is offset order.
 ///
+/// The script reads the meta hash once (one HMGET of every field it needs) and writes it once
+/// (one HSET of the offset, the sequence number and the archive mark), after the XADD: each
+/// `redis.call` costs about as much as the work it does, and a refused XADD must not leave
+/// the offset moved past a missing entry.
+///
 /// An ephemeral room (the gateway's members publish through a plain SPUBLISH instead; this
 /// branch serves the server API and a node that has not seen the room yet): membership is
 /// checked as usual, then the envelope goes out with offset 0 and an empty epoch, whatever
@@ -226,9 +237,15 @@ if ARGV[12] ~= '' then
   local t = redis.call('TIME')
   if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > tonumber(ARGV[12]) then return {-3} end
 end
-if not ensure_meta(ARGV[1], ARGV[2], ARGV[3], ARGV[4]) then return {0} end
+-- Everything the script reads from the meta hash, in one call. A hash without an epoch is
+-- gone (or half-made): ensure_meta decides, as it always did, and the fields are read again.
+local field = 'q:' .. ARGV[5]
+local meta = redis.call('HMGET', KEYS[1], 'hist', 'epoch', 'offset', 'arch', 'ad', field)
+if not meta[2] then
+  if not ensure_meta(ARGV[1], ARGV[2], ARGV[3], ARGV[4]) then return {0} end
+  meta = redis.call('HMGET', KEYS[1], 'hist', 'epoch', 'offset', 'arch', 'ad', field)
+end
 if ARGV[5] ~= '' and redis.call('ZSCORE', KEYS[2], ARGV[5]) == false then return {-2} end
-local meta = redis.call('HMGET', KEYS[1], 'hist', 'epoch')
 local hist = tonumber(meta[1] or '0')
 if hist == 0 then
   redis.call('SPUBLISH', ARGV[8], "#,
@@ -241,34 +258,42 @@ if ARGV[11] ~= '' then
     if e and o then return {2, tonumber(o), e} end
   end
 end
+local last = tonumber(meta[3] or '0')
 local archiving = ARGV[14] ~= ''
 local arch = 0
 if archiving then
-  local a = redis.call('HMGET', KEYS[1], 'arch', 'offset')
-  arch = tonumber(a[1] or '0')
-  if tonumber(a[2] or '0') - arch >= tonumber(ARGV[14]) then return {-5} end
+  arch = tonumber(meta[4] or '0')
+  if last - arch >= tonumber(ARGV[14]) then return {-5} end
 end
+local seq = 0
 if ARGV[13] ~= '' and ARGV[13] ~= '0' then
-  local field = 'q:' .. ARGV[5]
-  local seq = tonumber(ARGV[13])
-  if seq <= tonumber(redis.call('HGET', KEYS[1], field) or '0') then return {-4} end
-  redis.call('HSET', KEYS[1], field, seq)
+  seq = tonumber(ARGV[13])
+  if seq <= tonumber(meta[6] or '0') then return {-4} end
 end
-local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
+local offset = last + 1
 local epoch = meta[2]
-if ARGV[11] ~= '' then
-  redis.call('SET', KEYS[5], epoch .. '\t' .. offset, 'PX', tonumber(ARGV[11]))
-end
 local keep = hist
 if archiving and offset - arch > keep then keep = offset - arch end
+-- The entry first: a write refused here (memory, a stream ahead of the offset) leaves
+-- nothing behind, so the offset never moves past a missing entry.
 redis.call('XADD', KEYS[4], 'MAXLEN', keep, offset .. '-0', 'f', ARGV[6], 'd', ARGV[7], 't', ARGV[4])
 local mark = 0
+local set = {'offset', offset}
+if seq > 0 then
+  set[#set + 1] = field
+  set[#set + 1] = seq
+end
 if archiving then
-  local marked = tonumber(redis.call('HGET', KEYS[1], 'ad') or '0')
+  local marked = tonumber(meta[5] or '0')
   if marked == 0 or tonumber(ARGV[4]) - marked > ARCHIVE_RESIGNAL_MS then
-    redis.call('HSET', KEYS[1], 'ad', ARGV[4])
+    set[#set + 1] = 'ad'
+    set[#set + 1] = ARGV[4]
     mark = 1
   end
+end
+redis.call('HSET', KEYS[1], unpack(set))
+if ARGV[11] ~= '' then
+  redis.call('SET', KEYS[5], epoch .. '\t' .. offset, 'PX', tonumber(ARGV[11]))
 end
 -- A member's publish (checked above) leaves the room occupied: only a server publish can
 -- land in an empty room, whose keys must keep expiring.
@@ -310,7 +335,7 @@ fn message_envelope(offset: &str, epoch: &str) -> String {
 /// Returns {1, members}, {0} not found, {-2} not a member.
 pub fn members() -> String {
     format!(
-        "{ENSURE_META}{}",
+        "{ENSURE_META}{HELPERS}{}",
         r#"
 if redis.call('EXISTS', KEYS[1]) == 0 and redis.call('EXISTS', KEYS[2]) == 0 then return {0} end
 if ARGV[1] ~= '' and redis.call('ZSCORE', KEYS[2], ARGV[1]) == false then return {-2} end
@@ -323,7 +348,7 @@ return {1, member_list()}
 /// Returns {1, epoch, entries newest last}, {0}, {-2}.
 pub fn history() -> String {
     format!(
-        "{ENSURE_META}{}",
+        "{ENSURE_META}{HELPERS}{}",
         r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return {0} end
 if ARGV[1] ~= '' and redis.call('ZSCORE', KEYS[2], ARGV[1]) == false then return {-2} end
@@ -350,7 +375,7 @@ return {1, redis.call('HGET', KEYS[1], 'epoch'), entries(rev)}
 /// Returns {1, epoch, offset, max, hist, ttl, created, members} or {0}.
 pub fn info() -> String {
     format!(
-        "{ENSURE_META}{}",
+        "{ENSURE_META}{HELPERS}{}",
         r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return {0} end
 local m = redis.call('HMGET', KEYS[1], 'epoch', 'offset', 'max', 'hist', 'ttl', 'created')
@@ -362,7 +387,7 @@ return {1, m[1], tonumber(m[2]), tonumber(m[3]), tonumber(m[4]), tonumber(m[5]),
 /// KEYS: meta, members, who, history. Returns {1, members} or {0}.
 pub fn close() -> String {
     format!(
-        "{ENSURE_META}{}",
+        "{ENSURE_META}{HELPERS}{}",
         r#"
 if redis.call('EXISTS', KEYS[1]) == 0 and redis.call('EXISTS', KEYS[2]) == 0 then return {0} end
 local list = member_list()
@@ -479,7 +504,7 @@ return redis.call('HGET', KEYS[2], ARGV[1])
 /// the room is gone.
 pub fn archive_read() -> String {
     format!(
-        "{ENSURE_META}{}",
+        "{ENSURE_META}{HELPERS}{}",
         r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return {0} end
 local m = redis.call('HMGET', KEYS[1], 'epoch', 'offset', 'arch')
