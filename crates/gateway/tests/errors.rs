@@ -12,11 +12,12 @@ use protocol::frame::{Member, Publication, Since};
 use protocol::Data;
 use room_state::{
     Idempotency, JoinOutcome, MemberRecord, MemoryState, Published, RoomConfig, RoomInfo,
-    RoomStore, StateError,
+    RoomStore, StateError, TrafficCounters,
 };
 use serde_json::json;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use support::*;
 
 #[tokio::test]
@@ -135,6 +136,9 @@ async fn unauthorized_and_forbidden() {
     );
 }
 
+/// `Faulty::mode` that leaves every answer right but makes the room count take 30 s.
+const SLOW: u8 = 3;
+
 /// The embedded store with a switch that makes it fail like an unreachable or broken backend.
 struct Faulty {
     inner: Arc<MemoryState>,
@@ -235,6 +239,10 @@ impl RoomStore for Faulty {
         self.inner.close(room).await
     }
     async fn count(&self) -> Result<u64, StateError> {
+        if self.mode.load(Ordering::SeqCst) == SLOW {
+            // A backend too loaded to answer: the upkeep round waits here.
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        }
         self.inner.count().await
     }
     async fn remove_node_members(
@@ -317,4 +325,57 @@ async fn unavailable_and_internal_hide_their_details() {
     c.ok(json!({"op": "publish", "room": "r", "data": 1})).await;
     node.refresh_traffic().await;
     assert_eq!(http(addr, "GET", "/readyz", None, "").await.0, 200);
+}
+
+/// An upkeep round stuck on a backend too loaded to answer (here: the room count) does not
+/// hold back the heartbeat: the node stays live to its peers, so none of them declares it
+/// dead and makes it tell every client to reconnect.
+#[tokio::test]
+async fn a_stuck_round_does_not_hold_back_the_heartbeat() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let metrics = Arc::new(Metrics::new().unwrap());
+    let registry = Arc::new(Registry::new());
+    let state = Arc::new(MemoryState::new());
+    let fanout = Arc::new(MemoryFanOut::new(registry.clone(), metrics.clone()));
+    let faulty = Arc::new(Faulty {
+        inner: state.clone(),
+        mode: AtomicU8::new(0),
+    });
+    let backends = Backends {
+        rooms: faulty.clone(),
+        limits: state.clone(),
+        sessions: state.clone(),
+        archive_feed: state.clone(),
+        events: state.clone(),
+        users: state.clone(),
+        traffic: state.clone(),
+        fanout,
+        name: "faulty",
+    };
+    // Rounds every 200 ms (the tests' default), a node dead after 600 ms without a heartbeat.
+    let config = config(&["--node-ttl", "600ms"]);
+    let node = Node::with_backends(config, addr, backends, registry, metrics).unwrap();
+    let _server = gateway::serve(node, listener).await;
+    assert_eq!(
+        state
+            .live_nodes(protocol::clock::now_ms())
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+
+    faulty.mode.store(SLOW, Ordering::SeqCst);
+    // Two and a half node TTLs, every round stuck from the first.
+    for _ in 0..15 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let live = state.live_nodes(protocol::clock::now_ms()).await.unwrap();
+        assert_eq!(
+            live.len(),
+            1,
+            "the node's heartbeat lapsed behind a stuck round"
+        );
+    }
+    faulty.mode.store(0, Ordering::SeqCst);
 }
