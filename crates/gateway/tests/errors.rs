@@ -263,8 +263,9 @@ impl RoomStore for Faulty {
     }
 }
 
-#[tokio::test]
-async fn unavailable_and_internal_hide_their_details() {
+/// A node on the embedded store behind [`Faulty`] (mode 0: no faults yet), with test defaults
+/// plus `args`; and the store itself, to look behind the switch.
+async fn faulty_node(args: &[&str]) -> (gateway::Running, Arc<Faulty>, Arc<MemoryState>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let metrics = Arc::new(Metrics::new().unwrap());
@@ -286,12 +287,18 @@ async fn unavailable_and_internal_hide_their_details() {
         archive_feed: state.clone(),
         events: state.clone(),
         users: state.clone(),
-        traffic: state,
+        traffic: state.clone(),
         fanout,
         name: "faulty",
     };
-    let node = Node::with_backends(config(&[]), addr, backends, registry, metrics).unwrap();
-    let server = gateway::serve(node, listener).await;
+    let node = Node::with_backends(config(args), addr, backends, registry, metrics).unwrap();
+    (gateway::serve(node, listener).await, faulty, state)
+}
+
+#[tokio::test]
+async fn unavailable_and_internal_hide_their_details() {
+    let (server, faulty, _) = faulty_node(&[]).await;
+    let addr = server.addr;
 
     let mut c = Client::connect(addr, "u", Fmt::Json).await;
     c.ok(json!({"op": "create_room", "room": "r"})).await;
@@ -332,31 +339,8 @@ async fn unavailable_and_internal_hide_their_details() {
 /// dead and makes it tell every client to reconnect.
 #[tokio::test]
 async fn a_stuck_round_does_not_hold_back_the_heartbeat() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let metrics = Arc::new(Metrics::new().unwrap());
-    let registry = Arc::new(Registry::new());
-    let state = Arc::new(MemoryState::new());
-    let fanout = Arc::new(MemoryFanOut::new(registry.clone(), metrics.clone()));
-    let faulty = Arc::new(Faulty {
-        inner: state.clone(),
-        mode: AtomicU8::new(0),
-    });
-    let backends = Backends {
-        rooms: faulty.clone(),
-        limits: state.clone(),
-        sessions: state.clone(),
-        archive_feed: state.clone(),
-        events: state.clone(),
-        users: state.clone(),
-        traffic: state.clone(),
-        fanout,
-        name: "faulty",
-    };
     // Rounds every 200 ms (the tests' default), a node dead after 600 ms without a heartbeat.
-    let config = config(&["--node-ttl", "600ms"]);
-    let node = Node::with_backends(config, addr, backends, registry, metrics).unwrap();
-    let _server = gateway::serve(node, listener).await;
+    let (_server, faulty, state) = faulty_node(&["--node-ttl", "600ms"]).await;
     assert_eq!(
         state
             .live_nodes(protocol::clock::now_ms())
