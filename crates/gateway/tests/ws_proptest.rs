@@ -409,8 +409,8 @@ async fn read_to_end(raw: &mut RawWs) -> Result<Vec<Seen>, String> {
 }
 
 /// The codes of the Close frames a server reads in `bytes`, framed as RFC 6455 section 5.2
-/// frames them (client frames are masked; an unmasked one is unmasked here too), up to the
-/// first incomplete frame.
+/// frames them (a masked frame's payload unmasked with its key, an unmasked one read as it
+/// is), up to the first incomplete frame.
 fn close_codes_in(bytes: &[u8]) -> Vec<u16> {
     let mut codes = Vec::new();
     let mut at = 0usize;
@@ -588,6 +588,13 @@ async fn alive(addr: SocketAddr, endpoint: Endpoint) -> Result<(), String> {
     }
 }
 
+/// The property for one case: the server answers `case` by the rules, then a fresh
+/// connection still works.
+async fn survives(addr: SocketAddr, endpoint: Endpoint, case: &Case) -> Result<(), String> {
+    check(addr, endpoint, case).await?;
+    alive(addr, endpoint).await
+}
+
 /// Cases a run once found: the server's answer was right and the oracle was wrong.
 fn regressions() -> Vec<Case> {
     vec![
@@ -639,10 +646,7 @@ fn run(endpoint: Endpoint) {
     });
     // Cases that once failed, checked first on every run (no failure persistence file).
     for case in regressions() {
-        let outcome = rt.block_on(async {
-            check(addr, endpoint, &case).await?;
-            alive(addr, endpoint).await
-        });
+        let outcome = rt.block_on(survives(addr, endpoint, &case));
         assert_eq!(outcome, Ok(()), "{endpoint:?}, regression case {case:?}");
     }
     let clean = std::cell::Cell::new(0usize);
@@ -651,10 +655,7 @@ fn run(endpoint: Endpoint) {
             let (_, frames) = bytes_of(&case);
             clean.set(clean.get() + usize::from(echo_oracle(&case, &frames).is_some()));
         }
-        let outcome = rt.block_on(async {
-            check(addr, endpoint, &case).await?;
-            alive(addr, endpoint).await
-        });
+        let outcome = rt.block_on(survives(addr, endpoint, &case));
         let panics = PANICS.load(Ordering::SeqCst);
         if panics > 0 {
             return Err(TestCaseError::fail(format!(
