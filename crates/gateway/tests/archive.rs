@@ -266,15 +266,6 @@ async fn publish_retrying(c: &mut Client, room: &str, i: u64) {
     }
 }
 
-fn first_redis_port() -> u16 {
-    port(
-        redis_urls("ROOMCAST_TEST_REDIS_CLUSTER")
-            .split(',')
-            .next()
-            .unwrap(),
-    )
-}
-
 /// `CLUSTER FAILOVER` on the replica of the room's primary.
 fn fail_over_room(room: &str) {
     let base = first_redis_port();

@@ -15,7 +15,7 @@ mod support;
 
 use serde_json::{json, Value};
 use std::time::Duration;
-use support::archival::{archived, caught_up, error_code, lag_is_zero, PgSwitch};
+use support::archival::{archived, caught_up, cursor_at, error_code, lag_is_zero, PgSwitch};
 use support::*;
 
 fn payload(room: usize, i: u64) -> Value {
@@ -197,7 +197,8 @@ async fn serial_the_backlog_cap_refuses_while_the_archive_is_down() {
         c.ok(publish(i)).await;
     }
     caught_up(direct.as_ref(), &room, &epoch, 3).await;
-    // A round that saw nothing to do: the cursor moved past 3 as well.
+    // The cap counts from the cursor, which moves after the commit.
+    cursor_at(&room, 3).await;
     lag_is_zero(&[node.addr]).await;
 
     switch.cut();
@@ -224,6 +225,7 @@ async fn serial_the_backlog_cap_refuses_while_the_archive_is_down() {
 
     switch.restore();
     caught_up(direct.as_ref(), &room, &epoch, 3 + CAP).await;
+    cursor_at(&room, 3 + CAP).await;
     let ok = c.ok(publish(4 + CAP)).await;
     assert_eq!(ok["offset"], json!(4 + CAP));
     caught_up(direct.as_ref(), &room, &epoch, 4 + CAP).await;

@@ -35,6 +35,27 @@ pub async fn caught_up(archive: &dyn archive::Archive, room: &str, epoch: &str, 
     }
 }
 
+/// Waits (30 s at most) until the room's archive cursor in Redis (`arch` in its meta hash) is
+/// `upto`. The archiver commits to the archive first and moves the cursor after, so a test
+/// that counts on the backlog cap (which reads the cursor) waits for this, not only for
+/// [`caught_up`].
+pub async fn cursor_at(room: &str, upto: u64) {
+    let key = format!("rc:{{r:{room}}}:m");
+    let base = super::first_redis_port();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let arch = super::redis_cli(base, &["-c", "hget", &key, "arch"]);
+        if arch.trim().parse::<u64>().ok() == Some(upto) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the archive cursor of {room} is {arch:?}, want {upto}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Every archived message of the room's epoch, paged from the newest to the first, 100 at a
 /// time (as a client pages), oldest first.
 pub async fn archived(

@@ -372,6 +372,16 @@ pub fn redis_urls(var: &str) -> String {
     })
 }
 
+/// The port of the first seed of the cluster that `make test` started for the tests.
+pub fn first_redis_port() -> u16 {
+    port(
+        redis_urls("ROOMCAST_TEST_REDIS_CLUSTER")
+            .split(',')
+            .next()
+            .unwrap(),
+    )
+}
+
 /// Runs redis-cli against one port and returns its output.
 pub fn redis_cli(port: u16, args: &[&str]) -> String {
     let out = std::process::Command::new("redis-cli")
