@@ -1,12 +1,14 @@
 //! Receiving: the read loop that hands each message to its room's worker, and the manager that
 //! keeps the subscriptions (new ones batched by slot, retries, lazy unsubscribes, the
-//! backstop resubscribe).
+//! backstop that counts them and resubscribes when one is missing).
 
 use super::worker::Job;
 use super::Inner;
-use fred::interfaces::{EventInterface, PubsubInterface};
+use fred::interfaces::{
+    ClientInterface, ClientLike, ClusterInterface, EventInterface, PubsubInterface,
+};
 use fred::types::config::Server;
-use fred::types::Value;
+use fred::types::{ClusterHash, CustomCommand, Value};
 use protocol::channel;
 use protocol::envelope::Envelope;
 use std::collections::BTreeMap;
@@ -64,6 +66,73 @@ impl Inner {
         }
     }
 
+    /// The backstop, every `resubscribe_every`: resubscribes everything when some primary
+    /// holds fewer of this node's shard channels than the node wants there (or when that
+    /// cannot be told), and every [`FULL_PASS_EVERY`]th pass regardless. Asking costs one
+    /// `CLIENT LIST ID` per primary; re-sending every channel costs one SSUBSCRIBE per slot
+    /// group, here and on Redis, which with thousands of rooms was most of an idle gateway's
+    /// Redis work (docs/bench/findings.md).
+    pub(super) async fn backstop(&self, pass: u64) {
+        if pass.is_multiple_of(FULL_PASS_EVERY) {
+            self.resubscribe_all().await;
+            return;
+        }
+        match self.short_primary().await {
+            Ok(None) => {}
+            Ok(Some(short)) => {
+                tracing::info!(%short, "a primary holds fewer of this node's subscriptions than it wants; resubscribing");
+                self.resubscribe_all().await;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "subscriptions not counted; resubscribing");
+                self.resubscribe_all().await;
+            }
+        }
+    }
+
+    /// A primary whose connection from the subscriber holds fewer shard channels (`ssub` in
+    /// `CLIENT LIST`) than this node wants on it, if any. Channels subscribed meanwhile may
+    /// make it look short: that costs a resubscribe, never a miss.
+    async fn short_primary(&self) -> Result<Option<Short>, String> {
+        let routing = self
+            .subscriber
+            .cached_cluster_state()
+            .ok_or("no cluster layout yet")?;
+        let wanted = wanted_per_primary(self.all_channels(), |slot| {
+            routing.get_server(slot).cloned()
+        })?;
+        let ids = self.subscriber.connection_ids();
+        for (primary, wanted) in wanted {
+            let Some(&id) = ids.get(&primary) else {
+                return Ok(Some(Short {
+                    primary: primary.to_string(),
+                    held: 0,
+                    wanted,
+                }));
+            };
+            let line: String = self
+                .publisher
+                .next()
+                .with_cluster_node(&primary)
+                .custom(
+                    CustomCommand::new_static("CLIENT", ClusterHash::Random, false),
+                    vec!["LIST".to_string(), "ID".to_string(), id.to_string()],
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            let held = held_channels(&line)
+                .ok_or_else(|| format!("no ssub for client {id} on {primary}: {line:?}"))?;
+            if held < wanted {
+                return Ok(Some(Short {
+                    primary: primary.to_string(),
+                    held,
+                    wanted,
+                }));
+            }
+        }
+        Ok(None)
+    }
+
     /// Subscribes again to everything this node wants, and counts it.
     pub(super) async fn resubscribe_all(&self) {
         let n = self.ssubscribe_grouped(self.all_channels()).await;
@@ -82,6 +151,48 @@ impl Inner {
         retry.dedup();
         self.ssubscribe_grouped(retry).await;
     }
+}
+
+/// Every how many backstop passes everything is re-sent even when the counts agree: a count
+/// cannot tell a lost channel from an unwanted one held in its place.
+const FULL_PASS_EVERY: u64 = 10;
+
+/// A primary found holding fewer of this node's channels than it wants there.
+#[derive(Debug, PartialEq, Eq)]
+struct Short {
+    primary: String,
+    held: usize,
+    wanted: usize,
+}
+
+impl std::fmt::Display for Short {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} holds {} of {}", self.primary, self.held, self.wanted)
+    }
+}
+
+/// How many distinct channels this node wants on each primary, by `owner` of each slot.
+/// Errors when a slot has no known owner.
+fn wanted_per_primary<P: Ord>(
+    channels: Vec<String>,
+    owner: impl Fn(u16) -> Option<P>,
+) -> Result<BTreeMap<P, usize>, String> {
+    let distinct: std::collections::BTreeSet<String> = channels.into_iter().collect();
+    let mut wanted = BTreeMap::new();
+    for (slot, group) in by_slot(distinct) {
+        let primary = owner(slot).ok_or_else(|| format!("no owner known for slot {slot}"))?;
+        *wanted.entry(primary).or_insert(0) += group.len();
+    }
+    Ok(wanted)
+}
+
+/// The `ssub` field (shard channels subscribed) of a `CLIENT LIST` line; `None` without one
+/// (Redis before 7.0.3, or no such client).
+fn held_channels(client_list: &str) -> Option<usize> {
+    client_list
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix("ssub="))
+        .and_then(|n| n.parse().ok())
 }
 
 /// Receives every pub/sub message. Never awaits anything but the next message.
@@ -174,12 +285,14 @@ pub(super) async fn on_reconnect(inner: Arc<Inner>, mut rx: broadcast::Receiver<
 /// Resubscribing is driven by what can lose a subscription: a reconnect
 /// ([`on_reconnect`]), a change of slot owners (`liveness::watch_router`,
 /// `reconcile::watch_owners`) and an overdue self-probe (`liveness::probe_loop`). The
-/// periodic pass here is only a backstop: re-sending every channel every 2 s was about 75 % of
-/// an idle gateway's CPU with 3,000 rooms (docs/bench/findings.md).
+/// periodic pass here is only a backstop ([`Inner::backstop`]): re-sending every channel every
+/// 2 s was about 75 % of an idle gateway's CPU with 3,000 rooms, and every 30 s still most of
+/// its Redis work with 5,700 (docs/bench/findings.md); so it counts first.
 pub(super) async fn manager(inner: Arc<Inner>, mut new_subs: mpsc::UnboundedReceiver<String>) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut backstop = tokio::time::interval(inner.config.resubscribe_every);
     backstop.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pass = 0u64;
     loop {
         tokio::select! {
             Some(first) = new_subs.recv() => {
@@ -193,7 +306,10 @@ pub(super) async fn manager(inner: Arc<Inner>, mut new_subs: mpsc::UnboundedRece
                 inner.retry_failed().await;
                 unsubscribe_due(&inner).await;
             }
-            _ = backstop.tick() => inner.resubscribe_all().await,
+            _ = backstop.tick() => {
+                inner.backstop(pass).await;
+                pass += 1;
+            }
         }
     }
 }
@@ -220,5 +336,134 @@ async fn unsubscribe_due(inner: &Inner) {
         if let Err(e) = inner.subscriber.sunsubscribe(group).await {
             tracing::debug!(error = %e, "sunsubscribe failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::{
+        FanOut, HistorySource, NoHooks, PubSubHooks, RedisFanOut, RedisFanOutConfig, Registry, Tail,
+    };
+    use async_trait::async_trait;
+    use protocol::frame::Publication;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    #[test]
+    fn the_held_count_is_the_ssub_field() {
+        let line = "id=275 addr=127.0.0.1:52992 laddr=127.0.0.1:7000 fd=31 name= age=145 \
+                    idle=1 flags=P db=0 sub=0 psub=0 ssub=306 multi=-1 cmd=ssubscribe resp=2\n";
+        assert_eq!(held_channels(line), Some(306));
+        // Not `sub=` or `psub=`; nothing from a server without the field, or no client.
+        assert_eq!(held_channels("id=1 sub=4 psub=2 cmd=subscribe"), None);
+        assert_eq!(held_channels(""), None);
+        assert_eq!(held_channels("ssub=x"), None);
+    }
+
+    #[test]
+    fn channels_are_counted_once_per_owner_of_their_slot() {
+        let channels: Vec<String> = ["a", "b", "c", "a", "{a}x"].map(String::from).to_vec();
+        // Every slot below 8192 to one primary, the rest to another.
+        let owner = |slot: u16| Some(if slot < 8192 { "p1" } else { "p2" });
+        let wanted = wanted_per_primary(channels.clone(), owner).unwrap();
+        let slot = |c: &str| fred::util::redis_keyslot(c.as_bytes());
+        let in_p1 = ["a", "b", "c", "{a}x"]
+            .iter()
+            .filter(|c| slot(c) < 8192)
+            .count();
+        assert_eq!(wanted.get("p1").copied().unwrap_or(0), in_p1);
+        assert_eq!(wanted.get("p2").copied().unwrap_or(0), 4 - in_p1);
+        // A slot nobody owns cannot be counted.
+        assert!(wanted_per_primary(channels, |_| None::<&str>).is_err());
+    }
+
+    struct NoHistory;
+
+    #[async_trait]
+    impl HistorySource for NoHistory {
+        async fn range(&self, _: &str, _: u64, _: u64) -> Result<Vec<Publication>, String> {
+            Ok(Vec::new())
+        }
+
+        async fn retire_epoch(&self, _: &str, _: &str) -> Result<(), String> {
+            Ok(())
+        }
+
+        async fn tail(&self, _: &str, _: usize) -> Result<Option<Tail>, String> {
+            Ok(None)
+        }
+    }
+
+    /// Counts the channels resubscribed.
+    #[derive(Default)]
+    struct Resubscribed(AtomicU64);
+
+    impl PubSubHooks for Resubscribed {
+        fn resubscribed(&self, n: u64) {
+            self.0.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// On a real cluster: a backstop pass that finds every channel held re-sends nothing; one
+    /// lost behind the adapter's back (a silent SUNSUBSCRIBE, as Redis's unrequested one after
+    /// a failover looks to fred) is found by the count and subscribed again.
+    #[tokio::test]
+    async fn the_backstop_resubscribes_only_when_a_primary_holds_too_few() {
+        let Ok(urls) = std::env::var("ROOMCAST_TEST_REDIS_CLUSTER") else {
+            println!("skipped: needs ROOMCAST_TEST_REDIS_CLUSTER (make test)");
+            return;
+        };
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let node = format!("backstop-{nanos:x}");
+        let mut config = RedisFanOutConfig::new(&node, urls.split(',').map(String::from).collect());
+        // The passes are the test's own; the manager's timer only fires its first (full) one.
+        config.resubscribe_every = Duration::from_secs(3600);
+        let hooks = Arc::new(Resubscribed::default());
+        let fanout = RedisFanOut::connect(
+            config,
+            Arc::new(Registry::new()),
+            Arc::new(NoHooks),
+            hooks.clone(),
+            Arc::new(NoHistory),
+        )
+        .await
+        .unwrap();
+        let rooms: Vec<String> = (0..40).map(|i| format!("{node}-{i}")).collect();
+        for room in &rooms {
+            fanout.subscribe(room);
+        }
+        let inner = &fanout.inner;
+        let all_held = async {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                match inner.short_primary().await {
+                    Ok(None) => return,
+                    other => assert!(Instant::now() < deadline, "never all held: {other:?}"),
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        all_held.await;
+
+        let before = hooks.0.load(Ordering::Relaxed);
+        inner.backstop(1).await;
+        assert_eq!(
+            hooks.0.load(Ordering::Relaxed),
+            before,
+            "nothing lost, nothing re-sent"
+        );
+
+        let lost = channel::room(&rooms[7]);
+        inner.subscriber.sunsubscribe(lost.clone()).await.unwrap();
+        let short = inner.short_primary().await.unwrap();
+        assert!(short.is_some(), "the loss of {lost} is not seen");
+        inner.backstop(2).await;
+        assert!(hooks.0.load(Ordering::Relaxed) > before, "nothing re-sent");
+        assert_eq!(inner.short_primary().await.unwrap(), None);
     }
 }
