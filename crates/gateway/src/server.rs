@@ -88,8 +88,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 /// Starts serving an already built node on a bound listener.
 pub async fn serve(node: Arc<Node>, listener: TcpListener) -> Running {
     let addr = node.addr;
-    node.refresh_traffic().await;
-    let upkeep = tokio::spawn(node.clone().run_upkeep());
+    let (first_round, first_round_done) = tokio::sync::oneshot::channel();
+    let upkeep = tokio::spawn(node.clone().run_upkeep(first_round));
+    let _ = first_round_done.await;
     let archiver = crate::archiver::start(&node);
     let webhooks = crate::webhooks::deliver::start(&node);
     // Ends with the runtime, like the heartbeat tickers: nothing to stop at a drain.

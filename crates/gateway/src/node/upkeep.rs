@@ -12,6 +12,7 @@ use protocol::frame::{Event, PresenceAction};
 use room_state::NodeInfo;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use tokio::sync::oneshot;
 
 /// How often a node compares its user registry entries with its live connections.
 const USERS_RECONCILE_MS: u64 = 30_000;
@@ -27,7 +28,7 @@ struct Counters {
 }
 
 impl Node {
-    /// One upkeep round with a heartbeat first: at start, and in tests. The background upkeep
+    /// One upkeep round with a heartbeat first, for tests. The background upkeep
     /// ([`Node::run_upkeep`]) keeps the heartbeat on a beat of its own.
     pub async fn refresh_traffic(&self) {
         let now = now_ms();
@@ -349,28 +350,44 @@ impl Node {
     /// clients to reconnect: an overload turned into an outage. A `make bench` idle run
     /// (57,000 connections joining 5,700 rooms, the system under test on one core) had every
     /// node reset that way while its heartbeat commands themselves took milliseconds.
-    pub async fn run_upkeep(self: Arc<Self>) {
+    ///
+    /// `first_round` is told when the first round is done (or timed out), so that the node
+    /// serves with its traffic status and readiness set. The heartbeat keeps its beat during
+    /// that round too: it clears what an earlier incarnation of this node id left behind, and
+    /// after a crash with 19,000 clients that took 25 s, well past `--node-ttl`.
+    pub async fn run_upkeep(self: Arc<Self>, first_round: oneshot::Sender<()>) {
+        // The first heartbeat before the first round, which goes by its outcome.
+        self.beat_once().await;
         // One task for both, so that aborting it (at shutdown) stops both.
-        tokio::join!(self.beat(), self.rounds());
+        tokio::join!(self.beat(), self.rounds(first_round));
     }
 
+    /// Heartbeats every `--traffic-interval`, the first one an interval after the one
+    /// [`Node::run_upkeep`] made.
     async fn beat(&self) {
-        let mut tick = tokio::time::interval(self.config.traffic_interval);
+        let period = self.config.traffic_interval;
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let limit = self.config.traffic_interval + self.config.redis_command_timeout;
-            if tokio::time::timeout(limit, self.heartbeat(now_ms()))
-                .await
-                .is_err()
-            {
-                self.heartbeat_streak_since_ms.store(0, Ordering::Release);
-                tracing::warn!(?limit, "heartbeat timed out");
-            }
+            self.beat_once().await;
         }
     }
 
-    async fn rounds(&self) {
+    async fn beat_once(&self) {
+        let limit = self.config.traffic_interval + self.config.redis_command_timeout;
+        if tokio::time::timeout(limit, self.heartbeat(now_ms()))
+            .await
+            .is_err()
+        {
+            self.heartbeat_streak_since_ms.store(0, Ordering::Release);
+            tracing::warn!(?limit, "heartbeat timed out");
+        }
+    }
+
+    /// Rounds every `--traffic-interval` (or sooner, when nudged), the first one at once.
+    async fn rounds(&self, first_round: oneshot::Sender<()>) {
+        let mut first_round = Some(first_round);
         let mut tick = tokio::time::interval(self.config.traffic_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -389,6 +406,9 @@ impl Node {
                 self.metrics.ready.set(0);
                 self.heartbeat_streak_since_ms.store(0, Ordering::Release);
                 tracing::warn!(?limit, "backend round timed out");
+            }
+            if let Some(done) = first_round.take() {
+                let _ = done.send(());
             }
         }
     }
