@@ -138,6 +138,9 @@ async fn unauthorized_and_forbidden() {
 
 /// `Faulty::mode` that leaves every answer right but makes the room count take 30 s.
 const SLOW: u8 = 3;
+/// `Faulty::mode` in which only leaving a room fails (unavailable), as a backend too loaded
+/// to answer fails when thousands of clients leave at once.
+const LEAVES_FAIL: u8 = 4;
 
 /// The embedded store with a switch that makes it fail like an unreachable or broken backend.
 struct Faulty {
@@ -198,6 +201,9 @@ impl RoomStore for Faulty {
         conn_id: &str,
         now_ms: u64,
     ) -> Result<room_state::Departure, StateError> {
+        if self.mode.load(Ordering::SeqCst) == LEAVES_FAIL {
+            return Err(StateError::Unavailable("timed out (injected)".into()));
+        }
         self.inner.depart(room, conn_id, now_ms).await
     }
     async fn publish(
@@ -248,9 +254,9 @@ impl RoomStore for Faulty {
     async fn remove_node_members(
         &self,
         node: &str,
-        keep_prefix: Option<&str>,
+        keep: &(dyn for<'c> Fn(&'c str) -> bool + Send + Sync),
     ) -> Result<Vec<room_state::Departed>, StateError> {
-        self.inner.remove_node_members(node, keep_prefix).await
+        self.inner.remove_node_members(node, keep).await
     }
     async fn maintain(&self, now_ms: u64) -> Result<Vec<String>, StateError> {
         self.inner.maintain(now_ms).await
@@ -400,4 +406,46 @@ async fn a_stuck_first_round_does_not_hold_back_the_heartbeat() {
         .unwrap();
     let mut c = Client::connect(server.addr, "u", Fmt::Json).await;
     c.ok(json!({"op": "create_room", "room": "r"})).await;
+}
+
+/// A connection whose leave failed at disconnect (the backend did not answer) is taken out of
+/// its rooms by the node's reconcile (every 30 traffic intervals: 6 s here): its peers see it
+/// leave, and the room's members are the live ones again.
+#[tokio::test]
+async fn a_leave_that_failed_at_disconnect_is_reconciled() {
+    let (server, faulty, _) = faulty_node(&[]).await;
+    let mut stays = Client::connect(server.addr, "stays", Fmt::Json).await;
+    stays
+        .ok(json!({"op": "create_room", "room": "r", "options": {"presence": true}}))
+        .await;
+    let mut goes = Client::connect(server.addr, "goes", Fmt::Json).await;
+    goes.ok(json!({"op": "join", "room": "r"})).await;
+    let joined = stays.event("presence").await;
+    assert_eq!(joined["action"], "join", "{joined}");
+
+    faulty.mode.store(LEAVES_FAIL, Ordering::SeqCst);
+    drop(goes);
+    // The leave at disconnect failed: still a member as far as the backend knows.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(members(&mut stays).await, 2);
+    faulty.mode.store(0, Ordering::SeqCst);
+
+    // Judged at the second reconcile after it connected (the first only sets the floor).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while members(&mut stays).await != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the gone connection is still a member"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let left = stays.event("presence").await;
+    assert_eq!(left["action"], "leave", "{left}");
+    assert_eq!(left["user"], "goes", "{left}");
+}
+
+/// How many members room `r` has, by its presence.
+async fn members(c: &mut Client) -> usize {
+    let p = c.ok(json!({"op": "presence", "room": "r"})).await;
+    p["members"].as_array().map_or(0, Vec::len)
 }

@@ -138,14 +138,15 @@ pub trait RoomStore: Send + Sync {
     /// How many rooms exist (the traffic monitor's active rooms).
     async fn count(&self) -> Result<u64, StateError>;
 
-    /// Removes every member held by `node` and returns them with their rooms: all of them for
-    /// a dead node; for a node restarted under the same id, those of its earlier incarnations,
-    /// i.e. all but the connection ids that start with `keep_prefix`. Each removal says, as a
-    /// leave does, whether it emptied its room.
+    /// Removes the members held by `node` whose connection id `keep` does not keep, and
+    /// returns them with their rooms: all of them for a dead node; for a node restarted under
+    /// the same id, those of its earlier incarnations; for a live node, those whose
+    /// connection is gone (a leave at disconnect that failed). Each removal says, as a leave
+    /// does, whether it emptied its room.
     async fn remove_node_members(
         &self,
         node: &str,
-        keep_prefix: Option<&str>,
+        keep: &(dyn for<'c> Fn(&'c str) -> bool + Send + Sync),
     ) -> Result<Vec<Departed>, StateError>;
 
     /// Periodic upkeep, such as expiring empty rooms. Returns the rooms that expired.

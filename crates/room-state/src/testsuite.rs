@@ -195,7 +195,7 @@ pub async fn rooms(store: &dyn RoomStore, prefix: &str) {
     };
     store.join(&room, &d, None, now).await.unwrap();
     let swept = store
-        .remove_node_members(&format!("{prefix}dead"), None)
+        .remove_node_members(&format!("{prefix}dead"), &|_| false)
         .await
         .unwrap();
     assert_eq!(swept.len(), 1);
@@ -216,7 +216,10 @@ pub async fn rooms(store: &dyn RoomStore, prefix: &str) {
     store.join(&restart, &old, None, now).await.unwrap();
     store.join(&restart, &new, None, now).await.unwrap();
     let keep = format!("{node}.inc2.");
-    let swept = store.remove_node_members(&node, Some(&keep)).await.unwrap();
+    let swept = store
+        .remove_node_members(&node, &|c| c.starts_with(&keep))
+        .await
+        .unwrap();
     assert_eq!(
         swept
             .iter()
@@ -248,7 +251,7 @@ pub async fn rooms(store: &dyn RoomStore, prefix: &str) {
         let m = member(&format!("{gone}.1.{i}"), "gina", &gone);
         store.join(&lonely, &m, None, now).await.unwrap();
     }
-    let swept = store.remove_node_members(&gone, None).await.unwrap();
+    let swept = store.remove_node_members(&gone, &|_| false).await.unwrap();
     assert_eq!(swept.len(), 2);
     assert_eq!(swept.iter().filter(|d| d.vacated).count(), 1);
     let rejoin = member(&format!("{prefix}c9"), "hank", "n1");

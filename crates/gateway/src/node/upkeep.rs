@@ -14,8 +14,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::sync::oneshot;
 
-/// How often a node compares its user registry entries with its live connections.
-const USERS_RECONCILE_MS: u64 = 30_000;
+/// How often, in `--traffic-interval`s, a node compares what the backend holds for its
+/// connections (user registry entries, room memberships) with its live connections: every
+/// 30 s by default.
+const RECONCILE_ROUNDS: u32 = 30;
 
 /// The cluster-wide counters the traffic level is computed from.
 struct Counters {
@@ -58,22 +60,56 @@ impl Node {
         }
         self.check_readiness().await;
         self.update_traffic(&counters, now);
-        self.reconcile_user_entries(now).await;
+        self.reconcile_leftovers(now).await;
     }
 
-    /// Every [`USERS_RECONCILE_MS`]: removes this node's user registry entries whose
-    /// connection is gone (their removal at disconnect failed through every retry), so a
-    /// backend outage does not take places from users until the node restarts. Only entries
-    /// issued before the previous round are judged: a connection being admitted right now is
-    /// in the registry before it is local.
-    async fn reconcile_user_entries(&self, now: u64) {
+    /// Every [`RECONCILE_ROUNDS`] intervals: removes what this node's gone connections left behind
+    /// because their removal at disconnect failed (through every retry: a backend cut off,
+    /// or too loaded to answer, as when thousands of clients leave at once). Their user
+    /// registry entries, so that an outage does not take places from users until the node
+    /// restarts; and their room memberships, so that presence holds no ghost and the room
+    /// can empty. Only connections issued before the previous round are judged: a
+    /// connection being admitted right now is in the backend before it is local.
+    async fn reconcile_leftovers(&self, now: u64) {
         let last = self.users_reconciled_ms.load(Ordering::Acquire);
-        if now.saturating_sub(last) < USERS_RECONCILE_MS {
+        let every = (self.config.traffic_interval * RECONCILE_ROUNDS).as_millis() as u64;
+        if now.saturating_sub(last) < every {
             return;
         }
         self.users_reconciled_ms.store(now, Ordering::Release);
         let seq_now = self.conn_seq.load(Ordering::Acquire);
         let floor = self.users_reconciled_seq.swap(seq_now, Ordering::AcqRel);
+        let local: std::collections::HashSet<Arc<str>> =
+            self.registry.all().into_iter().map(|c| c.conn_id).collect();
+        let prefix = format!("{}.", self.conn_id_prefix());
+        // Earlier incarnations' connections are `clear_earlier_incarnations`' business.
+        let gone = |conn_id: &str| {
+            conn_id
+                .strip_prefix(&prefix)
+                .and_then(|s| u64::from_str_radix(s, 16).ok())
+                .is_some_and(|seq| seq <= floor && !local.contains(conn_id))
+        };
+        self.remove_gone_user_entries(&gone).await;
+        match self
+            .backends
+            .rooms
+            .remove_node_members(&self.id, &|conn| !gone(conn))
+            .await
+        {
+            Ok(removed) => {
+                if !removed.is_empty() {
+                    tracing::info!(
+                        members = removed.len(),
+                        "room memberships of gone connections removed"
+                    );
+                }
+                self.announce_leaves(removed).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "membership reconcile skipped"),
+        }
+    }
+
+    async fn remove_gone_user_entries(&self, gone: &(dyn Fn(&str) -> bool + Sync)) {
         let listed = match self.backends.users.node_user_conns(&self.id).await {
             Ok(listed) => listed,
             Err(e) => {
@@ -81,19 +117,9 @@ impl Node {
                 return;
             }
         };
-        let local: std::collections::HashSet<Arc<str>> =
-            self.registry.all().into_iter().map(|c| c.conn_id).collect();
-        let prefix = format!("{}.", self.conn_id_prefix());
         let mut removed = 0usize;
         for (user, conn_id) in listed {
-            // Earlier incarnations' entries are `clear_earlier_incarnations`' business.
-            let Some(seq) = conn_id
-                .strip_prefix(&prefix)
-                .and_then(|s| u64::from_str_radix(s, 16).ok())
-            else {
-                continue;
-            };
-            if seq > floor || local.contains(conn_id.as_str()) {
+            if !gone(&conn_id) {
                 continue;
             }
             if let Ok(last) = self
@@ -240,7 +266,12 @@ impl Node {
             }
         };
         for node in dead.into_iter().filter(|n| *n != self.id) {
-            let removed = match self.backends.rooms.remove_node_members(&node, None).await {
+            let removed = match self
+                .backends
+                .rooms
+                .remove_node_members(&node, &|_| false)
+                .await
+            {
                 Ok(removed) => removed,
                 Err(e) => {
                     tracing::warn!(%node, error = %e, "could not remove a dead node's members");
@@ -267,7 +298,7 @@ impl Node {
         match self
             .backends
             .rooms
-            .remove_node_members(&self.id, Some(&keep))
+            .remove_node_members(&self.id, &|conn| conn.starts_with(&keep))
             .await
         {
             Ok(removed) => {

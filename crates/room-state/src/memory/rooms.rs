@@ -433,11 +433,11 @@ impl RoomStore for MemoryState {
     async fn remove_node_members(
         &self,
         node: &str,
-        keep_prefix: Option<&str>,
+        keep: &(dyn for<'c> Fn(&'c str) -> bool + Send + Sync),
     ) -> Result<Vec<Departed>, StateError> {
         let rooms: Vec<Arc<Mutex<Room>>> = self.rooms.read().values().cloned().collect();
         let mut removed = Vec::new();
-        let kept = |m: &MemberRecord| keep_prefix.is_some_and(|p| m.conn_id.starts_with(p));
+        let kept = |m: &MemberRecord| keep(&m.conn_id);
         let now_ms = protocol::clock::now_ms();
         for room in rooms {
             let mut r = room.lock();

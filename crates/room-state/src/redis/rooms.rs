@@ -666,7 +666,7 @@ impl RoomStore for RedisState {
     async fn remove_node_members(
         &self,
         node: &str,
-        keep_prefix: Option<&str>,
+        keep: &(dyn for<'c> Fn(&'c str) -> bool + Send + Sync),
     ) -> Result<Vec<Departed>, StateError> {
         let key = keys::node_members(node);
         let entries: Vec<String> = self
@@ -680,7 +680,7 @@ impl RoomStore for RedisState {
             let Some((room, conn)) = entry.split_once('\n') else {
                 continue;
             };
-            if keep_prefix.is_some_and(|p| conn.starts_with(p)) {
+            if keep(conn) {
                 continue;
             }
             if let Some((member, vacated)) = self.leave_inner(room, conn, now).await? {
