@@ -20,6 +20,9 @@ use tokio::sync::Notify;
 
 pub use crate::backends::Backends;
 
+/// Disconnects whose backend work runs at once on a node (see [`Node::departure`]).
+const DEPARTURES_AT_ONCE: usize = 256;
+
 pub struct Node {
     pub config: Config,
     pub id: String,
@@ -62,6 +65,8 @@ pub struct Node {
     users_unreaped: parking_lot::Mutex<Vec<String>>,
     /// Whether what earlier incarnations of this node id left is cleared (see `upkeep`).
     earlier_cleared: AtomicBool,
+    /// Places for disconnects' backend work ([`Node::departure`]).
+    departures: tokio::sync::Semaphore,
     /// This node's user registry entries not yet removed (a drain waits for them).
     pub user_entries: crate::users::Entries,
     /// Connection cap, handshake rate, connections per address and per user.
@@ -187,6 +192,7 @@ impl Node {
             claim_seen_ms: AtomicU64::new(0),
             conn_seq: AtomicU64::new(0),
             earlier_cleared: AtomicBool::new(false),
+            departures: tokio::sync::Semaphore::new(DEPARTURES_AT_ONCE),
             user_entries: crate::users::Entries::default(),
             users_reconciled_ms: AtomicU64::new(now_ms()),
             users_reconciled_seq: AtomicU64::new(0),
@@ -221,6 +227,22 @@ impl Node {
 
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
+    }
+
+    /// A place for one disconnect's backend work (its leaves, its saved recovery state), held
+    /// while it runs. When thousands of clients go at once (a load balancer restarted, a
+    /// network cut, a load test's end), all their commands at once queue in Redis past the
+    /// command timeout and fail: a teardown of 57,000 clients logged 88,018 failed leaves
+    /// and 69,669 unsaved recovery states on one node. [`DEPARTURES_AT_ONCE`] at a time
+    /// finish instead. A disconnect that finds no place within the command timeout (the
+    /// backend is down, and the places are held by commands waiting to time out) goes ahead
+    /// without one, so that an outage still fails each one within seconds.
+    pub async fn departure(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        let wait = self.config.redis_command_timeout;
+        tokio::time::timeout(wait, self.departures.acquire())
+            .await
+            .ok()?
+            .ok()
     }
 
     pub fn start_draining(&self) {

@@ -449,3 +449,34 @@ async fn members(c: &mut Client) -> usize {
     let p = c.ok(json!({"op": "presence", "room": "r"})).await;
     p["members"].as_array().map_or(0, Vec::len)
 }
+
+/// Disconnects' backend work runs a bounded number at a time (`Node::departure`): a place
+/// frees up for the next one as soon as one is done, and one that finds no place within the
+/// command timeout (every place held by work waiting on a dead backend) goes ahead without.
+#[tokio::test]
+async fn disconnects_wait_for_a_place_but_not_past_the_command_timeout() {
+    let (node, _listener, _, _) = faulty_parts(&["--redis-command-timeout", "300ms"], 0).await;
+    let mut held = Vec::new();
+    while let Ok(Some(place)) =
+        tokio::time::timeout(Duration::from_millis(50), node.departure()).await
+    {
+        held.push(place);
+        assert!(held.len() <= 10_000, "no bound on the places");
+    }
+    assert!(held.len() >= 64, "only {} places", held.len());
+    // All taken: the next one waits, and gets a place as soon as one is let go.
+    let waiting = {
+        let node = node.clone();
+        tokio::spawn(async move { node.departure().await.is_some() })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!waiting.is_finished());
+    held.pop();
+    assert!(waiting.await.unwrap(), "a freed place was not handed on");
+    // The waiter is done: its place taken again, all are held.
+    held.push(node.departure().await.unwrap());
+    // None frees up: after the command timeout it goes ahead without one.
+    let started = tokio::time::Instant::now();
+    assert!(node.departure().await.is_none());
+    assert!(started.elapsed() >= Duration::from_millis(300));
+}

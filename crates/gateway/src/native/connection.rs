@@ -170,11 +170,10 @@ fn serve(
         let end = socket.finish(config.write_timeout).await;
         // Boxed, like the ops below: this future lives as long as the connection, and inline
         // these would make every idle connection pay for their largest state.
-        Box::pin(session::cleanup(
-            node,
-            &session.conn_id,
-            &session.identity.user,
-        ))
+        Box::pin(async {
+            let _place = node.departure().await;
+            session::cleanup(node, &session.conn_id, &session.identity.user).await
+        })
         .await;
         live.remove(&session.conn_id);
         disconnect_reason(end, &socket.outbound, reason)

@@ -642,6 +642,9 @@ impl<'a> Sockets<'a> {
         let Some(session) = socket.session else {
             return;
         };
+        // Boxed: the connection's future lives as long as it does, and should not grow by a
+        // timer it holds only at its end.
+        let _place = Box::pin(self.node.departure()).await;
         if recoverable {
             if let Some(pid) = &socket.pid {
                 recovery::save(self.node, &session, namespace, &socket.sid, pid).await;
