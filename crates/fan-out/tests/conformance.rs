@@ -3,11 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use async_trait::async_trait;
-use fan_out::{
-    testsuite, HistorySource, MemoryFanOut, NoHooks, RedisFanOut, RedisFanOutConfig, Registry,
-};
-use protocol::frame::Publication;
+use fan_out::{testsuite, MemoryFanOut, NoHooks, RedisFanOut, RedisFanOutConfig, Registry};
 use std::sync::Arc;
 
 #[tokio::test]
@@ -15,24 +11,6 @@ async fn memory() {
     let registry = Arc::new(Registry::new());
     let fanout = MemoryFanOut::new(registry.clone(), Arc::new(NoHooks));
     testsuite::run(&fanout, &registry, "m:").await;
-}
-
-/// The suite publishes every offset itself, so there is never a gap to repair.
-struct NoHistory;
-
-#[async_trait]
-impl HistorySource for NoHistory {
-    async fn range(&self, _: &str, _: u64, _: u64) -> Result<Vec<Publication>, String> {
-        Ok(Vec::new())
-    }
-
-    async fn retire_epoch(&self, _: &str, _: &str) -> Result<(), String> {
-        Ok(())
-    }
-
-    async fn tail(&self, _: &str, _: usize) -> Result<Option<fan_out::Tail>, String> {
-        Ok(None)
-    }
 }
 
 #[tokio::test]
@@ -47,7 +25,7 @@ async fn redis_cluster() {
         registry.clone(),
         Arc::new(NoHooks),
         Arc::new(NoHooks),
-        Arc::new(NoHistory),
+        Arc::new(testsuite::NoHistory),
     )
     .await
     .unwrap();

@@ -344,11 +344,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::{
-        FanOut, HistorySource, NoHooks, PubSubHooks, RedisFanOut, RedisFanOutConfig, Registry, Tail,
-    };
-    use async_trait::async_trait;
-    use protocol::frame::Publication;
+    use crate::{FanOut, NoHooks, PubSubHooks, RedisFanOut, RedisFanOutConfig, Registry};
     use std::sync::atomic::{AtomicU64, Ordering};
 
     #[test]
@@ -377,23 +373,6 @@ mod tests {
         assert_eq!(wanted.get("p2").copied().unwrap_or(0), 4 - in_p1);
         // A slot nobody owns cannot be counted.
         assert!(wanted_per_primary(channels, |_| None::<&str>).is_err());
-    }
-
-    struct NoHistory;
-
-    #[async_trait]
-    impl HistorySource for NoHistory {
-        async fn range(&self, _: &str, _: u64, _: u64) -> Result<Vec<Publication>, String> {
-            Ok(Vec::new())
-        }
-
-        async fn retire_epoch(&self, _: &str, _: &str) -> Result<(), String> {
-            Ok(())
-        }
-
-        async fn tail(&self, _: &str, _: usize) -> Result<Option<Tail>, String> {
-            Ok(None)
-        }
     }
 
     /// Counts the channels resubscribed.
@@ -429,7 +408,7 @@ mod tests {
             Arc::new(Registry::new()),
             Arc::new(NoHooks),
             hooks.clone(),
-            Arc::new(NoHistory),
+            Arc::new(crate::testsuite::NoHistory),
         )
         .await
         .unwrap();
