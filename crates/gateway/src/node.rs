@@ -57,10 +57,11 @@ pub struct Node {
     /// The latest claim of this node's death that it has seen (ms; 0: none).
     claim_seen_ms: AtomicU64,
     conn_seq: AtomicU64,
-    /// When this node last reconciled its user registry entries, and the connection sequence
-    /// number then: entries issued before it and no longer local are stale (see `upkeep`).
-    users_reconciled_ms: AtomicU64,
-    users_reconciled_seq: AtomicU64,
+    /// When this node last reconciled what its connections hold in the backend (user registry
+    /// entries, room memberships), and the connection sequence number then: what connections
+    /// issued before it hold, and that are no longer local, is left over (see `upkeep`).
+    leftovers_reconciled_ms: AtomicU64,
+    leftovers_reconciled_seq: AtomicU64,
     /// Reaped nodes whose user registry entries are still to remove (a failed attempt).
     users_unreaped: parking_lot::Mutex<Vec<String>>,
     /// Whether what earlier incarnations of this node id left is cleared (see `upkeep`).
@@ -194,8 +195,8 @@ impl Node {
             earlier_cleared: AtomicBool::new(false),
             departures: tokio::sync::Semaphore::new(DEPARTURES_AT_ONCE),
             user_entries: crate::users::Entries::default(),
-            users_reconciled_ms: AtomicU64::new(now_ms()),
-            users_reconciled_seq: AtomicU64::new(0),
+            leftovers_reconciled_ms: AtomicU64::new(now_ms()),
+            leftovers_reconciled_seq: AtomicU64::new(0),
             users_unreaped: Default::default(),
             gate,
             expiries: Arc::default(),

@@ -71,14 +71,16 @@ impl Node {
     /// can empty. Only connections issued before the previous round are judged: a
     /// connection being admitted right now is in the backend before it is local.
     async fn reconcile_leftovers(&self, now: u64) {
-        let last = self.users_reconciled_ms.load(Ordering::Acquire);
+        let last = self.leftovers_reconciled_ms.load(Ordering::Acquire);
         let every = (self.config.traffic_interval * RECONCILE_ROUNDS).as_millis() as u64;
         if now.saturating_sub(last) < every {
             return;
         }
-        self.users_reconciled_ms.store(now, Ordering::Release);
+        self.leftovers_reconciled_ms.store(now, Ordering::Release);
         let seq_now = self.conn_seq.load(Ordering::Acquire);
-        let floor = self.users_reconciled_seq.swap(seq_now, Ordering::AcqRel);
+        let floor = self
+            .leftovers_reconciled_seq
+            .swap(seq_now, Ordering::AcqRel);
         let local: std::collections::HashSet<Arc<str>> =
             self.registry.all().into_iter().map(|c| c.conn_id).collect();
         let prefix = format!("{}.", self.conn_id_prefix());

@@ -681,23 +681,24 @@ impl RoomStore for RedisState {
         let key = &key;
         // Many at a time: a node that held 19,000 members took 25 s one by one, and its
         // ghosts stayed in presence that long.
-        let mut leaves = futures_util::stream::iter(
-            entries
-                .into_iter()
-                .filter(|entry| entry.split_once('\n').is_some_and(|(_, conn)| !keep(conn))),
-        )
-        .map(|entry| async move {
-            let (room, conn) = entry.split_once('\n').unwrap_or_default();
-            let left = self.leave_inner(room, conn, now).await?;
-            // Entry by entry: the set may hold members the node keeps.
-            let _: Result<Value, _> = self.on(key).srem(key, entry.as_str()).await;
-            Ok::<_, StateError>(left.map(|(member, vacated)| Departed {
-                room: room.to_string(),
-                member,
-                vacated,
-            }))
-        })
-        .buffer_unordered(NODE_MEMBERS_IN_FLIGHT);
+        // Each entry is `room\nconn`; kept with where its `\n` is.
+        let gone = entries.into_iter().filter_map(|entry| {
+            let at = entry.find('\n')?;
+            (!keep(&entry[at + 1..])).then_some((entry, at))
+        });
+        let mut leaves = futures_util::stream::iter(gone)
+            .map(|(entry, at)| async move {
+                let (room, conn) = (&entry[..at], &entry[at + 1..]);
+                let left = self.leave_inner(room, conn, now).await?;
+                // Entry by entry: the set may hold members the node keeps.
+                let _: Result<Value, _> = self.on(key).srem(key, entry.as_str()).await;
+                Ok::<_, StateError>(left.map(|(member, vacated)| Departed {
+                    room: room.to_string(),
+                    member,
+                    vacated,
+                }))
+            })
+            .buffer_unordered(NODE_MEMBERS_IN_FLIGHT);
         let mut removed = Vec::new();
         while let Some(left) = leaves.next().await {
             removed.extend(left?);
