@@ -23,6 +23,37 @@ pub use crate::backends::Backends;
 /// Disconnects whose backend work runs at once on a node (see [`Node::departure`]).
 const DEPARTURES_AT_ONCE: usize = 256;
 
+/// Places for disconnects' backend work (its leaves, its saved recovery state, its user
+/// registry entry's removal), one held while each runs. When thousands of clients go at once
+/// (a load balancer restarted, a network cut, a load test's end), all their commands at once
+/// queue in Redis past the command timeout and fail: a teardown of 57,000 clients logged
+/// 88,018 failed leaves and 69,669 unsaved recovery states on one node. [`DEPARTURES_AT_ONCE`]
+/// at a time finish instead. A disconnect that finds no place within the command timeout
+/// (the backend is down, and the places are held by commands waiting to time out) goes ahead
+/// without one, so that an outage still fails each one within seconds.
+#[derive(Debug, Clone)]
+pub struct Departures {
+    places: Arc<tokio::sync::Semaphore>,
+    wait: std::time::Duration,
+}
+
+impl Departures {
+    fn new(places: usize, wait: std::time::Duration) -> Departures {
+        Departures {
+            places: Arc::new(tokio::sync::Semaphore::new(places)),
+            wait,
+        }
+    }
+
+    /// A place, or `None` when none came free within the command timeout.
+    pub async fn place(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        tokio::time::timeout(self.wait, self.places.clone().acquire_owned())
+            .await
+            .ok()?
+            .ok()
+    }
+}
+
 pub struct Node {
     pub config: Config,
     pub id: String,
@@ -67,7 +98,7 @@ pub struct Node {
     /// Whether what earlier incarnations of this node id left is cleared (see `upkeep`).
     earlier_cleared: AtomicBool,
     /// Places for disconnects' backend work ([`Node::departure`]).
-    departures: tokio::sync::Semaphore,
+    pub departures: Departures,
     /// This node's user registry entries not yet removed (a drain waits for them).
     pub user_entries: crate::users::Entries,
     /// Connection cap, handshake rate, connections per address and per user.
@@ -193,7 +224,7 @@ impl Node {
             claim_seen_ms: AtomicU64::new(0),
             conn_seq: AtomicU64::new(0),
             earlier_cleared: AtomicBool::new(false),
-            departures: tokio::sync::Semaphore::new(DEPARTURES_AT_ONCE),
+            departures: Departures::new(DEPARTURES_AT_ONCE, config.redis_command_timeout),
             user_entries: crate::users::Entries::default(),
             leftovers_reconciled_ms: AtomicU64::new(now_ms()),
             leftovers_reconciled_seq: AtomicU64::new(0),
@@ -230,20 +261,9 @@ impl Node {
         self.draining.load(Ordering::Acquire)
     }
 
-    /// A place for one disconnect's backend work (its leaves, its saved recovery state), held
-    /// while it runs. When thousands of clients go at once (a load balancer restarted, a
-    /// network cut, a load test's end), all their commands at once queue in Redis past the
-    /// command timeout and fail: a teardown of 57,000 clients logged 88,018 failed leaves
-    /// and 69,669 unsaved recovery states on one node. [`DEPARTURES_AT_ONCE`] at a time
-    /// finish instead. A disconnect that finds no place within the command timeout (the
-    /// backend is down, and the places are held by commands waiting to time out) goes ahead
-    /// without one, so that an outage still fails each one within seconds.
-    pub async fn departure(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
-        let wait = self.config.redis_command_timeout;
-        tokio::time::timeout(wait, self.departures.acquire())
-            .await
-            .ok()?
-            .ok()
+    /// A place for one disconnect's backend work (see [`Departures`]).
+    pub async fn departure(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.departures.place().await
     }
 
     pub fn start_draining(&self) {

@@ -4,7 +4,9 @@
 //! costs no round trip and refuses most of what the registry would.
 //!
 //! An entry is a guard: dropping it removes the connection from the registry, in a task
-//! of its own, retried, so no path out of a connection (a panic included) forgets it. What
+//! of its own, retried, so no path out of a connection (a panic included) forgets it. Each
+//! attempt takes one of the node's disconnect places first (`node::Departures`), as the
+//! connection's leaves do: a mass disconnect would otherwise send every removal at once. What
 //! still escapes (the backend down through every retry) is removed by the node's own
 //! reconcile every 30 s, or when the node is reaped or restarts (`node/upkeep.rs`).
 //!
@@ -21,7 +23,7 @@
 
 use crate::admission::{Refusal, Rejection};
 use crate::clock::now_ms;
-use crate::node::Node;
+use crate::node::{Departures, Node};
 use crate::webhooks::{Event, Kind, Webhooks};
 use protocol::CloseCode;
 use room_state::{UserAdmission, UserConn, UserRegistry};
@@ -80,6 +82,7 @@ pub struct UserEntry {
     counted: Option<Counted>,
     /// `user_offline` when the removal was the user's last connection.
     webhooks: Webhooks,
+    departures: Departures,
     user: String,
     node: String,
     conn_id: String,
@@ -101,6 +104,7 @@ impl Drop for UserEntry {
         };
         let registry = self.registry.clone();
         let webhooks = self.webhooks.clone();
+        let departures = self.departures.clone();
         let counted = self.counted.take();
         let (user, node, conn_id) = (
             std::mem::take(&mut self.user),
@@ -110,7 +114,10 @@ impl Drop for UserEntry {
         runtime.spawn(async move {
             let _counted = counted;
             for attempt in 1..=REMOVE_ATTEMPTS {
-                match registry.remove_user_conn(&user, &node, &conn_id).await {
+                let place = departures.place().await;
+                let removed = registry.remove_user_conn(&user, &node, &conn_id).await;
+                drop(place);
+                match removed {
                     Ok(last) => {
                         if last {
                             let offline = Event::user(Kind::UserOffline, &user, &conn_id);
@@ -150,6 +157,7 @@ pub async fn register(
         registry: node.backends.users.clone(),
         counted: Some(Counted::new(&node.user_entries)),
         webhooks: node.webhooks.clone(),
+        departures: node.departures.clone(),
         user: user.to_string(),
         node: node.id.clone(),
         conn_id: conn_id.to_string(),

@@ -12,10 +12,10 @@ use protocol::frame::{Member, Publication, Since};
 use protocol::Data;
 use room_state::{
     Idempotency, JoinOutcome, MemberRecord, MemoryState, Published, RoomConfig, RoomInfo,
-    RoomStore, StateError, TrafficCounters,
+    RoomStore, StateError, TrafficCounters, UserRegistry,
 };
 use serde_json::json;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use support::*;
@@ -286,6 +286,20 @@ async fn faulty_parts(
     Arc<Faulty>,
     Arc<MemoryState>,
 ) {
+    faulty_parts_with(args, mode, |state| state).await
+}
+
+/// [`faulty_parts`], with the user registry made by `users` from the embedded store.
+async fn faulty_parts_with(
+    args: &[&str],
+    mode: u8,
+    users: impl FnOnce(Arc<MemoryState>) -> Arc<dyn room_state::UserRegistry>,
+) -> (
+    Arc<Node>,
+    tokio::net::TcpListener,
+    Arc<Faulty>,
+    Arc<MemoryState>,
+) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let metrics = Arc::new(Metrics::new().unwrap());
@@ -306,7 +320,7 @@ async fn faulty_parts(
         sessions: state.clone(),
         archive_feed: state.clone(),
         events: state.clone(),
-        users: state.clone(),
+        users: users(state.clone()),
         traffic: state.clone(),
         fanout,
         name: "faulty",
@@ -479,4 +493,93 @@ async fn disconnects_wait_for_a_place_but_not_past_the_command_timeout() {
     let started = tokio::time::Instant::now();
     assert!(node.departure().await.is_none());
     assert!(started.elapsed() >= Duration::from_millis(300));
+}
+
+/// A user registry entry's removal at disconnect takes one of those places too: with all but
+/// two held, ten clients that leave at once have at most two removals in flight, and all ten
+/// are removed.
+#[tokio::test]
+async fn user_entry_removals_wait_for_a_place() {
+    let most = Arc::new(AtomicUsize::new(0));
+    let counted = most.clone();
+    let (node, listener, _, state) =
+        faulty_parts_with(&["--redis-command-timeout", "5s"], 0, move |state| {
+            Arc::new(SlowRemovals {
+                state,
+                now: AtomicUsize::new(0),
+                most: counted,
+            })
+        })
+        .await;
+    let server = gateway::serve(node.clone(), listener).await;
+    let mut clients = Vec::new();
+    for i in 0..10 {
+        clients.push(Client::connect(server.addr, &format!("u{i}"), Fmt::Json).await);
+    }
+    let mut held = Vec::new();
+    while let Ok(Some(place)) =
+        tokio::time::timeout(Duration::from_millis(50), node.departure()).await
+    {
+        held.push(place);
+    }
+    held.truncate(held.len() - 2);
+    drop(clients);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    for i in 0..10 {
+        while !state.user_conns(&format!("u{i}")).await.unwrap().is_empty() {
+            assert!(tokio::time::Instant::now() < deadline, "u{i} never removed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let most = most.load(Ordering::SeqCst);
+    assert!(most <= 2, "{most} removals at once with two places free");
+    assert!(most >= 1);
+}
+
+/// The embedded user registry, with removals that take 200 ms and count how many run at once.
+struct SlowRemovals {
+    state: Arc<MemoryState>,
+    now: AtomicUsize,
+    most: Arc<AtomicUsize>,
+}
+
+#[async_trait]
+impl UserRegistry for SlowRemovals {
+    async fn add_user_conn(
+        &self,
+        user: &str,
+        conn: &room_state::UserConn,
+        max: u64,
+    ) -> Result<room_state::UserAdmission, StateError> {
+        self.state.add_user_conn(user, conn, max).await
+    }
+
+    async fn remove_user_conn(
+        &self,
+        user: &str,
+        node: &str,
+        conn_id: &str,
+    ) -> Result<bool, StateError> {
+        let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most.fetch_max(now, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        self.now.fetch_sub(1, Ordering::SeqCst);
+        self.state.remove_user_conn(user, node, conn_id).await
+    }
+
+    async fn user_conns(&self, user: &str) -> Result<Vec<room_state::UserConn>, StateError> {
+        self.state.user_conns(user).await
+    }
+
+    async fn node_user_conns(&self, node: &str) -> Result<Vec<(String, String)>, StateError> {
+        self.state.node_user_conns(node).await
+    }
+
+    async fn remove_node_users(
+        &self,
+        node: &str,
+        keep_prefix: Option<&str>,
+    ) -> Result<Vec<room_state::RemovedUserConn>, StateError> {
+        self.state.remove_node_users(node, keep_prefix).await
+    }
 }
