@@ -97,6 +97,8 @@ pub fn configure(server: ServerConfig, command_timeout: Duration, events: Events
             p.broadcast_channel_capacity = events.capacity();
         })
         .with_connection_config(|c| {
+            // TCP_NODELAY is left off (fred's default): turning it on moved neither p99 nor
+            // CPU per delivery at the bench's chat rate (docs/benchmarks.md, session 15).
             c.connection_timeout = Duration::from_secs(2);
             c.internal_command_timeout = Duration::from_secs(2);
             c.max_command_attempts = 3;
