@@ -1,6 +1,7 @@
 //! One gateway node: its configuration, backends, local registry and shared flags. Its
 //! periodic upkeep is in [`upkeep`].
 
+mod departures;
 mod upkeep;
 
 use crate::admission::gate::{Gate, Limits};
@@ -19,40 +20,7 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 
 pub use crate::backends::Backends;
-
-/// Disconnects whose backend work runs at once on a node (see [`Node::departure`]).
-const DEPARTURES_AT_ONCE: usize = 256;
-
-/// Places for disconnects' backend work (its leaves, its saved recovery state, its user
-/// registry entry's removal), one held while each runs. When thousands of clients go at once
-/// (a load balancer restarted, a network cut, a load test's end), all their commands at once
-/// queue in Redis past the command timeout and fail: a teardown of 57,000 clients logged
-/// 88,018 failed leaves and 69,669 unsaved recovery states on one node. [`DEPARTURES_AT_ONCE`]
-/// at a time finish instead. A disconnect that finds no place within the command timeout
-/// (the backend is down, and the places are held by commands waiting to time out) goes ahead
-/// without one, so that an outage still fails each one within seconds.
-#[derive(Debug, Clone)]
-pub struct Departures {
-    places: Arc<tokio::sync::Semaphore>,
-    wait: std::time::Duration,
-}
-
-impl Departures {
-    fn new(places: usize, wait: std::time::Duration) -> Departures {
-        Departures {
-            places: Arc::new(tokio::sync::Semaphore::new(places)),
-            wait,
-        }
-    }
-
-    /// A place, or `None` when none came free within the command timeout.
-    pub async fn place(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        tokio::time::timeout(self.wait, self.places.clone().acquire_owned())
-            .await
-            .ok()?
-            .ok()
-    }
-}
+pub use departures::{Departures, Place};
 
 pub struct Node {
     pub config: Config,
@@ -224,7 +192,7 @@ impl Node {
             claim_seen_ms: AtomicU64::new(0),
             conn_seq: AtomicU64::new(0),
             earlier_cleared: AtomicBool::new(false),
-            departures: Departures::new(DEPARTURES_AT_ONCE, config.redis_command_timeout),
+            departures: Departures::new(config.redis_command_timeout),
             user_entries: crate::users::Entries::default(),
             leftovers_reconciled_ms: AtomicU64::new(now_ms()),
             leftovers_reconciled_seq: AtomicU64::new(0),
@@ -262,7 +230,7 @@ impl Node {
     }
 
     /// A place for one disconnect's backend work (see [`Departures`]).
-    pub async fn departure(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    pub async fn departure(&self) -> Option<Place> {
         self.departures.place().await
     }
 
