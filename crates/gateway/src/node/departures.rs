@@ -103,19 +103,19 @@ mod tests {
     async fn a_waiter_gives_up_only_when_places_stop_coming_free() {
         let d = Departures::with_places(1, 300 * MS, WAIT_MAX);
         let first = d.place().await.unwrap();
-        // Three waiters behind one place that frees up every 200 ms: the last one gets it
+        // Six waiters behind one place that frees up every 100 ms: the last one gets it
         // after 600 ms, twice the stall, because places kept coming free.
-        let waiters: Vec<_> = (0..3)
+        let waiters: Vec<_> = (0..6)
             .map(|_| {
                 let d = d.clone();
                 tokio::spawn(async move {
                     let place = d.place().await;
-                    tokio::time::sleep(200 * MS).await;
+                    tokio::time::sleep(100 * MS).await;
                     place.is_some()
                 })
             })
             .collect();
-        tokio::time::sleep(200 * MS).await;
+        tokio::time::sleep(100 * MS).await;
         drop(first);
         for w in waiters {
             assert!(w.await.unwrap(), "gave up while places came free");
@@ -130,14 +130,14 @@ mod tests {
 
     #[tokio::test]
     async fn no_waiter_waits_past_the_cap() {
-        // Ten ahead, each holding the one place for a little less than the stall: places
-        // keep coming free, but the last in line would wait 1.5 s. It gives up at the cap.
-        let d = Departures::with_places(1, 200 * MS, 500 * MS);
+        // Ten ahead, each holding the one place for a quarter of the stall: places keep
+        // coming free, but the last in line would wait a second. It gives up at the cap.
+        let d = Departures::with_places(1, 400 * MS, 500 * MS);
         for _ in 0..10 {
             let d = d.clone();
             tokio::spawn(async move {
                 let _place = d.place().await;
-                tokio::time::sleep(150 * MS).await;
+                tokio::time::sleep(100 * MS).await;
             });
             tokio::task::yield_now().await;
         }
