@@ -11,8 +11,8 @@ use protocol::envelope::Envelope;
 use protocol::frame::{Member, Publication, Since};
 use protocol::Data;
 use room_state::{
-    Idempotency, JoinOutcome, MemberRecord, MemoryState, Published, RoomConfig, RoomInfo,
-    RoomStore, StateError, TrafficCounters, UserRegistry,
+    Idempotency, JoinOutcome, MemberRecord, MemoryState, Published, RemovedUserConn, RoomConfig,
+    RoomInfo, RoomStore, StateError, TrafficCounters, UserAdmission, UserConn, UserRegistry,
 };
 use serde_json::json;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
@@ -293,7 +293,7 @@ async fn faulty_parts(
 async fn faulty_parts_with(
     args: &[&str],
     mode: u8,
-    users: impl FnOnce(Arc<MemoryState>) -> Arc<dyn room_state::UserRegistry>,
+    users: impl FnOnce(Arc<MemoryState>) -> Arc<dyn UserRegistry>,
 ) -> (
     Arc<Node>,
     tokio::net::TcpListener,
@@ -548,9 +548,9 @@ impl UserRegistry for SlowRemovals {
     async fn add_user_conn(
         &self,
         user: &str,
-        conn: &room_state::UserConn,
+        conn: &UserConn,
         max: u64,
-    ) -> Result<room_state::UserAdmission, StateError> {
+    ) -> Result<UserAdmission, StateError> {
         self.state.add_user_conn(user, conn, max).await
     }
 
@@ -567,7 +567,7 @@ impl UserRegistry for SlowRemovals {
         self.state.remove_user_conn(user, node, conn_id).await
     }
 
-    async fn user_conns(&self, user: &str) -> Result<Vec<room_state::UserConn>, StateError> {
+    async fn user_conns(&self, user: &str) -> Result<Vec<UserConn>, StateError> {
         self.state.user_conns(user).await
     }
 
@@ -579,7 +579,7 @@ impl UserRegistry for SlowRemovals {
         &self,
         node: &str,
         keep_prefix: Option<&str>,
-    ) -> Result<Vec<room_state::RemovedUserConn>, StateError> {
+    ) -> Result<Vec<RemovedUserConn>, StateError> {
         self.state.remove_node_users(node, keep_prefix).await
     }
 }

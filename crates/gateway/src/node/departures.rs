@@ -20,10 +20,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 /// Disconnects whose backend work runs at once on a node.
-pub const AT_ONCE: usize = 256;
+const AT_ONCE: usize = 256;
 
 /// The longest a disconnect waits for a place, however steadily places come free.
-pub const WAIT_MAX: Duration = Duration::from_secs(30);
+const WAIT_MAX: Duration = Duration::from_secs(30);
 
 /// A node's places (cheap to clone: a user registry entry keeps one for its removal).
 #[derive(Debug, Clone)]
